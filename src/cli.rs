@@ -1,0 +1,94 @@
+//! The command line, as a clap definition (also the source of the man page and completions).
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Keeps Docker's TCP API behind mutual TLS: a CA, server and client certificates, renewed
+/// before they expire, and dockerd configured through systemd.
+#[derive(Parser, Debug)]
+#[command(name = "docker-tls-manager", version, about, long_about = None)]
+#[command(after_help = "Exit codes: 0 ok, 1 failed, 2 bad usage or configuration.")]
+pub struct Cli {
+    /// Configuration file [default: /etc/docker-tls-manager/config.toml; absent = defaults]
+    #[arg(long, global = true, value_name = "PATH", env = "DOCKER_TLS_MANAGER_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Converge once: create or repair the CA and certificates, then configure Docker
+    Apply {
+        /// Print the plan and change nothing
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Show every certificate: subject, SANs, serial, validity, next renewal, files
+    Status {
+        /// Machine-readable output
+        #[arg(long)]
+        json: bool,
+    },
+    /// Renew what is due (as apply does); with --force, reissue TARGET now
+    Renew {
+        /// Reissue even if not due
+        #[arg(long)]
+        force: bool,
+        /// What to renew; `ca` with --force gives the CA a new key and reissues everything
+        #[arg(value_enum, default_value_t = Target::All)]
+        target: Target,
+    },
+    /// Manage client identities
+    #[command(subcommand)]
+    Client(ClientCommand),
+    /// Validate the configuration and the environment; change nothing
+    Check,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ClientCommand {
+    /// Add a client and issue its certificate
+    Add { name: String },
+    /// List clients and when their certificates expire
+    List,
+    /// Remove a client's files (its certificate stays valid until it expires)
+    Remove { name: String },
+    /// Write a client's bundle: ca.pem, cert.pem, key.pem
+    Bundle {
+        name: String,
+        /// Output file [default: ./NAME.tar.gz or ./NAME.dockercontext]
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// tar.gz: for ~/.docker, DOCKER_CERT_PATH, Portainer; context: for `docker context import`
+        #[arg(long, value_enum, default_value_t = BundleFormat::TarGz)]
+        format: BundleFormat,
+        /// Host name clients use to reach Docker [default: this host's FQDN or hostname]
+        #[arg(long)]
+        host: Option<String>,
+    },
+    /// Print the environment variables that point the docker CLI at this host
+    Env {
+        name: String,
+        /// Host name clients use to reach Docker [default: this host's FQDN or hostname]
+        #[arg(long)]
+        host: Option<String>,
+    },
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    Server,
+    Clients,
+    Ca,
+    All,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BundleFormat {
+    #[value(name = "tar.gz")]
+    TarGz,
+    Context,
+}

@@ -1,0 +1,332 @@
+//! The commands: each loads what it needs, plans, and acts. Output for humans goes to stdout;
+//! logs (tracing) go to stderr.
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Context, Result, bail};
+
+use crate::bundle::{self, ClientFiles};
+use crate::cli::{BundleFormat, ClientCommand, Command, Target};
+use crate::config::{self, Settings};
+use crate::error::UsageError;
+use crate::files::{StateLock, atomic_write, backup, ensure_dir};
+use crate::host::HostIdentity;
+use crate::pki::inspect::{self, DiskState};
+use crate::pki::layout::KEY_DIR_MODE;
+use crate::pki::plan::{self, Force, Plan};
+use crate::pki::{Layout, Slot, execute};
+use crate::status;
+
+/// How long a command waits for the state lock held by another invocation.
+const LOCK_WAIT: Duration = Duration::from_secs(60);
+
+pub struct Ctx {
+    pub settings: Settings,
+    pub layout: Layout,
+}
+
+impl Ctx {
+    pub fn load(config_path: Option<&Path>) -> Result<Ctx> {
+        let settings = config::load(config_path)?;
+        let layout = Layout::new(&settings.paths);
+        Ok(Ctx { settings, layout })
+    }
+
+    /// Clients from the config and those added with `client add`.
+    pub fn client_names(&self) -> Vec<String> {
+        let mut names: BTreeSet<String> = self.settings.clients.names.iter().cloned().collect();
+        names.extend(self.layout.clients_on_disk());
+        names.into_iter().collect()
+    }
+
+    pub fn inspect(&self) -> DiskState {
+        inspect::inspect(&self.layout, &self.client_names(), self.settings.docker.manage)
+    }
+
+    pub fn plan(&self, host: &HostIdentity, now: SystemTime, force: Force) -> Result<(DiskState, Plan)> {
+        let disk = self.inspect();
+        let plan = plan::plan(&disk, &self.settings, host, now, force)?;
+        Ok((disk, plan))
+    }
+}
+
+pub fn run(cmd: Command, config_path: Option<&Path>) -> Result<()> {
+    let ctx = Ctx::load(config_path)?;
+    match cmd {
+        Command::Apply { dry_run } => converge(&ctx, Force::default(), dry_run),
+        Command::Renew { force, target } => {
+            if !force {
+                return converge(&ctx, Force::default(), false);
+            }
+            let f = match target {
+                Target::Server => Force { server: true, ..Force::default() },
+                Target::Clients => Force { clients: true, ..Force::default() },
+                Target::Ca => Force { ca: true, ..Force::default() },
+                Target::All => Force { ca: false, server: true, clients: true },
+            };
+            converge(&ctx, f, false)
+        }
+        Command::Status { json } => status_cmd(&ctx, json),
+        Command::Check => check(&ctx),
+        Command::Client(c) => client(&ctx, c),
+    }
+}
+
+/// Brings the PKI to the wanted state (and, in later steps, Docker).
+fn converge(ctx: &Ctx, force: Force, dry_run: bool) -> Result<()> {
+    let host = HostIdentity::detect()?;
+    let now = SystemTime::now();
+    if dry_run {
+        let (_, plan) = ctx.plan(&host, now, force)?;
+        print_plan(&plan, true);
+        return Ok(());
+    }
+    let _lock = StateLock::acquire(&ctx.settings.paths.state_dir, LOCK_WAIT)?;
+    let (_, plan) = ctx.plan(&host, now, force)?;
+    execute::execute(&plan, &ctx.layout, &ctx.settings, &host, now)?;
+    print_plan(&plan, false);
+    Ok(())
+}
+
+fn print_plan(plan: &Plan, dry_run: bool) {
+    let mut out = std::io::stdout().lock();
+    if plan.is_empty() {
+        let _ = writeln!(out, "certificates: up to date, nothing to do");
+    } else {
+        let _ = writeln!(out, "{}", if dry_run { "plan (dry run, nothing changed):" } else { "done:" });
+        for a in &plan.actions {
+            let _ = writeln!(out, "  - {a}");
+        }
+    }
+    for w in &plan.warnings {
+        let _ = writeln!(out, "warning: {w}");
+    }
+}
+
+fn status_cmd(ctx: &Ctx, json: bool) -> Result<()> {
+    let host = HostIdentity::detect()?;
+    let now = SystemTime::now();
+    let disk = ctx.inspect();
+    let plan = match plan::plan(&disk, &ctx.settings, &host, now, Force::default()) {
+        Ok(p) => p,
+        Err(e) => Plan { actions: vec![], warnings: vec![format!("{e:#}")] },
+    };
+    let report = status::report(&disk, &plan, &ctx.settings, now);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", status::render_text(&report));
+    }
+    Ok(())
+}
+
+/// Validates config and environment; changes nothing. Exit 1 if anything would fail.
+fn check(ctx: &Ctx) -> Result<()> {
+    let mut problems = 0;
+    let src = ctx.settings.source.as_ref().map_or("no file, defaults".into(), |p| p.display().to_string());
+    println!("ok: configuration valid ({src})");
+    match HostIdentity::detect() {
+        Ok(h) => {
+            println!(
+                "ok: host {} (FQDN {}), addresses: {}",
+                h.hostname,
+                h.fqdn.as_deref().unwrap_or("none"),
+                h.addresses.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")
+            );
+            match ctx.plan(&h, SystemTime::now(), Force::default()) {
+                Ok((_, plan)) if plan.is_empty() => println!("ok: certificates up to date"),
+                Ok((_, plan)) => {
+                    println!("ok: apply would:");
+                    for a in &plan.actions {
+                        println!("  - {a}");
+                    }
+                    for w in &plan.warnings {
+                        println!("warning: {w}");
+                    }
+                }
+                Err(e) => {
+                    problems += 1;
+                    println!("error: {e:#}");
+                }
+            }
+        }
+        Err(e) => {
+            problems += 1;
+            println!("error: cannot read the host's identity: {e:#}");
+        }
+    }
+    for dir in [&ctx.settings.paths.cert_dir, &ctx.settings.paths.state_dir] {
+        match writable_ancestor(dir) {
+            Ok(()) => println!("ok: '{}' can be written", dir.display()),
+            Err(e) => {
+                problems += 1;
+                println!("error: {e:#}");
+            }
+        }
+    }
+    if problems > 0 {
+        bail!("check found {problems} problem(s)");
+    }
+    Ok(())
+}
+
+/// Whether `dir`, or the nearest existing ancestor it would be created in, is writable.
+fn writable_ancestor(dir: &Path) -> Result<()> {
+    let mut p: PathBuf = dir.to_path_buf();
+    while !p.exists() {
+        if !p.pop() {
+            bail!("'{}' has no existing ancestor", dir.display());
+        }
+    }
+    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes())?;
+    // SAFETY: valid C string.
+    if unsafe { libc::access(c.as_ptr(), libc::W_OK) } != 0 {
+        bail!(
+            "'{}' is not writable ({}): run as root, or point [paths] at writable directories",
+            p.display(),
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(())
+}
+
+fn client(ctx: &Ctx, cmd: ClientCommand) -> Result<()> {
+    match cmd {
+        ClientCommand::Add { name } => {
+            config::validate_client_name(&name).map_err(UsageError)?;
+            if ctx.client_names().contains(&name) && ctx.layout.cert_and_key(&Slot::Client(name.clone())).0.exists() {
+                bail!("client '{name}' already exists; `docker-tls-manager client bundle {name}` hands it out");
+            }
+            {
+                let _lock = StateLock::acquire(&ctx.settings.paths.state_dir, LOCK_WAIT)?;
+                ensure_dir(&ctx.layout.clients_dir(), KEY_DIR_MODE)?;
+                ensure_dir(&ctx.layout.client_dir(&name), KEY_DIR_MODE)?;
+            }
+            converge(ctx, Force::default(), false)?;
+            println!("client '{name}' added: `docker-tls-manager client bundle {name}` hands it out");
+            Ok(())
+        }
+        ClientCommand::List => {
+            let now = SystemTime::now();
+            let disk = ctx.inspect();
+            for name in ctx.client_names() {
+                let obs = disk.get(&Slot::Client(name.clone()));
+                let source = if ctx.settings.clients.names.contains(&name) { "config" } else { "added" };
+                match obs.info() {
+                    Some(i) => println!(
+                        "{name}\t{source}\texpires {}\t{} days left",
+                        humantime::format_rfc3339_seconds(i.not_after),
+                        status::days_between(now, i.not_after)
+                    ),
+                    None => println!("{name}\t{source}\tnot issued yet (run apply)"),
+                }
+            }
+            Ok(())
+        }
+        ClientCommand::Remove { name } => {
+            config::validate_client_name(&name).map_err(UsageError)?;
+            if ctx.settings.clients.names.contains(&name) {
+                let file = ctx.settings.source.as_ref().map_or("the configuration".into(), |p| p.display().to_string());
+                return Err(UsageError(format!(
+                    "client '{name}' is listed in [clients] names in '{file}': remove it there first, then run this again"
+                ))
+                .into());
+            }
+            let dir = ctx.layout.client_dir(&name);
+            if !dir.is_dir() {
+                return Err(UsageError(format!("no client '{name}' (see `docker-tls-manager client list`)")).into());
+            }
+            let _lock = StateLock::acquire(&ctx.settings.paths.state_dir, LOCK_WAIT)?;
+            let not_after = ctx.inspect().get(&Slot::Client(name.clone())).info().map(|i| i.not_after);
+            let now = SystemTime::now();
+            for entry in std::fs::read_dir(&dir)? {
+                backup(&entry?.path(), &ctx.layout.backup_dir(), now)?;
+            }
+            std::fs::remove_dir_all(&dir).with_context(|| format!("cannot remove '{}'", dir.display()))?;
+            println!("client '{name}' removed (files backed up in '{}')", ctx.layout.backup_dir().display());
+            if let Some(t) = not_after.filter(|t| *t > now) {
+                println!(
+                    "warning: its certificate stays valid until {} (dockerd cannot revoke certificates); \
+                     to shut it out now, `docker-tls-manager renew --force ca` and hand the other clients new bundles",
+                    humantime::format_rfc3339_seconds(t)
+                );
+            }
+            Ok(())
+        }
+        ClientCommand::Bundle { name, output, format, host } => {
+            let files = client_files(ctx, &name)?;
+            let host = client_host(host)?;
+            let port = ctx.settings.docker.listen[0].port;
+            let url = format!("tcp://{}:{port}", bracket(&host));
+            let (data, default_name) = match format {
+                BundleFormat::TarGz => (bundle::tar_gz(&files)?, format!("{name}.tar.gz")),
+                BundleFormat::Context => {
+                    (bundle::context_archive(&files, &format!("{name}@{host}"), &url)?, format!("{name}.dockercontext"))
+                }
+            };
+            let out = output.unwrap_or_else(|| PathBuf::from(default_name));
+            atomic_write(&out, &data, 0o600)?;
+            println!("wrote {} (holds the private key: keep it safe)", out.display());
+            match format {
+                BundleFormat::TarGz => println!(
+                    "on the client: mkdir -p ~/.docker && tar -xzf {} -C ~/.docker && export DOCKER_HOST={url} DOCKER_TLS_VERIFY=1",
+                    out.display()
+                ),
+                BundleFormat::Context => println!(
+                    "on the client: docker context import {host} {} && docker context use {host}",
+                    out.display()
+                ),
+            }
+            Ok(())
+        }
+        ClientCommand::Env { name, host } => {
+            client_files(ctx, &name)?;
+            let host = client_host(host)?;
+            let port = ctx.settings.docker.listen[0].port;
+            println!("export DOCKER_HOST=tcp://{}:{port}", bracket(&host));
+            println!("export DOCKER_TLS_VERIFY=1");
+            println!("export DOCKER_CERT_PATH={}", ctx.layout.client_dir(&name).display());
+            Ok(())
+        }
+    }
+}
+
+fn bracket(host: &str) -> String {
+    if host.contains(':') { format!("[{host}]") } else { host.to_string() }
+}
+
+fn client_host(given: Option<String>) -> Result<String> {
+    match given {
+        Some(h) => Ok(h),
+        None => {
+            let h = HostIdentity::detect()?;
+            Ok(h.fqdn.unwrap_or(h.hostname))
+        }
+    }
+}
+
+/// A client's three files, checked to be present and parseable.
+fn client_files(ctx: &Ctx, name: &str) -> Result<ClientFiles> {
+    config::validate_client_name(name).map_err(UsageError)?;
+    if !ctx.client_names().iter().any(|n| n == name) {
+        return Err(UsageError(format!(
+            "no client '{name}': add it with `docker-tls-manager client add {name}`"
+        ))
+        .into());
+    }
+    let slot = Slot::Client(name.to_string());
+    let (cert, key) = ctx.layout.cert_and_key(&slot);
+    let ca = ctx.layout.ca_copy(&slot).expect("clients have a CA copy");
+    let read = |p: &Path| {
+        std::fs::read(p).with_context(|| {
+            format!("cannot read '{}': run `docker-tls-manager apply` to issue client '{name}'", p.display())
+        })
+    };
+    let files = ClientFiles { ca: read(&ca)?, cert: read(&cert)?, key: read(&key)? };
+    inspect::first_cert_der(&files.cert)
+        .map_err(|e| anyhow::anyhow!("'{}': {e}; run `docker-tls-manager apply` to repair it", cert.display()))?;
+    Ok(files)
+}

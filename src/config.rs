@@ -1,0 +1,522 @@
+//! Configuration: the TOML file as written by the admin (`RawConfig`, every key optional),
+//! merged with the `DEFAULT_*` constants and validated once into [`Settings`], the typed
+//! values the rest of the program uses. Bad input is rejected here, with the key and the file.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::error::UsageError;
+
+/// Where the configuration is read from when `--config` is not given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/docker-tls-manager/config.toml";
+pub const DEFAULT_CERT_DIR: &str = "/etc/docker/tls";
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/docker-tls-manager";
+pub const DEFAULT_SYSTEMD_DIR: &str = "/etc/systemd/system";
+pub const DEFAULT_DAEMON_JSON: &str = "/etc/docker/daemon.json";
+pub const DEFAULT_KEY_TYPE: KeyType = KeyType::EcdsaP256;
+pub const DEFAULT_CA_VALIDITY: &str = "10y";
+pub const DEFAULT_CA_RENEW_BEFORE: &str = "1y";
+pub const DEFAULT_SERVER_VALIDITY: &str = "90d";
+pub const DEFAULT_SERVER_RENEW_BEFORE: &str = "30d";
+pub const DEFAULT_CLIENT_VALIDITY: &str = "1y";
+pub const DEFAULT_CLIENT_RENEW_BEFORE: &str = "30d";
+pub const DEFAULT_CLIENT_NAMES: &[&str] = &["admin"];
+pub const DEFAULT_LISTEN: &[&str] = &["2376"];
+/// The shortest validity accepted for any certificate.
+pub const MIN_VALIDITY: Duration = Duration::from_secs(60);
+
+/// The algorithm and size of a private key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum KeyType {
+    EcdsaP256,
+    EcdsaP384,
+    Ed25519,
+    Rsa2048,
+    Rsa3072,
+    Rsa4096,
+}
+
+impl KeyType {
+    pub const ALL: [KeyType; 6] = [
+        KeyType::EcdsaP256,
+        KeyType::EcdsaP384,
+        KeyType::Ed25519,
+        KeyType::Rsa2048,
+        KeyType::Rsa3072,
+        KeyType::Rsa4096,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            KeyType::EcdsaP256 => "ecdsa-p256",
+            KeyType::EcdsaP384 => "ecdsa-p384",
+            KeyType::Ed25519 => "ed25519",
+            KeyType::Rsa2048 => "rsa-2048",
+            KeyType::Rsa3072 => "rsa-3072",
+            KeyType::Rsa4096 => "rsa-4096",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<KeyType> {
+        KeyType::ALL.into_iter().find(|k| k.name() == s)
+    }
+}
+
+impl fmt::Display for KeyType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Whether dockerd's `live-restore` is switched on so restarts keep containers running.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LiveRestore {
+    /// On, unless swarm mode is active (the two are incompatible).
+    Auto,
+    On,
+    Off,
+}
+
+/// One `ListenStream=` of the TCP socket unit: a port, or an address and a port.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listen {
+    /// The text as given (`2376`, `0.0.0.0:2376`, `[::1]:2376`), written as `ListenStream=`.
+    pub spec: String,
+    pub port: u16,
+}
+
+/// Paths the manager reads and writes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Paths {
+    pub cert_dir: PathBuf,
+    pub state_dir: PathBuf,
+    pub systemd_dir: PathBuf,
+    pub daemon_json: PathBuf,
+}
+
+/// Key type and lifetime of one kind of certificate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CertPolicy {
+    pub key_type: KeyType,
+    pub validity: Duration,
+    pub renew_before: Duration,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerSettings {
+    pub policy: CertPolicy,
+    pub dns_names: Vec<String>,
+    pub ip_addresses: Vec<IpAddr>,
+    pub auto_addresses: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientSettings {
+    pub policy: CertPolicy,
+    pub names: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DockerSettings {
+    pub manage: bool,
+    pub listen: Vec<Listen>,
+    pub live_restore: LiveRestore,
+}
+
+/// The validated configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Settings {
+    /// The file the settings came from, if one existed.
+    pub source: Option<PathBuf>,
+    pub paths: Paths,
+    pub ca: CertPolicy,
+    pub server: ServerSettings,
+    pub clients: ClientSettings,
+    pub docker: DockerSettings,
+}
+
+// ---- The file as written: every key optional, unknown keys rejected. ----
+
+#[derive(Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    paths: RawPaths,
+    #[serde(default)]
+    ca: RawCert,
+    #[serde(default)]
+    server: RawServer,
+    #[serde(default)]
+    clients: RawClients,
+    #[serde(default)]
+    docker: RawDocker,
+}
+
+#[derive(Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+struct RawPaths {
+    cert_dir: Option<PathBuf>,
+    state_dir: Option<PathBuf>,
+    systemd_dir: Option<PathBuf>,
+    daemon_json: Option<PathBuf>,
+}
+
+#[derive(Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+struct RawCert {
+    key_type: Option<String>,
+    validity: Option<String>,
+    renew_before: Option<String>,
+}
+
+#[derive(Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    key_type: Option<String>,
+    validity: Option<String>,
+    renew_before: Option<String>,
+    dns_names: Option<Vec<String>>,
+    ip_addresses: Option<Vec<String>>,
+    auto_addresses: Option<bool>,
+}
+
+#[derive(Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+struct RawClients {
+    names: Option<Vec<String>>,
+    key_type: Option<String>,
+    validity: Option<String>,
+    renew_before: Option<String>,
+}
+
+#[derive(Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+struct RawDocker {
+    manage: Option<bool>,
+    listen: Option<Vec<String>>,
+    live_restore: Option<RawLiveRestore>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(untagged)]
+enum RawLiveRestore {
+    Bool(bool),
+    Word(String),
+}
+
+/// Loads the configuration. `explicit` is the `--config` argument: a file named there must
+/// exist; the default path may be absent, which means every default.
+pub fn load(explicit: Option<&Path>) -> Result<Settings, UsageError> {
+    let path = explicit.unwrap_or(Path::new(DEFAULT_CONFIG_PATH));
+    match std::fs::read_to_string(path) {
+        Ok(text) => parse(&text, path),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && explicit.is_none() => {
+            parse("", path).map(|mut s| {
+                s.source = None;
+                s
+            })
+        }
+        Err(e) => Err(UsageError(format!(
+            "cannot read the configuration file '{}': {e}; create it (see config.example.toml) \
+             or pass another one with --config",
+            path.display()
+        ))),
+    }
+}
+
+/// Parses and validates configuration text; `path` is only used in messages.
+pub fn parse(text: &str, path: &Path) -> Result<Settings, UsageError> {
+    let raw: RawConfig = toml::from_str(text).map_err(|e| {
+        UsageError(format!(
+            "invalid configuration in '{}': {}",
+            path.display(),
+            e.to_string().trim_end()
+        ))
+    })?;
+    validate(raw, path)
+}
+
+fn validate(raw: RawConfig, path: &Path) -> Result<Settings, UsageError> {
+    let bad = |key: &str, msg: String| {
+        UsageError(format!("invalid configuration in '{}': {key}: {msg}", path.display()))
+    };
+
+    let abs = |key: &str, value: Option<PathBuf>, default: &str| -> Result<PathBuf, UsageError> {
+        let p = value.unwrap_or_else(|| PathBuf::from(default));
+        if !p.is_absolute() {
+            return Err(bad(key, format!("'{}' is not an absolute path", p.display())));
+        }
+        Ok(p)
+    };
+    let paths = Paths {
+        cert_dir: abs("[paths] cert_dir", raw.paths.cert_dir, DEFAULT_CERT_DIR)?,
+        state_dir: abs("[paths] state_dir", raw.paths.state_dir, DEFAULT_STATE_DIR)?,
+        systemd_dir: abs("[paths] systemd_dir", raw.paths.systemd_dir, DEFAULT_SYSTEMD_DIR)?,
+        daemon_json: abs("[paths] daemon_json", raw.paths.daemon_json, DEFAULT_DAEMON_JSON)?,
+    };
+    if paths.cert_dir == paths.state_dir {
+        return Err(bad(
+            "[paths] state_dir",
+            "must differ from cert_dir (the CA key must not sit beside what Docker reads)".into(),
+        ));
+    }
+
+    let policy = |section: &str,
+                  raw: RawCert,
+                  validity: &str,
+                  renew_before: &str|
+     -> Result<CertPolicy, UsageError> {
+        let key_type = match raw.key_type {
+            None => DEFAULT_KEY_TYPE,
+            Some(s) => KeyType::parse(&s).ok_or_else(|| {
+                bad(
+                    &format!("[{section}] key_type"),
+                    format!(
+                        "unknown key type '{s}'; use one of: {}",
+                        KeyType::ALL.map(KeyType::name).join(", ")
+                    ),
+                )
+            })?,
+        };
+        let dur = |key: &str, v: Option<String>, default: &str| {
+            let s = v.unwrap_or_else(|| default.to_string());
+            humantime::parse_duration(&s).map_err(|e| {
+                bad(
+                    &format!("[{section}] {key}"),
+                    format!("'{s}' is not a duration ({e}); write e.g. \"90d\", \"12h\", \"3m\""),
+                )
+            })
+        };
+        let validity = dur("validity", raw.validity, validity)?;
+        let renew = dur("renew_before", raw.renew_before, renew_before)?;
+        if validity < MIN_VALIDITY {
+            return Err(bad(
+                &format!("[{section}] validity"),
+                format!("{} is under the minimum of 1 minute", humantime::format_duration(validity)),
+            ));
+        }
+        if renew >= validity {
+            return Err(bad(
+                &format!("[{section}] renew_before"),
+                format!(
+                    "{} must be shorter than validity ({})",
+                    humantime::format_duration(renew),
+                    humantime::format_duration(validity)
+                ),
+            ));
+        }
+        Ok(CertPolicy { key_type, validity, renew_before: renew })
+    };
+
+    let ca = policy("ca", raw.ca, DEFAULT_CA_VALIDITY, DEFAULT_CA_RENEW_BEFORE)?;
+    let s = raw.server;
+    let server_policy = policy(
+        "server",
+        RawCert { key_type: s.key_type, validity: s.validity, renew_before: s.renew_before },
+        DEFAULT_SERVER_VALIDITY,
+        DEFAULT_SERVER_RENEW_BEFORE,
+    )?;
+    let dns_names = s.dns_names.unwrap_or_default();
+    for name in &dns_names {
+        if !valid_dns_name(name) {
+            return Err(bad(
+                "[server] dns_names",
+                format!("'{name}' is not a DNS name (letters, digits, '-', '.', optional leading '*.')"),
+            ));
+        }
+    }
+    let mut ip_addresses = Vec::new();
+    for a in s.ip_addresses.unwrap_or_default() {
+        ip_addresses.push(a.parse::<IpAddr>().map_err(|_| {
+            bad("[server] ip_addresses", format!("'{a}' is not an IPv4 or IPv6 address"))
+        })?);
+    }
+    let server = ServerSettings {
+        policy: server_policy,
+        dns_names,
+        ip_addresses,
+        auto_addresses: s.auto_addresses.unwrap_or(true),
+    };
+
+    let c = raw.clients;
+    let client_policy = policy(
+        "clients",
+        RawCert { key_type: c.key_type, validity: c.validity, renew_before: c.renew_before },
+        DEFAULT_CLIENT_VALIDITY,
+        DEFAULT_CLIENT_RENEW_BEFORE,
+    )?;
+    let names = c
+        .names
+        .unwrap_or_else(|| DEFAULT_CLIENT_NAMES.iter().map(|s| s.to_string()).collect());
+    let mut seen = BTreeSet::new();
+    for name in &names {
+        validate_client_name(name).map_err(|m| bad("[clients] names", m))?;
+        if !seen.insert(name) {
+            return Err(bad("[clients] names", format!("'{name}' is listed twice")));
+        }
+    }
+    let clients = ClientSettings { policy: client_policy, names };
+
+    let d = raw.docker;
+    let listen_raw =
+        d.listen.unwrap_or_else(|| DEFAULT_LISTEN.iter().map(|s| s.to_string()).collect());
+    if listen_raw.is_empty() {
+        return Err(bad("[docker] listen", "must name at least one port".into()));
+    }
+    let mut listen = Vec::new();
+    for spec in listen_raw {
+        let port = parse_listen(&spec).ok_or_else(|| {
+            bad(
+                "[docker] listen",
+                format!("'{spec}' is not a port or ADDRESS:PORT (e.g. \"2376\", \"192.0.2.1:2376\", \"[::1]:2376\")"),
+            )
+        })?;
+        listen.push(Listen { spec, port });
+    }
+    let live_restore = match d.live_restore {
+        None => LiveRestore::Auto,
+        Some(RawLiveRestore::Bool(true)) => LiveRestore::On,
+        Some(RawLiveRestore::Bool(false)) => LiveRestore::Off,
+        Some(RawLiveRestore::Word(w)) => match w.as_str() {
+            "auto" => LiveRestore::Auto,
+            "on" => LiveRestore::On,
+            "off" => LiveRestore::Off,
+            _ => {
+                return Err(bad(
+                    "[docker] live_restore",
+                    format!("'{w}' is not one of \"auto\", \"on\", \"off\" (or true/false)"),
+                ));
+            }
+        },
+    };
+    let docker = DockerSettings { manage: d.manage.unwrap_or(true), listen, live_restore };
+
+    Ok(Settings { source: Some(path.to_path_buf()), paths, ca, server, clients, docker })
+}
+
+fn parse_listen(spec: &str) -> Option<u16> {
+    let port = if let Ok(p) = spec.parse::<u16>() {
+        p
+    } else {
+        spec.parse::<SocketAddr>().ok()?.port()
+    };
+    (port != 0).then_some(port)
+}
+
+fn valid_dns_name(name: &str) -> bool {
+    let name = name.strip_prefix("*.").unwrap_or(name);
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        })
+}
+
+/// A client name becomes a directory name and a certificate CN: keep it to a safe alphabet.
+pub fn validate_client_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "'{name}' is not a valid client name: use 1 to 64 letters, digits, '.', '_' or '-', \
+             starting with a letter or digit"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(text: &str) -> Result<Settings, UsageError> {
+        parse(text, Path::new("/etc/x/config.toml"))
+    }
+
+    #[test]
+    fn empty_file_gives_documented_defaults() {
+        let s = p("").unwrap();
+        assert_eq!(s.paths.cert_dir, PathBuf::from("/etc/docker/tls"));
+        assert_eq!(s.paths.state_dir, PathBuf::from("/var/lib/docker-tls-manager"));
+        assert_eq!(s.ca.key_type, KeyType::EcdsaP256);
+        assert_eq!(s.ca.validity, humantime::parse_duration("10y").unwrap());
+        assert_eq!(s.server.policy.validity, Duration::from_secs(90 * 86400));
+        assert_eq!(s.server.policy.renew_before, Duration::from_secs(30 * 86400));
+        assert_eq!(s.clients.names, vec!["admin".to_string()]);
+        assert!(s.server.auto_addresses);
+        assert!(s.docker.manage);
+        assert_eq!(s.docker.listen, vec![Listen { spec: "2376".into(), port: 2376 }]);
+        assert_eq!(s.docker.live_restore, LiveRestore::Auto);
+    }
+
+    #[test]
+    fn example_config_loads_and_equals_defaults() {
+        let text = include_str!("../config.example.toml");
+        let example = p(text).unwrap();
+        let defaults = p("").unwrap();
+        assert_eq!(example, defaults);
+    }
+
+    fn err(text: &str) -> String {
+        p(text).unwrap_err().0
+    }
+
+    #[test]
+    fn bad_values_name_key_and_file() {
+        let cases = [
+            ("[server]\nvalidity = \"banana\"", "[server] validity"),
+            ("[server]\nrenew_before = \"90d\"", "[server] renew_before"),
+            ("[clients]\nvalidity = \"30s\"\nrenew_before = \"1s\"", "[clients] validity"),
+            ("[ca]\nkey_type = \"dsa\"", "[ca] key_type"),
+            ("[server]\nip_addresses = [\"10.0.0.300\"]", "[server] ip_addresses"),
+            ("[server]\ndns_names = [\"bad name\"]", "[server] dns_names"),
+            ("[docker]\nlisten = [\"http\"]", "[docker] listen"),
+            ("[docker]\nlisten = []", "[docker] listen"),
+            ("[docker]\nlive_restore = \"maybe\"", "[docker] live_restore"),
+            ("[clients]\nnames = [\"../etc\"]", "[clients] names"),
+            ("[clients]\nnames = [\"a\", \"a\"]", "[clients] names"),
+            ("[paths]\ncert_dir = \"relative\"", "[paths] cert_dir"),
+        ];
+        for (text, key) in cases {
+            let m = err(text);
+            assert!(m.contains(key), "{text:?}: {m}");
+            assert!(m.contains("/etc/x/config.toml"), "{m}");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_and_sections_are_rejected() {
+        let m = err("[server]\nvalidty = \"90d\"");
+        assert!(m.contains("validty") && m.contains("/etc/x/config.toml"), "{m}");
+        let m = err("[srever]\n");
+        assert!(m.contains("srever"), "{m}");
+        let m = err("[server]\nvalidity = 90");
+        assert!(m.contains("validity"), "{m}");
+    }
+
+    #[test]
+    fn listen_forms() {
+        let s = p("[docker]\nlisten = [\"2376\", \"127.0.0.1:2377\", \"[::1]:2378\"]\nlive_restore = false").unwrap();
+        let ports: Vec<u16> = s.docker.listen.iter().map(|l| l.port).collect();
+        assert_eq!(ports, vec![2376, 2377, 2378]);
+        assert_eq!(s.docker.live_restore, LiveRestore::Off);
+    }
+
+    #[test]
+    fn missing_explicit_file_is_an_error_but_missing_default_is_not() {
+        let e = load(Some(Path::new("/nonexistent/dtm.toml"))).unwrap_err();
+        assert!(e.0.contains("/nonexistent/dtm.toml"));
+    }
+}

@@ -1,0 +1,219 @@
+//! The local filesystem: the one atomic-write helper every write goes through, backups of
+//! replaced files, directories with the right modes, and the lock on the state directory.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{ErrorKind, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{Context, Result, bail};
+
+/// Prefix of temporary files; anything starting with it in our directories is a leftover.
+pub const TEMP_PREFIX: &str = ".dtm-tmp-";
+
+/// Outcome of [`write_if_changed`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteOutcome {
+    Unchanged,
+    Written,
+}
+
+/// Writes `data` to `path` atomically with `mode`: a temp file in the same directory, mode set
+/// before any byte is written, fsync, rename over `path`, fsync of the directory. The temp file
+/// is removed on error, so `path` is either the old or the new content, never a mix.
+pub fn atomic_write(path: &Path, data: &[u8], mode: u32) -> Result<()> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().context("path has no file name")?.to_string_lossy();
+    let tmp = dir.join(format!("{TEMP_PREFIX}{}-{name}", std::process::id()));
+    let result = (|| -> Result<()> {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&tmp)
+            .with_context(|| format!("cannot create '{}'", tmp.display()))?;
+        // The umask may have cleared bits from `mode`; set it exactly.
+        f.set_permissions(fs::Permissions::from_mode(mode))?;
+        f.write_all(data).with_context(|| format!("cannot write '{}'", tmp.display()))?;
+        f.sync_all().with_context(|| format!("cannot fsync '{}'", tmp.display()))?;
+        drop(f);
+        fs::rename(&tmp, path)
+            .with_context(|| format!("cannot rename '{}' to '{}'", tmp.display(), path.display()))?;
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .with_context(|| format!("cannot fsync directory '{}'", dir.display()))?;
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result.with_context(|| format!("failed to write '{}'", path.display()))
+}
+
+/// Writes only when the bytes differ (or the mode does); reports what it did.
+pub fn write_if_changed(path: &Path, data: &[u8], mode: u32) -> Result<WriteOutcome> {
+    if let Ok(old) = fs::read(path) {
+        if old == data {
+            let cur = fs::metadata(path)?.permissions().mode() & 0o7777;
+            if cur != mode {
+                set_mode(path, mode)?;
+            }
+            return Ok(WriteOutcome::Unchanged);
+        }
+    }
+    atomic_write(path, data, mode)?;
+    Ok(WriteOutcome::Written)
+}
+
+pub fn set_mode(path: &Path, mode: u32) -> Result<()> {
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+        .with_context(|| format!("cannot chmod {mode:o} '{}'", path.display()))
+}
+
+/// The permission bits of `path`, or `None` if it does not exist.
+pub fn mode_of(path: &Path) -> Option<u32> {
+    fs::metadata(path).ok().map(|m| m.permissions().mode() & 0o7777)
+}
+
+/// Creates `dir` (and parents) if missing and sets its mode.
+pub fn ensure_dir(dir: &Path, mode: u32) -> Result<()> {
+    match fs::metadata(dir) {
+        Ok(m) if m.is_dir() => {
+            if m.permissions().mode() & 0o7777 != mode {
+                set_mode(dir, mode)?;
+            }
+            Ok(())
+        }
+        Ok(_) => bail!("'{}' exists but is not a directory; move it away", dir.display()),
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create directory '{}'", dir.display()))?;
+            set_mode(dir, mode)
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot inspect '{}'", dir.display())),
+    }
+}
+
+/// Copies `path` (if it exists) into `backup_root/<timestamp>/<path without leading />` before it
+/// is replaced or removed, keeping its mode. Returns where the copy went.
+pub fn backup(path: &Path, backup_root: &Path, now: SystemTime) -> Result<Option<PathBuf>> {
+    let data = match fs::read(path) {
+        Ok(d) => d,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(e).with_context(|| format!("cannot read '{}' to back it up", path.display()));
+        }
+    };
+    let mode = mode_of(path).unwrap_or(0o600);
+    let stamp = humantime::format_rfc3339_seconds(now).to_string().replace(':', "");
+    let rel = path.strip_prefix("/").unwrap_or(path);
+    let dest = backup_root.join(stamp).join(rel);
+    let parent = dest.parent().expect("backup path has a parent");
+    ensure_dir(backup_root, 0o700)?;
+    fs::create_dir_all(parent)
+        .with_context(|| format!("cannot create backup directory '{}'", parent.display()))?;
+    atomic_write(&dest, &data, mode)?;
+    tracing::debug!(from = %path.display(), to = %dest.display(), "backed up");
+    Ok(Some(dest))
+}
+
+/// An exclusive `flock` on `state_dir/lock`, held until dropped, so that the CLI and the
+/// service never interleave their writes.
+pub struct StateLock {
+    _file: File,
+}
+
+impl StateLock {
+    pub fn acquire(state_dir: &Path, wait: Duration) -> Result<StateLock> {
+        ensure_dir(state_dir, 0o700)?;
+        let path = state_dir.join("lock");
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&path)
+            .with_context(|| format!("cannot open lock file '{}'", path.display()))?;
+        let deadline = Instant::now() + wait;
+        loop {
+            // SAFETY: flock on a file descriptor we own.
+            let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+            if rc == 0 {
+                return Ok(StateLock { _file: file });
+            }
+            let err = std::io::Error::last_os_error();
+            if err.kind() != ErrorKind::WouldBlock {
+                return Err(err).with_context(|| format!("cannot lock '{}'", path.display()));
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "another docker-tls-manager holds the lock '{}' (the service, or another \
+                     command); try again when it has finished",
+                    path.display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_write_sets_mode_and_leaves_no_temp() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("key.pem");
+        atomic_write(&p, b"secret", 0o600).unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"secret");
+        assert_eq!(mode_of(&p), Some(0o600));
+        atomic_write(&p, b"new", 0o644).unwrap();
+        assert_eq!(mode_of(&p), Some(0o644));
+        let names: Vec<_> = fs::read_dir(d.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names.len(), 1, "{names:?}");
+    }
+
+    #[test]
+    fn failed_write_keeps_old_content_and_removes_temp() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("sub");
+        fs::create_dir(&p).unwrap(); // renaming a file over a directory fails
+        assert!(atomic_write(&p, b"x", 0o644).is_err());
+        assert!(p.is_dir());
+        let names: Vec<_> = fs::read_dir(d.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names.len(), 1, "{names:?}");
+    }
+
+    #[test]
+    fn write_if_changed_reports_unchanged() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("f");
+        assert_eq!(write_if_changed(&p, b"a", 0o644).unwrap(), WriteOutcome::Written);
+        assert_eq!(write_if_changed(&p, b"a", 0o644).unwrap(), WriteOutcome::Unchanged);
+        assert_eq!(write_if_changed(&p, b"b", 0o644).unwrap(), WriteOutcome::Written);
+    }
+
+    #[test]
+    fn backup_copies_with_mode() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("k");
+        atomic_write(&p, b"old", 0o600).unwrap();
+        let dest = backup(&p, &d.path().join("backup"), SystemTime::UNIX_EPOCH).unwrap().unwrap();
+        assert_eq!(fs::read(&dest).unwrap(), b"old");
+        assert_eq!(mode_of(&dest), Some(0o600));
+        assert!(backup(&d.path().join("missing"), &d.path().join("backup"), SystemTime::UNIX_EPOCH).unwrap().is_none());
+    }
+
+    #[test]
+    fn lock_is_exclusive() {
+        let d = tempfile::tempdir().unwrap();
+        let _a = StateLock::acquire(d.path(), Duration::ZERO).unwrap();
+        // flock locks belong to the open file description: a second open conflicts.
+        let e = StateLock::acquire(d.path(), Duration::from_millis(150)).err().unwrap();
+        assert!(e.to_string().contains("holds the lock"), "{e}");
+    }
+}

@@ -1,0 +1,133 @@
+//! The host's identity as clients see it: hostname, FQDN and network addresses, which become
+//! the server certificate's subject alternative names.
+
+use std::collections::BTreeSet;
+use std::ffi::{CStr, CString};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use anyhow::{Result, bail};
+
+/// Names and addresses the server certificate must cover.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HostIdentity {
+    pub hostname: String,
+    pub fqdn: Option<String>,
+    /// Non-loopback, non-link-local addresses of the host's interfaces.
+    pub addresses: BTreeSet<IpAddr>,
+}
+
+impl HostIdentity {
+    /// Reads the identity of the machine this runs on.
+    pub fn detect() -> Result<HostIdentity> {
+        let hostname = hostname()?;
+        let fqdn = fqdn(&hostname).filter(|f| f != &hostname && f != "localhost");
+        Ok(HostIdentity { hostname, fqdn, addresses: addresses()? })
+    }
+}
+
+fn hostname() -> Result<String> {
+    let mut buf = [0u8; 256];
+    // SAFETY: buf is valid for buf.len() bytes; gethostname NUL-terminates on success.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        bail!("gethostname failed: {}", std::io::Error::last_os_error());
+    }
+    let name = CStr::from_bytes_until_nul(&buf)?.to_string_lossy().trim().to_string();
+    if name.is_empty() {
+        bail!("the host has no hostname; set one with hostnamectl");
+    }
+    Ok(name.to_ascii_lowercase())
+}
+
+/// The canonical name of `hostname` from the resolver (getaddrinfo with AI_CANONNAME).
+fn fqdn(hostname: &str) -> Option<String> {
+    let node = CString::new(hostname).ok()?;
+    // SAFETY: zeroed addrinfo is a valid "no hints" value; fields set below.
+    let mut hints: libc::addrinfo = unsafe { std::mem::zeroed() };
+    hints.ai_flags = libc::AI_CANONNAME;
+    hints.ai_family = libc::AF_UNSPEC;
+    let mut res: *mut libc::addrinfo = std::ptr::null_mut();
+    // SAFETY: valid C strings and out-pointer; freed below.
+    let rc = unsafe { libc::getaddrinfo(node.as_ptr(), std::ptr::null(), &hints, &mut res) };
+    if rc != 0 || res.is_null() {
+        return None;
+    }
+    // SAFETY: res is a valid list from getaddrinfo until freeaddrinfo.
+    let name = unsafe {
+        let canon = (*res).ai_canonname;
+        let n = (!canon.is_null()).then(|| CStr::from_ptr(canon).to_string_lossy().to_ascii_lowercase());
+        libc::freeaddrinfo(res);
+        n
+    };
+    name.filter(|n| n.contains('.'))
+}
+
+/// Whether an address belongs in the certificate automatically (loopbacks are added
+/// explicitly; link-local ones are useless in a URL and change with the interface).
+pub fn is_public_candidate(ip: &IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => !v4.is_loopback() && !v4.is_link_local() && !v4.is_unspecified(),
+        IpAddr::V6(v6) => {
+            !v6.is_loopback() && !v6.is_unspecified() && (v6.segments()[0] & 0xffc0) != 0xfe80
+        }
+    }
+}
+
+fn addresses() -> Result<BTreeSet<IpAddr>> {
+    let mut out = BTreeSet::new();
+    let mut ifap: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills a list we free with freeifaddrs.
+    if unsafe { libc::getifaddrs(&mut ifap) } != 0 {
+        bail!("getifaddrs failed: {}", std::io::Error::last_os_error());
+    }
+    let mut cur = ifap;
+    while !cur.is_null() {
+        // SAFETY: cur walks the list returned by getifaddrs.
+        let ifa = unsafe { &*cur };
+        if !ifa.ifa_addr.is_null() {
+            // SAFETY: ifa_addr points at a sockaddr whose family says its real type.
+            let ip = unsafe {
+                match i32::from((*ifa.ifa_addr).sa_family) {
+                    libc::AF_INET => {
+                        let sa = &*(ifa.ifa_addr as *const libc::sockaddr_in);
+                        Some(IpAddr::V4(Ipv4Addr::from(u32::from_be(sa.sin_addr.s_addr))))
+                    }
+                    libc::AF_INET6 => {
+                        let sa = &*(ifa.ifa_addr as *const libc::sockaddr_in6);
+                        Some(IpAddr::V6(Ipv6Addr::from(sa.sin6_addr.s6_addr)))
+                    }
+                    _ => None,
+                }
+            };
+            if let Some(ip) = ip.filter(is_public_candidate) {
+                out.insert(ip);
+            }
+        }
+        cur = ifa.ifa_next;
+    }
+    // SAFETY: ifap came from getifaddrs.
+    unsafe { libc::freeifaddrs(ifap) };
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn detect_has_a_hostname_and_no_loopback() {
+        let h = HostIdentity::detect().unwrap();
+        assert!(!h.hostname.is_empty());
+        assert!(h.addresses.iter().all(is_public_candidate));
+    }
+
+    #[test]
+    fn candidates() {
+        assert!(!is_public_candidate(&"127.0.0.1".parse().unwrap()));
+        assert!(!is_public_candidate(&"::1".parse().unwrap()));
+        assert!(!is_public_candidate(&"fe80::1".parse().unwrap()));
+        assert!(!is_public_candidate(&"169.254.1.1".parse().unwrap()));
+        assert!(is_public_candidate(&"192.0.2.5".parse().unwrap()));
+        assert!(is_public_candidate(&"2001:db8::5".parse().unwrap()));
+    }
+}

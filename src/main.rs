@@ -1,0 +1,39 @@
+//! docker-tls-manager: the command-line entry point. Parses arguments, sets up logging, runs
+//! the command and maps errors to the documented exit codes (0 ok, 1 failed, 2 bad usage).
+
+mod bundle;
+mod cli;
+mod commands;
+mod config;
+mod error;
+mod files;
+mod host;
+mod pki;
+mod status;
+
+use clap::Parser;
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("DTM_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false);
+    // Under journald the journal adds timestamps itself.
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        builder.without_time().with_ansi(false).init();
+    } else {
+        builder.init();
+    }
+}
+
+fn main() {
+    let cli = cli::Cli::parse();
+    init_tracing();
+    let code = match commands::run(cli.command, cli.config.as_deref()) {
+        Ok(()) => error::EXIT_OK,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            error::exit_code(&e)
+        }
+    };
+    std::process::exit(code);
+}

@@ -1,0 +1,286 @@
+//! Reads what is on disk: certificates with x509-parser, keys with rcgen, file modes. Never
+//! writes; the planner decides from what this returns.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use sha2::{Digest, Sha256};
+use x509_parser::extensions::GeneralName;
+use x509_parser::oid_registry::OID_SIG_ED25519;
+use x509_parser::prelude::{FromDer, X509Certificate};
+use x509_parser::public_key::PublicKey;
+
+use super::layout::{CERT_MODE, KEY_DIR_MODE, KEY_MODE};
+use super::{Layout, Slot};
+use crate::config::KeyType;
+use crate::files::mode_of;
+
+/// A subject alternative name.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+pub enum San {
+    Dns(String),
+    Ip(IpAddr),
+}
+
+impl fmt::Display for San {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            San::Dns(d) => write!(f, "DNS:{d}"),
+            San::Ip(ip) => write!(f, "IP:{ip}"),
+        }
+    }
+}
+
+/// What a parsed certificate says.
+#[derive(Clone, Debug)]
+pub struct CertInfo {
+    pub subject: String,
+    pub common_name: String,
+    pub sans: BTreeSet<San>,
+    /// Colon-separated hex, as openssl prints it.
+    pub serial: String,
+    pub not_before: SystemTime,
+    pub not_after: SystemTime,
+    pub key_type: Option<KeyType>,
+    pub is_ca: bool,
+    pub server_auth: bool,
+    pub client_auth: bool,
+    /// SHA-256 of the DER, lowercase hex.
+    pub fingerprint: String,
+    /// Raw subject public key (the SPKI bit string), to match against the key file.
+    pub public_key: Vec<u8>,
+    pub der: Vec<u8>,
+}
+
+/// The state of a key file.
+#[derive(Clone, Debug)]
+pub enum KeyState {
+    Missing,
+    /// Exists but cannot be read or parsed; the message says why.
+    Unreadable(String),
+    Readable { public_key: Vec<u8> },
+}
+
+/// The state of a certificate file.
+#[derive(Clone, Debug)]
+pub enum CertState {
+    Missing,
+    Unparsable(String),
+    Present(Box<CertInfo>),
+}
+
+/// One slot as found on disk.
+#[derive(Clone, Debug)]
+pub struct SlotObservation {
+    pub cert_path: PathBuf,
+    pub key_path: PathBuf,
+    pub cert: CertState,
+    pub key: KeyState,
+    /// The certificate's signature verifies with the current CA certificate's key.
+    pub signed_by_ca: bool,
+    /// Files and directories whose mode differs from what it must be: (path, wanted, found).
+    pub wrong_modes: Vec<(PathBuf, u32, u32)>,
+    /// For clients: their copy of the CA certificate equals the current one.
+    pub ca_copy_current: bool,
+}
+
+impl SlotObservation {
+    pub fn info(&self) -> Option<&CertInfo> {
+        match &self.cert {
+            CertState::Present(i) => Some(i),
+            _ => None,
+        }
+    }
+}
+
+/// Everything the planner needs to know about the disk.
+#[derive(Clone, Debug)]
+pub struct DiskState {
+    pub slots: BTreeMap<Slot, SlotObservation>,
+}
+
+impl DiskState {
+    pub fn get(&self, slot: &Slot) -> &SlotObservation {
+        &self.slots[slot]
+    }
+}
+
+/// Reads every slot: the CA, the server, each of `clients`, and the probe identity if asked.
+pub fn inspect(layout: &Layout, clients: &[String], probe: bool) -> DiskState {
+    let mut slots = vec![Slot::Ca, Slot::Server];
+    slots.extend(clients.iter().cloned().map(Slot::Client));
+    if probe {
+        slots.push(Slot::Probe);
+    }
+    let ca_pem = std::fs::read(layout.ca_cert()).ok();
+    let ca_der = ca_pem.as_deref().and_then(|p| first_cert_der(p).ok());
+    let mut out = BTreeMap::new();
+    for slot in slots {
+        let obs = observe(layout, &slot, ca_der.as_deref(), ca_pem.as_deref());
+        out.insert(slot, obs);
+    }
+    DiskState { slots: out }
+}
+
+fn observe(layout: &Layout, slot: &Slot, ca_der: Option<&[u8]>, ca_pem: Option<&[u8]>) -> SlotObservation {
+    let (cert_path, key_path) = layout.cert_and_key(slot);
+    let cert = match std::fs::read(&cert_path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => CertState::Missing,
+        Err(e) => CertState::Unparsable(format!("cannot read: {e}")),
+        Ok(data) => match first_cert_der(&data).and_then(|der| cert_info(&der)) {
+            Ok(info) => CertState::Present(Box::new(info)),
+            Err(e) => CertState::Unparsable(e),
+        },
+    };
+    let key = read_key(&key_path);
+    let signed_by_ca = match (&cert, ca_der) {
+        (CertState::Present(info), Some(ca)) => verify_signed_by(&info.der, ca),
+        _ => false,
+    };
+    let mut wrong_modes = Vec::new();
+    let mut check = |p: &Path, want: u32| {
+        if let Some(have) = mode_of(p) {
+            if have != want {
+                wrong_modes.push((p.to_path_buf(), want, have));
+            }
+        }
+    };
+    for d in layout.key_dirs(slot) {
+        check(&d, KEY_DIR_MODE);
+    }
+    check(&cert_path, CERT_MODE);
+    check(&key_path, KEY_MODE);
+    let mut ca_copy_current = true;
+    if let Some(copy) = layout.ca_copy(slot) {
+        check(&copy, CERT_MODE);
+        ca_copy_current = match (std::fs::read(&copy), ca_pem) {
+            (Ok(have), Some(want)) => have == want,
+            _ => false,
+        };
+    }
+    wrong_modes.dedup();
+    SlotObservation {
+        cert_path,
+        key_path,
+        cert,
+        key,
+        signed_by_ca,
+        wrong_modes,
+        ca_copy_current,
+    }
+}
+
+/// Reads a private key (PKCS#8 PEM) and returns its raw public key.
+pub fn read_key(path: &Path) -> KeyState {
+    match std::fs::read_to_string(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => KeyState::Missing,
+        Err(e) => KeyState::Unreadable(format!("cannot read '{}': {e}", path.display())),
+        Ok(text) => match rcgen::KeyPair::from_pem(&text) {
+            Ok(kp) => KeyState::Readable { public_key: kp.public_key_raw().to_vec() },
+            Err(e) => KeyState::Unreadable(format!(
+                "'{}' is not an unencrypted PKCS#8 PEM private key ({e})",
+                path.display()
+            )),
+        },
+    }
+}
+
+/// The DER of the first CERTIFICATE block in a PEM file.
+pub fn first_cert_der(pem: &[u8]) -> Result<Vec<u8>, String> {
+    for item in x509_parser::pem::Pem::iter_from_buffer(pem) {
+        let item = item.map_err(|e| format!("not valid PEM: {e}"))?;
+        if item.label == "CERTIFICATE" {
+            return Ok(item.contents);
+        }
+    }
+    Err("no CERTIFICATE block in the file".into())
+}
+
+fn time_of(t: x509_parser::time::ASN1Time) -> SystemTime {
+    let ts = t.timestamp();
+    if ts >= 0 {
+        UNIX_EPOCH + Duration::from_secs(ts as u64)
+    } else {
+        UNIX_EPOCH - Duration::from_secs(ts.unsigned_abs())
+    }
+}
+
+/// Parses a DER certificate into what we need to know about it.
+pub fn cert_info(der: &[u8]) -> Result<CertInfo, String> {
+    let (_, x) = X509Certificate::from_der(der).map_err(|e| format!("not a valid X.509 certificate: {e}"))?;
+    let common_name = x
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let mut sans = BTreeSet::new();
+    if let Ok(Some(ext)) = x.subject_alternative_name() {
+        for gn in &ext.value.general_names {
+            match gn {
+                GeneralName::DNSName(d) => {
+                    sans.insert(San::Dns(d.to_ascii_lowercase()));
+                }
+                GeneralName::IPAddress(b) => {
+                    let ip = match b.len() {
+                        4 => IpAddr::from(<[u8; 4]>::try_from(*b).unwrap()),
+                        16 => IpAddr::from(<[u8; 16]>::try_from(*b).unwrap()),
+                        _ => continue,
+                    };
+                    sans.insert(San::Ip(ip));
+                }
+                _ => {}
+            }
+        }
+    }
+    let (server_auth, client_auth) = match x.extended_key_usage() {
+        Ok(Some(e)) => (e.value.server_auth || e.value.any, e.value.client_auth || e.value.any),
+        _ => (false, false),
+    };
+    let spki = x.public_key();
+    let key_type = if spki.algorithm.algorithm == OID_SIG_ED25519 {
+        Some(KeyType::Ed25519)
+    } else {
+        match spki.parsed() {
+            Ok(PublicKey::EC(ec)) => match ec.key_size() {
+                256 => Some(KeyType::EcdsaP256),
+                384 => Some(KeyType::EcdsaP384),
+                _ => None,
+            },
+            Ok(PublicKey::RSA(rsa)) => match rsa.key_size() {
+                2048 => Some(KeyType::Rsa2048),
+                3072 => Some(KeyType::Rsa3072),
+                4096 => Some(KeyType::Rsa4096),
+                _ => None,
+            },
+            _ => None,
+        }
+    };
+    Ok(CertInfo {
+        subject: x.subject().to_string(),
+        common_name,
+        sans,
+        serial: x.raw_serial_as_string(),
+        not_before: time_of(x.validity().not_before),
+        not_after: time_of(x.validity().not_after),
+        key_type,
+        is_ca: x.is_ca(),
+        server_auth,
+        client_auth,
+        fingerprint: hex::encode(Sha256::digest(der)),
+        public_key: spki.subject_public_key.data.to_vec(),
+        der: der.to_vec(),
+    })
+}
+
+/// Whether `cert_der`'s signature verifies with the key of `ca_der`.
+pub fn verify_signed_by(cert_der: &[u8], ca_der: &[u8]) -> bool {
+    let (Ok((_, cert)), Ok((_, ca))) = (X509Certificate::from_der(cert_der), X509Certificate::from_der(ca_der)) else {
+        return false;
+    };
+    cert.issuer() == ca.subject() && cert.verify_signature(Some(ca.public_key())).is_ok()
+}

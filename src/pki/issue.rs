@@ -1,0 +1,93 @@
+//! Makes keys and certificates with rcgen. Every certificate gets a random 128-bit serial, a
+//! `not_before` backdated 5 minutes and an explicit `not_after` (rcgen's defaults are 1975 and
+//! 4096, and a serial derived from the key).
+
+use std::collections::BTreeSet;
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Context, Result};
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, RsaKeySize, SanType, SerialNumber,
+};
+
+use super::inspect::San;
+use crate::config::KeyType;
+
+/// How far `not_before` is set in the past, for clients whose clocks run a little behind.
+pub const BACKDATE: Duration = Duration::from_secs(5 * 60);
+/// Organization written into every subject.
+pub const ORGANIZATION: &str = "docker-tls-manager";
+
+/// A fresh private key of the given type.
+pub fn generate_key(kt: KeyType) -> Result<KeyPair> {
+    let kp = match kt {
+        KeyType::EcdsaP256 => KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256),
+        KeyType::EcdsaP384 => KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384),
+        KeyType::Ed25519 => KeyPair::generate_for(&rcgen::PKCS_ED25519),
+        KeyType::Rsa2048 => KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, RsaKeySize::_2048),
+        KeyType::Rsa3072 => KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, RsaKeySize::_3072),
+        KeyType::Rsa4096 => KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, RsaKeySize::_4096),
+    };
+    kp.with_context(|| format!("cannot generate a {kt} key"))
+}
+
+/// A random positive serial of 128 bits (at least 64 are required by the CA/B baseline).
+pub fn random_serial() -> SerialNumber {
+    let mut bytes: [u8; 16] = rand::random();
+    bytes[0] = (bytes[0] & 0x7f) | 0x40; // positive, and no leading zero byte
+    SerialNumber::from_slice(&bytes)
+}
+
+fn base_params(cn: &str, now: SystemTime, validity: Duration) -> CertificateParams {
+    let mut p = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, ORGANIZATION);
+    dn.push(DnType::CommonName, cn);
+    p.distinguished_name = dn;
+    p.not_before = (now - BACKDATE).into();
+    p.not_after = (now + validity).into();
+    p.serial_number = Some(random_serial());
+    p
+}
+
+/// Parameters of the self-signed CA.
+pub fn ca_params(cn: &str, now: SystemTime, validity: Duration) -> CertificateParams {
+    let mut p = base_params(cn, now, validity);
+    p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    p
+}
+
+/// What a leaf certificate is for.
+pub enum Leaf<'a> {
+    Server { sans: &'a BTreeSet<San> },
+    Client,
+}
+
+/// Parameters of a server or client certificate.
+pub fn leaf_params(leaf: Leaf<'_>, cn: &str, now: SystemTime, validity: Duration) -> Result<CertificateParams> {
+    let mut p = base_params(cn, now, validity);
+    p.is_ca = IsCa::ExplicitNoCa;
+    p.use_authority_key_identifier_extension = true;
+    p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+    match leaf {
+        Leaf::Server { sans } => {
+            p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+            for san in sans {
+                p.subject_alt_names.push(match san {
+                    San::Dns(d) => SanType::DnsName(d.clone().try_into().with_context(|| format!("bad DNS name '{d}'"))?),
+                    San::Ip(ip) => SanType::IpAddress(*ip),
+                });
+            }
+        }
+        Leaf::Client => p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth],
+    }
+    Ok(p)
+}
+
+/// Signs `params` for `key` with the CA (its certificate PEM and its key).
+pub fn sign(params: &CertificateParams, key: &KeyPair, ca_cert_pem: &str, ca_key: KeyPair) -> Result<String> {
+    let issuer = Issuer::from_ca_cert_pem(ca_cert_pem, ca_key).context("cannot use the CA certificate to sign")?;
+    Ok(params.signed_by(key, &issuer).context("signing failed")?.pem())
+}

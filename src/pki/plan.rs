@@ -1,0 +1,342 @@
+//! The PKI planner: a pure function of (what is on disk, settings, host identity, now, what is
+//! forced) to the ordered list of actions that brings the PKI to the wanted state.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::PathBuf;
+use std::time::SystemTime;
+
+use anyhow::{Result, bail};
+
+use super::inspect::{CertState, DiskState, KeyState, San, SlotObservation};
+use super::{PROBE_CN, Slot};
+use crate::config::{CertPolicy, KeyType, Settings};
+use crate::host::HostIdentity;
+
+/// Certificates to reissue even if they are fine (`renew --force`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Force {
+    pub ca: bool,
+    pub server: bool,
+    pub clients: bool,
+}
+
+/// Why a certificate is (re)issued.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reason {
+    Missing,
+    Unparsable(String),
+    KeyMissing,
+    KeyUnreadable(String),
+    KeyMismatch,
+    NotSignedByCa,
+    WrongUsage(String),
+    SansChanged { added: Vec<San>, removed: Vec<San> },
+    KeyTypeChanged { found: Option<KeyType>, wanted: KeyType },
+    CaReplaced,
+    Due { not_after: SystemTime },
+    Expired { not_after: SystemTime },
+    Forced,
+}
+
+impl Reason {
+    /// Whether this is an ordinary renewal rather than a repair.
+    pub fn is_renewal(&self) -> bool {
+        matches!(self, Reason::Due { .. } | Reason::Expired { .. } | Reason::Forced)
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let t = |t: &SystemTime| humantime::format_rfc3339_seconds(*t);
+        match self {
+            Reason::Missing => f.write_str("missing"),
+            Reason::Unparsable(e) => write!(f, "unreadable certificate ({e})"),
+            Reason::KeyMissing => f.write_str("key file missing"),
+            Reason::KeyUnreadable(e) => write!(f, "unreadable key ({e})"),
+            Reason::KeyMismatch => f.write_str("key does not match the certificate"),
+            Reason::NotSignedByCa => f.write_str("not signed by the current CA"),
+            Reason::WrongUsage(e) => write!(f, "wrong usage ({e})"),
+            Reason::SansChanged { added, removed } => {
+                f.write_str("host names or addresses changed")?;
+                for s in added {
+                    write!(f, " +{s}")?;
+                }
+                for s in removed {
+                    write!(f, " -{s}")?;
+                }
+                Ok(())
+            }
+            Reason::KeyTypeChanged { found, wanted } => write!(
+                f,
+                "key type {} differs from configured {wanted}",
+                found.map_or("unknown".to_string(), |k| k.to_string())
+            ),
+            Reason::CaReplaced => f.write_str("the CA gets a new key"),
+            Reason::Due { not_after } => write!(f, "due for renewal (expires {})", t(not_after)),
+            Reason::Expired { not_after } => write!(f, "expired at {}", t(not_after)),
+            Reason::Forced => f.write_str("forced"),
+        }
+    }
+}
+
+/// One step of a plan.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Self-sign a CA certificate; with a new key, or re-signing the existing one.
+    IssueCa { new_key: bool, reason: Reason },
+    /// Issue a server or client certificate with a fresh key.
+    Issue { slot: Slot, reason: Reason },
+    /// Refresh a client's copy of the CA certificate.
+    CopyCa { slot: Slot },
+    /// Set the mode of a file or directory.
+    FixMode { path: PathBuf, mode: u32, found: u32 },
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Action::IssueCa { new_key: true, reason } => write!(f, "create CA with a new key: {reason}"),
+            Action::IssueCa { new_key: false, reason } => write!(f, "re-sign CA with its existing key: {reason}"),
+            Action::Issue { slot, reason } => write!(f, "issue {slot} certificate: {reason}"),
+            Action::CopyCa { slot } => write!(f, "refresh the CA copy of {slot}"),
+            Action::FixMode { path, mode, found } => {
+                write!(f, "chmod {mode:o} '{}' (was {found:o})", path.display())
+            }
+        }
+    }
+}
+
+/// The ordered actions, and warnings that need a human.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    pub actions: Vec<Action>,
+    pub warnings: Vec<String>,
+}
+
+impl Plan {
+    pub fn is_empty(&self) -> bool {
+        self.actions.is_empty()
+    }
+
+    /// Whether the certificate or key Docker serves changes.
+    pub fn changes_server(&self) -> bool {
+        self.actions.iter().any(|a| {
+            matches!(a, Action::Issue { slot: Slot::Server, .. } | Action::IssueCa { .. })
+        })
+    }
+}
+
+/// The subject alternative names the server certificate must carry.
+pub fn server_sans(settings: &Settings, host: &HostIdentity) -> BTreeSet<San> {
+    let mut sans = BTreeSet::new();
+    sans.insert(San::Dns(host.hostname.clone()));
+    if let Some(f) = &host.fqdn {
+        sans.insert(San::Dns(f.clone()));
+    }
+    sans.insert(San::Dns("localhost".into()));
+    sans.insert(San::Ip(IpAddr::V4(Ipv4Addr::LOCALHOST)));
+    sans.insert(San::Ip(IpAddr::V6(Ipv6Addr::LOCALHOST)));
+    if settings.server.auto_addresses {
+        sans.extend(host.addresses.iter().copied().map(San::Ip));
+    }
+    sans.extend(settings.server.dns_names.iter().map(|d| San::Dns(d.to_ascii_lowercase())));
+    sans.extend(settings.server.ip_addresses.iter().copied().map(San::Ip));
+    sans
+}
+
+/// When a certificate with `not_after` is due for renewal under `policy`.
+pub fn renewal_time(not_after: SystemTime, policy: &CertPolicy) -> SystemTime {
+    not_after.checked_sub(policy.renew_before).unwrap_or(SystemTime::UNIX_EPOCH)
+}
+
+/// The policy that governs a slot.
+pub fn policy_of<'a>(settings: &'a Settings, slot: &Slot) -> &'a CertPolicy {
+    match slot {
+        Slot::Ca => &settings.ca,
+        Slot::Server => &settings.server.policy,
+        Slot::Client(_) | Slot::Probe => &settings.clients.policy,
+    }
+}
+
+/// Common name a slot's certificate carries.
+pub fn common_name(slot: &Slot, host: &HostIdentity) -> String {
+    match slot {
+        Slot::Ca => format!("docker-tls-manager CA for {}", host.hostname),
+        Slot::Server => host.hostname.clone(),
+        Slot::Client(n) => n.clone(),
+        Slot::Probe => PROBE_CN.to_string(),
+    }
+}
+
+fn due(not_after: SystemTime, policy: &CertPolicy, now: SystemTime) -> Option<Reason> {
+    if now >= not_after {
+        Some(Reason::Expired { not_after })
+    } else if now >= renewal_time(not_after, policy) {
+        Some(Reason::Due { not_after })
+    } else {
+        None
+    }
+}
+
+fn mode_fixes(obs: &SlotObservation, actions: &mut Vec<Action>) {
+    for (path, mode, found) in &obs.wrong_modes {
+        let fix = Action::FixMode { path: path.clone(), mode: *mode, found: *found };
+        if !actions.contains(&fix) {
+            actions.push(fix);
+        }
+    }
+}
+
+/// Computes the plan. Fails only when the CA key exists but cannot be used: it is never
+/// replaced behind the admin's back, since every client certificate depends on it.
+pub fn plan(disk: &DiskState, settings: &Settings, host: &HostIdentity, now: SystemTime, force: Force) -> Result<Plan> {
+    let mut p = Plan::default();
+
+    // The CA.
+    let ca = disk.get(&Slot::Ca);
+    let ca_action = match &ca.key {
+        KeyState::Unreadable(e) => bail!(
+            "the CA key exists but cannot be used: {e}. It is never replaced automatically, \
+             because every client certificate depends on it: restore it (backups are in '{}'), \
+             fix its permissions, or move it away to create a new CA and then hand every client \
+             a new bundle",
+            settings.paths.state_dir.join("backup").display()
+        ),
+        KeyState::Missing => Some(Action::IssueCa {
+            new_key: true,
+            reason: if matches!(ca.cert, CertState::Missing) { Reason::Missing } else { Reason::KeyMissing },
+        }),
+        KeyState::Readable { public_key } => {
+            let reason = if force.ca {
+                Some(Reason::Forced)
+            } else {
+                match &ca.cert {
+                    CertState::Missing => Some(Reason::Missing),
+                    CertState::Unparsable(e) => Some(Reason::Unparsable(e.clone())),
+                    CertState::Present(info) => {
+                        if &info.public_key != public_key {
+                            Some(Reason::KeyMismatch)
+                        } else if !info.is_ca {
+                            Some(Reason::WrongUsage("not a CA certificate".into()))
+                        } else {
+                            if info.key_type != Some(settings.ca.key_type) {
+                                p.warnings.push(format!(
+                                    "the CA key is {} but [ca] key_type is {}; the CA is not \
+                                     replaced automatically (it would invalidate every client \
+                                     bundle): run `docker-tls-manager renew --force ca` to switch",
+                                    info.key_type.map_or("of an unknown type".into(), |k| k.to_string()),
+                                    settings.ca.key_type
+                                ));
+                            }
+                            due(info.not_after, &settings.ca, now)
+                        }
+                    }
+                }
+            };
+            // A forced CA renewal rotates the key (the reason to force it is usually a
+            // suspected compromise); otherwise the existing key is re-signed, so every
+            // certificate and bundle already out there stays valid.
+            reason.map(|reason| Action::IssueCa { new_key: force.ca, reason })
+        }
+    };
+    let ca_new_key = matches!(ca_action, Some(Action::IssueCa { new_key: true, .. }));
+    let ca_changes = ca_action.is_some();
+    match ca_action {
+        Some(a) => p.actions.push(a),
+        None => mode_fixes(ca, &mut p.actions),
+    }
+    if ca_new_key && !matches!(ca.cert, CertState::Missing) {
+        p.warnings.push(
+            "the CA gets a new key: every client bundle handed out before must be handed out again".into(),
+        );
+    }
+
+    // Leaves: server, probe, clients.
+    let wanted_sans = server_sans(settings, host);
+    for (slot, obs) in &disk.slots {
+        if *slot == Slot::Ca {
+            continue;
+        }
+        let policy = policy_of(settings, slot);
+        let forced = match slot {
+            Slot::Server => force.server,
+            Slot::Client(_) => force.clients,
+            _ => false,
+        };
+        let reason = leaf_reason(obs, slot, policy, &wanted_sans, host, now, ca_new_key, forced);
+        match reason {
+            Some(reason) => p.actions.push(Action::Issue { slot: slot.clone(), reason }),
+            None => {
+                if ca_changes || !obs.ca_copy_current {
+                    if matches!(slot, Slot::Client(_) | Slot::Probe) {
+                        p.actions.push(Action::CopyCa { slot: slot.clone() });
+                    }
+                }
+                mode_fixes(obs, &mut p.actions);
+            }
+        }
+    }
+    Ok(p)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn leaf_reason(
+    obs: &SlotObservation,
+    slot: &Slot,
+    policy: &CertPolicy,
+    wanted_sans: &BTreeSet<San>,
+    host: &HostIdentity,
+    now: SystemTime,
+    ca_new_key: bool,
+    forced: bool,
+) -> Option<Reason> {
+    if matches!(obs.cert, CertState::Missing) {
+        return Some(Reason::Missing);
+    }
+    if ca_new_key {
+        return Some(Reason::CaReplaced);
+    }
+    if forced {
+        return Some(Reason::Forced);
+    }
+    let info = match &obs.cert {
+        CertState::Missing => return Some(Reason::Missing),
+        CertState::Unparsable(e) => return Some(Reason::Unparsable(e.clone())),
+        CertState::Present(i) => i,
+    };
+    match &obs.key {
+        KeyState::Missing => return Some(Reason::KeyMissing),
+        KeyState::Unreadable(e) => return Some(Reason::KeyUnreadable(e.clone())),
+        KeyState::Readable { public_key } if *public_key != info.public_key => return Some(Reason::KeyMismatch),
+        KeyState::Readable { .. } => {}
+    }
+    if !obs.signed_by_ca {
+        return Some(Reason::NotSignedByCa);
+    }
+    let is_server = *slot == Slot::Server;
+    if is_server && !info.server_auth {
+        return Some(Reason::WrongUsage("no serverAuth extended key usage".into()));
+    }
+    if !is_server && !info.client_auth {
+        return Some(Reason::WrongUsage("no clientAuth extended key usage".into()));
+    }
+    if info.is_ca {
+        return Some(Reason::WrongUsage("a leaf certificate must not be a CA".into()));
+    }
+    let cn = common_name(slot, host);
+    if info.common_name != cn {
+        return Some(Reason::WrongUsage(format!("common name '{}' is not '{cn}'", info.common_name)));
+    }
+    if is_server && info.sans != *wanted_sans {
+        return Some(Reason::SansChanged {
+            added: wanted_sans.difference(&info.sans).cloned().collect(),
+            removed: info.sans.difference(wanted_sans).cloned().collect(),
+        });
+    }
+    if info.key_type != Some(policy.key_type) {
+        return Some(Reason::KeyTypeChanged { found: info.key_type, wanted: policy.key_type });
+    }
+    due(info.not_after, policy, now)
+}

@@ -1,0 +1,165 @@
+//! The status report: every certificate with its subject, SANs, serial, validity, days left,
+//! next renewal and files, plus what `apply` would do about it. Rendered as text or JSON.
+
+use std::fmt::Write as _;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+use crate::config::Settings;
+use crate::pki::Slot;
+use crate::pki::inspect::{CertState, DiskState};
+use crate::pki::plan::{Action, Plan, policy_of, renewal_time};
+
+#[derive(Serialize, Debug)]
+pub struct CertStatus {
+    /// "ca", "server", "client", "probe"
+    pub kind: String,
+    pub name: String,
+    /// ok, renew-due, expired, missing, needs-repair
+    pub state: String,
+    /// What apply would do, if anything.
+    pub action: Option<String>,
+    pub subject: Option<String>,
+    pub sans: Vec<String>,
+    pub serial: Option<String>,
+    pub not_before: Option<String>,
+    pub not_after: Option<String>,
+    pub days_left: Option<i64>,
+    pub next_renewal: Option<String>,
+    pub key_type: Option<String>,
+    pub fingerprint_sha256: Option<String>,
+    pub cert_file: String,
+    pub key_file: String,
+}
+
+#[derive(Serialize, Debug)]
+pub struct Report {
+    pub config: Option<String>,
+    pub certificates: Vec<CertStatus>,
+    pub warnings: Vec<String>,
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    if t < UNIX_EPOCH {
+        return "before 1970".into();
+    }
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// Whole days from `now` to `t` (negative when past).
+pub fn days_between(now: SystemTime, t: SystemTime) -> i64 {
+    match t.duration_since(now) {
+        Ok(d) => (d.as_secs() / 86_400) as i64,
+        Err(e) => -(e.duration().as_secs().div_ceil(86_400) as i64),
+    }
+}
+
+pub fn report(disk: &DiskState, plan: &Plan, settings: &Settings, now: SystemTime) -> Report {
+    let mut certificates = Vec::new();
+    for (slot, obs) in &disk.slots {
+        let (kind, name) = match slot {
+            Slot::Ca => ("ca", "ca".to_string()),
+            Slot::Server => ("server", "server".to_string()),
+            Slot::Client(n) => ("client", n.clone()),
+            Slot::Probe => ("probe", "probe".to_string()),
+        };
+        let action = plan.actions.iter().find(|a| match a {
+            Action::IssueCa { .. } => *slot == Slot::Ca,
+            Action::Issue { slot: s, .. } => s == slot,
+            _ => false,
+        });
+        let policy = policy_of(settings, slot);
+        let mut st = CertStatus {
+            kind: kind.into(),
+            name,
+            state: String::new(),
+            action: action.map(|a| a.to_string()),
+            subject: None,
+            sans: vec![],
+            serial: None,
+            not_before: None,
+            not_after: None,
+            days_left: None,
+            next_renewal: None,
+            key_type: None,
+            fingerprint_sha256: None,
+            cert_file: obs.cert_path.display().to_string(),
+            key_file: obs.key_path.display().to_string(),
+        };
+        st.state = match (&obs.cert, action) {
+            (CertState::Missing, _) => "missing".into(),
+            (CertState::Present(i), _) if now >= i.not_after => "expired".into(),
+            (_, Some(Action::Issue { reason, .. } | Action::IssueCa { reason, .. })) if reason.is_renewal() => {
+                "renew-due".into()
+            }
+            (_, Some(_)) => "needs-repair".into(),
+            (CertState::Unparsable(_), None) => "needs-repair".into(),
+            (CertState::Present(_), None) => "ok".into(),
+        };
+        if let Some(i) = obs.info() {
+            st.subject = Some(i.subject.clone());
+            st.sans = i.sans.iter().map(|s| s.to_string()).collect();
+            st.serial = Some(i.serial.clone());
+            st.not_before = Some(rfc3339(i.not_before));
+            st.not_after = Some(rfc3339(i.not_after));
+            st.days_left = Some(days_between(now, i.not_after));
+            st.next_renewal = Some(rfc3339(renewal_time(i.not_after, policy).max(now)));
+            st.key_type = i.key_type.map(|k| k.to_string());
+            st.fingerprint_sha256 = Some(i.fingerprint.clone());
+        }
+        certificates.push(st);
+    }
+    Report {
+        config: settings.source.as_ref().map(|p| p.display().to_string()),
+        certificates,
+        warnings: plan.warnings.clone(),
+    }
+}
+
+pub fn render_text(r: &Report) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "config: {}", r.config.as_deref().unwrap_or("(none: defaults)"));
+    for c in &r.certificates {
+        let title = if c.kind == "client" { format!("client {}", c.name) } else { c.kind.clone() };
+        let _ = writeln!(s, "\n{title}: {}", c.state);
+        if let Some(a) = &c.action {
+            let _ = writeln!(s, "  apply would: {a}");
+        }
+        if let Some(subject) = &c.subject {
+            let _ = writeln!(s, "  subject:      {subject}");
+            if !c.sans.is_empty() {
+                let _ = writeln!(s, "  SANs:         {}", c.sans.join(", "));
+            }
+            let _ = writeln!(s, "  serial:       {}", c.serial.as_deref().unwrap_or(""));
+            let _ = writeln!(s, "  key:          {}", c.key_type.as_deref().unwrap_or("unknown"));
+            let _ = writeln!(s, "  not before:   {}", c.not_before.as_deref().unwrap_or(""));
+            let _ = writeln!(
+                s,
+                "  not after:    {} ({} days left)",
+                c.not_after.as_deref().unwrap_or(""),
+                c.days_left.unwrap_or(0)
+            );
+            let _ = writeln!(s, "  next renewal: {}", c.next_renewal.as_deref().unwrap_or(""));
+            let _ = writeln!(s, "  sha256:       {}", c.fingerprint_sha256.as_deref().unwrap_or(""));
+        }
+        let _ = writeln!(s, "  files:        {}, {}", c.cert_file, c.key_file);
+    }
+    for w in &r.warnings {
+        let _ = writeln!(s, "\nwarning: {w}");
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn days() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_000_000);
+        assert_eq!(days_between(now, now + Duration::from_secs(86_400 * 3 + 5)), 3);
+        assert_eq!(days_between(now, now - Duration::from_secs(10)), -1);
+    }
+}
