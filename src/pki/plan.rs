@@ -340,3 +340,252 @@ fn leaf_reason(
     }
     due(info.not_after, policy, now)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pki::inspect::inspect;
+    use crate::pki::{Layout, execute::execute};
+    use std::path::Path;
+    use std::time::Duration;
+
+    const DAY: Duration = Duration::from_secs(86_400);
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        settings: Settings,
+        layout: Layout,
+        host: HostIdentity,
+        t0: SystemTime,
+    }
+
+    fn settings_for(dir: &Path, extra: &str) -> Settings {
+        let text = format!(
+            "[paths]\ncert_dir = \"{0}/certs\"\nstate_dir = \"{0}/state\"\n[docker]\nmanage = false\n{extra}",
+            dir.display()
+        );
+        crate::config::parse(&text, Path::new("test.toml")).unwrap()
+    }
+
+    fn host() -> HostIdentity {
+        HostIdentity {
+            hostname: "dock1".into(),
+            fqdn: Some("dock1.example.net".into()),
+            addresses: ["192.0.2.10".parse().unwrap()].into(),
+        }
+    }
+
+    impl Fixture {
+        fn new() -> Fixture {
+            let dir = tempfile::tempdir().unwrap();
+            let settings = settings_for(dir.path(), "");
+            let layout = Layout::new(&settings.paths);
+            Fixture { _dir: dir, settings, layout, host: host(), t0: SystemTime::now() }
+        }
+        fn plan_at(&self, now: SystemTime, force: Force) -> Plan {
+            let disk = inspect(&self.layout, &self.settings.clients.names, false);
+            plan(&disk, &self.settings, &self.host, now, force).unwrap()
+        }
+        fn converge(&self, now: SystemTime) {
+            let p = self.plan_at(now, Force::default());
+            execute(&p, &self.layout, &self.settings, &self.host, now).unwrap();
+            assert!(self.plan_at(now, Force::default()).is_empty(), "not converged");
+        }
+        fn issued(&self) -> Fixture {
+            let f = Fixture::new();
+            f.converge(f.t0);
+            f
+        }
+        fn server_files(&self) -> (std::path::PathBuf, std::path::PathBuf) {
+            self.layout.cert_and_key(&Slot::Server)
+        }
+    }
+
+    fn reasons(p: &Plan) -> Vec<(String, Reason)> {
+        p.actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::IssueCa { reason, .. } => Some(("ca".to_string(), reason.clone())),
+                Action::Issue { slot, reason } => Some((slot.to_string(), reason.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn empty_disk_creates_everything_in_order() {
+        let f = Fixture::new();
+        let p = f.plan_at(f.t0, Force::default());
+        assert_eq!(
+            p.actions,
+            vec![
+                Action::IssueCa { new_key: true, reason: Reason::Missing },
+                Action::Issue { slot: Slot::Server, reason: Reason::Missing },
+                Action::Issue { slot: Slot::Client("admin".into()), reason: Reason::Missing },
+            ]
+        );
+    }
+
+    #[test]
+    fn fresh_certificates_are_kept() {
+        let f = Fixture::new().issued();
+        assert!(f.plan_at(f.t0 + 59 * DAY, Force::default()).is_empty());
+    }
+
+    #[test]
+    fn server_renewed_at_renew_before_client_not_yet() {
+        let f = Fixture::new().issued();
+        // server: 90d validity, renew 30d before; client: 1y, 30d before.
+        let p = f.plan_at(f.t0 + 61 * DAY, Force::default());
+        assert!(matches!(reasons(&p)[..], [(ref s, Reason::Due { .. })] if s == "server"), "{p:?}");
+        assert!(p.changes_server());
+        let p = f.plan_at(f.t0 + 91 * DAY, Force::default());
+        assert!(matches!(reasons(&p)[..], [(ref s, Reason::Expired { .. })] if s == "server"), "{p:?}");
+        let p = f.plan_at(f.t0 + 336 * DAY, Force::default());
+        let r = reasons(&p);
+        assert_eq!(r.len(), 2, "{r:?}");
+        assert!(matches!(r[1], (ref s, Reason::Due { .. }) if s == "client 'admin'"), "{r:?}");
+    }
+
+    #[test]
+    fn ca_due_is_resigned_with_same_key_and_leaves_stay_valid() {
+        let f = Fixture::new().issued();
+        let later = f.t0 + 9 * 365 * DAY + 200 * DAY;
+        let p = f.plan_at(later, Force::default());
+        assert!(matches!(p.actions[0], Action::IssueCa { new_key: false, reason: Reason::Due { .. } }), "{p:?}");
+        let key_before = std::fs::read(f.layout.ca_key()).unwrap();
+        execute(&p, &f.layout, &f.settings, &f.host, later).unwrap();
+        assert_eq!(std::fs::read(f.layout.ca_key()).unwrap(), key_before);
+        // The leaves were reissued because they expired, not because the CA changed.
+        assert!(reasons(&p).iter().all(|(_, r)| !matches!(r, Reason::CaReplaced | Reason::NotSignedByCa)));
+        assert!(f.plan_at(later, Force::default()).is_empty());
+    }
+
+    #[test]
+    fn forced_targets() {
+        let f = Fixture::new().issued();
+        let p = f.plan_at(f.t0, Force { server: true, ..Force::default() });
+        assert_eq!(reasons(&p), vec![("server".to_string(), Reason::Forced)]);
+        let p = f.plan_at(f.t0, Force { clients: true, ..Force::default() });
+        assert_eq!(reasons(&p), vec![("client 'admin'".to_string(), Reason::Forced)]);
+        let p = f.plan_at(f.t0, Force { ca: true, ..Force::default() });
+        assert_eq!(p.actions[0], Action::IssueCa { new_key: true, reason: Reason::Forced });
+        assert!(reasons(&p)[1..].iter().all(|(_, r)| *r == Reason::CaReplaced));
+        assert_eq!(p.actions.len(), 3);
+        assert!(!p.warnings.is_empty());
+    }
+
+    #[test]
+    fn corrupt_certificate_is_reissued() {
+        let f = Fixture::new().issued();
+        std::fs::write(f.server_files().0, "-----BEGIN CERTIFICATE-----\nnonsense\n-----END CERTIFICATE-----\n").unwrap();
+        let r = reasons(&f.plan_at(f.t0, Force::default()));
+        assert!(matches!(r[..], [(_, Reason::Unparsable(_))]), "{r:?}");
+        f.converge(f.t0);
+    }
+
+    #[test]
+    fn missing_or_mismatched_key_is_reissued() {
+        let f = Fixture::new().issued();
+        let (_, key) = f.server_files();
+        let other = f.layout.cert_and_key(&Slot::Client("admin".into())).1;
+        std::fs::copy(&other, &key).unwrap();
+        let r = reasons(&f.plan_at(f.t0, Force::default()));
+        assert_eq!(r, vec![("server".to_string(), Reason::KeyMismatch)]);
+        std::fs::remove_file(&key).unwrap();
+        let r = reasons(&f.plan_at(f.t0, Force::default()));
+        assert_eq!(r, vec![("server".to_string(), Reason::KeyMissing)]);
+        std::fs::write(&key, "garbage").unwrap();
+        let r = reasons(&f.plan_at(f.t0, Force::default()));
+        assert!(matches!(r[..], [(_, Reason::KeyUnreadable(_))]), "{r:?}");
+        f.converge(f.t0);
+    }
+
+    #[test]
+    fn certificate_from_a_foreign_ca_is_reissued() {
+        let f = Fixture::new().issued();
+        let g = Fixture::new().issued();
+        let (c, k) = f.server_files();
+        let (gc, gk) = g.server_files();
+        std::fs::copy(gc, &c).unwrap();
+        std::fs::copy(gk, &k).unwrap();
+        let r = reasons(&f.plan_at(f.t0, Force::default()));
+        assert_eq!(r, vec![("server".to_string(), Reason::NotSignedByCa)]);
+        f.converge(f.t0);
+    }
+
+    #[test]
+    fn new_address_changes_sans() {
+        let mut f = Fixture::new().issued();
+        f.host.addresses.insert("192.0.2.55".parse().unwrap());
+        let r = reasons(&f.plan_at(f.t0, Force::default()));
+        assert_eq!(
+            r,
+            vec![(
+                "server".to_string(),
+                Reason::SansChanged { added: vec![San::Ip("192.0.2.55".parse().unwrap())], removed: vec![] }
+            )]
+        );
+        f.host.addresses.clear();
+        let r = reasons(&f.plan_at(f.t0, Force::default()));
+        assert!(matches!(&r[..], [(_, Reason::SansChanged { removed, .. })] if removed.len() == 1), "{r:?}");
+    }
+
+    #[test]
+    fn key_type_change_reissues_leaves_but_only_warns_for_the_ca() {
+        let f = Fixture::new().issued();
+        let s = settings_for(f._dir.path(), "[server]\nkey_type = \"ed25519\"\n[ca]\nkey_type = \"ecdsa-p384\"\n");
+        let disk = inspect(&f.layout, &s.clients.names, false);
+        let p = plan(&disk, &s, &f.host, f.t0, Force::default()).unwrap();
+        assert_eq!(
+            reasons(&p),
+            vec![(
+                "server".to_string(),
+                Reason::KeyTypeChanged { found: Some(KeyType::EcdsaP256), wanted: KeyType::Ed25519 }
+            )]
+        );
+        assert!(p.warnings.iter().any(|w| w.contains("renew --force ca")), "{:?}", p.warnings);
+    }
+
+    #[test]
+    fn wrong_modes_are_fixed() {
+        use std::os::unix::fs::PermissionsExt;
+        let f = Fixture::new().issued();
+        let (_, key) = f.server_files();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        std::fs::set_permissions(&f.layout.state_dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let p = f.plan_at(f.t0, Force::default());
+        assert!(p.actions.contains(&Action::FixMode { path: key.clone(), mode: 0o600, found: 0o644 }));
+        assert!(p.actions.contains(&Action::FixMode { path: f.layout.state_dir.clone(), mode: 0o700, found: 0o755 }));
+        assert!(reasons(&p).is_empty());
+        f.converge(f.t0);
+    }
+
+    #[test]
+    fn unreadable_ca_key_is_never_replaced() {
+        let f = Fixture::new().issued();
+        std::fs::write(f.layout.ca_key(), "not a key").unwrap();
+        let disk = inspect(&f.layout, &f.settings.clients.names, false);
+        let e = plan(&disk, &f.settings, &f.host, f.t0, Force::default()).unwrap_err().to_string();
+        assert!(e.contains("CA key") && e.contains("never replaced"), "{e}");
+    }
+
+    #[test]
+    fn lost_ca_certificate_is_resigned_with_the_existing_key() {
+        let f = Fixture::new().issued();
+        std::fs::remove_file(f.layout.ca_cert()).unwrap();
+        let p = f.plan_at(f.t0, Force::default());
+        assert_eq!(p.actions[0], Action::IssueCa { new_key: false, reason: Reason::Missing });
+        f.converge(f.t0);
+    }
+
+    #[test]
+    fn stale_client_ca_copy_is_refreshed() {
+        let f = Fixture::new().issued();
+        let copy = f.layout.ca_copy(&Slot::Client("admin".into())).unwrap();
+        std::fs::write(&copy, "old").unwrap();
+        let p = f.plan_at(f.t0, Force::default());
+        assert_eq!(p.actions, vec![Action::CopyCa { slot: Slot::Client("admin".into()) }]);
+        f.converge(f.t0);
+    }
+}
