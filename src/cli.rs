@@ -46,6 +46,9 @@ pub enum Command {
     Client(ClientCommand),
     /// Validate the configuration and the environment; change nothing
     Check,
+    /// Put Docker back as it was (socket unit, drop-in, daemon.json keys removed; restart);
+    /// certificates are kept
+    Deconfigure,
 }
 
 #[derive(Subcommand, Debug)]

@@ -18,7 +18,9 @@ use crate::pki::inspect::{self, DiskState};
 use crate::pki::layout::KEY_DIR_MODE;
 use crate::pki::plan::{self, Force, Plan};
 use crate::pki::{Layout, Slot, execute};
+use crate::docker::{self, daemon::UnixDocker, execute::Snapshot, plan::{DockerPlan, Step}};
 use crate::status;
+use crate::systemd::Dbus;
 
 /// How long a command waits for the state lock held by another invocation.
 const LOCK_WAIT: Duration = Duration::from_secs(60);
@@ -53,13 +55,13 @@ impl Ctx {
     }
 }
 
-pub fn run(cmd: Command, config_path: Option<&Path>) -> Result<()> {
+pub async fn run(cmd: Command, config_path: Option<&Path>) -> Result<()> {
     let ctx = Ctx::load(config_path)?;
     match cmd {
-        Command::Apply { dry_run } => converge(&ctx, Force::default(), dry_run),
+        Command::Apply { dry_run } => converge(&ctx, Force::default(), dry_run).await,
         Command::Renew { force, target } => {
             if !force {
-                return converge(&ctx, Force::default(), false);
+                return converge(&ctx, Force::default(), false).await;
             }
             let f = match target {
                 Target::Server => Force { server: true, ..Force::default() },
@@ -67,28 +69,94 @@ pub fn run(cmd: Command, config_path: Option<&Path>) -> Result<()> {
                 Target::Ca => Force { ca: true, ..Force::default() },
                 Target::All => Force { ca: false, server: true, clients: true },
             };
-            converge(&ctx, f, false)
+            converge(&ctx, f, false).await
         }
         Command::Status { json } => status_cmd(&ctx, json),
-        Command::Check => check(&ctx),
-        Command::Client(c) => client(&ctx, c),
+        Command::Check => check(&ctx).await,
+        Command::Client(c) => client(&ctx, c).await,
+        Command::Deconfigure => deconfigure(&ctx).await,
     }
 }
 
-/// Brings the PKI to the wanted state (and, in later steps, Docker).
-fn converge(ctx: &Ctx, force: Force, dry_run: bool) -> Result<()> {
+/// Brings the PKI to the wanted state, then Docker (when `[docker] manage`).
+async fn converge(ctx: &Ctx, force: Force, dry_run: bool) -> Result<()> {
     let host = HostIdentity::detect()?;
     let now = SystemTime::now();
     if dry_run {
         let (_, plan) = ctx.plan(&host, now, force)?;
         print_plan(&plan, true);
+        if ctx.settings.docker.manage {
+            let sd = Dbus::connect().await?;
+            let obs = docker::observe(&ctx.settings, &sd, &UnixDocker::default(), &docker::tls_probe(&ctx.settings)).await?;
+            let dplan = docker::plan::plan_configure(&obs, &ctx.settings)?;
+            print_docker_plan(&dplan, true, plan.changes_server());
+        }
         return Ok(());
     }
     let _lock = StateLock::acquire(&ctx.settings.paths.state_dir, LOCK_WAIT)?;
     let (_, plan) = ctx.plan(&host, now, force)?;
+    // What Docker reads, as it was: restored if Docker cannot start with the new files.
+    let (server_cert, server_key) = ctx.layout.cert_and_key(&Slot::Server);
+    let before: Vec<Snapshot> =
+        [ctx.layout.ca_cert(), server_cert, server_key].iter().filter(|p| p.exists()).map(|p| Snapshot::take(p)).collect();
     execute::execute(&plan, &ctx.layout, &ctx.settings, &host, now)?;
     print_plan(&plan, false);
+    if !ctx.settings.docker.manage {
+        return Ok(());
+    }
+    let sd = Dbus::connect().await?;
+    let probe = docker::tls_probe(&ctx.settings);
+    let obs = docker::observe(&ctx.settings, &sd, &UnixDocker::default(), &probe).await?;
+    let dplan = docker::plan::plan_configure(&obs, &ctx.settings)?;
+    for w in &dplan.warnings {
+        tracing::warn!("{w}");
+    }
+    let cx = docker::execute::ExecContext {
+        systemd: &sd,
+        probe: &probe,
+        wanted: obs.wanted.clone(),
+        backup_dir: ctx.layout.backup_dir(),
+        also_restore: if plan.changes_server() { before } else { vec![] },
+    };
+    docker::execute::execute(&dplan, &cx).await?;
+    print_docker_plan(&dplan, false, false);
     Ok(())
+}
+
+async fn deconfigure(ctx: &Ctx) -> Result<()> {
+    let _lock = StateLock::acquire(&ctx.settings.paths.state_dir, LOCK_WAIT)?;
+    let sd = Dbus::connect().await?;
+    let probe = docker::tls_probe(&ctx.settings);
+    let obs = docker::observe(&ctx.settings, &sd, &UnixDocker::default(), &probe).await?;
+    let dplan = docker::plan::plan_deconfigure(&obs, &ctx.settings)?;
+    let cx = docker::execute::ExecContext {
+        systemd: &sd,
+        probe: &probe,
+        wanted: obs.wanted.clone(),
+        backup_dir: ctx.layout.backup_dir(),
+        also_restore: vec![],
+    };
+    docker::execute::execute(&dplan, &cx).await?;
+    print_docker_plan(&dplan, false, false);
+    println!("certificates kept in '{}' and '{}'", ctx.settings.paths.cert_dir.display(), ctx.settings.paths.state_dir.display());
+    Ok(())
+}
+
+fn print_docker_plan(plan: &DockerPlan, dry_run: bool, server_changes: bool) {
+    if plan.steps.is_empty() && !server_changes {
+        println!("docker: up to date, nothing to do");
+    } else {
+        println!("docker{}:", if dry_run { " (dry run, nothing changed)" } else { "" });
+        if dry_run && server_changes && !plan.steps.iter().any(|s| matches!(s, Step::RestartDocker | Step::StartDocker)) {
+            println!("  - restart {} (new server certificate)", docker::render::DOCKER_SERVICE);
+        }
+        for s in &plan.steps {
+            println!("  - {s}");
+        }
+    }
+    for w in &plan.warnings {
+        println!("warning: {w}");
+    }
 }
 
 fn print_plan(plan: &Plan, dry_run: bool) {
@@ -124,7 +192,7 @@ fn status_cmd(ctx: &Ctx, json: bool) -> Result<()> {
 }
 
 /// Validates config and environment; changes nothing. Exit 1 if anything would fail.
-fn check(ctx: &Ctx) -> Result<()> {
+async fn check(ctx: &Ctx) -> Result<()> {
     let mut problems = 0;
     let src = ctx.settings.source.as_ref().map_or("no file, defaults".into(), |p| p.display().to_string());
     println!("ok: configuration valid ({src})");
@@ -167,6 +235,9 @@ fn check(ctx: &Ctx) -> Result<()> {
             }
         }
     }
+    if ctx.settings.docker.manage {
+        problems += check_docker(ctx).await;
+    }
     if problems > 0 {
         bail!("check found {problems} problem(s)");
     }
@@ -193,7 +264,7 @@ fn writable_ancestor(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-fn client(ctx: &Ctx, cmd: ClientCommand) -> Result<()> {
+async fn client(ctx: &Ctx, cmd: ClientCommand) -> Result<()> {
     match cmd {
         ClientCommand::Add { name } => {
             config::validate_client_name(&name).map_err(UsageError)?;
@@ -205,7 +276,7 @@ fn client(ctx: &Ctx, cmd: ClientCommand) -> Result<()> {
                 ensure_dir(&ctx.layout.clients_dir(), KEY_DIR_MODE)?;
                 ensure_dir(&ctx.layout.client_dir(&name), KEY_DIR_MODE)?;
             }
-            converge(ctx, Force::default(), false)?;
+            converge(ctx, Force::default(), false).await?;
             println!("client '{name}' added: `docker-tls-manager client bundle {name}` hands it out");
             Ok(())
         }
@@ -329,4 +400,65 @@ fn client_files(ctx: &Ctx, name: &str) -> Result<ClientFiles> {
     inspect::first_cert_der(&files.cert)
         .map_err(|e| anyhow::anyhow!("'{}': {e}; run `docker-tls-manager apply` to repair it", cert.display()))?;
     Ok(files)
+}
+
+/// The Docker part of `check`: what `apply` would run into. Returns the number of problems.
+async fn check_docker(ctx: &Ctx) -> usize {
+    let sd = match Dbus::connect().await {
+        Ok(sd) => sd,
+        Err(e) => {
+            println!("error: {e:#}");
+            return 1;
+        }
+    };
+    println!("ok: systemd reachable over D-Bus");
+    let probe = docker::tls_probe(&ctx.settings);
+    let obs = match docker::observe(&ctx.settings, &sd, &UnixDocker::default(), &probe).await {
+        Ok(o) => o,
+        Err(e) => {
+            println!("error: {e:#}");
+            return 1;
+        }
+    };
+    let mut problems = 0;
+    if let Some(argv) = obs.docker.exec_start.first() {
+        println!("ok: docker.service ExecStart: {}", argv.join(" "));
+        let validate = std::process::Command::new(&argv[0])
+            .arg("--help")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).contains("--validate"))
+            .unwrap_or(false);
+        println!(
+            "{}: `dockerd --validate` {}",
+            if validate { "ok" } else { "info" },
+            if validate { "available" } else { "not available (Docker < 23): configurations are checked by starting dockerd" }
+        );
+    }
+    println!("ok: daemon.json is '{}'", obs.daemon_json_path.display());
+    match &obs.daemon {
+        Some(d) => println!(
+            "ok: dockerd running: swarm {}, live-restore {}, {} container(s) running",
+            if d.swarm_active { "active" } else { "inactive" },
+            if d.live_restore { "on" } else { "off" },
+            d.containers_running
+        ),
+        None => println!("info: dockerd is not running"),
+    }
+    match docker::plan::plan_configure(&obs, &ctx.settings) {
+        Ok(p) if p.steps.is_empty() => println!("ok: Docker configuration up to date"),
+        Ok(p) => {
+            println!("ok: apply would:");
+            for s in &p.steps {
+                println!("  - {s}");
+            }
+            for w in &p.warnings {
+                println!("warning: {w}");
+            }
+        }
+        Err(e) => {
+            problems += 1;
+            println!("error: {e}");
+        }
+    }
+    problems
 }

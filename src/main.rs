@@ -5,11 +5,13 @@ mod bundle;
 mod cli;
 mod commands;
 mod config;
+mod docker;
 mod error;
 mod files;
 mod host;
 mod pki;
 mod status;
+mod systemd;
 
 use clap::Parser;
 
@@ -28,7 +30,8 @@ fn init_tracing() {
 fn main() {
     let cli = cli::Cli::parse();
     init_tracing();
-    let code = match commands::run(cli.command, cli.config.as_deref()) {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
+    let code = match runtime.block_on(commands::run(cli.command, cli.config.as_deref())) {
         Ok(()) => error::EXIT_OK,
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -284,3 +284,9 @@ pub fn verify_signed_by(cert_der: &[u8], ca_der: &[u8]) -> bool {
     };
     cert.issuer() == ca.subject() && cert.verify_signature(Some(ca.public_key())).is_ok()
 }
+
+/// The parsed first certificate of a PEM file, if it can be read.
+pub fn read_cert_info(path: &Path) -> Option<CertInfo> {
+    let data = std::fs::read(path).ok()?;
+    cert_info(&first_cert_der(&data).ok()?).ok()
+}

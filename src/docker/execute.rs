@@ -1,0 +1,211 @@
+//! Runs a Docker plan against systemd, verifies the result, and on any failure puts the
+//! previous files back, reloads systemd, resets the start limit and starts Docker again.
+
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{Context, Result, anyhow, bail};
+use tracing::{error, info, warn};
+
+use super::plan::{DockerPlan, Step};
+use super::probe::Prober;
+use super::render::{DOCKER_SERVICE, SOCKET_UNIT};
+use crate::files::{atomic_write, backup, ensure_dir};
+use crate::systemd::{JobKind, Systemd};
+
+/// How long Docker gets to come up and serve TLS after a (re)start.
+pub const VERIFY_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// A file's content before the run (`None`: it did not exist), to restore on failure.
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    pub path: PathBuf,
+    pub content: Option<Vec<u8>>,
+    pub mode: u32,
+}
+
+impl Snapshot {
+    pub fn take(path: &Path) -> Snapshot {
+        Snapshot {
+            path: path.to_path_buf(),
+            content: std::fs::read(path).ok(),
+            mode: crate::files::mode_of(path).unwrap_or(0o644),
+        }
+    }
+
+    fn restore(&self) -> Result<()> {
+        match &self.content {
+            Some(c) => atomic_write(&self.path, c, self.mode),
+            None => match std::fs::remove_file(&self.path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    Err(e).with_context(|| format!("cannot remove '{}'", self.path.display()))
+                }
+                _ => Ok(()),
+            },
+        }
+    }
+}
+
+/// What the executor needs besides systemd.
+pub struct ExecContext<'a, S: Systemd, P: Prober> {
+    pub systemd: &'a S,
+    pub probe: &'a P,
+    /// SHA-256 of the server certificate Docker must serve.
+    pub wanted: String,
+    pub backup_dir: PathBuf,
+    /// Files changed before this plan (the server certificate and key) to restore on failure.
+    pub also_restore: Vec<Snapshot>,
+}
+
+/// Runs `plan`. On failure: rollback, then an error naming the cause and the rollback outcome.
+pub async fn execute<S: Systemd, P: Prober>(plan: &DockerPlan, cx: &ExecContext<'_, S, P>) -> Result<()> {
+    let mut snapshots: Vec<Snapshot> = cx.also_restore.clone();
+    for step in &plan.steps {
+        if let Step::Write { path, .. } | Step::Remove { path } = step {
+            if !snapshots.iter().any(|s| &s.path == path) {
+                snapshots.push(Snapshot::take(path));
+            }
+        }
+    }
+    let socket_before = cx.systemd.unit(SOCKET_UNIT).await.unwrap_or_default();
+    let now = SystemTime::now();
+    for step in &plan.steps {
+        info!(step = %step, "docker");
+        if let Err(e) = run_step(step, cx, now).await {
+            error!("step '{step}' failed: {e:#}; rolling back");
+            return match rollback(&snapshots, &socket_before, cx).await {
+                Ok(()) => Err(e.context(format!(
+                    "'{step}' failed; the previous configuration was restored and {DOCKER_SERVICE} is running"
+                ))),
+                Err(r) => Err(e.context(format!("'{step}' failed, and the rollback failed too: {r:#}"))),
+            };
+        }
+    }
+    Ok(())
+}
+
+async fn run_step<S: Systemd, P: Prober>(step: &Step, cx: &ExecContext<'_, S, P>, now: SystemTime) -> Result<()> {
+    let sd = cx.systemd;
+    match step {
+        Step::Write { path, content, mode } => {
+            if std::fs::read(path).is_ok_and(|old| old != content.as_bytes()) {
+                backup(path, &cx.backup_dir, now)?;
+            }
+            if let Some(parent) = path.parent() {
+                if !parent.exists() {
+                    ensure_dir(parent, 0o755)?;
+                }
+            }
+            atomic_write(path, content.as_bytes(), *mode)
+        }
+        Step::Remove { path } => {
+            backup(path, &cx.backup_dir, now)?;
+            match std::fs::remove_file(path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    Err(e).with_context(|| format!("cannot remove '{}'", path.display()))
+                }
+                _ => Ok(()),
+            }
+        }
+        Step::DaemonReload => sd.reload().await,
+        Step::EnableSocket => sd.enable(SOCKET_UNIT).await,
+        Step::DisableSocket => sd.disable(SOCKET_UNIT).await,
+        Step::ReloadDocker => sd.job(JobKind::Reload, DOCKER_SERVICE).await,
+        Step::StopDocker => sd.job(JobKind::Stop, DOCKER_SERVICE).await,
+        Step::StartSocket => sd.job(JobKind::Start, SOCKET_UNIT).await,
+        Step::RestartSocket => sd.job(JobKind::Restart, SOCKET_UNIT).await,
+        Step::StopSocket => sd.job(JobKind::Stop, SOCKET_UNIT).await,
+        Step::StartDocker => {
+            // Our restarts are deliberate and coalesced: do not let earlier ones trip the limit.
+            let _ = sd.reset_failed(DOCKER_SERVICE).await;
+            sd.job(JobKind::Start, DOCKER_SERVICE).await
+        }
+        Step::RestartDocker => {
+            let _ = sd.reset_failed(DOCKER_SERVICE).await;
+            sd.job(JobKind::Restart, DOCKER_SERVICE).await
+        }
+        Step::VerifyTls => verify_tls(sd, cx.probe, &cx.wanted, VERIFY_TIMEOUT).await,
+        Step::VerifyClosed => {
+            wait_active(sd, VERIFY_TIMEOUT).await?;
+            let addr = cx.probe.addr();
+            if TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_ok() {
+                bail!("{addr} still accepts connections after deconfigure");
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Waits until docker.service is active; fails early if it failed.
+pub async fn wait_active<S: Systemd>(sd: &S, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let u = sd.unit(DOCKER_SERVICE).await?;
+        match u.active_state.as_str() {
+            "active" => return Ok(()),
+            "failed" => bail!("{DOCKER_SERVICE} failed (result '{}'; see `journalctl -u docker`)", u.result),
+            "inactive" => bail!("{DOCKER_SERVICE} is not running"),
+            _ if Instant::now() >= deadline => {
+                bail!("{DOCKER_SERVICE} still '{}' after {}s", u.active_state, timeout.as_secs())
+            }
+            _ => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
+/// Docker active, then a mutual-TLS `/_ping` served with the certificate whose hash is `wanted`.
+pub async fn verify_tls<S: Systemd, P: Prober>(sd: &S, probe: &P, wanted: &str, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    wait_active(sd, timeout).await?;
+    let mut last = anyhow!("no attempt");
+    while Instant::now() < deadline {
+        match probe.probe().await {
+            Ok(fp) if fp == wanted => {
+                info!(addr = %probe.addr(), "verified: Docker serves the current certificate over mutual TLS");
+                return Ok(());
+            }
+            Ok(fp) => last = anyhow!("Docker serves certificate sha256 {fp}, not the new {wanted}"),
+            Err(e) => last = e,
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    Err(last.context(format!("Docker does not serve mutual TLS on {} as expected", probe.addr())))
+}
+
+async fn rollback<S: Systemd, P: Prober>(
+    snapshots: &[Snapshot],
+    socket_before: &crate::systemd::UnitInfo,
+    cx: &ExecContext<'_, S, P>,
+) -> Result<()> {
+    let sd = cx.systemd;
+    for s in snapshots {
+        s.restore()?;
+    }
+    if socket_before.unit_file_state != "enabled" {
+        let _ = sd.disable(SOCKET_UNIT).await;
+    }
+    sd.reload().await?;
+    let _ = sd.reset_failed(DOCKER_SERVICE).await;
+    let _ = sd.reset_failed(SOCKET_UNIT).await;
+    if !socket_before.is_active() {
+        let _ = sd.job(JobKind::Stop, SOCKET_UNIT).await;
+    }
+    let docker = sd.unit(DOCKER_SERVICE).await?;
+    if docker.is_active() {
+        sd.job(JobKind::Restart, DOCKER_SERVICE).await?;
+    } else {
+        sd.job(JobKind::Start, DOCKER_SERVICE).await?;
+    }
+    wait_active(sd, VERIFY_TIMEOUT).await?;
+    warn!("rolled back: previous files restored, {DOCKER_SERVICE} running");
+    Ok(())
+}
+
+/// The address the probe connects to for the first `[docker] listen` entry.
+pub fn probe_addr(spec: &str, port: u16) -> SocketAddr {
+    match spec.parse::<SocketAddr>() {
+        Ok(a) if !a.ip().is_unspecified() => a,
+        _ => SocketAddr::from(([127, 0, 0, 1], port)),
+    }
+}

@@ -1,0 +1,69 @@
+//! Docker's side: the socket unit, the docker.service drop-in and daemon.json (`render`), the
+//! planner (`plan`), the executor with rollback (`execute`), dockerd's Engine API (`daemon`)
+//! and the mutual-TLS probe (`probe`). `observe` gathers what the planner needs.
+
+pub mod daemon;
+pub mod execute;
+pub mod plan;
+pub mod probe;
+pub mod render;
+
+use anyhow::{Context, Result};
+
+use crate::config::Settings;
+use crate::pki::{Layout, Slot};
+use crate::systemd::Systemd;
+use daemon::DockerDaemon;
+use plan::{Observed, Owned};
+use probe::{Prober, TlsProbe};
+use render::{DOCKER_SERVICE, SOCKET_UNIT};
+
+/// The probe that checks Docker with the manager's own client identity.
+pub fn tls_probe(settings: &Settings) -> TlsProbe {
+    let layout = Layout::new(&settings.paths);
+    let (cert, key) = layout.cert_and_key(&Slot::Probe);
+    let first = &settings.docker.listen[0];
+    TlsProbe {
+        addr: execute::probe_addr(&first.spec, first.port),
+        ca: layout.ca_cert(),
+        cert,
+        key,
+    }
+}
+
+/// Reads files, asks systemd and dockerd, and probes the TLS endpoint.
+pub async fn observe<S: Systemd, D: DockerDaemon, P: Prober>(
+    settings: &Settings,
+    systemd: &S,
+    daemon: &D,
+    probe: &P,
+) -> Result<Observed> {
+    let layout = Layout::new(&settings.paths);
+    let docker = systemd.unit(DOCKER_SERVICE).await?;
+    let socket = systemd.unit(SOCKET_UNIT).await?;
+    let daemon_json_path = plan::daemon_json_path(&docker, settings);
+    let owned_path = plan::owned_path(settings);
+    let owned: Owned = match std::fs::read(&owned_path) {
+        Ok(b) => serde_json::from_slice(&b).with_context(|| {
+            format!("'{}' is corrupt; restore it from the backup directory or remove it", owned_path.display())
+        })?,
+        Err(_) => Owned::default(),
+    };
+    let wanted = match crate::pki::inspect::read_cert_info(&layout.cert_and_key(&Slot::Server).0) {
+        Some(i) => i.fingerprint,
+        None => String::new(),
+    };
+    let running = docker.is_active();
+    Ok(Observed {
+        socket_file: std::fs::read_to_string(plan::socket_path(settings)).ok(),
+        dropin_file: std::fs::read_to_string(plan::dropin_path(settings)).ok(),
+        daemon_json: std::fs::read_to_string(&daemon_json_path).ok(),
+        daemon_json_path,
+        daemon: if running { daemon.info().await.ok() } else { None },
+        served: if running && socket.is_active() { probe.probe().await.ok() } else { None },
+        docker,
+        socket,
+        wanted,
+        owned,
+    })
+}

@@ -1,0 +1,79 @@
+//! The real check that Docker serves what we issued: a mutual-TLS handshake with the manager's
+//! own probe identity, `GET /_ping` answered `OK`, and the SHA-256 of the served certificate.
+
+#![allow(async_fn_in_trait)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use sha2::{Digest, Sha256};
+
+use super::daemon::parse_http;
+
+pub trait Prober {
+    /// Where the probe connects.
+    fn addr(&self) -> SocketAddr;
+    /// One attempt: handshake, `/_ping`; returns the served certificate's SHA-256 (hex).
+    async fn probe(&self) -> Result<String>;
+}
+
+/// Probes `addr` as a client of our CA.
+#[derive(Clone, Debug)]
+pub struct TlsProbe {
+    pub addr: SocketAddr,
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl TlsProbe {
+    fn probe_blocking(&self) -> Result<String> {
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_file_iter(&self.ca).with_context(|| format!("cannot read '{}'", self.ca.display()))? {
+            roots.add(c?)?;
+        }
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&self.cert)
+            .with_context(|| format!("cannot read '{}'", self.cert.display()))?
+            .collect::<Result<_, _>>()?;
+        let key = PrivateKeyDer::from_pem_file(&self.key).with_context(|| format!("cannot read '{}'", self.key.display()))?;
+        let config = rustls::ClientConfig::builder().with_root_certificates(roots).with_client_auth_cert(chain, key)?;
+        let name = ServerName::try_from("localhost")?;
+        let conn = rustls::ClientConnection::new(Arc::new(config), name)?;
+        let tcp = TcpStream::connect_timeout(&self.addr, Duration::from_secs(5))
+            .with_context(|| format!("cannot connect to {}", self.addr))?;
+        tcp.set_read_timeout(Some(Duration::from_secs(20)))?;
+        tcp.set_write_timeout(Some(Duration::from_secs(20)))?;
+        let mut tls = rustls::StreamOwned::new(conn, tcp);
+        tls.write_all(b"GET /_ping HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .with_context(|| format!("TLS handshake with {} failed", self.addr))?;
+        let mut resp = Vec::new();
+        match tls.read_to_end(&mut resp) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !resp.is_empty() => {}
+            Err(e) => return Err(e).with_context(|| format!("reading /_ping from {} failed", self.addr)),
+        }
+        let served = tls.conn.peer_certificates().and_then(|c| c.first()).context("no server certificate")?;
+        let fingerprint = hex::encode(Sha256::digest(served.as_ref()));
+        let (status, body) = parse_http(&resp)?;
+        if status != 200 || body != b"OK" {
+            bail!("/_ping answered HTTP {status} '{}'", String::from_utf8_lossy(body));
+        }
+        Ok(fingerprint)
+    }
+}
+
+impl Prober for TlsProbe {
+    fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+    async fn probe(&self) -> Result<String> {
+        let p = self.clone();
+        tokio::task::spawn_blocking(move || p.probe_blocking()).await?
+    }
+}

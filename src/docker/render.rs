@@ -1,0 +1,132 @@
+//! Renderers: the socket unit, the docker.service drop-in and the merged daemon.json, as pure
+//! functions returning strings (checked against golden files under `tests/fixtures/`).
+
+use serde_json::{Map, Value};
+
+use crate::config::Listen;
+
+/// Name of the TCP socket unit.
+pub const SOCKET_UNIT: &str = "docker-tcp.socket";
+/// The Docker service the socket feeds.
+pub const DOCKER_SERVICE: &str = "docker.service";
+/// File name of the drop-in under `docker.service.d/`.
+pub const DROPIN_NAME: &str = "override.conf";
+
+const HEADER: &str = "# Written by docker-tls-manager: edits here are put back on the next apply.\n\
+# Change /etc/docker-tls-manager/config.toml instead; `docker-tls-manager deconfigure` removes it.\n";
+
+/// `docker-tcp.socket`: systemd holds the TCP listener(s), so clients queue rather than being
+/// refused while docker.service restarts.
+pub fn socket_unit(listen: &[Listen]) -> String {
+    let mut s = String::from(HEADER);
+    s.push_str("[Unit]\nDescription=Docker API over TCP with mutual TLS (docker-tls-manager)\n\n[Socket]\n");
+    for l in listen {
+        s.push_str(&format!("ListenStream={}\n", l.spec));
+    }
+    s.push_str("BindIPv6Only=both\nService=docker.service\n\n[Install]\nWantedBy=sockets.target\n");
+    s
+}
+
+/// `docker.service.d/override.conf`: docker.service pulls in the TCP socket and starts after
+/// it, so systemd hands dockerd the listener (dockerd wraps TCP listeners from `-H fd://` in TLS).
+pub fn dropin() -> String {
+    let mut s = String::from(HEADER);
+    s.push_str("[Unit]\nWants=docker-tcp.socket\nAfter=docker-tcp.socket\n");
+    s
+}
+
+/// The daemon.json keys the manager owns.
+pub const TLS_KEYS: [&str; 4] = ["tlsverify", "tlscacert", "tlscert", "tlskey"];
+pub const LIVE_RESTORE_KEY: &str = "live-restore";
+
+/// The values the manager wants in daemon.json.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DaemonSettings {
+    pub tlscacert: String,
+    pub tlscert: String,
+    pub tlskey: String,
+    /// `Some(true)` to switch live-restore on; `None` to leave the key as it is.
+    pub live_restore: Option<bool>,
+}
+
+impl DaemonSettings {
+    pub fn entries(&self) -> Vec<(&'static str, Value)> {
+        let mut v = vec![
+            ("tlsverify", Value::Bool(true)),
+            ("tlscacert", Value::String(self.tlscacert.clone())),
+            ("tlscert", Value::String(self.tlscert.clone())),
+            ("tlskey", Value::String(self.tlskey.clone())),
+        ];
+        if let Some(lr) = self.live_restore {
+            v.push((LIVE_RESTORE_KEY, Value::Bool(lr)));
+        }
+        v
+    }
+}
+
+/// Renders a JSON object the way Docker's docs write daemon.json: two-space indent, newline.
+pub fn render_json(obj: &Map<String, Value>) -> String {
+    let mut s = serde_json::to_string_pretty(obj).expect("a JSON map always serializes");
+    s.push('\n');
+    s
+}
+
+/// Merges our keys into the user's daemon.json object: their other keys, values and order stay.
+pub fn merge_daemon_json(existing: &Map<String, Value>, wanted: &DaemonSettings) -> Map<String, Value> {
+    let mut out = existing.clone();
+    for (k, v) in wanted.entries() {
+        out.insert(k.to_string(), v);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn golden(name: &str, actual: &str) {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name);
+        if std::env::var_os("UPDATE_GOLDEN").is_some() {
+            std::fs::write(&path, actual).unwrap();
+        }
+        let expected = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("{}: {e} (UPDATE_GOLDEN=1 writes it)", path.display()));
+        assert_eq!(actual, expected, "{} differs", path.display());
+    }
+
+    fn listen(specs: &[&str]) -> Vec<Listen> {
+        specs.iter().map(|s| Listen { spec: s.to_string(), port: 2376 }).collect()
+    }
+
+    #[test]
+    fn socket_unit_golden() {
+        golden("docker-tcp.socket", &socket_unit(&listen(&["2376"])));
+        golden("docker-tcp-two.socket", &socket_unit(&listen(&["192.0.2.1:2376", "[::1]:2377"])));
+    }
+
+    #[test]
+    fn dropin_golden() {
+        golden("override.conf", &dropin());
+    }
+
+    fn wanted(lr: Option<bool>) -> DaemonSettings {
+        DaemonSettings {
+            tlscacert: "/etc/docker/tls/ca.pem".into(),
+            tlscert: "/etc/docker/tls/server-cert.pem".into(),
+            tlskey: "/etc/docker/tls/server-key.pem".into(),
+            live_restore: lr,
+        }
+    }
+
+    #[test]
+    fn daemon_json_merge_keeps_user_keys_and_order() {
+        let user: Map<String, Value> = serde_json::from_str(
+            r#"{"log-driver": "journald", "storage-driver": "vfs", "live-restore": false, "dns": ["192.0.2.53"]}"#,
+        )
+        .unwrap();
+        let merged = merge_daemon_json(&user, &wanted(Some(true)));
+        golden("daemon.json.merged", &render_json(&merged));
+        let fresh = merge_daemon_json(&Map::new(), &wanted(None));
+        golden("daemon.json.fresh", &render_json(&fresh));
+    }
+}
