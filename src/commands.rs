@@ -101,6 +101,7 @@ async fn converge(ctx: &Ctx, force: Force, dry_run: bool) -> Result<()> {
         [ctx.layout.ca_cert(), server_cert, server_key].iter().filter(|p| p.exists()).map(|p| Snapshot::take(p)).collect();
     execute::execute(&plan, &ctx.layout, &ctx.settings, &host, now)?;
     print_plan(&plan, false);
+    inject_fault(ctx)?;
     if !ctx.settings.docker.manage {
         return Ok(());
     }
@@ -120,6 +121,17 @@ async fn converge(ctx: &Ctx, force: Force, dry_run: bool) -> Result<()> {
     };
     docker::execute::execute(&dplan, &cx).await?;
     print_docker_plan(&dplan, false, false);
+    Ok(())
+}
+
+/// Fault injection for the rollback tests: `DOCKER_TLS_MANAGER_FAULT=corrupt-server-key`
+/// replaces the freshly issued server key with one dockerd cannot load.
+fn inject_fault(ctx: &Ctx) -> Result<()> {
+    if std::env::var("DOCKER_TLS_MANAGER_FAULT").as_deref() == Ok("corrupt-server-key") {
+        tracing::warn!("fault injection: corrupting the server key");
+        let key = ctx.layout.cert_and_key(&Slot::Server).1;
+        atomic_write(&key, b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n", 0o600)?;
+    }
     Ok(())
 }
 

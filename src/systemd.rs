@@ -187,7 +187,7 @@ impl Systemd for Dbus {
         } else if !info.result.is_empty() && info.result != "success" {
             format!(" (unit result '{}'; see `journalctl -u {unit}`)", info.result)
         } else {
-            String::new()
+            format!(" (see `journalctl -u {unit}`)")
         };
         Err(JobFailed { kind, unit: unit.to_string(), result, hint }.into())
     }

@@ -103,10 +103,15 @@ async fn run_step<S: Systemd, P: Prober>(step: &Step, cx: &ExecContext<'_, S, P>
             backup(path, &cx.backup_dir, now)?;
             match std::fs::remove_file(path) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    Err(e).with_context(|| format!("cannot remove '{}'", path.display()))
+                    return Err(e).with_context(|| format!("cannot remove '{}'", path.display()));
                 }
-                _ => Ok(()),
+                _ => {}
             }
+            // The drop-in directory, if we emptied it (fails harmlessly when not empty).
+            if let Some(dir) = path.parent().filter(|d| d.ends_with("docker.service.d")) {
+                let _ = std::fs::remove_dir(dir);
+            }
+            Ok(())
         }
         Step::DaemonReload => sd.reload().await,
         Step::EnableSocket => sd.enable(SOCKET_UNIT).await,

@@ -22,6 +22,10 @@ use crate::systemd::UnitInfo;
 pub struct Owned {
     /// daemon.json did not exist before the manager created it.
     pub created_daemon_json: bool,
+    /// daemon.json as it was before the first change, to put back byte for byte when the
+    /// restored keys make it equal again.
+    #[serde(default)]
+    pub original_text: Option<String>,
     pub original: BTreeMap<String, Option<Value>>,
 }
 
@@ -296,6 +300,7 @@ pub fn plan_configure(obs: &Observed, settings: &Settings) -> Result<DockerPlan,
         let mut owned = obs.owned.clone();
         if obs.owned.original.is_empty() {
             owned.created_daemon_json = obs.daemon_json.is_none();
+            owned.original_text = obs.daemon_json.clone();
         }
         for (k, _) in wanted.entries() {
             owned.original.entry(k.to_string()).or_insert_with(|| existing.get(k).cloned());
@@ -354,6 +359,14 @@ pub fn plan_configure(obs: &Observed, settings: &Settings) -> Result<DockerPlan,
         plan.steps.push(Step::VerifyTls);
     }
     Ok(plan)
+}
+
+/// The user's original daemon.json text if `map` equals it again, else `map` rendered.
+fn restored_text(owned: &Owned, map: &Map<String, Value>) -> String {
+    match &owned.original_text {
+        Some(t) if serde_json::from_str::<Map<String, Value>>(t).is_ok_and(|m| &m == map) => t.clone(),
+        _ => render::render_json(map),
+    }
 }
 
 /// Plans putting Docker back as it was: socket unit and drop-in removed, our daemon.json keys
@@ -424,7 +437,7 @@ pub fn plan_deconfigure(obs: &Observed, settings: &Settings) -> Result<DockerPla
         } else {
             plan.steps.push(Step::Write {
                 path: obs.daemon_json_path.clone(),
-                content: render::render_json(&final_map),
+                content: restored_text(&obs.owned, &final_map),
                 mode: 0o644,
             });
         }
@@ -433,6 +446,11 @@ pub fn plan_deconfigure(obs: &Observed, settings: &Settings) -> Result<DockerPla
         }
     } else if obs.owned.created_daemon_json && final_map.is_empty() && obs.daemon_json.is_some() {
         plan.steps.push(Step::Remove { path: obs.daemon_json_path.clone() });
+    } else if without_tls != existing {
+        let text = restored_text(&obs.owned, &final_map);
+        if text != render::render_json(&final_map) {
+            plan.steps.push(Step::Write { path: obs.daemon_json_path.clone(), content: text, mode: 0o644 });
+        }
     }
     plan.steps.push(Step::Remove { path: owned_path(settings) });
     Ok(plan)

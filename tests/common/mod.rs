@@ -77,3 +77,4 @@ pub fn snapshot(dir: &Path) -> Vec<(PathBuf, u32, Vec<u8>)> {
     out.sort();
     out
 }
+pub mod machine;
