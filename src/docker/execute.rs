@@ -214,3 +214,113 @@ pub fn probe_addr(spec: &str, port: u16) -> SocketAddr {
         _ => SocketAddr::from(([127, 0, 0, 1], port)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::docker::plan::{Observed, plan_configure};
+    use crate::systemd::UnitInfo;
+    use crate::systemd::fake::Recorder;
+
+    struct FakeProbe(String);
+    impl Prober for FakeProbe {
+        fn addr(&self) -> SocketAddr {
+            SocketAddr::from(([127, 0, 0, 1], 9)) // discard port: nothing listens
+        }
+        async fn probe(&self) -> Result<String> {
+            Ok(self.0.clone())
+        }
+    }
+
+    fn setup() -> (tempfile::TempDir, crate::config::Settings, Observed, Recorder) {
+        let d = tempfile::tempdir().unwrap();
+        let s = crate::config::parse(
+            &format!(
+                "[paths]\nstate_dir = \"{0}/s\"\ncert_dir = \"{0}/c\"\nsystemd_dir = \"{0}/u\"\ndaemon_json = \"{0}/daemon.json\"\n",
+                d.path().display()
+            ),
+            Path::new("t.toml"),
+        )
+        .unwrap();
+        std::fs::create_dir_all(d.path().join("s")).unwrap();
+        std::fs::write(d.path().join("daemon.json"), "{\"debug\": true}").unwrap();
+        let docker = UnitInfo {
+            load_state: "loaded".into(),
+            active_state: "active".into(),
+            exec_start: vec![vec!["/usr/sbin/dockerd".into(), "-H".into(), "fd://".into()]],
+            ..UnitInfo::default()
+        };
+        let obs = Observed {
+            daemon_json_path: d.path().join("daemon.json"),
+            daemon_json: Some("{\"debug\": true}".into()),
+            docker: docker.clone(),
+            daemon: Some(Default::default()),
+            wanted: "fp".into(),
+            ..Observed::default()
+        };
+        let sd = Recorder::default().with_unit(DOCKER_SERVICE, docker);
+        (d, s, obs, sd)
+    }
+
+    #[tokio::test]
+    async fn fresh_host_calls_systemd_in_order() {
+        let (d, s, obs, sd) = setup();
+        let plan = plan_configure(&obs, &s).unwrap();
+        let probe = FakeProbe("fp".into());
+        let cx = ExecContext { systemd: &sd, probe: &probe, wanted: "fp".into(), backup_dir: d.path().join("b"), also_restore: vec![] };
+        execute(&plan, &cx).await.unwrap();
+        assert_eq!(
+            sd.calls(),
+            [
+                "enable docker-tcp.socket",
+                "reload",
+                "reload docker.service",
+                "stop docker.service",
+                "start docker-tcp.socket",
+                "reset-failed docker.service",
+                "start docker.service"
+            ]
+        );
+        assert!(s.paths.systemd_dir.join("docker-tcp.socket").is_file());
+        let dj = std::fs::read_to_string(d.path().join("daemon.json")).unwrap();
+        assert!(dj.contains("\"debug\": true") && dj.contains("tlsverify"), "{dj}");
+        // The user's original is in the backup directory.
+        let backed = crate::files::mode_of(&d.path().join("b"));
+        assert!(backed.is_some());
+    }
+
+    #[tokio::test]
+    async fn failed_socket_start_rolls_everything_back_and_starts_docker() {
+        let (d, s, obs, sd) = setup();
+        sd.failing.borrow_mut().push("start docker-tcp.socket".into());
+        let plan = plan_configure(&obs, &s).unwrap();
+        let probe = FakeProbe("fp".into());
+        let cx = ExecContext { systemd: &sd, probe: &probe, wanted: "fp".into(), backup_dir: d.path().join("b"), also_restore: vec![] };
+        let e = format!("{:#}", execute(&plan, &cx).await.unwrap_err());
+        assert!(e.contains("start docker-tcp.socket") && e.contains("restored"), "{e}");
+        let calls = sd.calls();
+        let after = &calls[calls.iter().position(|c| c == "start docker-tcp.socket").unwrap() + 1..];
+        assert_eq!(
+            after,
+            ["disable docker-tcp.socket", "reload", "reset-failed docker.service", "reset-failed docker-tcp.socket", "stop docker-tcp.socket", "start docker.service"]
+        );
+        assert!(!s.paths.systemd_dir.join("docker-tcp.socket").exists());
+        assert!(!s.paths.systemd_dir.join("docker.service.d/override.conf").exists());
+        assert_eq!(std::fs::read_to_string(d.path().join("daemon.json")).unwrap(), "{\"debug\": true}");
+    }
+
+    #[tokio::test]
+    async fn wrong_certificate_served_fails_verification() {
+        let (_d, _s, _obs, sd) = setup();
+        let probe = FakeProbe("old".into());
+        let e = verify_tls(&sd, &probe, "fp", Duration::from_millis(300)).await.unwrap_err();
+        assert!(format!("{e:#}").contains("not the new fp"), "{e:#}");
+    }
+
+    #[test]
+    fn probe_addresses() {
+        assert_eq!(probe_addr("2376", 2376), "127.0.0.1:2376".parse().unwrap());
+        assert_eq!(probe_addr("0.0.0.0:2377", 2377), "127.0.0.1:2377".parse().unwrap());
+        assert_eq!(probe_addr("192.0.2.1:2376", 2376), "192.0.2.1:2376".parse().unwrap());
+    }
+}

@@ -455,3 +455,263 @@ pub fn plan_deconfigure(obs: &Observed, settings: &Settings) -> Result<DockerPla
     plan.steps.push(Step::Remove { path: owned_path(settings) });
     Ok(plan)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::docker::render::{dropin, merge_daemon_json, render_json, socket_unit};
+
+    fn settings(extra: &str) -> Settings {
+        crate::config::parse(
+            &format!("[paths]\nstate_dir = \"/s\"\ncert_dir = \"/c\"\nsystemd_dir = \"/u\"\ndaemon_json = \"/d/daemon.json\"\n{extra}"),
+            Path::new("t.toml"),
+        )
+        .unwrap()
+    }
+
+    fn argv(s: &str) -> Vec<String> {
+        s.split_whitespace().map(String::from).collect()
+    }
+
+    /// A stock Debian host: docker.service active with -H fd://, no socket unit.
+    fn stock() -> Observed {
+        Observed {
+            daemon_json_path: PathBuf::from("/d/daemon.json"),
+            docker: UnitInfo {
+                load_state: "loaded".into(),
+                active_state: "active".into(),
+                unit_file_state: "enabled".into(),
+                main_pid: 100,
+                exec_start: vec![argv("/usr/sbin/dockerd -H fd:// --containerd=/run/containerd/containerd.sock")],
+                ..UnitInfo::default()
+            },
+            socket: UnitInfo { load_state: "not-found".into(), active_state: "inactive".into(), ..UnitInfo::default() },
+            daemon: Some(DaemonInfo::default()),
+            wanted: "new".into(),
+            ..Observed::default()
+        }
+    }
+
+    /// The same host after a successful apply.
+    fn converged(s: &Settings) -> Observed {
+        let mut o = stock();
+        o.socket_file = Some(socket_unit(&s.docker.listen));
+        o.dropin_file = Some(dropin());
+        let p = plan_configure(&stock(), s).unwrap();
+        let dj = p.steps.iter().find_map(|st| match st {
+            Step::Write { path, content, .. } if path.ends_with("daemon.json") => Some(content.clone()),
+            _ => None,
+        });
+        o.daemon_json = dj;
+        o.socket = UnitInfo { load_state: "loaded".into(), active_state: "active".into(), unit_file_state: "enabled".into(), ..UnitInfo::default() };
+        o.daemon = Some(DaemonInfo { live_restore: true, ..DaemonInfo::default() });
+        o.served = Some("new".into());
+        o.owned.original.insert("tlsverify".into(), None);
+        o
+    }
+
+    fn kinds(p: &DockerPlan) -> Vec<String> {
+        p.steps
+            .iter()
+            .map(|s| match s {
+                Step::Write { path, .. } => format!("write {}", path.file_name().unwrap().to_string_lossy()),
+                Step::Remove { path } => format!("remove {}", path.file_name().unwrap().to_string_lossy()),
+                other => format!("{other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn fresh_host_writes_then_stop_socket_start_in_order() {
+        let s = settings("");
+        let p = plan_configure(&stock(), &s).unwrap();
+        assert_eq!(
+            kinds(&p),
+            [
+                "write docker-owned.json",
+                "write docker-tcp.socket",
+                "write override.conf",
+                "write daemon.json",
+                "EnableSocket",
+                "DaemonReload",
+                "ReloadDocker",
+                "StopDocker",
+                "StartSocket",
+                "StartDocker",
+                "VerifyTls"
+            ]
+        );
+        assert!(!p.deferred);
+    }
+
+    #[test]
+    fn converged_host_needs_nothing() {
+        let s = settings("");
+        assert_eq!(plan_configure(&converged(&s), &s).unwrap(), DockerPlan::default());
+    }
+
+    #[test]
+    fn new_certificate_only_restarts_docker_keeping_the_socket() {
+        let s = settings("");
+        let mut o = converged(&s);
+        o.served = Some("old".into());
+        assert_eq!(kinds(&plan_configure(&o, &s).unwrap()), ["RestartDocker", "VerifyTls"]);
+    }
+
+    #[test]
+    fn listen_change_restarts_the_socket_between_stop_and_start() {
+        let s = settings("[docker]\nlisten = [\"2377\"]");
+        let o = converged(&settings(""));
+        assert_eq!(
+            kinds(&plan_configure(&o, &s).unwrap()),
+            ["write docker-tcp.socket", "DaemonReload", "StopDocker", "RestartSocket", "StartDocker", "VerifyTls"]
+        );
+    }
+
+    #[test]
+    fn stopped_docker_is_started() {
+        let s = settings("");
+        let mut o = converged(&s);
+        o.docker.active_state = "failed".into();
+        o.daemon = None;
+        o.served = None;
+        assert_eq!(kinds(&plan_configure(&o, &s).unwrap()), ["StartDocker", "VerifyTls"]);
+    }
+
+    #[test]
+    fn running_containers_without_live_restore_defer_the_restart() {
+        let s = settings("[docker]\nlive_restore = \"off\"");
+        let mut o = stock();
+        o.daemon = Some(DaemonInfo { containers_running: 3, ..DaemonInfo::default() });
+        let p = plan_configure(&o, &s).unwrap();
+        assert!(p.deferred);
+        assert!(p.warnings.iter().any(|w| w.contains("3 container(s)")), "{:?}", p.warnings);
+        assert!(!kinds(&p).iter().any(|k| k.contains("Docker") || k.contains("Socket") && k != "EnableSocket"), "{:?}", kinds(&p));
+    }
+
+    #[test]
+    fn swarm_keeps_live_restore_off_and_defers_with_containers() {
+        let s = settings("");
+        let mut o = stock();
+        o.daemon = Some(DaemonInfo { swarm_active: true, containers_running: 1, live_restore: false });
+        let p = plan_configure(&o, &s).unwrap();
+        assert!(p.deferred);
+        let dj = p.steps.iter().find_map(|st| match st {
+            Step::Write { path, content, .. } if path.ends_with("daemon.json") => Some(content.clone()),
+            _ => None,
+        });
+        assert!(!dj.unwrap().contains("live-restore"));
+        let s = settings("[docker]\nlive_restore = \"on\"");
+        assert!(plan_configure(&o, &s).unwrap_err().0.contains("swarm"));
+    }
+
+    #[test]
+    fn conflicts_are_refused_with_what_to_change() {
+        let s = settings("");
+        let mut o = stock();
+        o.daemon_json = Some(r#"{"hosts": ["tcp://0.0.0.0:2375"]}"#.into());
+        let e = plan_configure(&o, &s).unwrap_err().0;
+        assert!(e.contains("\"hosts\"") && e.contains("Remove"), "{e}");
+        let cases = [
+            ("/usr/bin/dockerd -H unix:///run/docker.sock", "-H fd://"),
+            ("/usr/bin/dockerd -H fd:// -H tcp://0.0.0.0:2376", "tcp://0.0.0.0:2376"),
+            ("/usr/bin/dockerd -H fd:// --tlsverify --tlscert=/x", "--tlsverify, --tlscert"),
+        ];
+        for (cmd, needle) in cases {
+            let mut o = stock();
+            o.docker.exec_start = vec![argv(cmd)];
+            let e = plan_configure(&o, &s).unwrap_err().0;
+            assert!(e.contains(needle), "{cmd}: {e}");
+        }
+        let mut o = stock();
+        o.daemon_json = Some("{not json".into());
+        assert!(plan_configure(&o, &s).unwrap_err().0.contains("not valid JSON"));
+        let mut o = stock();
+        o.docker.load_state = "not-found".into();
+        assert!(plan_configure(&o, &s).unwrap_err().0.contains("not installed"));
+    }
+
+    #[test]
+    fn user_values_replaced_are_recorded_and_warned() {
+        let s = settings("");
+        let mut o = stock();
+        o.daemon_json = Some(r#"{"live-restore": false, "tlscert": "/old.pem", "debug": true}"#.into());
+        let p = plan_configure(&o, &s).unwrap();
+        assert!(p.warnings.iter().any(|w| w.contains("tlscert") && w.contains("/old.pem")), "{:?}", p.warnings);
+        let owned: Owned = p
+            .steps
+            .iter()
+            .find_map(|st| match st {
+                Step::Write { path, content, .. } if path.ends_with("docker-owned.json") => serde_json::from_str(content).ok(),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(owned.original["tlscert"], Some(Value::String("/old.pem".into())));
+        assert_eq!(owned.original["live-restore"], Some(Value::Bool(false)));
+        assert_eq!(owned.original["tlsverify"], None);
+        assert!(!owned.created_daemon_json);
+    }
+
+    #[test]
+    fn dockerd_flags() {
+        let f = parse_dockerd_flags(&argv("/usr/bin/dockerd -Hfd:// --host=unix:///x --config-file /etc/d.json --live-restore --tlskey k"));
+        assert_eq!(f.hosts, ["fd://", "unix:///x"]);
+        assert_eq!(f.config_file, Some(PathBuf::from("/etc/d.json")));
+        assert!(f.live_restore);
+        assert_eq!(f.tls_flags, ["--tlskey"]);
+        let mut o = stock();
+        o.docker.exec_start = vec![argv("/usr/bin/dockerd -H fd:// --config-file=/etc/docker/other.json")];
+        assert_eq!(daemon_json_path(&o.docker, &settings("")), PathBuf::from("/etc/docker/other.json"));
+    }
+
+    #[test]
+    fn deconfigure_restores_keys_after_the_restart_and_live_restore_last() {
+        let s = settings("");
+        let mut o = converged(&s);
+        let user: Map<String, Value> = serde_json::from_str(r#"{"debug": true}"#).unwrap();
+        let wanted = DaemonSettings {
+            tlscacert: "/c/ca.pem".into(),
+            tlscert: "/c/server-cert.pem".into(),
+            tlskey: "/c/server-key.pem".into(),
+            live_restore: Some(true),
+        };
+        o.daemon_json = Some(render_json(&merge_daemon_json(&user, &wanted)));
+        o.owned = Owned {
+            created_daemon_json: false,
+            original_text: Some("{\"debug\": true}".into()),
+            original: [("tlsverify", None), ("tlscacert", None), ("tlscert", None), ("tlskey", None), ("live-restore", None)]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
+        };
+        let p = plan_deconfigure(&o, &s).unwrap();
+        assert_eq!(
+            kinds(&p),
+            [
+                "DisableSocket",
+                "remove docker-tcp.socket",
+                "remove override.conf",
+                "write daemon.json",
+                "DaemonReload",
+                "StopDocker",
+                "StopSocket",
+                "StartDocker",
+                "VerifyClosed",
+                "write daemon.json",
+                "ReloadDocker",
+                "remove docker-owned.json"
+            ]
+        );
+        // The first write keeps live-restore for the restart; the last is the user's text.
+        let writes: Vec<&String> = p
+            .steps
+            .iter()
+            .filter_map(|st| match st {
+                Step::Write { content, .. } => Some(content),
+                _ => None,
+            })
+            .collect();
+        assert!(writes[0].contains("live-restore") && !writes[0].contains("tls"));
+        assert_eq!(writes[1], "{\"debug\": true}");
+    }
+}
