@@ -73,6 +73,16 @@ pub fn is_public_candidate(ip: &IpAddr) -> bool {
     }
 }
 
+/// Interfaces Docker itself creates (the default bridge, user-defined network bridges, swarm's
+/// gateway bridge, container veths): their addresses come and go with Docker networks and are
+/// not how clients reach the host, so they never enter the certificate.
+pub fn is_docker_interface(name: &str) -> bool {
+    name == "docker0"
+        || name == "docker_gwbridge"
+        || name.starts_with("veth")
+        || (name.starts_with("br-") && name.len() == 15 && name[3..].chars().all(|c| c.is_ascii_hexdigit()))
+}
+
 fn addresses() -> Result<BTreeSet<IpAddr>> {
     let mut out = BTreeSet::new();
     let mut ifap: *mut libc::ifaddrs = std::ptr::null_mut();
@@ -84,7 +94,9 @@ fn addresses() -> Result<BTreeSet<IpAddr>> {
     while !cur.is_null() {
         // SAFETY: cur walks the list returned by getifaddrs.
         let ifa = unsafe { &*cur };
-        if !ifa.ifa_addr.is_null() {
+        // SAFETY: ifa_name is a NUL-terminated string owned by the list.
+        let ifname = unsafe { CStr::from_ptr(ifa.ifa_name) }.to_string_lossy();
+        if !ifa.ifa_addr.is_null() && !is_docker_interface(&ifname) {
             // SAFETY: ifa_addr points at a sockaddr whose family says its real type.
             let ip = unsafe {
                 match i32::from((*ifa.ifa_addr).sa_family) {
@@ -119,6 +131,16 @@ mod tests {
         let h = HostIdentity::detect().unwrap();
         assert!(!h.hostname.is_empty());
         assert!(h.addresses.iter().all(is_public_candidate));
+    }
+
+    #[test]
+    fn docker_interfaces() {
+        for n in ["docker0", "br-0123456789ab", "veth1a2b3c4", "docker_gwbridge"] {
+            assert!(is_docker_interface(n), "{n}");
+        }
+        for n in ["eth0", "ens3", "br0", "br-lan", "wlan0"] {
+            assert!(!is_docker_interface(n), "{n}");
+        }
     }
 
     #[test]

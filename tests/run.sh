@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The one test command: unit tests, integration tests through the binary (openssl, curl, the
+# docker CLI), and the tests against a real systemd, D-Bus and dockerd in throwaway
+# systemd-nspawn machines. Needs root and the packages .ci/run installs.
+#   bash tests/run.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[[ $(id -u) == 0 ]] || { echo "tests/run.sh: run as root (the systemd machines need it)" >&2; exit 2; }
+for tool in openssl curl docker systemd-nspawn busybox nsenter; do
+    command -v "$tool" > /dev/null || { echo "tests/run.sh: '$tool' is missing: run .ci/run, or apt-get install the packages it lists" >&2; exit 2; }
+done
+cleanup() { bash tests/machine/machine.sh down-all > /dev/null 2>&1 || true; }
+trap cleanup EXIT
+cleanup
+
+echo "== harness self-test: systemd + dockerd machine"
+bash tests/machine/selftest.sh dtm-selftest-$$
+
+echo "== unit, integration and real systemd + dockerd tests"
+# One test at a time: two cores, and the rotation tests count failed requests and stalls.
+cargo test --locked --all-targets -- --test-threads=1
