@@ -13,7 +13,12 @@ pub struct ClientFiles {
     pub key: Vec<u8>,
 }
 
-fn append(tar: &mut tar::Builder<impl std::io::Write>, path: &str, data: &[u8], mode: u32) -> Result<()> {
+fn append(
+    tar: &mut tar::Builder<impl std::io::Write>,
+    path: &str,
+    data: &[u8],
+    mode: u32,
+) -> Result<()> {
     let mut h = tar::Header::new_ustar();
     h.set_size(data.len() as u64);
     h.set_mode(mode);
@@ -55,7 +60,12 @@ pub fn context_meta(context_name: &str, host_url: &str) -> String {
 /// A plain tar in the layout of `docker context export`.
 pub fn context_archive(files: &ClientFiles, context_name: &str, host_url: &str) -> Result<Vec<u8>> {
     let mut tar = tar::Builder::new(Vec::new());
-    append(&mut tar, "meta.json", context_meta(context_name, host_url).as_bytes(), 0o644)?;
+    append(
+        &mut tar,
+        "meta.json",
+        context_meta(context_name, host_url).as_bytes(),
+        0o644,
+    )?;
     append_dir(&mut tar, "tls")?;
     append_dir(&mut tar, "tls/docker")?;
     append(&mut tar, "tls/docker/ca.pem", &files.ca, 0o600)?;
@@ -70,7 +80,11 @@ mod tests {
     use std::io::Read;
 
     fn files() -> ClientFiles {
-        ClientFiles { ca: b"CA".to_vec(), cert: b"CERT".to_vec(), key: b"KEY".to_vec() }
+        ClientFiles {
+            ca: b"CA".to_vec(),
+            cert: b"CERT".to_vec(),
+            key: b"KEY".to_vec(),
+        }
     }
 
     #[test]
@@ -82,7 +96,11 @@ mod tests {
             let mut e = e.unwrap();
             let mut s = String::new();
             e.read_to_string(&mut s).unwrap();
-            seen.push((e.path().unwrap().display().to_string(), e.header().mode().unwrap(), s));
+            seen.push((
+                e.path().unwrap().display().to_string(),
+                e.header().mode().unwrap(),
+                s,
+            ));
         }
         assert_eq!(
             seen,
@@ -96,7 +114,8 @@ mod tests {
 
     #[test]
     fn context_meta_is_what_docker_exports() {
-        let m: serde_json::Value = serde_json::from_str(&context_meta("h", "tcp://h:2376")).unwrap();
+        let m: serde_json::Value =
+            serde_json::from_str(&context_meta("h", "tcp://h:2376")).unwrap();
         assert_eq!(m["Endpoints"]["docker"]["Host"], "tcp://h:2376");
         assert_eq!(m["Endpoints"]["docker"]["SkipTLSVerify"], false);
     }

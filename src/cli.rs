@@ -11,7 +11,12 @@ use clap::{Parser, Subcommand, ValueEnum};
 #[command(after_help = "Exit codes: 0 ok, 1 failed, 2 bad usage or configuration.")]
 pub struct Cli {
     /// Configuration file [default: /etc/docker-tls-manager/config.toml; absent = defaults]
-    #[arg(long, global = true, value_name = "PATH", env = "DOCKER_TLS_MANAGER_CONFIG")]
+    #[arg(
+        long,
+        global = true,
+        value_name = "PATH",
+        env = "DOCKER_TLS_MANAGER_CONFIG"
+    )]
     pub config: Option<PathBuf>,
 
     #[command(subcommand)]
@@ -49,6 +54,9 @@ pub enum Command {
     /// Put Docker back as it was (socket unit, drop-in, daemon.json keys removed; restart);
     /// certificates are kept
     Deconfigure,
+    /// The long-running service (systemd Type=notify): converge, renew before expiry, repair,
+    /// follow address changes
+    Run,
 }
 
 #[derive(Subcommand, Debug)]

@@ -11,6 +11,12 @@ use anyhow::{Context, Result, bail};
 use crate::bundle::{self, ClientFiles};
 use crate::cli::{BundleFormat, ClientCommand, Command, Target};
 use crate::config::{self, Settings};
+use crate::docker::{
+    self,
+    daemon::UnixDocker,
+    execute::Snapshot,
+    plan::{DockerPlan, Step},
+};
 use crate::error::UsageError;
 use crate::files::{StateLock, atomic_write, backup, ensure_dir};
 use crate::host::HostIdentity;
@@ -18,7 +24,6 @@ use crate::pki::inspect::{self, DiskState};
 use crate::pki::layout::KEY_DIR_MODE;
 use crate::pki::plan::{self, Force, Plan};
 use crate::pki::{Layout, Slot, execute};
-use crate::docker::{self, daemon::UnixDocker, execute::Snapshot, plan::{DockerPlan, Step}};
 use crate::status;
 use crate::systemd::Dbus;
 
@@ -45,10 +50,19 @@ impl Ctx {
     }
 
     pub fn inspect(&self) -> DiskState {
-        inspect::inspect(&self.layout, &self.client_names(), self.settings.docker.manage)
+        inspect::inspect(
+            &self.layout,
+            &self.client_names(),
+            self.settings.docker.manage,
+        )
     }
 
-    pub fn plan(&self, host: &HostIdentity, now: SystemTime, force: Force) -> Result<(DiskState, Plan)> {
+    pub fn plan(
+        &self,
+        host: &HostIdentity,
+        now: SystemTime,
+        force: Force,
+    ) -> Result<(DiskState, Plan)> {
         let disk = self.inspect();
         let plan = plan::plan(&disk, &self.settings, host, now, force)?;
         Ok((disk, plan))
@@ -56,6 +70,9 @@ impl Ctx {
 }
 
 pub async fn run(cmd: Command, config_path: Option<&Path>) -> Result<()> {
+    if let Command::Run = cmd {
+        return crate::service::run(config_path).await;
+    }
     let ctx = Ctx::load(config_path)?;
     match cmd {
         Command::Apply { dry_run } => converge(&ctx, Force::default(), dry_run).await,
@@ -64,10 +81,23 @@ pub async fn run(cmd: Command, config_path: Option<&Path>) -> Result<()> {
                 return converge(&ctx, Force::default(), false).await;
             }
             let f = match target {
-                Target::Server => Force { server: true, ..Force::default() },
-                Target::Clients => Force { clients: true, ..Force::default() },
-                Target::Ca => Force { ca: true, ..Force::default() },
-                Target::All => Force { ca: false, server: true, clients: true },
+                Target::Server => Force {
+                    server: true,
+                    ..Force::default()
+                },
+                Target::Clients => Force {
+                    clients: true,
+                    ..Force::default()
+                },
+                Target::Ca => Force {
+                    ca: true,
+                    ..Force::default()
+                },
+                Target::All => Force {
+                    ca: false,
+                    server: true,
+                    clients: true,
+                },
             };
             converge(&ctx, f, false).await
         }
@@ -75,6 +105,7 @@ pub async fn run(cmd: Command, config_path: Option<&Path>) -> Result<()> {
         Command::Check => check(&ctx).await,
         Command::Client(c) => client(&ctx, c).await,
         Command::Deconfigure => deconfigure(&ctx).await,
+        Command::Run => crate::service::run(config_path).await,
     }
 }
 
@@ -87,23 +118,54 @@ async fn converge(ctx: &Ctx, force: Force, dry_run: bool) -> Result<()> {
         print_plan(&plan, true);
         if ctx.settings.docker.manage {
             let sd = Dbus::connect().await?;
-            let obs = docker::observe(&ctx.settings, &sd, &UnixDocker::default(), &docker::tls_probe(&ctx.settings)).await?;
+            let obs = docker::observe(
+                &ctx.settings,
+                &sd,
+                &UnixDocker::default(),
+                &docker::tls_probe(&ctx.settings),
+            )
+            .await?;
             let dplan = docker::plan::plan_configure(&obs, &ctx.settings)?;
             print_docker_plan(&dplan, true, plan.changes_server());
         }
         return Ok(());
     }
+    let outcome = converge_once(ctx, force).await?;
+    print_plan(&outcome.pki, false);
+    if let Some(d) = &outcome.docker {
+        print_docker_plan(d, false, false);
+    }
+    Ok(())
+}
+
+/// What one convergence did.
+pub struct Outcome {
+    pub pki: Plan,
+    /// `None` with `[docker] manage = false`.
+    pub docker: Option<DockerPlan>,
+}
+
+/// One convergence under the state lock: the PKI, then Docker (verified, rolled back on failure).
+pub async fn converge_once(ctx: &Ctx, force: Force) -> Result<Outcome> {
+    let host = HostIdentity::detect()?;
+    let now = SystemTime::now();
     let _lock = StateLock::acquire(&ctx.settings.paths.state_dir, LOCK_WAIT)?;
+    remove_stale_temps(ctx);
     let (_, plan) = ctx.plan(&host, now, force)?;
     // What Docker reads, as it was: restored if Docker cannot start with the new files.
     let (server_cert, server_key) = ctx.layout.cert_and_key(&Slot::Server);
-    let before: Vec<Snapshot> =
-        [ctx.layout.ca_cert(), server_cert, server_key].iter().filter(|p| p.exists()).map(|p| Snapshot::take(p)).collect();
+    let before: Vec<Snapshot> = [ctx.layout.ca_cert(), server_cert, server_key]
+        .iter()
+        .filter(|p| p.exists())
+        .map(|p| Snapshot::take(p))
+        .collect();
     execute::execute(&plan, &ctx.layout, &ctx.settings, &host, now)?;
-    print_plan(&plan, false);
     inject_fault(ctx)?;
     if !ctx.settings.docker.manage {
-        return Ok(());
+        return Ok(Outcome {
+            pki: plan,
+            docker: None,
+        });
     }
     let sd = Dbus::connect().await?;
     let probe = docker::tls_probe(&ctx.settings);
@@ -117,11 +179,34 @@ async fn converge(ctx: &Ctx, force: Force, dry_run: bool) -> Result<()> {
         probe: &probe,
         wanted: obs.wanted.clone(),
         backup_dir: ctx.layout.backup_dir(),
-        also_restore: if plan.changes_server() { before } else { vec![] },
+        also_restore: if plan.changes_server() {
+            before
+        } else {
+            vec![]
+        },
     };
     docker::execute::execute(&dplan, &cx).await?;
-    print_docker_plan(&dplan, false, false);
-    Ok(())
+    Ok(Outcome {
+        pki: plan,
+        docker: Some(dplan),
+    })
+}
+
+/// Temp files of an atomic write cut short (power loss, SIGKILL): safe to remove under the lock.
+fn remove_stale_temps(ctx: &Ctx) {
+    let mut dirs = crate::watch::watch_dirs(&ctx.settings, Path::new(config::DEFAULT_CONFIG_PATH));
+    dirs.push(ctx.layout.backup_dir());
+    for d in dirs {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            if e.file_name()
+                .to_string_lossy()
+                .starts_with(crate::files::TEMP_PREFIX)
+            {
+                tracing::info!(path = %e.path().display(), "removing a temp file left by an interrupted write");
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
 }
 
 /// Fault injection for the rollback tests: `DOCKER_TLS_MANAGER_FAULT=corrupt-server-key`
@@ -130,7 +215,11 @@ fn inject_fault(ctx: &Ctx) -> Result<()> {
     if std::env::var("DOCKER_TLS_MANAGER_FAULT").as_deref() == Ok("corrupt-server-key") {
         tracing::warn!("fault injection: corrupting the server key");
         let key = ctx.layout.cert_and_key(&Slot::Server).1;
-        atomic_write(&key, b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n", 0o600)?;
+        atomic_write(
+            &key,
+            b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+            0o600,
+        )?;
     }
     Ok(())
 }
@@ -150,7 +239,11 @@ async fn deconfigure(ctx: &Ctx) -> Result<()> {
     };
     docker::execute::execute(&dplan, &cx).await?;
     print_docker_plan(&dplan, false, false);
-    println!("certificates kept in '{}' and '{}'", ctx.settings.paths.cert_dir.display(), ctx.settings.paths.state_dir.display());
+    println!(
+        "certificates kept in '{}' and '{}'",
+        ctx.settings.paths.cert_dir.display(),
+        ctx.settings.paths.state_dir.display()
+    );
     Ok(())
 }
 
@@ -158,9 +251,25 @@ fn print_docker_plan(plan: &DockerPlan, dry_run: bool, server_changes: bool) {
     if plan.steps.is_empty() && !server_changes {
         println!("docker: up to date, nothing to do");
     } else {
-        println!("docker{}:", if dry_run { " (dry run, nothing changed)" } else { "" });
-        if dry_run && server_changes && !plan.steps.iter().any(|s| matches!(s, Step::RestartDocker | Step::StartDocker)) {
-            println!("  - restart {} (new server certificate)", docker::render::DOCKER_SERVICE);
+        println!(
+            "docker{}:",
+            if dry_run {
+                " (dry run, nothing changed)"
+            } else {
+                ""
+            }
+        );
+        if dry_run
+            && server_changes
+            && !plan
+                .steps
+                .iter()
+                .any(|s| matches!(s, Step::RestartDocker | Step::StartDocker))
+        {
+            println!(
+                "  - restart {} (new server certificate)",
+                docker::render::DOCKER_SERVICE
+            );
         }
         for s in &plan.steps {
             println!("  - {s}");
@@ -176,7 +285,15 @@ fn print_plan(plan: &Plan, dry_run: bool) {
     if plan.is_empty() {
         let _ = writeln!(out, "certificates: up to date, nothing to do");
     } else {
-        let _ = writeln!(out, "{}", if dry_run { "plan (dry run, nothing changed):" } else { "done:" });
+        let _ = writeln!(
+            out,
+            "{}",
+            if dry_run {
+                "plan (dry run, nothing changed):"
+            } else {
+                "done:"
+            }
+        );
         for a in &plan.actions {
             let _ = writeln!(out, "  - {a}");
         }
@@ -192,9 +309,13 @@ fn status_cmd(ctx: &Ctx, json: bool) -> Result<()> {
     let disk = ctx.inspect();
     let plan = match plan::plan(&disk, &ctx.settings, &host, now, Force::default()) {
         Ok(p) => p,
-        Err(e) => Plan { actions: vec![], warnings: vec![format!("{e:#}")] },
+        Err(e) => Plan {
+            actions: vec![],
+            warnings: vec![format!("{e:#}")],
+        },
     };
-    let report = status::report(&disk, &plan, &ctx.settings, now);
+    let handed = status::handed_out_warnings(&ctx.layout, &ctx.client_names(), &ctx.settings, now);
+    let report = status::report(&disk, &plan, &ctx.settings, now, handed);
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -206,7 +327,11 @@ fn status_cmd(ctx: &Ctx, json: bool) -> Result<()> {
 /// Validates config and environment; changes nothing. Exit 1 if anything would fail.
 async fn check(ctx: &Ctx) -> Result<()> {
     let mut problems = 0;
-    let src = ctx.settings.source.as_ref().map_or("no file, defaults".into(), |p| p.display().to_string());
+    let src = ctx
+        .settings
+        .source
+        .as_ref()
+        .map_or("no file, defaults".into(), |p| p.display().to_string());
     println!("ok: configuration valid ({src})");
     match HostIdentity::detect() {
         Ok(h) => {
@@ -214,7 +339,11 @@ async fn check(ctx: &Ctx) -> Result<()> {
                 "ok: host {} (FQDN {}), addresses: {}",
                 h.hostname,
                 h.fqdn.as_deref().unwrap_or("none"),
-                h.addresses.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")
+                h.addresses
+                    .iter()
+                    .map(|a| a.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             );
             match ctx.plan(&h, SystemTime::now(), Force::default()) {
                 Ok((_, plan)) if plan.is_empty() => println!("ok: certificates up to date"),
@@ -280,8 +409,16 @@ async fn client(ctx: &Ctx, cmd: ClientCommand) -> Result<()> {
     match cmd {
         ClientCommand::Add { name } => {
             config::validate_client_name(&name).map_err(UsageError)?;
-            if ctx.client_names().contains(&name) && ctx.layout.cert_and_key(&Slot::Client(name.clone())).0.exists() {
-                bail!("client '{name}' already exists; `docker-tls-manager client bundle {name}` hands it out");
+            if ctx.client_names().contains(&name)
+                && ctx
+                    .layout
+                    .cert_and_key(&Slot::Client(name.clone()))
+                    .0
+                    .exists()
+            {
+                bail!(
+                    "client '{name}' already exists; `docker-tls-manager client bundle {name}` hands it out"
+                );
             }
             {
                 let _lock = StateLock::acquire(&ctx.settings.paths.state_dir, LOCK_WAIT)?;
@@ -289,7 +426,9 @@ async fn client(ctx: &Ctx, cmd: ClientCommand) -> Result<()> {
                 ensure_dir(&ctx.layout.client_dir(&name), KEY_DIR_MODE)?;
             }
             converge(ctx, Force::default(), false).await?;
-            println!("client '{name}' added: `docker-tls-manager client bundle {name}` hands it out");
+            println!(
+                "client '{name}' added: `docker-tls-manager client bundle {name}` hands it out"
+            );
             Ok(())
         }
         ClientCommand::List => {
@@ -297,7 +436,11 @@ async fn client(ctx: &Ctx, cmd: ClientCommand) -> Result<()> {
             let disk = ctx.inspect();
             for name in ctx.client_names() {
                 let obs = disk.get(&Slot::Client(name.clone()));
-                let source = if ctx.settings.clients.names.contains(&name) { "config" } else { "added" };
+                let source = if ctx.settings.clients.names.contains(&name) {
+                    "config"
+                } else {
+                    "added"
+                };
                 match obs.info() {
                     Some(i) => println!(
                         "{name}\t{source}\texpires {}\t{} days left",
@@ -312,7 +455,11 @@ async fn client(ctx: &Ctx, cmd: ClientCommand) -> Result<()> {
         ClientCommand::Remove { name } => {
             config::validate_client_name(&name).map_err(UsageError)?;
             if ctx.settings.clients.names.contains(&name) {
-                let file = ctx.settings.source.as_ref().map_or("the configuration".into(), |p| p.display().to_string());
+                let file = ctx
+                    .settings
+                    .source
+                    .as_ref()
+                    .map_or("the configuration".into(), |p| p.display().to_string());
                 return Err(UsageError(format!(
                     "client '{name}' is listed in [clients] names in '{file}': remove it there first, then run this again"
                 ))
@@ -320,16 +467,27 @@ async fn client(ctx: &Ctx, cmd: ClientCommand) -> Result<()> {
             }
             let dir = ctx.layout.client_dir(&name);
             if !dir.is_dir() {
-                return Err(UsageError(format!("no client '{name}' (see `docker-tls-manager client list`)")).into());
+                return Err(UsageError(format!(
+                    "no client '{name}' (see `docker-tls-manager client list`)"
+                ))
+                .into());
             }
             let _lock = StateLock::acquire(&ctx.settings.paths.state_dir, LOCK_WAIT)?;
-            let not_after = ctx.inspect().get(&Slot::Client(name.clone())).info().map(|i| i.not_after);
+            let not_after = ctx
+                .inspect()
+                .get(&Slot::Client(name.clone()))
+                .info()
+                .map(|i| i.not_after);
             let now = SystemTime::now();
             for entry in std::fs::read_dir(&dir)? {
                 backup(&entry?.path(), &ctx.layout.backup_dir(), now)?;
             }
-            std::fs::remove_dir_all(&dir).with_context(|| format!("cannot remove '{}'", dir.display()))?;
-            println!("client '{name}' removed (files backed up in '{}')", ctx.layout.backup_dir().display());
+            std::fs::remove_dir_all(&dir)
+                .with_context(|| format!("cannot remove '{}'", dir.display()))?;
+            println!(
+                "client '{name}' removed (files backed up in '{}')",
+                ctx.layout.backup_dir().display()
+            );
             if let Some(t) = not_after.filter(|t| *t > now) {
                 println!(
                     "warning: its certificate stays valid until {} (dockerd cannot revoke certificates); \
@@ -339,20 +497,30 @@ async fn client(ctx: &Ctx, cmd: ClientCommand) -> Result<()> {
             }
             Ok(())
         }
-        ClientCommand::Bundle { name, output, format, host } => {
+        ClientCommand::Bundle {
+            name,
+            output,
+            format,
+            host,
+        } => {
             let files = client_files(ctx, &name)?;
             let host = client_host(host)?;
             let port = ctx.settings.docker.listen[0].port;
             let url = format!("tcp://{}:{port}", bracket(&host));
             let (data, default_name) = match format {
                 BundleFormat::TarGz => (bundle::tar_gz(&files)?, format!("{name}.tar.gz")),
-                BundleFormat::Context => {
-                    (bundle::context_archive(&files, &format!("{name}@{host}"), &url)?, format!("{name}.dockercontext"))
-                }
+                BundleFormat::Context => (
+                    bundle::context_archive(&files, &format!("{name}@{host}"), &url)?,
+                    format!("{name}.dockercontext"),
+                ),
             };
             let out = output.unwrap_or_else(|| PathBuf::from(default_name));
             atomic_write(&out, &data, 0o600)?;
-            println!("wrote {} (holds the private key: keep it safe)", out.display());
+            record_handed_out(ctx, &name, &files.cert)?;
+            println!(
+                "wrote {} (holds the private key: keep it safe)",
+                out.display()
+            );
             match format {
                 BundleFormat::TarGz => println!(
                     "on the client: mkdir -p ~/.docker && tar -xzf {} -C ~/.docker && export DOCKER_HOST={url} DOCKER_TLS_VERIFY=1",
@@ -371,14 +539,37 @@ async fn client(ctx: &Ctx, cmd: ClientCommand) -> Result<()> {
             let port = ctx.settings.docker.listen[0].port;
             println!("export DOCKER_HOST=tcp://{}:{port}", bracket(&host));
             println!("export DOCKER_TLS_VERIFY=1");
-            println!("export DOCKER_CERT_PATH={}", ctx.layout.client_dir(&name).display());
+            println!(
+                "export DOCKER_CERT_PATH={}",
+                ctx.layout.client_dir(&name).display()
+            );
             Ok(())
         }
     }
 }
 
+/// Remembers which certificate went out in a bundle, so its expiry can be warned about.
+fn record_handed_out(ctx: &Ctx, name: &str, cert_pem: &[u8]) -> Result<()> {
+    let der = inspect::first_cert_der(cert_pem).map_err(|e| anyhow::anyhow!(e))?;
+    let info = inspect::cert_info(&der).map_err(|e| anyhow::anyhow!(e))?;
+    let rec = status::HandedOut {
+        fingerprint_sha256: info.fingerprint,
+        not_after: humantime::format_rfc3339_seconds(info.not_after).to_string(),
+        at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+    };
+    atomic_write(
+        &status::handed_out_path(&ctx.layout, name),
+        serde_json::to_string_pretty(&rec)?.as_bytes(),
+        0o600,
+    )
+}
+
 fn bracket(host: &str) -> String {
-    if host.contains(':') { format!("[{host}]") } else { host.to_string() }
+    if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_string()
+    }
 }
 
 fn client_host(given: Option<String>) -> Result<String> {
@@ -405,12 +596,23 @@ fn client_files(ctx: &Ctx, name: &str) -> Result<ClientFiles> {
     let ca = ctx.layout.ca_copy(&slot).expect("clients have a CA copy");
     let read = |p: &Path| {
         std::fs::read(p).with_context(|| {
-            format!("cannot read '{}': run `docker-tls-manager apply` to issue client '{name}'", p.display())
+            format!(
+                "cannot read '{}': run `docker-tls-manager apply` to issue client '{name}'",
+                p.display()
+            )
         })
     };
-    let files = ClientFiles { ca: read(&ca)?, cert: read(&cert)?, key: read(&key)? };
-    inspect::first_cert_der(&files.cert)
-        .map_err(|e| anyhow::anyhow!("'{}': {e}; run `docker-tls-manager apply` to repair it", cert.display()))?;
+    let files = ClientFiles {
+        ca: read(&ca)?,
+        cert: read(&cert)?,
+        key: read(&key)?,
+    };
+    inspect::first_cert_der(&files.cert).map_err(|e| {
+        anyhow::anyhow!(
+            "'{}': {e}; run `docker-tls-manager apply` to repair it",
+            cert.display()
+        )
+    })?;
     Ok(files)
 }
 
@@ -443,7 +645,11 @@ async fn check_docker(ctx: &Ctx) -> usize {
         println!(
             "{}: `dockerd --validate` {}",
             if validate { "ok" } else { "info" },
-            if validate { "available" } else { "not available (Docker < 23): configurations are checked by starting dockerd" }
+            if validate {
+                "available"
+            } else {
+                "not available (Docker < 23): configurations are checked by starting dockerd"
+            }
         );
     }
     println!("ok: daemon.json is '{}'", obs.daemon_json_path.display());

@@ -27,6 +27,8 @@ pub const DEFAULT_CLIENT_VALIDITY: &str = "1y";
 pub const DEFAULT_CLIENT_RENEW_BEFORE: &str = "30d";
 pub const DEFAULT_CLIENT_NAMES: &[&str] = &["admin"];
 pub const DEFAULT_LISTEN: &[&str] = &["2376"];
+/// Metrics file name inside state_dir when `[service] metrics_file` is not set.
+pub const DEFAULT_METRICS_FILE_NAME: &str = "docker-tls-manager.prom";
 /// The shortest validity accepted for any certificate.
 pub const MIN_VALIDITY: Duration = Duration::from_secs(60);
 
@@ -128,6 +130,12 @@ pub struct DockerSettings {
     pub live_restore: LiveRestore,
 }
 
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceSettings {
+    /// Prometheus textfile (node_exporter textfile collector format); `None`: not written.
+    pub metrics_file: Option<PathBuf>,
+}
+
 /// The validated configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Settings {
@@ -138,6 +146,7 @@ pub struct Settings {
     pub server: ServerSettings,
     pub clients: ClientSettings,
     pub docker: DockerSettings,
+    pub service: ServiceSettings,
 }
 
 // ---- The file as written: every key optional, unknown keys rejected. ----
@@ -155,6 +164,14 @@ struct RawConfig {
     clients: RawClients,
     #[serde(default)]
     docker: RawDocker,
+    #[serde(default)]
+    service: RawService,
+}
+
+#[derive(Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+struct RawService {
+    metrics_file: Option<PathBuf>,
 }
 
 #[derive(Deserialize, Default, Debug)]
@@ -215,12 +232,11 @@ pub fn load(explicit: Option<&Path>) -> Result<Settings, UsageError> {
     let path = explicit.unwrap_or(Path::new(DEFAULT_CONFIG_PATH));
     match std::fs::read_to_string(path) {
         Ok(text) => parse(&text, path),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && explicit.is_none() => {
-            parse("", path).map(|mut s| {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && explicit.is_none() => parse("", path)
+            .map(|mut s| {
                 s.source = None;
                 s
-            })
-        }
+            }),
         Err(e) => Err(UsageError(format!(
             "cannot read the configuration file '{}': {e}; create it (see config.example.toml) \
              or pass another one with --config",
@@ -243,21 +259,35 @@ pub fn parse(text: &str, path: &Path) -> Result<Settings, UsageError> {
 
 fn validate(raw: RawConfig, path: &Path) -> Result<Settings, UsageError> {
     let bad = |key: &str, msg: String| {
-        UsageError(format!("invalid configuration in '{}': {key}: {msg}", path.display()))
+        UsageError(format!(
+            "invalid configuration in '{}': {key}: {msg}",
+            path.display()
+        ))
     };
 
     let abs = |key: &str, value: Option<PathBuf>, default: &str| -> Result<PathBuf, UsageError> {
         let p = value.unwrap_or_else(|| PathBuf::from(default));
         if !p.is_absolute() {
-            return Err(bad(key, format!("'{}' is not an absolute path", p.display())));
+            return Err(bad(
+                key,
+                format!("'{}' is not an absolute path", p.display()),
+            ));
         }
         Ok(p)
     };
     let paths = Paths {
         cert_dir: abs("[paths] cert_dir", raw.paths.cert_dir, DEFAULT_CERT_DIR)?,
         state_dir: abs("[paths] state_dir", raw.paths.state_dir, DEFAULT_STATE_DIR)?,
-        systemd_dir: abs("[paths] systemd_dir", raw.paths.systemd_dir, DEFAULT_SYSTEMD_DIR)?,
-        daemon_json: abs("[paths] daemon_json", raw.paths.daemon_json, DEFAULT_DAEMON_JSON)?,
+        systemd_dir: abs(
+            "[paths] systemd_dir",
+            raw.paths.systemd_dir,
+            DEFAULT_SYSTEMD_DIR,
+        )?,
+        daemon_json: abs(
+            "[paths] daemon_json",
+            raw.paths.daemon_json,
+            DEFAULT_DAEMON_JSON,
+        )?,
     };
     if paths.cert_dir == paths.state_dir {
         return Err(bad(
@@ -297,7 +327,10 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Settings, UsageError> {
         if validity < MIN_VALIDITY {
             return Err(bad(
                 &format!("[{section}] validity"),
-                format!("{} is under the minimum of 1 minute", humantime::format_duration(validity)),
+                format!(
+                    "{} is under the minimum of 1 minute",
+                    humantime::format_duration(validity)
+                ),
             ));
         }
         if renew >= validity {
@@ -310,14 +343,22 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Settings, UsageError> {
                 ),
             ));
         }
-        Ok(CertPolicy { key_type, validity, renew_before: renew })
+        Ok(CertPolicy {
+            key_type,
+            validity,
+            renew_before: renew,
+        })
     };
 
     let ca = policy("ca", raw.ca, DEFAULT_CA_VALIDITY, DEFAULT_CA_RENEW_BEFORE)?;
     let s = raw.server;
     let server_policy = policy(
         "server",
-        RawCert { key_type: s.key_type, validity: s.validity, renew_before: s.renew_before },
+        RawCert {
+            key_type: s.key_type,
+            validity: s.validity,
+            renew_before: s.renew_before,
+        },
         DEFAULT_SERVER_VALIDITY,
         DEFAULT_SERVER_RENEW_BEFORE,
     )?;
@@ -326,14 +367,19 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Settings, UsageError> {
         if !valid_dns_name(name) {
             return Err(bad(
                 "[server] dns_names",
-                format!("'{name}' is not a DNS name (letters, digits, '-', '.', optional leading '*.')"),
+                format!(
+                    "'{name}' is not a DNS name (letters, digits, '-', '.', optional leading '*.')"
+                ),
             ));
         }
     }
     let mut ip_addresses = Vec::new();
     for a in s.ip_addresses.unwrap_or_default() {
         ip_addresses.push(a.parse::<IpAddr>().map_err(|_| {
-            bad("[server] ip_addresses", format!("'{a}' is not an IPv4 or IPv6 address"))
+            bad(
+                "[server] ip_addresses",
+                format!("'{a}' is not an IPv4 or IPv6 address"),
+            )
         })?);
     }
     let server = ServerSettings {
@@ -346,7 +392,11 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Settings, UsageError> {
     let c = raw.clients;
     let client_policy = policy(
         "clients",
-        RawCert { key_type: c.key_type, validity: c.validity, renew_before: c.renew_before },
+        RawCert {
+            key_type: c.key_type,
+            validity: c.validity,
+            renew_before: c.renew_before,
+        },
         DEFAULT_CLIENT_VALIDITY,
         DEFAULT_CLIENT_RENEW_BEFORE,
     )?;
@@ -360,11 +410,15 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Settings, UsageError> {
             return Err(bad("[clients] names", format!("'{name}' is listed twice")));
         }
     }
-    let clients = ClientSettings { policy: client_policy, names };
+    let clients = ClientSettings {
+        policy: client_policy,
+        names,
+    };
 
     let d = raw.docker;
-    let listen_raw =
-        d.listen.unwrap_or_else(|| DEFAULT_LISTEN.iter().map(|s| s.to_string()).collect());
+    let listen_raw = d
+        .listen
+        .unwrap_or_else(|| DEFAULT_LISTEN.iter().map(|s| s.to_string()).collect());
     if listen_raw.is_empty() {
         return Err(bad("[docker] listen", "must name at least one port".into()));
     }
@@ -394,9 +448,34 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Settings, UsageError> {
             }
         },
     };
-    let docker = DockerSettings { manage: d.manage.unwrap_or(true), listen, live_restore };
+    let docker = DockerSettings {
+        manage: d.manage.unwrap_or(true),
+        listen,
+        live_restore,
+    };
 
-    Ok(Settings { source: Some(path.to_path_buf()), paths, ca, server, clients, docker })
+    let metrics_file = match raw.service.metrics_file {
+        None => Some(paths.state_dir.join(DEFAULT_METRICS_FILE_NAME)),
+        Some(p) if p.as_os_str().is_empty() => None,
+        Some(p) if p.is_absolute() => Some(p),
+        Some(p) => {
+            return Err(bad(
+                "[service] metrics_file",
+                format!("'{}' is not an absolute path", p.display()),
+            ));
+        }
+    };
+    let service = ServiceSettings { metrics_file };
+
+    Ok(Settings {
+        source: Some(path.to_path_buf()),
+        paths,
+        ca,
+        server,
+        clients,
+        docker,
+        service,
+    })
 }
 
 fn parse_listen(spec: &str) -> Option<u16> {
@@ -425,8 +504,13 @@ fn valid_dns_name(name: &str) -> bool {
 pub fn validate_client_name(name: &str) -> Result<(), String> {
     let ok = !name.is_empty()
         && name.len() <= 64
-        && name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
     if ok {
         Ok(())
     } else {
@@ -449,16 +533,41 @@ mod tests {
     fn empty_file_gives_documented_defaults() {
         let s = p("").unwrap();
         assert_eq!(s.paths.cert_dir, PathBuf::from("/etc/docker/tls"));
-        assert_eq!(s.paths.state_dir, PathBuf::from("/var/lib/docker-tls-manager"));
+        assert_eq!(
+            s.paths.state_dir,
+            PathBuf::from("/var/lib/docker-tls-manager")
+        );
         assert_eq!(s.ca.key_type, KeyType::EcdsaP256);
         assert_eq!(s.ca.validity, humantime::parse_duration("10y").unwrap());
         assert_eq!(s.server.policy.validity, Duration::from_secs(90 * 86400));
-        assert_eq!(s.server.policy.renew_before, Duration::from_secs(30 * 86400));
+        assert_eq!(
+            s.server.policy.renew_before,
+            Duration::from_secs(30 * 86400)
+        );
         assert_eq!(s.clients.names, vec!["admin".to_string()]);
         assert!(s.server.auto_addresses);
         assert!(s.docker.manage);
-        assert_eq!(s.docker.listen, vec![Listen { spec: "2376".into(), port: 2376 }]);
+        assert_eq!(
+            s.docker.listen,
+            vec![Listen {
+                spec: "2376".into(),
+                port: 2376
+            }]
+        );
         assert_eq!(s.docker.live_restore, LiveRestore::Auto);
+        assert_eq!(
+            s.service.metrics_file,
+            Some(PathBuf::from(
+                "/var/lib/docker-tls-manager/docker-tls-manager.prom"
+            ))
+        );
+        assert_eq!(
+            p("[service]\nmetrics_file = \"\"")
+                .unwrap()
+                .service
+                .metrics_file,
+            None
+        );
     }
 
     #[test]
@@ -478,13 +587,22 @@ mod tests {
         let cases = [
             ("[server]\nvalidity = \"banana\"", "[server] validity"),
             ("[server]\nrenew_before = \"90d\"", "[server] renew_before"),
-            ("[clients]\nvalidity = \"30s\"\nrenew_before = \"1s\"", "[clients] validity"),
+            (
+                "[clients]\nvalidity = \"30s\"\nrenew_before = \"1s\"",
+                "[clients] validity",
+            ),
             ("[ca]\nkey_type = \"dsa\"", "[ca] key_type"),
-            ("[server]\nip_addresses = [\"10.0.0.300\"]", "[server] ip_addresses"),
+            (
+                "[server]\nip_addresses = [\"10.0.0.300\"]",
+                "[server] ip_addresses",
+            ),
             ("[server]\ndns_names = [\"bad name\"]", "[server] dns_names"),
             ("[docker]\nlisten = [\"http\"]", "[docker] listen"),
             ("[docker]\nlisten = []", "[docker] listen"),
-            ("[docker]\nlive_restore = \"maybe\"", "[docker] live_restore"),
+            (
+                "[docker]\nlive_restore = \"maybe\"",
+                "[docker] live_restore",
+            ),
             ("[clients]\nnames = [\"../etc\"]", "[clients] names"),
             ("[clients]\nnames = [\"a\", \"a\"]", "[clients] names"),
             ("[paths]\ncert_dir = \"relative\"", "[paths] cert_dir"),
@@ -499,7 +617,10 @@ mod tests {
     #[test]
     fn unknown_keys_and_sections_are_rejected() {
         let m = err("[server]\nvalidty = \"90d\"");
-        assert!(m.contains("validty") && m.contains("/etc/x/config.toml"), "{m}");
+        assert!(
+            m.contains("validty") && m.contains("/etc/x/config.toml"),
+            "{m}"
+        );
         let m = err("[srever]\n");
         assert!(m.contains("srever"), "{m}");
         let m = err("[server]\nvalidity = 90");

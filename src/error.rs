@@ -11,7 +11,10 @@ pub const EXIT_USAGE: i32 = 2;
 
 /// The exit code for an error: 2 if a [`UsageError`] is anywhere in its chain, else 1.
 pub fn exit_code(err: &anyhow::Error) -> i32 {
-    if err.chain().any(|e| e.downcast_ref::<UsageError>().is_some()) {
+    if err
+        .chain()
+        .any(|e| e.downcast_ref::<UsageError>().is_some())
+    {
         EXIT_USAGE
     } else {
         EXIT_FAILED

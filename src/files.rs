@@ -24,8 +24,14 @@ pub enum WriteOutcome {
 /// before any byte is written, fsync, rename over `path`, fsync of the directory. The temp file
 /// is removed on error, so `path` is either the old or the new content, never a mix.
 pub fn atomic_write(path: &Path, data: &[u8], mode: u32) -> Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().context("path has no file name")?.to_string_lossy();
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .context("path has no file name")?
+        .to_string_lossy();
     let tmp = dir.join(format!("{TEMP_PREFIX}{}-{name}", std::process::id()));
     let result = (|| -> Result<()> {
         let mut f = OpenOptions::new()
@@ -37,11 +43,14 @@ pub fn atomic_write(path: &Path, data: &[u8], mode: u32) -> Result<()> {
             .with_context(|| format!("cannot create '{}'", tmp.display()))?;
         // The umask may have cleared bits from `mode`; set it exactly.
         f.set_permissions(fs::Permissions::from_mode(mode))?;
-        f.write_all(data).with_context(|| format!("cannot write '{}'", tmp.display()))?;
-        f.sync_all().with_context(|| format!("cannot fsync '{}'", tmp.display()))?;
+        f.write_all(data)
+            .with_context(|| format!("cannot write '{}'", tmp.display()))?;
+        f.sync_all()
+            .with_context(|| format!("cannot fsync '{}'", tmp.display()))?;
         drop(f);
-        fs::rename(&tmp, path)
-            .with_context(|| format!("cannot rename '{}' to '{}'", tmp.display(), path.display()))?;
+        fs::rename(&tmp, path).with_context(|| {
+            format!("cannot rename '{}' to '{}'", tmp.display(), path.display())
+        })?;
         File::open(dir)
             .and_then(|d| d.sync_all())
             .with_context(|| format!("cannot fsync directory '{}'", dir.display()))?;
@@ -75,7 +84,9 @@ pub fn set_mode(path: &Path, mode: u32) -> Result<()> {
 
 /// The permission bits of `path`, or `None` if it does not exist.
 pub fn mode_of(path: &Path) -> Option<u32> {
-    fs::metadata(path).ok().map(|m| m.permissions().mode() & 0o7777)
+    fs::metadata(path)
+        .ok()
+        .map(|m| m.permissions().mode() & 0o7777)
 }
 
 /// Creates `dir` (and parents) if missing and sets its mode.
@@ -87,7 +98,10 @@ pub fn ensure_dir(dir: &Path, mode: u32) -> Result<()> {
             }
             Ok(())
         }
-        Ok(_) => bail!("'{}' exists but is not a directory; move it away", dir.display()),
+        Ok(_) => bail!(
+            "'{}' exists but is not a directory; move it away",
+            dir.display()
+        ),
         Err(e) if e.kind() == ErrorKind::NotFound => {
             fs::create_dir_all(dir)
                 .with_context(|| format!("cannot create directory '{}'", dir.display()))?;
@@ -104,11 +118,14 @@ pub fn backup(path: &Path, backup_root: &Path, now: SystemTime) -> Result<Option
         Ok(d) => d,
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
         Err(e) => {
-            return Err(e).with_context(|| format!("cannot read '{}' to back it up", path.display()));
+            return Err(e)
+                .with_context(|| format!("cannot read '{}' to back it up", path.display()));
         }
     };
     let mode = mode_of(path).unwrap_or(0o600);
-    let stamp = humantime::format_rfc3339_seconds(now).to_string().replace(':', "");
+    let stamp = humantime::format_rfc3339_seconds(now)
+        .to_string()
+        .replace(':', "");
     let rel = path.strip_prefix("/").unwrap_or(path);
     let dest = backup_root.join(stamp).join(rel);
     let parent = dest.parent().expect("backup path has a parent");
@@ -173,7 +190,10 @@ mod tests {
         assert_eq!(mode_of(&p), Some(0o600));
         atomic_write(&p, b"new", 0o644).unwrap();
         assert_eq!(mode_of(&p), Some(0o644));
-        let names: Vec<_> = fs::read_dir(d.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let names: Vec<_> = fs::read_dir(d.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(names.len(), 1, "{names:?}");
     }
 
@@ -184,7 +204,10 @@ mod tests {
         fs::create_dir(&p).unwrap(); // renaming a file over a directory fails
         assert!(atomic_write(&p, b"x", 0o644).is_err());
         assert!(p.is_dir());
-        let names: Vec<_> = fs::read_dir(d.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let names: Vec<_> = fs::read_dir(d.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(names.len(), 1, "{names:?}");
     }
 
@@ -192,9 +215,18 @@ mod tests {
     fn write_if_changed_reports_unchanged() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("f");
-        assert_eq!(write_if_changed(&p, b"a", 0o644).unwrap(), WriteOutcome::Written);
-        assert_eq!(write_if_changed(&p, b"a", 0o644).unwrap(), WriteOutcome::Unchanged);
-        assert_eq!(write_if_changed(&p, b"b", 0o644).unwrap(), WriteOutcome::Written);
+        assert_eq!(
+            write_if_changed(&p, b"a", 0o644).unwrap(),
+            WriteOutcome::Written
+        );
+        assert_eq!(
+            write_if_changed(&p, b"a", 0o644).unwrap(),
+            WriteOutcome::Unchanged
+        );
+        assert_eq!(
+            write_if_changed(&p, b"b", 0o644).unwrap(),
+            WriteOutcome::Written
+        );
     }
 
     #[test]
@@ -202,10 +234,20 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("k");
         atomic_write(&p, b"old", 0o600).unwrap();
-        let dest = backup(&p, &d.path().join("backup"), SystemTime::UNIX_EPOCH).unwrap().unwrap();
+        let dest = backup(&p, &d.path().join("backup"), SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .unwrap();
         assert_eq!(fs::read(&dest).unwrap(), b"old");
         assert_eq!(mode_of(&dest), Some(0o600));
-        assert!(backup(&d.path().join("missing"), &d.path().join("backup"), SystemTime::UNIX_EPOCH).unwrap().is_none());
+        assert!(
+            backup(
+                &d.path().join("missing"),
+                &d.path().join("backup"),
+                SystemTime::UNIX_EPOCH
+            )
+            .unwrap()
+            .is_none()
+        );
     }
 
     #[test]
@@ -213,7 +255,9 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let _a = StateLock::acquire(d.path(), Duration::ZERO).unwrap();
         // flock locks belong to the open file description: a second open conflicts.
-        let e = StateLock::acquire(d.path(), Duration::from_millis(150)).err().unwrap();
+        let e = StateLock::acquire(d.path(), Duration::from_millis(150))
+            .err()
+            .unwrap();
         assert!(e.to_string().contains("holds the lock"), "{e}");
     }
 }

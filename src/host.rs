@@ -21,7 +21,11 @@ impl HostIdentity {
     pub fn detect() -> Result<HostIdentity> {
         let hostname = hostname()?;
         let fqdn = fqdn(&hostname).filter(|f| f != &hostname && f != "localhost");
-        Ok(HostIdentity { hostname, fqdn, addresses: addresses()? })
+        Ok(HostIdentity {
+            hostname,
+            fqdn,
+            addresses: addresses()?,
+        })
     }
 }
 
@@ -32,7 +36,10 @@ fn hostname() -> Result<String> {
     if rc != 0 {
         bail!("gethostname failed: {}", std::io::Error::last_os_error());
     }
-    let name = CStr::from_bytes_until_nul(&buf)?.to_string_lossy().trim().to_string();
+    let name = CStr::from_bytes_until_nul(&buf)?
+        .to_string_lossy()
+        .trim()
+        .to_string();
     if name.is_empty() {
         bail!("the host has no hostname; set one with hostnamectl");
     }
@@ -55,7 +62,8 @@ fn fqdn(hostname: &str) -> Option<String> {
     // SAFETY: res is a valid list from getaddrinfo until freeaddrinfo.
     let name = unsafe {
         let canon = (*res).ai_canonname;
-        let n = (!canon.is_null()).then(|| CStr::from_ptr(canon).to_string_lossy().to_ascii_lowercase());
+        let n = (!canon.is_null())
+            .then(|| CStr::from_ptr(canon).to_string_lossy().to_ascii_lowercase());
         libc::freeaddrinfo(res);
         n
     };
@@ -80,7 +88,9 @@ pub fn is_docker_interface(name: &str) -> bool {
     name == "docker0"
         || name == "docker_gwbridge"
         || name.starts_with("veth")
-        || (name.starts_with("br-") && name.len() == 15 && name[3..].chars().all(|c| c.is_ascii_hexdigit()))
+        || (name.starts_with("br-")
+            && name.len() == 15
+            && name[3..].chars().all(|c| c.is_ascii_hexdigit()))
 }
 
 fn addresses() -> Result<BTreeSet<IpAddr>> {
@@ -135,7 +145,12 @@ mod tests {
 
     #[test]
     fn docker_interfaces() {
-        for n in ["docker0", "br-0123456789ab", "veth1a2b3c4", "docker_gwbridge"] {
+        for n in [
+            "docker0",
+            "br-0123456789ab",
+            "veth1a2b3c4",
+            "docker_gwbridge",
+        ] {
             assert!(is_docker_interface(n), "{n}");
         }
         for n in ["eth0", "ens3", "br0", "br-lan", "wlan0"] {

@@ -9,16 +9,22 @@ mod docker;
 mod error;
 mod files;
 mod host;
+mod metrics;
 mod pki;
+mod service;
 mod status;
 mod systemd;
+mod watch;
 
 use clap::Parser;
 
 fn init_tracing() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("DTM_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
     // Under journald the journal adds timestamps itself.
     if std::env::var_os("JOURNAL_STREAM").is_some() {
         builder.without_time().with_ansi(false).init();
@@ -30,7 +36,10 @@ fn init_tracing() {
 fn main() {
     let cli = cli::Cli::parse();
     init_tracing();
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
     let code = match runtime.block_on(commands::run(cli.command, cli.config.as_deref())) {
         Ok(()) => error::EXIT_OK,
         Err(e) => {

@@ -55,7 +55,13 @@ pub fn days_between(now: SystemTime, t: SystemTime) -> i64 {
     }
 }
 
-pub fn report(disk: &DiskState, plan: &Plan, settings: &Settings, now: SystemTime) -> Report {
+pub fn report(
+    disk: &DiskState,
+    plan: &Plan,
+    settings: &Settings,
+    now: SystemTime,
+    handed_out: Vec<String>,
+) -> Report {
     let mut certificates = Vec::new();
     for (slot, obs) in &disk.slots {
         let (kind, name) = match slot {
@@ -90,7 +96,9 @@ pub fn report(disk: &DiskState, plan: &Plan, settings: &Settings, now: SystemTim
         st.state = match (&obs.cert, action) {
             (CertState::Missing, _) => "missing".into(),
             (CertState::Present(i), _) if now >= i.not_after => "expired".into(),
-            (_, Some(Action::Issue { reason, .. } | Action::IssueCa { reason, .. })) if reason.is_renewal() => {
+            (_, Some(Action::Issue { reason, .. } | Action::IssueCa { reason, .. }))
+                if reason.is_renewal() =>
+            {
                 "renew-due".into()
             }
             (_, Some(_)) => "needs-repair".into(),
@@ -113,15 +121,23 @@ pub fn report(disk: &DiskState, plan: &Plan, settings: &Settings, now: SystemTim
     Report {
         config: settings.source.as_ref().map(|p| p.display().to_string()),
         certificates,
-        warnings: plan.warnings.clone(),
+        warnings: plan.warnings.iter().cloned().chain(handed_out).collect(),
     }
 }
 
 pub fn render_text(r: &Report) -> String {
     let mut s = String::new();
-    let _ = writeln!(s, "config: {}", r.config.as_deref().unwrap_or("(none: defaults)"));
+    let _ = writeln!(
+        s,
+        "config: {}",
+        r.config.as_deref().unwrap_or("(none: defaults)")
+    );
     for c in &r.certificates {
-        let title = if c.kind == "client" { format!("client {}", c.name) } else { c.kind.clone() };
+        let title = if c.kind == "client" {
+            format!("client {}", c.name)
+        } else {
+            c.kind.clone()
+        };
         let _ = writeln!(s, "\n{title}: {}", c.state);
         if let Some(a) = &c.action {
             let _ = writeln!(s, "  apply would: {a}");
@@ -132,16 +148,32 @@ pub fn render_text(r: &Report) -> String {
                 let _ = writeln!(s, "  SANs:         {}", c.sans.join(", "));
             }
             let _ = writeln!(s, "  serial:       {}", c.serial.as_deref().unwrap_or(""));
-            let _ = writeln!(s, "  key:          {}", c.key_type.as_deref().unwrap_or("unknown"));
-            let _ = writeln!(s, "  not before:   {}", c.not_before.as_deref().unwrap_or(""));
+            let _ = writeln!(
+                s,
+                "  key:          {}",
+                c.key_type.as_deref().unwrap_or("unknown")
+            );
+            let _ = writeln!(
+                s,
+                "  not before:   {}",
+                c.not_before.as_deref().unwrap_or("")
+            );
             let _ = writeln!(
                 s,
                 "  not after:    {} ({} days left)",
                 c.not_after.as_deref().unwrap_or(""),
                 c.days_left.unwrap_or(0)
             );
-            let _ = writeln!(s, "  next renewal: {}", c.next_renewal.as_deref().unwrap_or(""));
-            let _ = writeln!(s, "  sha256:       {}", c.fingerprint_sha256.as_deref().unwrap_or(""));
+            let _ = writeln!(
+                s,
+                "  next renewal: {}",
+                c.next_renewal.as_deref().unwrap_or("")
+            );
+            let _ = writeln!(
+                s,
+                "  sha256:       {}",
+                c.fingerprint_sha256.as_deref().unwrap_or("")
+            );
         }
         let _ = writeln!(s, "  files:        {}, {}", c.cert_file, c.key_file);
     }
@@ -159,7 +191,58 @@ mod tests {
     #[test]
     fn days() {
         let now = UNIX_EPOCH + Duration::from_secs(1_000_000);
-        assert_eq!(days_between(now, now + Duration::from_secs(86_400 * 3 + 5)), 3);
+        assert_eq!(
+            days_between(now, now + Duration::from_secs(86_400 * 3 + 5)),
+            3
+        );
         assert_eq!(days_between(now, now - Duration::from_secs(10)), -1);
     }
+}
+
+/// Record of the certificate in the last bundle handed out for a client.
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, PartialEq)]
+pub struct HandedOut {
+    pub fingerprint_sha256: String,
+    pub not_after: String,
+    pub at: String,
+}
+
+pub fn handed_out_path(layout: &crate::pki::Layout, name: &str) -> std::path::PathBuf {
+    layout.client_dir(name).join("handed-out.json")
+}
+
+/// Bundles already handed out cannot be renewed remotely: warn when one is about to expire
+/// (within the clients' renew_before) or has expired.
+pub fn handed_out_warnings(
+    layout: &crate::pki::Layout,
+    clients: &[String],
+    settings: &Settings,
+    now: SystemTime,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    for name in clients {
+        let Ok(data) = std::fs::read(handed_out_path(layout, name)) else {
+            continue;
+        };
+        let Ok(h) = serde_json::from_slice::<HandedOut>(&data) else {
+            continue;
+        };
+        let Ok(not_after) = humantime::parse_rfc3339(&h.not_after) else {
+            continue;
+        };
+        if now >= not_after {
+            out.push(format!(
+                "client '{name}': the bundle handed out at {} expired at {}; hand out a new one (`docker-tls-manager client bundle {name}`)",
+                h.at, h.not_after
+            ));
+        } else if now >= renewal_time(not_after, &settings.clients.policy) {
+            out.push(format!(
+                "client '{name}': the bundle handed out at {} expires at {} ({} days); hand out a new one (`docker-tls-manager client bundle {name}`)",
+                h.at,
+                h.not_after,
+                days_between(now, not_after)
+            ));
+        }
+    }
+    out
 }

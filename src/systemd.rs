@@ -102,12 +102,25 @@ trait Manager {
         runtime: bool,
         force: bool,
     ) -> zbus::Result<(bool, Vec<(String, String, String)>)>;
-    fn disable_unit_files(&self, files: &[&str], runtime: bool) -> zbus::Result<Vec<(String, String, String)>>;
+    fn disable_unit_files(
+        &self,
+        files: &[&str],
+        runtime: bool,
+    ) -> zbus::Result<Vec<(String, String, String)>>;
     #[zbus(signal)]
-    fn job_removed(&self, id: u32, job: zbus::zvariant::ObjectPath<'_>, unit: &str, result: &str) -> zbus::Result<()>;
+    fn job_removed(
+        &self,
+        id: u32,
+        job: zbus::zvariant::ObjectPath<'_>,
+        unit: &str,
+        result: &str,
+    ) -> zbus::Result<()>;
 }
 
-#[zbus::proxy(interface = "org.freedesktop.systemd1.Unit", default_service = "org.freedesktop.systemd1")]
+#[zbus::proxy(
+    interface = "org.freedesktop.systemd1.Unit",
+    default_service = "org.freedesktop.systemd1"
+)]
 trait Unit {
     #[zbus(property)]
     fn load_state(&self) -> zbus::Result<String>;
@@ -121,7 +134,10 @@ trait Unit {
 
 type ExecCommand = (String, Vec<String>, bool, u64, u64, u64, u64, u32, i32, i32);
 
-#[zbus::proxy(interface = "org.freedesktop.systemd1.Service", default_service = "org.freedesktop.systemd1")]
+#[zbus::proxy(
+    interface = "org.freedesktop.systemd1.Service",
+    default_service = "org.freedesktop.systemd1"
+)]
 trait Service {
     #[zbus(property, name = "MainPID")]
     fn main_pid(&self) -> zbus::Result<u32>;
@@ -144,7 +160,10 @@ impl Dbus {
             "cannot connect to the D-Bus system bus (is this a systemd host with dbus running?)",
         )?;
         let manager = ManagerProxy::new(&conn).await?;
-        manager.subscribe().await.context("systemd Subscribe failed")?;
+        manager
+            .subscribe()
+            .await
+            .context("systemd Subscribe failed")?;
         Ok(Dbus { conn, manager })
     }
 }
@@ -152,7 +171,10 @@ impl Dbus {
 impl Systemd for Dbus {
     async fn reload(&self) -> Result<()> {
         tracing::info!("systemd: daemon-reload");
-        self.manager.reload().await.context("systemd daemon-reload failed")
+        self.manager
+            .reload()
+            .await
+            .context("systemd daemon-reload failed")
     }
 
     async fn job(&self, kind: JobKind, unit: &str) -> Result<()> {
@@ -177,7 +199,12 @@ impl Systemd for Dbus {
             Err(zbus::Error::Failure("the D-Bus connection closed".into()))
         })
         .await
-        .map_err(|_| anyhow!("timed out after {}s waiting for systemd to {kind} {unit}", JOB_TIMEOUT.as_secs()))??;
+        .map_err(|_| {
+            anyhow!(
+                "timed out after {}s waiting for systemd to {kind} {unit}",
+                JOB_TIMEOUT.as_secs()
+            )
+        })??;
         if result == "done" {
             return Ok(());
         }
@@ -185,19 +212,35 @@ impl Systemd for Dbus {
         let hint = if info.result == "start-limit-hit" {
             " (start limit hit: too many starts within the interval)".to_string()
         } else if !info.result.is_empty() && info.result != "success" {
-            format!(" (unit result '{}'; see `journalctl -u {unit}`)", info.result)
+            format!(
+                " (unit result '{}'; see `journalctl -u {unit}`)",
+                info.result
+            )
         } else {
             format!(" (see `journalctl -u {unit}`)")
         };
-        Err(JobFailed { kind, unit: unit.to_string(), result, hint }.into())
+        Err(JobFailed {
+            kind,
+            unit: unit.to_string(),
+            result,
+            hint,
+        }
+        .into())
     }
 
     async fn reset_failed(&self, unit: &str) -> Result<()> {
-        self.manager.reset_failed_unit(unit).await.with_context(|| format!("cannot reset-failed {unit}"))
+        self.manager
+            .reset_failed_unit(unit)
+            .await
+            .with_context(|| format!("cannot reset-failed {unit}"))
     }
 
     async fn unit(&self, unit: &str) -> Result<UnitInfo> {
-        let path = self.manager.load_unit(unit).await.with_context(|| format!("cannot load unit {unit}"))?;
+        let path = self
+            .manager
+            .load_unit(unit)
+            .await
+            .with_context(|| format!("cannot load unit {unit}"))?;
         let u = UnitProxy::builder(&self.conn)
             .path(path.clone())?
             .cache_properties(CacheProperties::No)
@@ -211,7 +254,11 @@ impl Systemd for Dbus {
             ..UnitInfo::default()
         };
         if unit.ends_with(".service") && info.load_state == "loaded" {
-            let s = ServiceProxy::builder(&self.conn).path(path)?.cache_properties(CacheProperties::No).build().await?;
+            let s = ServiceProxy::builder(&self.conn)
+                .path(path)?
+                .cache_properties(CacheProperties::No)
+                .build()
+                .await?;
             info.main_pid = s.main_pid().await?;
             info.exec_start = s.exec_start().await?.into_iter().map(|c| c.1).collect();
             info.result = s.result().await?;
@@ -221,13 +268,19 @@ impl Systemd for Dbus {
 
     async fn enable(&self, unit: &str) -> Result<()> {
         tracing::info!(unit, "systemd: enable");
-        self.manager.enable_unit_files(&[unit], false, true).await.with_context(|| format!("cannot enable {unit}"))?;
+        self.manager
+            .enable_unit_files(&[unit], false, true)
+            .await
+            .with_context(|| format!("cannot enable {unit}"))?;
         Ok(())
     }
 
     async fn disable(&self, unit: &str) -> Result<()> {
         tracing::info!(unit, "systemd: disable");
-        self.manager.disable_unit_files(&[unit], false).await.with_context(|| format!("cannot disable {unit}"))?;
+        self.manager
+            .disable_unit_files(&[unit], false)
+            .await
+            .with_context(|| format!("cannot disable {unit}"))?;
         Ok(())
     }
 }
@@ -276,7 +329,13 @@ pub mod fake {
             self.calls.borrow_mut().push(call.clone());
             if self.failing.borrow().contains(&call) {
                 self.set_state(unit, "failed");
-                return Err(JobFailed { kind, unit: unit.into(), result: "failed".into(), hint: String::new() }.into());
+                return Err(JobFailed {
+                    kind,
+                    unit: unit.into(),
+                    result: "failed".into(),
+                    hint: String::new(),
+                }
+                .into());
             }
             match kind {
                 JobKind::Start | JobKind::Restart => self.set_state(unit, "active"),
@@ -294,7 +353,11 @@ pub mod fake {
         }
         async fn enable(&self, unit: &str) -> Result<()> {
             self.calls.borrow_mut().push(format!("enable {unit}"));
-            self.units.borrow_mut().entry(unit.to_string()).or_default().unit_file_state = "enabled".into();
+            self.units
+                .borrow_mut()
+                .entry(unit.to_string())
+                .or_default()
+                .unit_file_state = "enabled".into();
             Ok(())
         }
         async fn disable(&self, unit: &str) -> Result<()> {

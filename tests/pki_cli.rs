@@ -10,19 +10,31 @@ use std::time::{Duration, Instant};
 use common::{Sandbox, snapshot, text, tool};
 
 fn openssl_text(path: &std::path::Path) -> String {
-    let o = tool("openssl").args(["x509", "-noout", "-text", "-in"]).arg(path).output().unwrap();
+    let o = tool("openssl")
+        .args(["x509", "-noout", "-text", "-in"])
+        .arg(path)
+        .output()
+        .unwrap();
     assert!(o.status.success());
     text(&o.stdout)
 }
 
 #[test]
 fn apply_issues_a_chain_openssl_verifies_with_the_right_extensions() {
-    let s = Sandbox::new("[server]\ndns_names = [\"docker.example.net\"]\nip_addresses = [\"192.0.2.77\"]");
+    let s = Sandbox::new(
+        "[server]\ndns_names = [\"docker.example.net\"]\nip_addresses = [\"192.0.2.77\"]",
+    );
     let out = s.ok(&["apply"]);
     assert!(out.contains("create CA"), "{out}");
     let ca = s.path("certs/ca.pem");
     for leaf in ["certs/server-cert.pem", "state/clients/admin/cert.pem"] {
-        let o = tool("openssl").arg("verify").arg("-CAfile").arg(&ca).arg(s.path(leaf)).output().unwrap();
+        let o = tool("openssl")
+            .arg("verify")
+            .arg("-CAfile")
+            .arg(&ca)
+            .arg(s.path(leaf))
+            .output()
+            .unwrap();
         assert!(o.status.success(), "{leaf}: {}", text(&o.stderr));
     }
     let ca_text = openssl_text(&ca);
@@ -30,15 +42,35 @@ fn apply_issues_a_chain_openssl_verifies_with_the_right_extensions() {
     assert!(ca_text.contains("Certificate Sign, CRL Sign"), "{ca_text}");
     let server = openssl_text(&s.path("certs/server-cert.pem"));
     assert!(server.contains("TLS Web Server Authentication"), "{server}");
-    assert!(!server.contains("TLS Web Client Authentication"), "{server}");
-    for san in ["DNS:localhost", "DNS:docker.example.net", "IP Address:127.0.0.1", "IP Address:192.0.2.77", "IP Address:0:0:0:0:0:0:0:1"] {
+    assert!(
+        !server.contains("TLS Web Client Authentication"),
+        "{server}"
+    );
+    for san in [
+        "DNS:localhost",
+        "DNS:docker.example.net",
+        "IP Address:127.0.0.1",
+        "IP Address:192.0.2.77",
+        "IP Address:0:0:0:0:0:0:0:1",
+    ] {
         assert!(server.contains(san), "missing {san}: {server}");
     }
     let client = openssl_text(&s.path("state/clients/admin/cert.pem"));
-    assert!(client.contains("TLS Web Client Authentication") && client.contains("CN = admin"), "{client}");
+    assert!(
+        client.contains("TLS Web Client Authentication") && client.contains("CN = admin"),
+        "{client}"
+    );
     // Serial: 128 random bits; not_before backdated.
-    let serial = tool("openssl").args(["x509", "-noout", "-serial", "-in"]).arg(&ca).output().unwrap();
-    assert!(text(&serial.stdout).trim().len() >= "serial=".len() + 16, "{}", text(&serial.stdout));
+    let serial = tool("openssl")
+        .args(["x509", "-noout", "-serial", "-in"])
+        .arg(&ca)
+        .output()
+        .unwrap();
+    assert!(
+        text(&serial.stdout).trim().len() >= "serial=".len() + 16,
+        "{}",
+        text(&serial.stdout)
+    );
     // Keys are unencrypted PKCS#8 and mode 0600; key directories 0700.
     let key = std::fs::read_to_string(s.path("certs/server-key.pem")).unwrap();
     assert!(key.starts_with("-----BEGIN PRIVATE KEY-----"), "{key}");
@@ -59,7 +91,9 @@ fn apply_issues_a_chain_openssl_verifies_with_the_right_extensions() {
 #[test]
 fn every_key_type_verifies() {
     for kt in ["ecdsa-p384", "ed25519", "rsa-2048"] {
-        let s = Sandbox::new(&format!("[ca]\nkey_type = \"{kt}\"\n[server]\nkey_type = \"{kt}\"\n[clients]\nkey_type = \"{kt}\""));
+        let s = Sandbox::new(&format!(
+            "[ca]\nkey_type = \"{kt}\"\n[server]\nkey_type = \"{kt}\"\n[clients]\nkey_type = \"{kt}\""
+        ));
         s.ok(&["apply"]);
         let o = tool("openssl")
             .arg("verify")
@@ -71,12 +105,23 @@ fn every_key_type_verifies() {
         assert!(o.status.success(), "{kt}: {}", text(&o.stderr));
         // The status reports the key type read back from the certificate.
         let st: serde_json::Value = serde_json::from_str(&s.ok(&["status", "--json"])).unwrap();
-        assert!(st["certificates"].as_array().unwrap().iter().all(|c| c["key_type"] == kt), "{st}");
+        assert!(
+            st["certificates"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|c| c["key_type"] == kt),
+            "{st}"
+        );
     }
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 struct Server(Child);
@@ -90,7 +135,14 @@ impl Drop for Server {
 /// openssl s_server requiring a client certificate from `ca`.
 fn s_server(s: &Sandbox, port: u16) -> Server {
     let child = tool("openssl")
-        .args(["s_server", "-www", "-Verify", "1", "-verify_return_error", "-accept"])
+        .args([
+            "s_server",
+            "-www",
+            "-Verify",
+            "1",
+            "-verify_return_error",
+            "-accept",
+        ])
         .arg(format!("127.0.0.1:{port}"))
         .arg("-CAfile")
         .arg(s.path("certs/ca.pem"))
@@ -110,13 +162,19 @@ fn s_server(s: &Sandbox, port: u16) -> Server {
     Server(child)
 }
 
-fn curl(ca: &std::path::Path, port: u16, client: Option<(&std::path::Path, &std::path::Path)>) -> std::process::Output {
+fn curl(
+    ca: &std::path::Path,
+    port: u16,
+    client: Option<(&std::path::Path, &std::path::Path)>,
+) -> std::process::Output {
     let mut c = tool("curl");
     c.args(["-sS", "--max-time", "10", "--cacert"]).arg(ca);
     if let Some((cert, key)) = client {
         c.arg("--cert").arg(cert).arg("--key").arg(key);
     }
-    c.arg(format!("https://localhost:{port}/")).output().unwrap()
+    c.arg(format!("https://localhost:{port}/"))
+        .output()
+        .unwrap()
 }
 
 #[test]
@@ -129,26 +187,69 @@ fn mutual_tls_accepts_our_client_and_refuses_others() {
     let _srv = s_server(&s, port);
     let ca = s.path("certs/ca.pem");
 
-    let ok = curl(&ca, port, Some((&s.path("state/clients/admin/cert.pem"), &s.path("state/clients/admin/key.pem"))));
-    assert!(ok.status.success(), "our client refused: {}", text(&ok.stderr));
-    assert!(text(&ok.stdout).contains("s_server"), "{}", text(&ok.stdout));
+    let ok = curl(
+        &ca,
+        port,
+        Some((
+            &s.path("state/clients/admin/cert.pem"),
+            &s.path("state/clients/admin/key.pem"),
+        )),
+    );
+    assert!(
+        ok.status.success(),
+        "our client refused: {}",
+        text(&ok.stderr)
+    );
+    assert!(
+        text(&ok.stdout).contains("s_server"),
+        "{}",
+        text(&ok.stdout)
+    );
 
     let none = curl(&ca, port, None);
-    assert!(!none.status.success(), "accepted a client without certificate: {}", text(&none.stdout));
+    assert!(
+        !none.status.success(),
+        "accepted a client without certificate: {}",
+        text(&none.stdout)
+    );
 
     let foreign = curl(
         &ca,
         port,
-        Some((&other.path("state/clients/admin/cert.pem"), &other.path("state/clients/admin/key.pem"))),
+        Some((
+            &other.path("state/clients/admin/cert.pem"),
+            &other.path("state/clients/admin/key.pem"),
+        )),
     );
-    assert!(!foreign.status.success(), "accepted a client from another CA: {}", text(&foreign.stdout));
+    assert!(
+        !foreign.status.success(),
+        "accepted a client from another CA: {}",
+        text(&foreign.stdout)
+    );
 
     // The server certificate presented as a client certificate has no clientAuth: refused.
-    let server_as_client = curl(&ca, port, Some((&s.path("certs/server-cert.pem"), &s.path("certs/server-key.pem"))));
-    assert!(!server_as_client.status.success(), "accepted the server certificate as a client");
+    let server_as_client = curl(
+        &ca,
+        port,
+        Some((
+            &s.path("certs/server-cert.pem"),
+            &s.path("certs/server-key.pem"),
+        )),
+    );
+    assert!(
+        !server_as_client.status.success(),
+        "accepted the server certificate as a client"
+    );
 
     // And a client that trusts another CA refuses our server.
-    let wrong_trust = curl(&other.path("certs/ca.pem"), port, Some((&s.path("state/clients/admin/cert.pem"), &s.path("state/clients/admin/key.pem"))));
+    let wrong_trust = curl(
+        &other.path("certs/ca.pem"),
+        port,
+        Some((
+            &s.path("state/clients/admin/cert.pem"),
+            &s.path("state/clients/admin/key.pem"),
+        )),
+    );
     assert!(!wrong_trust.status.success());
 }
 
@@ -157,7 +258,10 @@ fn bad_configs_exit_2_name_key_and_file_and_write_nothing() {
     let cases = [
         ("[server]\nrenew_before = \"100d\"", "[server] renew_before"),
         ("[clients]\nvalidity = \"30s\"", "[clients] validity"),
-        ("[server]\nip_addresses = [\"not-an-ip\"]", "[server] ip_addresses"),
+        (
+            "[server]\nip_addresses = [\"not-an-ip\"]",
+            "[server] ip_addresses",
+        ),
         ("[ca]\nkey_type = \"dsa-1024\"", "[ca] key_type"),
         ("[server]\nbogus = 1", "bogus"),
         ("this is not toml", "config.toml"),
@@ -172,7 +276,10 @@ fn bad_configs_exit_2_name_key_and_file_and_write_nothing() {
         let err = text(&o.stderr);
         assert!(err.contains(key), "{extra}: {err}");
         assert!(err.contains(&s.config.display().to_string()), "{err}");
-        assert!(!s.path("state").exists() && !s.path("certs").exists(), "wrote files despite a bad config");
+        assert!(
+            !s.path("state").exists() && !s.path("certs").exists(),
+            "wrote files despite a bad config"
+        );
     }
     let o = Command::new(env!("CARGO_BIN_EXE_docker-tls-manager"))
         .args(["--config", "/nonexistent/config.toml", "status"])
@@ -180,7 +287,10 @@ fn bad_configs_exit_2_name_key_and_file_and_write_nothing() {
         .unwrap();
     assert_eq!(o.status.code(), Some(2));
     assert!(text(&o.stderr).contains("/nonexistent/config.toml"));
-    let o = Command::new(env!("CARGO_BIN_EXE_docker-tls-manager")).arg("frobnicate").output().unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_docker-tls-manager"))
+        .arg("frobnicate")
+        .output()
+        .unwrap();
     assert_eq!(o.status.code(), Some(2));
 }
 
@@ -188,14 +298,21 @@ fn bad_configs_exit_2_name_key_and_file_and_write_nothing() {
 fn unreadable_ca_key_stops_with_exit_1_and_changes_nothing() {
     let s = Sandbox::new("");
     s.ok(&["apply"]);
-    std::fs::write(s.path("state/ca-key.pem"), "-----BEGIN PRIVATE KEY-----\ngarbage\n-----END PRIVATE KEY-----\n").unwrap();
+    std::fs::write(
+        s.path("state/ca-key.pem"),
+        "-----BEGIN PRIVATE KEY-----\ngarbage\n-----END PRIVATE KEY-----\n",
+    )
+    .unwrap();
     // Make the server due, so there is something the run would like to do.
     std::fs::remove_file(s.path("certs/server-cert.pem")).unwrap();
     let before = snapshot(s.dir.path());
     let o = s.run(&["apply"]);
     assert_eq!(o.status.code(), Some(1));
     let err = text(&o.stderr);
-    assert!(err.contains("ca-key.pem") && err.contains("never replaced"), "{err}");
+    assert!(
+        err.contains("ca-key.pem") && err.contains("never replaced"),
+        "{err}"
+    );
     assert_eq!(before, snapshot(s.dir.path()));
 }
 
@@ -207,32 +324,66 @@ fn repairs_are_backed_up_and_dry_run_changes_nothing() {
     std::fs::write(s.path("certs/server-key.pem"), "corrupt").unwrap();
     let before = snapshot(s.dir.path());
     let plan = s.ok(&["apply", "--dry-run"]);
-    assert!(plan.contains("issue server certificate: unreadable key"), "{plan}");
+    assert!(
+        plan.contains("issue server certificate: unreadable key"),
+        "{plan}"
+    );
     assert_eq!(before, snapshot(s.dir.path()));
     s.ok(&["apply"]);
     // Both replaced files are in the backup directory.
-    let backups: Vec<_> = snapshot(&s.path("state/backup")).into_iter().filter(|(_, _, d)| !d.is_empty()).collect();
+    let backups: Vec<_> = snapshot(&s.path("state/backup"))
+        .into_iter()
+        .filter(|(_, _, d)| !d.is_empty())
+        .collect();
     assert!(backups.iter().any(|(_, _, d)| d == b"corrupt"));
     assert!(backups.iter().any(|(_, _, d)| *d == old_cert));
-    assert!(backups.iter().filter(|(p, _, _)| p.ends_with("server-key.pem")).all(|(_, m, _)| m & 0o777 == 0o600));
+    assert!(
+        backups
+            .iter()
+            .filter(|(p, _, _)| p.ends_with("server-key.pem"))
+            .all(|(_, m, _)| m & 0o777 == 0o600)
+    );
 }
 
 #[test]
 fn renew_force_server_changes_only_the_server() {
     let s = Sandbox::new("");
     s.ok(&["apply"]);
-    let st = |s: &Sandbox| -> serde_json::Value { serde_json::from_str(&s.ok(&["status", "--json"])).unwrap() };
+    let st = |s: &Sandbox| -> serde_json::Value {
+        serde_json::from_str(&s.ok(&["status", "--json"])).unwrap()
+    };
     let before = st(&s);
     s.ok(&["renew", "--force", "server"]);
     let after = st(&s);
     let fp = |v: &serde_json::Value, kind: &str| {
-        v["certificates"].as_array().unwrap().iter().find(|c| c["kind"] == kind).unwrap()["fingerprint_sha256"].clone()
+        v["certificates"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["kind"] == kind)
+            .unwrap()["fingerprint_sha256"]
+            .clone()
     };
     assert_ne!(fp(&before, "server"), fp(&after, "server"));
     assert_eq!(fp(&before, "ca"), fp(&after, "ca"));
     assert_eq!(fp(&before, "client"), fp(&after, "client"));
-    let server = after["certificates"].as_array().unwrap().iter().find(|c| c["kind"] == "server").unwrap().clone();
-    for k in ["subject", "serial", "not_before", "not_after", "days_left", "next_renewal", "cert_file", "key_file"] {
+    let server = after["certificates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["kind"] == "server")
+        .unwrap()
+        .clone();
+    for k in [
+        "subject",
+        "serial",
+        "not_before",
+        "not_after",
+        "days_left",
+        "next_renewal",
+        "cert_file",
+        "key_file",
+    ] {
         assert!(!server[k].is_null(), "status lacks {k}: {server}");
     }
     assert_eq!(server["state"], "ok");
@@ -245,28 +396,60 @@ fn clients_add_list_bundle_env_remove() {
     s.ok(&["apply"]);
     s.ok(&["client", "add", "ci-runner"]);
     let list = s.ok(&["client", "list"]);
-    assert!(list.contains("admin\tconfig") && list.contains("ci-runner\tadded"), "{list}");
+    assert!(
+        list.contains("admin\tconfig") && list.contains("ci-runner\tadded"),
+        "{list}"
+    );
     let o = s.run(&["client", "add", "ci-runner"]);
     assert_eq!(o.status.code(), Some(1));
     let o = s.run(&["client", "add", "../evil"]);
     assert_eq!(o.status.code(), Some(2));
 
     // tar.gz: extracts to the three files, which verify against the CA.
-    s.ok(&["client", "bundle", "ci-runner", "-o", "b.tar.gz", "--host", "dock.example.net"]);
+    s.ok(&[
+        "client",
+        "bundle",
+        "ci-runner",
+        "-o",
+        "b.tar.gz",
+        "--host",
+        "dock.example.net",
+    ]);
     let out = s.path("unpacked");
     std::fs::create_dir(&out).unwrap();
-    let o = tool("tar").arg("-xzf").arg(s.path("b.tar.gz")).arg("-C").arg(&out).output().unwrap();
+    let o = tool("tar")
+        .arg("-xzf")
+        .arg(s.path("b.tar.gz"))
+        .arg("-C")
+        .arg(&out)
+        .output()
+        .unwrap();
     assert!(o.status.success());
     for f in ["ca.pem", "cert.pem", "key.pem"] {
         assert!(out.join(f).is_file(), "{f} missing from bundle");
     }
-    let v = tool("openssl").arg("verify").arg("-CAfile").arg(out.join("ca.pem")).arg(out.join("cert.pem")).output().unwrap();
+    let v = tool("openssl")
+        .arg("verify")
+        .arg("-CAfile")
+        .arg(out.join("ca.pem"))
+        .arg(out.join("cert.pem"))
+        .output()
+        .unwrap();
     assert!(v.status.success());
 
     let env = s.ok(&["client", "env", "ci-runner", "--host", "dock.example.net"]);
-    assert!(env.contains("export DOCKER_HOST=tcp://dock.example.net:2376"), "{env}");
+    assert!(
+        env.contains("export DOCKER_HOST=tcp://dock.example.net:2376"),
+        "{env}"
+    );
     assert!(env.contains("export DOCKER_TLS_VERIFY=1"));
-    assert!(env.contains(&format!("export DOCKER_CERT_PATH={}", s.path("state/clients/ci-runner").display())), "{env}");
+    assert!(
+        env.contains(&format!(
+            "export DOCKER_CERT_PATH={}",
+            s.path("state/clients/ci-runner").display()
+        )),
+        "{env}"
+    );
 
     // Removing a client named in the config is refused with a pointer to the config.
     let o = s.run(&["client", "remove", "admin"]);
@@ -284,20 +467,46 @@ fn clients_add_list_bundle_env_remove() {
 fn context_bundle_is_accepted_by_docker_context_import() {
     let s = Sandbox::new("");
     s.ok(&["apply"]);
-    s.ok(&["client", "bundle", "admin", "--format", "context", "-o", "admin.dockercontext", "--host", "dock.example.net"]);
+    s.ok(&[
+        "client",
+        "bundle",
+        "admin",
+        "--format",
+        "context",
+        "-o",
+        "admin.dockercontext",
+        "--host",
+        "dock.example.net",
+    ]);
     let cfg = s.path("docker-config");
     let docker = |args: &[&str]| {
-        let o = tool("docker").env("DOCKER_CONFIG", &cfg).args(args).output().unwrap();
+        let o = tool("docker")
+            .env("DOCKER_CONFIG", &cfg)
+            .args(args)
+            .output()
+            .unwrap();
         assert!(o.status.success(), "docker {args:?}: {}", text(&o.stderr));
         text(&o.stdout)
     };
-    docker(&["context", "import", "dock", s.path("admin.dockercontext").to_str().unwrap()]);
-    let inspect: serde_json::Value = serde_json::from_str(&docker(&["context", "inspect", "dock"])).unwrap();
-    assert_eq!(inspect[0]["Endpoints"]["docker"]["Host"], "tcp://dock.example.net:2376");
+    docker(&[
+        "context",
+        "import",
+        "dock",
+        s.path("admin.dockercontext").to_str().unwrap(),
+    ]);
+    let inspect: serde_json::Value =
+        serde_json::from_str(&docker(&["context", "inspect", "dock"])).unwrap();
+    assert_eq!(
+        inspect[0]["Endpoints"]["docker"]["Host"],
+        "tcp://dock.example.net:2376"
+    );
     assert_eq!(inspect[0]["Endpoints"]["docker"]["SkipTLSVerify"], false);
     let tls_path = inspect[0]["Storage"]["TLSPath"].as_str().unwrap();
     let imported = std::fs::read(std::path::Path::new(tls_path).join("docker/cert.pem")).unwrap();
-    assert_eq!(imported, std::fs::read(s.path("state/clients/admin/cert.pem")).unwrap());
+    assert_eq!(
+        imported,
+        std::fs::read(s.path("state/clients/admin/cert.pem")).unwrap()
+    );
 }
 
 #[test]
@@ -305,6 +514,9 @@ fn check_reports_and_changes_nothing() {
     let s = Sandbox::new("");
     let before = snapshot(s.dir.path());
     let out = s.ok(&["check"]);
-    assert!(out.contains("configuration valid") && out.contains("create CA"), "{out}");
+    assert!(
+        out.contains("configuration valid") && out.contains("create CA"),
+        "{out}"
+    );
     assert_eq!(before, snapshot(s.dir.path()));
 }

@@ -3,45 +3,10 @@
 
 mod common;
 
-use common::machine::Machine;
+use common::machine::{
+    CLIENT, ENV, Machine, POLLER, fingerprint_on_disk, fingerprint_served, poll_result,
+};
 use common::text;
-
-const ENV: &str = "export DOCKER_HOST=tcp://127.0.0.1:2376 DOCKER_TLS_VERIFY=1 DOCKER_CERT_PATH=/var/lib/docker-tls-manager/clients/admin;";
-const CLIENT: &str = "C=/var/lib/docker-tls-manager/clients/admin;";
-
-fn fingerprint_served(m: &Machine) -> String {
-    m.ok(&format!(
-        "{CLIENT} openssl s_client -connect 127.0.0.1:2376 -cert $C/cert.pem -key $C/key.pem -CAfile $C/ca.pem </dev/null 2>/dev/null | openssl x509 -noout -fingerprint -sha256"
-    ))
-}
-
-fn fingerprint_on_disk(m: &Machine) -> String {
-    m.ok("openssl x509 -in /etc/docker/tls/server-cert.pem -noout -fingerprint -sha256")
-}
-
-/// Polls /_ping every 50 ms over mutual TLS in the background; `poll_result` collects counts.
-const POLLER: &str = r#"
-C=/var/lib/docker-tls-manager/clients/admin
-( ok=0; fail=0; while [ ! -e /tmp/stop-poll ]; do
-    if [ "$(curl -s --max-time 30 --cacert $C/ca.pem --cert $C/cert.pem --key $C/key.pem https://127.0.0.1:2376/_ping)" = OK ]; then ok=$((ok+1)); else fail=$((fail+1)); fi
-    sleep 0.05
-  done; echo "ok=$ok fail=$fail" > /tmp/poll-result ) >/dev/null 2>&1 &
-"#;
-
-fn poll_result(m: &Machine) -> (u32, u32) {
-    let r = m.ok("touch /tmp/stop-poll; for i in $(seq 100); do [ -s /tmp/poll-result ] && break; sleep 0.2; done; cat /tmp/poll-result");
-    let mut ok = 0;
-    let mut fail = 0;
-    for part in r.split_whitespace() {
-        if let Some(v) = part.strip_prefix("ok=") {
-            ok = v.parse().unwrap();
-        }
-        if let Some(v) = part.strip_prefix("fail=") {
-            fail = v.parse().unwrap();
-        }
-    }
-    (ok, fail)
-}
 
 #[test]
 fn fresh_host_apply_then_docker_cli_over_tls_and_idempotent_second_apply() {
@@ -50,13 +15,24 @@ fn fresh_host_apply_then_docker_cli_over_tls_and_idempotent_second_apply() {
     m.ok("docker run -d --network none --name before dtm-busybox /bin/sleep 100000");
     let pid_before = m.ok("docker inspect -f '{{.State.Pid}}' before");
     let out = m.ok("docker-tls-manager apply");
-    assert!(out.contains("start docker-tcp.socket") && out.contains("verify"), "{out}");
-    assert_eq!(m.ok("docker inspect -f '{{.State.Pid}}' before"), pid_before, "container restarted");
+    assert!(
+        out.contains("start docker-tcp.socket") && out.contains("verify"),
+        "{out}"
+    );
+    assert_eq!(
+        m.ok("docker inspect -f '{{.State.Pid}}' before"),
+        pid_before,
+        "container restarted"
+    );
 
     // Scenario 1: the real docker CLI with the client's files.
-    let v = m.ok(&format!("{ENV} docker version --format '{{{{.Server.Version}}}}'"));
+    let v = m.ok(&format!(
+        "{ENV} docker version --format '{{{{.Server.Version}}}}'"
+    ));
     assert!(!v.trim().is_empty());
-    let info = m.ok(&format!("{ENV} docker info --format '{{{{.LiveRestoreEnabled}}}} {{{{.ContainersRunning}}}}'"));
+    let info = m.ok(&format!(
+        "{ENV} docker info --format '{{{{.LiveRestoreEnabled}}}} {{{{.ContainersRunning}}}}'"
+    ));
     assert_eq!(info.trim(), "true 1");
     // The bundle, unpacked into ~/.docker as users do, with the host name from the SANs.
     m.ok("docker-tls-manager client bundle admin -o /tmp/admin.tar.gz --host localhost && mkdir -p /root/.docker && tar -xzf /tmp/admin.tar.gz -C /root/.docker");
@@ -66,13 +42,22 @@ fn fresh_host_apply_then_docker_cli_over_tls_and_idempotent_second_apply() {
     // Files and modes.
     m.ok("test $(stat -c %a /etc/docker/tls/server-key.pem) = 600 && test $(stat -c %a /var/lib/docker-tls-manager/ca-key.pem) = 600");
     let unit = m.ok("systemctl cat docker-tcp.socket");
-    assert!(unit.contains("ListenStream=2376") && unit.contains("BindIPv6Only=both"), "{unit}");
-    assert_eq!(m.ok("systemctl is-enabled docker-tcp.socket").trim(), "enabled");
+    assert!(
+        unit.contains("ListenStream=2376") && unit.contains("BindIPv6Only=both"),
+        "{unit}"
+    );
+    assert_eq!(
+        m.ok("systemctl is-enabled docker-tcp.socket").trim(),
+        "enabled"
+    );
 
     // Scenario 3: a second apply changes nothing and does not restart Docker.
     let pid = m.main_pid();
     let out = m.ok("docker-tls-manager apply");
-    assert!(out.contains("certificates: up to date") && out.contains("docker: up to date"), "{out}");
+    assert!(
+        out.contains("certificates: up to date") && out.contains("docker: up to date"),
+        "{out}"
+    );
     assert_eq!(m.main_pid(), pid, "docker restarted by an idempotent apply");
     assert_eq!(fingerprint_served(&m), fingerprint_on_disk(&m));
 }
@@ -84,16 +69,25 @@ fn refused_plain_http_no_client_cert_and_foreign_ca() {
     // Plain HTTP.
     let o = m.sh("curl -s --max-time 10 http://127.0.0.1:2376/_ping");
     assert_ne!(text(&o.stdout).trim(), "OK");
-    assert!(text(&o.stdout).contains("HTTP request to an HTTPS server"), "{}", text(&o.stdout));
+    assert!(
+        text(&o.stdout).contains("HTTP request to an HTTPS server"),
+        "{}",
+        text(&o.stdout)
+    );
     // TLS without a client certificate.
-    let o = m.sh(&format!("{CLIENT} curl -s --max-time 10 --cacert $C/ca.pem https://127.0.0.1:2376/_ping"));
+    let o = m.sh(&format!(
+        "{CLIENT} curl -s --max-time 10 --cacert $C/ca.pem https://127.0.0.1:2376/_ping"
+    ));
     assert!(!o.status.success() && text(&o.stdout).trim() != "OK");
     // A client certificate from another CA (a second, independent PKI).
     m.ok("printf '[paths]\\ncert_dir = \"/tmp/other/certs\"\\nstate_dir = \"/tmp/other/state\"\\n[docker]\\nmanage = false\\n' > /tmp/other.toml && docker-tls-manager --config /tmp/other.toml apply");
     let o = m.sh(&format!(
         "{CLIENT} O=/tmp/other/state/clients/admin; curl -s --max-time 10 --cacert $C/ca.pem --cert $O/cert.pem --key $O/key.pem https://127.0.0.1:2376/_ping"
     ));
-    assert!(!o.status.success() && text(&o.stdout).trim() != "OK", "foreign client accepted");
+    assert!(
+        !o.status.success() && text(&o.stdout).trim() != "OK",
+        "foreign client accepted"
+    );
     // The docker CLI with the foreign identity fails too; with ours it works.
     let o = m.sh("DOCKER_HOST=tcp://127.0.0.1:2376 DOCKER_TLS_VERIFY=1 DOCKER_CERT_PATH=/tmp/other/state/clients/admin docker version");
     assert!(!o.status.success());
@@ -110,15 +104,25 @@ fn forced_server_rotation_refuses_no_client_and_keeps_containers() {
     m.ok(POLLER);
     m.ok("sleep 1");
     let out = m.ok("docker-tls-manager renew --force server");
-    assert!(out.contains("restart docker.service") && !out.contains("stop docker.service"), "{out}");
+    assert!(
+        out.contains("restart docker.service") && !out.contains("stop docker.service"),
+        "{out}"
+    );
     m.ok("sleep 1");
     let (ok, fail) = poll_result(&m);
-    assert_eq!(fail, 0, "{fail} failed /_ping requests during the rotation ({ok} ok)");
+    assert_eq!(
+        fail, 0,
+        "{fail} failed /_ping requests during the rotation ({ok} ok)"
+    );
     assert!(ok > 10, "poller made only {ok} requests");
     let new = fingerprint_served(&m);
     assert_ne!(old, new);
     assert_eq!(new, fingerprint_on_disk(&m));
-    assert_eq!(m.ok("docker inspect -f '{{.State.Pid}}' c1"), pid, "container restarted");
+    assert_eq!(
+        m.ok("docker inspect -f '{{.State.Pid}}' c1"),
+        pid,
+        "container restarted"
+    );
 }
 
 #[test]
@@ -130,8 +134,17 @@ fn hosts_in_daemon_json_is_refused_clearly_and_docker_keeps_running() {
     let o = m.sh("docker-tls-manager apply");
     assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));
     let err = text(&o.stderr);
-    assert!(err.contains("\"hosts\"") && err.contains("/etc/docker/daemon.json") && err.contains("Remove"), "{err}");
-    assert_eq!(m.ok("cat /etc/docker/daemon.json"), user, "daemon.json changed");
+    assert!(
+        err.contains("\"hosts\"")
+            && err.contains("/etc/docker/daemon.json")
+            && err.contains("Remove"),
+        "{err}"
+    );
+    assert_eq!(
+        m.ok("cat /etc/docker/daemon.json"),
+        user,
+        "daemon.json changed"
+    );
     assert_eq!(m.main_pid(), pid, "docker restarted");
     assert_eq!(m.ok("systemctl is-active docker").trim(), "active");
     m.ok("test ! -e /etc/systemd/system/docker-tcp.socket");
@@ -140,9 +153,14 @@ fn hosts_in_daemon_json_is_refused_clearly_and_docker_keeps_running() {
     assert_eq!(o.status.code(), Some(1));
     assert!(text(&o.stdout).contains("\"hosts\""), "{}", text(&o.stdout));
     // Once the user removes it, apply goes through and keeps their other key.
-    m.ok("printf '{\"log-level\": \"info\"}' > /etc/docker/daemon.json && docker-tls-manager apply");
+    m.ok(
+        "printf '{\"log-level\": \"info\"}' > /etc/docker/daemon.json && docker-tls-manager apply",
+    );
     let dj = m.ok("cat /etc/docker/daemon.json");
-    assert!(dj.contains("\"log-level\": \"info\"") && dj.contains("\"tlsverify\": true"), "{dj}");
+    assert!(
+        dj.contains("\"log-level\": \"info\"") && dj.contains("\"tlsverify\": true"),
+        "{dj}"
+    );
 }
 
 #[test]
@@ -153,7 +171,10 @@ fn failures_roll_back_and_leave_docker_healthy() {
     let o = m.sh("docker-tls-manager apply");
     assert_eq!(o.status.code(), Some(1));
     let err = text(&o.stderr);
-    assert!(err.contains("docker-tcp.socket") && err.contains("restored"), "{err}");
+    assert!(
+        err.contains("docker-tcp.socket") && err.contains("restored"),
+        "{err}"
+    );
     assert_eq!(m.ok("systemctl is-active docker").trim(), "active");
     m.ok("test ! -e /etc/systemd/system/docker-tcp.socket && test ! -e /etc/systemd/system/docker.service.d/override.conf");
     m.ok("test ! -e /etc/docker/daemon.json || ! grep -q tlsverify /etc/docker/daemon.json");
@@ -163,14 +184,18 @@ fn failures_roll_back_and_leave_docker_healthy() {
     // 2. A rotation whose new key Docker cannot load: old certificate back, Docker serving it.
     m.ok("docker run -d --network none --name c1 dtm-busybox /bin/sleep 100000");
     let old = fingerprint_served(&m);
-    let o = m.sh("DOCKER_TLS_MANAGER_FAULT=corrupt-server-key docker-tls-manager renew --force server");
+    let o =
+        m.sh("DOCKER_TLS_MANAGER_FAULT=corrupt-server-key docker-tls-manager renew --force server");
     assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
     assert!(text(&o.stderr).contains("restored"), "{}", text(&o.stderr));
     assert_eq!(m.ok("systemctl is-active docker").trim(), "active");
     assert_eq!(fingerprint_served(&m), old);
     assert_eq!(fingerprint_on_disk(&m), old);
     m.ok(&format!("{ENV} docker version >/dev/null"));
-    assert_eq!(m.ok("docker inspect -f '{{.State.Running}}' c1").trim(), "true");
+    assert_eq!(
+        m.ok("docker inspect -f '{{.State.Running}}' c1").trim(),
+        "true"
+    );
     // Many restarts in a row do not trip docker.service's start limit.
     for _ in 0..4 {
         m.ok("docker-tls-manager renew --force server >/dev/null");
@@ -190,7 +215,11 @@ fn deconfigure_closes_the_port_and_restores_daemon_json() {
     let o = m.sh("curl -s --max-time 5 http://127.0.0.1:2376/");
     assert_eq!(o.status.code(), Some(7), "port still open");
     assert_eq!(m.ok("systemctl is-active docker").trim(), "active");
-    assert_eq!(m.ok("cat /etc/docker/daemon.json"), user, "daemon.json not restored byte for byte");
+    assert_eq!(
+        m.ok("cat /etc/docker/daemon.json"),
+        user,
+        "daemon.json not restored byte for byte"
+    );
     m.ok("test ! -e /etc/systemd/system/docker-tcp.socket && test ! -e /etc/systemd/system/docker.service.d");
     m.ok("test -s /etc/docker/tls/ca.pem && test -s /var/lib/docker-tls-manager/ca-key.pem");
     assert_eq!(m.ok("docker inspect -f '{{.State.Pid}}' c1"), pid);

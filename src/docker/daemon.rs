@@ -27,29 +27,40 @@ pub struct UnixDocker {
 
 impl Default for UnixDocker {
     fn default() -> Self {
-        UnixDocker { socket: PathBuf::from("/run/docker.sock") }
+        UnixDocker {
+            socket: PathBuf::from("/run/docker.sock"),
+        }
     }
 }
 
 /// Splits an HTTP/1.x response into (status code, body).
 pub fn parse_http(resp: &[u8]) -> Result<(u16, &[u8])> {
-    let head_end = resp.windows(4).position(|w| w == b"\r\n\r\n").context("no end of HTTP headers")?;
+    let head_end = resp
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .context("no end of HTTP headers")?;
     let head = std::str::from_utf8(&resp[..head_end]).context("HTTP headers are not UTF-8")?;
     let status = head
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
         .context("no HTTP status code")?;
-    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         bail!("unexpected chunked response");
     }
     Ok((status, &resp[head_end + 4..]))
 }
 
 pub fn parse_info(body: &[u8]) -> Result<DaemonInfo> {
-    let v: serde_json::Value = serde_json::from_slice(body).context("GET /info did not return JSON")?;
+    let v: serde_json::Value =
+        serde_json::from_slice(body).context("GET /info did not return JSON")?;
     Ok(DaemonInfo {
-        swarm_active: v["Swarm"]["LocalNodeState"].as_str().is_some_and(|s| s != "inactive" && !s.is_empty()),
+        swarm_active: v["Swarm"]["LocalNodeState"]
+            .as_str()
+            .is_some_and(|s| s != "inactive" && !s.is_empty()),
         live_restore: v["LiveRestoreEnabled"].as_bool().unwrap_or(false),
         containers_running: v["ContainersRunning"].as_u64().unwrap_or(0),
     })
@@ -60,7 +71,8 @@ impl DockerDaemon for UnixDocker {
         let io = async {
             let mut s = tokio::net::UnixStream::connect(&self.socket).await?;
             // HTTP/1.0: no chunking, the daemon closes when done.
-            s.write_all(b"GET /info HTTP/1.0\r\nHost: docker\r\n\r\n").await?;
+            s.write_all(b"GET /info HTTP/1.0\r\nHost: docker\r\n\r\n")
+                .await?;
             let mut resp = Vec::new();
             s.read_to_end(&mut resp).await?;
             Ok::<_, std::io::Error>(resp)
@@ -99,9 +111,14 @@ mod tests {
         assert_eq!(status, 200);
         assert_eq!(
             parse_info(body).unwrap(),
-            DaemonInfo { swarm_active: true, live_restore: false, containers_running: 2 }
+            DaemonInfo {
+                swarm_active: true,
+                live_restore: false,
+                containers_running: 2
+            }
         );
-        let i = parse_info(br#"{"Swarm":{"LocalNodeState":"inactive"},"LiveRestoreEnabled":true}"#).unwrap();
+        let i = parse_info(br#"{"Swarm":{"LocalNodeState":"inactive"},"LiveRestoreEnabled":true}"#)
+            .unwrap();
         assert!(!i.swarm_active && i.live_restore);
     }
 }

@@ -59,7 +59,10 @@ pub struct ExecContext<'a, S: Systemd, P: Prober> {
 }
 
 /// Runs `plan`. On failure: rollback, then an error naming the cause and the rollback outcome.
-pub async fn execute<S: Systemd, P: Prober>(plan: &DockerPlan, cx: &ExecContext<'_, S, P>) -> Result<()> {
+pub async fn execute<S: Systemd, P: Prober>(
+    plan: &DockerPlan,
+    cx: &ExecContext<'_, S, P>,
+) -> Result<()> {
     let mut snapshots: Vec<Snapshot> = cx.also_restore.clone();
     for step in &plan.steps {
         if let Step::Write { path, .. } | Step::Remove { path } = step {
@@ -85,10 +88,18 @@ pub async fn execute<S: Systemd, P: Prober>(plan: &DockerPlan, cx: &ExecContext<
     Ok(())
 }
 
-async fn run_step<S: Systemd, P: Prober>(step: &Step, cx: &ExecContext<'_, S, P>, now: SystemTime) -> Result<()> {
+async fn run_step<S: Systemd, P: Prober>(
+    step: &Step,
+    cx: &ExecContext<'_, S, P>,
+    now: SystemTime,
+) -> Result<()> {
     let sd = cx.systemd;
     match step {
-        Step::Write { path, content, mode } => {
+        Step::Write {
+            path,
+            content,
+            mode,
+        } => {
             if std::fs::read(path).is_ok_and(|old| old != content.as_bytes()) {
                 backup(path, &cx.backup_dir, now)?;
             }
@@ -149,10 +160,17 @@ pub async fn wait_active<S: Systemd>(sd: &S, timeout: Duration) -> Result<()> {
         let u = sd.unit(DOCKER_SERVICE).await?;
         match u.active_state.as_str() {
             "active" => return Ok(()),
-            "failed" => bail!("{DOCKER_SERVICE} failed (result '{}'; see `journalctl -u docker`)", u.result),
+            "failed" => bail!(
+                "{DOCKER_SERVICE} failed (result '{}'; see `journalctl -u docker`)",
+                u.result
+            ),
             "inactive" => bail!("{DOCKER_SERVICE} is not running"),
             _ if Instant::now() >= deadline => {
-                bail!("{DOCKER_SERVICE} still '{}' after {}s", u.active_state, timeout.as_secs())
+                bail!(
+                    "{DOCKER_SERVICE} still '{}' after {}s",
+                    u.active_state,
+                    timeout.as_secs()
+                )
             }
             _ => tokio::time::sleep(Duration::from_millis(200)).await,
         }
@@ -160,7 +178,12 @@ pub async fn wait_active<S: Systemd>(sd: &S, timeout: Duration) -> Result<()> {
 }
 
 /// Docker active, then a mutual-TLS `/_ping` served with the certificate whose hash is `wanted`.
-pub async fn verify_tls<S: Systemd, P: Prober>(sd: &S, probe: &P, wanted: &str, timeout: Duration) -> Result<()> {
+pub async fn verify_tls<S: Systemd, P: Prober>(
+    sd: &S,
+    probe: &P,
+    wanted: &str,
+    timeout: Duration,
+) -> Result<()> {
     let deadline = Instant::now() + timeout;
     wait_active(sd, timeout).await?;
     let mut last = anyhow!("no attempt");
@@ -175,7 +198,10 @@ pub async fn verify_tls<S: Systemd, P: Prober>(sd: &S, probe: &P, wanted: &str, 
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    Err(last.context(format!("Docker does not serve mutual TLS on {} as expected", probe.addr())))
+    Err(last.context(format!(
+        "Docker does not serve mutual TLS on {} as expected",
+        probe.addr()
+    )))
 }
 
 async fn rollback<S: Systemd, P: Prober>(
@@ -232,7 +258,12 @@ mod tests {
         }
     }
 
-    fn setup() -> (tempfile::TempDir, crate::config::Settings, Observed, Recorder) {
+    fn setup() -> (
+        tempfile::TempDir,
+        crate::config::Settings,
+        Observed,
+        Recorder,
+    ) {
         let d = tempfile::tempdir().unwrap();
         let s = crate::config::parse(
             &format!(
@@ -247,7 +278,11 @@ mod tests {
         let docker = UnitInfo {
             load_state: "loaded".into(),
             active_state: "active".into(),
-            exec_start: vec![vec!["/usr/sbin/dockerd".into(), "-H".into(), "fd://".into()]],
+            exec_start: vec![vec![
+                "/usr/sbin/dockerd".into(),
+                "-H".into(),
+                "fd://".into(),
+            ]],
             ..UnitInfo::default()
         };
         let obs = Observed {
@@ -267,7 +302,13 @@ mod tests {
         let (d, s, obs, sd) = setup();
         let plan = plan_configure(&obs, &s).unwrap();
         let probe = FakeProbe("fp".into());
-        let cx = ExecContext { systemd: &sd, probe: &probe, wanted: "fp".into(), backup_dir: d.path().join("b"), also_restore: vec![] };
+        let cx = ExecContext {
+            systemd: &sd,
+            probe: &probe,
+            wanted: "fp".into(),
+            backup_dir: d.path().join("b"),
+            also_restore: vec![],
+        };
         execute(&plan, &cx).await.unwrap();
         assert_eq!(
             sd.calls(),
@@ -283,7 +324,10 @@ mod tests {
         );
         assert!(s.paths.systemd_dir.join("docker-tcp.socket").is_file());
         let dj = std::fs::read_to_string(d.path().join("daemon.json")).unwrap();
-        assert!(dj.contains("\"debug\": true") && dj.contains("tlsverify"), "{dj}");
+        assert!(
+            dj.contains("\"debug\": true") && dj.contains("tlsverify"),
+            "{dj}"
+        );
         // The user's original is in the backup directory.
         let backed = crate::files::mode_of(&d.path().join("b"));
         assert!(backed.is_some());
@@ -292,35 +336,73 @@ mod tests {
     #[tokio::test]
     async fn failed_socket_start_rolls_everything_back_and_starts_docker() {
         let (d, s, obs, sd) = setup();
-        sd.failing.borrow_mut().push("start docker-tcp.socket".into());
+        sd.failing
+            .borrow_mut()
+            .push("start docker-tcp.socket".into());
         let plan = plan_configure(&obs, &s).unwrap();
         let probe = FakeProbe("fp".into());
-        let cx = ExecContext { systemd: &sd, probe: &probe, wanted: "fp".into(), backup_dir: d.path().join("b"), also_restore: vec![] };
+        let cx = ExecContext {
+            systemd: &sd,
+            probe: &probe,
+            wanted: "fp".into(),
+            backup_dir: d.path().join("b"),
+            also_restore: vec![],
+        };
         let e = format!("{:#}", execute(&plan, &cx).await.unwrap_err());
-        assert!(e.contains("start docker-tcp.socket") && e.contains("restored"), "{e}");
+        assert!(
+            e.contains("start docker-tcp.socket") && e.contains("restored"),
+            "{e}"
+        );
         let calls = sd.calls();
-        let after = &calls[calls.iter().position(|c| c == "start docker-tcp.socket").unwrap() + 1..];
+        let after = &calls[calls
+            .iter()
+            .position(|c| c == "start docker-tcp.socket")
+            .unwrap()
+            + 1..];
         assert_eq!(
             after,
-            ["disable docker-tcp.socket", "reload", "reset-failed docker.service", "reset-failed docker-tcp.socket", "stop docker-tcp.socket", "start docker.service"]
+            [
+                "disable docker-tcp.socket",
+                "reload",
+                "reset-failed docker.service",
+                "reset-failed docker-tcp.socket",
+                "stop docker-tcp.socket",
+                "start docker.service"
+            ]
         );
         assert!(!s.paths.systemd_dir.join("docker-tcp.socket").exists());
-        assert!(!s.paths.systemd_dir.join("docker.service.d/override.conf").exists());
-        assert_eq!(std::fs::read_to_string(d.path().join("daemon.json")).unwrap(), "{\"debug\": true}");
+        assert!(
+            !s.paths
+                .systemd_dir
+                .join("docker.service.d/override.conf")
+                .exists()
+        );
+        assert_eq!(
+            std::fs::read_to_string(d.path().join("daemon.json")).unwrap(),
+            "{\"debug\": true}"
+        );
     }
 
     #[tokio::test]
     async fn wrong_certificate_served_fails_verification() {
         let (_d, _s, _obs, sd) = setup();
         let probe = FakeProbe("old".into());
-        let e = verify_tls(&sd, &probe, "fp", Duration::from_millis(300)).await.unwrap_err();
+        let e = verify_tls(&sd, &probe, "fp", Duration::from_millis(300))
+            .await
+            .unwrap_err();
         assert!(format!("{e:#}").contains("not the new fp"), "{e:#}");
     }
 
     #[test]
     fn probe_addresses() {
         assert_eq!(probe_addr("2376", 2376), "127.0.0.1:2376".parse().unwrap());
-        assert_eq!(probe_addr("0.0.0.0:2377", 2377), "127.0.0.1:2377".parse().unwrap());
-        assert_eq!(probe_addr("192.0.2.1:2376", 2376), "192.0.2.1:2376".parse().unwrap());
+        assert_eq!(
+            probe_addr("0.0.0.0:2377", 2377),
+            "127.0.0.1:2377".parse().unwrap()
+        );
+        assert_eq!(
+            probe_addr("192.0.2.1:2376", 2376),
+            "192.0.2.1:2376".parse().unwrap()
+        );
     }
 }

@@ -45,7 +45,10 @@ pub async fn observe<S: Systemd, D: DockerDaemon, P: Prober>(
     let owned_path = plan::owned_path(settings);
     let owned: Owned = match std::fs::read(&owned_path) {
         Ok(b) => serde_json::from_slice(&b).with_context(|| {
-            format!("'{}' is corrupt; restore it from the backup directory or remove it", owned_path.display())
+            format!(
+                "'{}' is corrupt; restore it from the backup directory or remove it",
+                owned_path.display()
+            )
         })?,
         Err(_) => Owned::default(),
     };
@@ -59,8 +62,16 @@ pub async fn observe<S: Systemd, D: DockerDaemon, P: Prober>(
         dropin_file: std::fs::read_to_string(plan::dropin_path(settings)).ok(),
         daemon_json: std::fs::read_to_string(&daemon_json_path).ok(),
         daemon_json_path,
-        daemon: if running { daemon.info().await.ok() } else { None },
-        served: if running && socket.is_active() { probe.probe().await.ok() } else { None },
+        daemon: if running {
+            daemon.info().await.ok()
+        } else {
+            None
+        },
+        served: if running && socket.is_active() {
+            probe.probe().await.ok()
+        } else {
+            None
+        },
         docker,
         socket,
         wanted,

@@ -10,7 +10,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::daemon::DaemonInfo;
-use super::render::{self, DOCKER_SERVICE, DaemonSettings, LIVE_RESTORE_KEY, SOCKET_UNIT, TLS_KEYS};
+use super::render::{
+    self, DOCKER_SERVICE, DaemonSettings, LIVE_RESTORE_KEY, SOCKET_UNIT, TLS_KEYS,
+};
 use crate::config::{LiveRestore, Settings};
 use crate::error::UsageError;
 use crate::pki::{Layout, Slot};
@@ -51,8 +53,14 @@ pub struct Observed {
 /// One step, run in order by the executor.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Step {
-    Write { path: PathBuf, content: String, mode: u32 },
-    Remove { path: PathBuf },
+    Write {
+        path: PathBuf,
+        content: String,
+        mode: u32,
+    },
+    Remove {
+        path: PathBuf,
+    },
     DaemonReload,
     EnableSocket,
     DisableSocket,
@@ -85,7 +93,9 @@ impl fmt::Display for Step {
             Step::StopSocket => write!(f, "stop {SOCKET_UNIT}"),
             Step::StartDocker => write!(f, "start {DOCKER_SERVICE}"),
             Step::RestartDocker => write!(f, "restart {DOCKER_SERVICE}"),
-            Step::VerifyTls => f.write_str("verify: Docker serves the new certificate over mutual TLS"),
+            Step::VerifyTls => {
+                f.write_str("verify: Docker serves the new certificate over mutual TLS")
+            }
             Step::VerifyClosed => f.write_str("verify: Docker running, TCP port closed"),
         }
     }
@@ -117,10 +127,15 @@ pub fn parse_dockerd_flags(argv: &[String]) -> DockerdFlags {
         let a = &argv[i];
         let (name, inline) = match a.split_once('=') {
             Some((n, v)) if n.starts_with("--") => (n.to_string(), Some(v.to_string())),
-            _ if a.starts_with("-H") && a.len() > 2 && !a.starts_with("--") => ("-H".to_string(), Some(a[2..].to_string())),
+            _ if a.starts_with("-H") && a.len() > 2 && !a.starts_with("--") => {
+                ("-H".to_string(), Some(a[2..].to_string()))
+            }
             _ => (a.clone(), None),
         };
-        let takes_value = matches!(name.as_str(), "-H" | "--host" | "--config-file" | "--tlscacert" | "--tlscert" | "--tlskey");
+        let takes_value = matches!(
+            name.as_str(),
+            "-H" | "--host" | "--config-file" | "--tlscacert" | "--tlscert" | "--tlskey"
+        );
         let value = if takes_value && inline.is_none() {
             i += 1;
             argv.get(i).cloned()
@@ -131,7 +146,9 @@ pub fn parse_dockerd_flags(argv: &[String]) -> DockerdFlags {
             "-H" | "--host" => f.hosts.extend(value),
             "--config-file" => f.config_file = value.map(PathBuf::from),
             "--live-restore" => f.live_restore = inline.as_deref() != Some("false"),
-            "--tls" | "--tlsverify" | "--tlscacert" | "--tlscert" | "--tlskey" => f.tls_flags.push(name.clone()),
+            "--tls" | "--tlsverify" | "--tlscacert" | "--tlscert" | "--tlskey" => {
+                f.tls_flags.push(name.clone())
+            }
             _ => {}
         }
         i += 1;
@@ -153,7 +170,11 @@ pub fn socket_path(settings: &Settings) -> PathBuf {
 }
 
 pub fn dropin_path(settings: &Settings) -> PathBuf {
-    settings.paths.systemd_dir.join("docker.service.d").join(render::DROPIN_NAME)
+    settings
+        .paths
+        .systemd_dir
+        .join("docker.service.d")
+        .join(render::DROPIN_NAME)
 }
 
 pub fn owned_path(settings: &Settings) -> PathBuf {
@@ -170,7 +191,10 @@ fn parse_daemon_json(path: &Path, text: Option<&str>) -> Result<Map<String, Valu
         Some(t) if t.trim().is_empty() => Ok(Map::new()),
         Some(t) => match serde_json::from_str::<Value>(t) {
             Ok(Value::Object(m)) => Ok(m),
-            Ok(_) => Err(refuse(format!("'{}' is not a JSON object; fix it (dockerd cannot use it either)", path.display()))),
+            Ok(_) => Err(refuse(format!(
+                "'{}' is not a JSON object; fix it (dockerd cannot use it either)",
+                path.display()
+            ))),
             Err(e) => Err(refuse(format!(
                 "'{}' is not valid JSON ({e}); fix it (dockerd cannot start with it either), then run apply again",
                 path.display()
@@ -180,7 +204,11 @@ fn parse_daemon_json(path: &Path, text: Option<&str>) -> Result<Map<String, Valu
 }
 
 /// Checks the host's Docker setup for what would make dockerd fail with our configuration.
-fn check_conflicts(obs: &Observed, flags: &DockerdFlags, daemon: &Map<String, Value>) -> Result<(), UsageError> {
+fn check_conflicts(
+    obs: &Observed,
+    flags: &DockerdFlags,
+    daemon: &Map<String, Value>,
+) -> Result<(), UsageError> {
     if obs.docker.load_state != "loaded" {
         return Err(refuse(format!(
             "{DOCKER_SERVICE} is not installed (load state '{}'): install Docker (docker.io or docker-ce), \
@@ -228,7 +256,12 @@ fn check_conflicts(obs: &Observed, flags: &DockerdFlags, daemon: &Map<String, Va
 /// Plans the configuration of Docker for mutual TLS on the socket unit.
 pub fn plan_configure(obs: &Observed, settings: &Settings) -> Result<DockerPlan, UsageError> {
     let layout = Layout::new(&settings.paths);
-    let flags = obs.docker.exec_start.first().map(|a| parse_dockerd_flags(a)).unwrap_or_default();
+    let flags = obs
+        .docker
+        .exec_start
+        .first()
+        .map(|a| parse_dockerd_flags(a))
+        .unwrap_or_default();
     let existing = parse_daemon_json(&obs.daemon_json_path, obs.daemon_json.as_deref())?;
     check_conflicts(obs, &flags, &existing)?;
     let mut plan = DockerPlan::default();
@@ -280,10 +313,12 @@ pub fn plan_configure(obs: &Observed, settings: &Settings) -> Result<DockerPlan,
     let docker_active = obs.docker.is_active();
     let socket_active = obs.socket.is_active();
     let serving_current = obs.served.as_deref() == Some(obs.wanted.as_str());
-    let needs_restart = docker_active && (units_changed || tls_changed || !serving_current || !socket_active);
+    let needs_restart =
+        docker_active && (units_changed || tls_changed || !serving_current || !socket_active);
 
-    let effective_lr =
-        flags.live_restore || obs.daemon.as_ref().is_some_and(|d| d.live_restore) || live_restore == Some(true);
+    let effective_lr = flags.live_restore
+        || obs.daemon.as_ref().is_some_and(|d| d.live_restore)
+        || live_restore == Some(true);
     let running = obs.daemon.as_ref().map_or(0, |d| d.containers_running);
     if needs_restart && running > 0 && !effective_lr {
         plan.deferred = true;
@@ -303,7 +338,10 @@ pub fn plan_configure(obs: &Observed, settings: &Settings) -> Result<DockerPlan,
             owned.original_text = obs.daemon_json.clone();
         }
         for (k, _) in wanted.entries() {
-            owned.original.entry(k.to_string()).or_insert_with(|| existing.get(k).cloned());
+            owned
+                .original
+                .entry(k.to_string())
+                .or_insert_with(|| existing.get(k).cloned());
         }
         if owned != obs.owned {
             plan.steps.push(Step::Write {
@@ -314,10 +352,18 @@ pub fn plan_configure(obs: &Observed, settings: &Settings) -> Result<DockerPlan,
         }
     }
     if socket_changed {
-        plan.steps.push(Step::Write { path: socket_path(settings), content: socket_content, mode: 0o644 });
+        plan.steps.push(Step::Write {
+            path: socket_path(settings),
+            content: socket_content,
+            mode: 0o644,
+        });
     }
     if dropin_changed {
-        plan.steps.push(Step::Write { path: dropin_path(settings), content: dropin_content, mode: 0o644 });
+        plan.steps.push(Step::Write {
+            path: dropin_path(settings),
+            content: dropin_content,
+            mode: 0o644,
+        });
     }
     if tls_changed || lr_changed {
         plan.steps.push(Step::Write {
@@ -343,7 +389,11 @@ pub fn plan_configure(obs: &Observed, settings: &Settings) -> Result<DockerPlan,
         if socket_changed || !socket_active {
             // systemd hands a service the sockets that exist when it starts: stop, socket, start.
             plan.steps.push(Step::StopDocker);
-            plan.steps.push(if socket_active { Step::RestartSocket } else { Step::StartSocket });
+            plan.steps.push(if socket_active {
+                Step::RestartSocket
+            } else {
+                Step::StartSocket
+            });
             plan.steps.push(Step::StartDocker);
         } else {
             // Certificates only: the socket stays open and clients queue during the restart.
@@ -364,7 +414,9 @@ pub fn plan_configure(obs: &Observed, settings: &Settings) -> Result<DockerPlan,
 /// The user's original daemon.json text if `map` equals it again, else `map` rendered.
 fn restored_text(owned: &Owned, map: &Map<String, Value>) -> String {
     match &owned.original_text {
-        Some(t) if serde_json::from_str::<Map<String, Value>>(t).is_ok_and(|m| &m == map) => t.clone(),
+        Some(t) if serde_json::from_str::<Map<String, Value>>(t).is_ok_and(|m| &m == map) => {
+            t.clone()
+        }
         _ => render::render_json(map),
     }
 }
@@ -396,10 +448,14 @@ pub fn plan_deconfigure(obs: &Observed, settings: &Settings) -> Result<DockerPla
         plan.steps.push(Step::DisableSocket);
     }
     if socket_exists {
-        plan.steps.push(Step::Remove { path: socket_path(settings) });
+        plan.steps.push(Step::Remove {
+            path: socket_path(settings),
+        });
     }
     if obs.dropin_file.is_some() {
-        plan.steps.push(Step::Remove { path: dropin_path(settings) });
+        plan.steps.push(Step::Remove {
+            path: dropin_path(settings),
+        });
     }
     if without_tls != existing {
         plan.steps.push(Step::Write {
@@ -433,7 +489,9 @@ pub fn plan_deconfigure(obs: &Observed, settings: &Settings) -> Result<DockerPla
     plan.steps.push(Step::VerifyClosed);
     if final_map != without_tls {
         if obs.owned.created_daemon_json && final_map.is_empty() {
-            plan.steps.push(Step::Remove { path: obs.daemon_json_path.clone() });
+            plan.steps.push(Step::Remove {
+                path: obs.daemon_json_path.clone(),
+            });
         } else {
             plan.steps.push(Step::Write {
                 path: obs.daemon_json_path.clone(),
@@ -445,14 +503,22 @@ pub fn plan_deconfigure(obs: &Observed, settings: &Settings) -> Result<DockerPla
             plan.steps.push(Step::ReloadDocker);
         }
     } else if obs.owned.created_daemon_json && final_map.is_empty() && obs.daemon_json.is_some() {
-        plan.steps.push(Step::Remove { path: obs.daemon_json_path.clone() });
+        plan.steps.push(Step::Remove {
+            path: obs.daemon_json_path.clone(),
+        });
     } else if without_tls != existing {
         let text = restored_text(&obs.owned, &final_map);
         if text != render::render_json(&final_map) {
-            plan.steps.push(Step::Write { path: obs.daemon_json_path.clone(), content: text, mode: 0o644 });
+            plan.steps.push(Step::Write {
+                path: obs.daemon_json_path.clone(),
+                content: text,
+                mode: 0o644,
+            });
         }
     }
-    plan.steps.push(Step::Remove { path: owned_path(settings) });
+    plan.steps.push(Step::Remove {
+        path: owned_path(settings),
+    });
     Ok(plan)
 }
 
@@ -482,10 +548,16 @@ mod tests {
                 active_state: "active".into(),
                 unit_file_state: "enabled".into(),
                 main_pid: 100,
-                exec_start: vec![argv("/usr/sbin/dockerd -H fd:// --containerd=/run/containerd/containerd.sock")],
+                exec_start: vec![argv(
+                    "/usr/sbin/dockerd -H fd:// --containerd=/run/containerd/containerd.sock",
+                )],
                 ..UnitInfo::default()
             },
-            socket: UnitInfo { load_state: "not-found".into(), active_state: "inactive".into(), ..UnitInfo::default() },
+            socket: UnitInfo {
+                load_state: "not-found".into(),
+                active_state: "inactive".into(),
+                ..UnitInfo::default()
+            },
             daemon: Some(DaemonInfo::default()),
             wanted: "new".into(),
             ..Observed::default()
@@ -499,12 +571,22 @@ mod tests {
         o.dropin_file = Some(dropin());
         let p = plan_configure(&stock(), s).unwrap();
         let dj = p.steps.iter().find_map(|st| match st {
-            Step::Write { path, content, .. } if path.ends_with("daemon.json") => Some(content.clone()),
+            Step::Write { path, content, .. } if path.ends_with("daemon.json") => {
+                Some(content.clone())
+            }
             _ => None,
         });
         o.daemon_json = dj;
-        o.socket = UnitInfo { load_state: "loaded".into(), active_state: "active".into(), unit_file_state: "enabled".into(), ..UnitInfo::default() };
-        o.daemon = Some(DaemonInfo { live_restore: true, ..DaemonInfo::default() });
+        o.socket = UnitInfo {
+            load_state: "loaded".into(),
+            active_state: "active".into(),
+            unit_file_state: "enabled".into(),
+            ..UnitInfo::default()
+        };
+        o.daemon = Some(DaemonInfo {
+            live_restore: true,
+            ..DaemonInfo::default()
+        });
         o.served = Some("new".into());
         o.owned.original.insert("tlsverify".into(), None);
         o
@@ -514,8 +596,12 @@ mod tests {
         p.steps
             .iter()
             .map(|s| match s {
-                Step::Write { path, .. } => format!("write {}", path.file_name().unwrap().to_string_lossy()),
-                Step::Remove { path } => format!("remove {}", path.file_name().unwrap().to_string_lossy()),
+                Step::Write { path, .. } => {
+                    format!("write {}", path.file_name().unwrap().to_string_lossy())
+                }
+                Step::Remove { path } => {
+                    format!("remove {}", path.file_name().unwrap().to_string_lossy())
+                }
                 other => format!("{other:?}"),
             })
             .collect()
@@ -547,7 +633,10 @@ mod tests {
     #[test]
     fn converged_host_needs_nothing() {
         let s = settings("");
-        assert_eq!(plan_configure(&converged(&s), &s).unwrap(), DockerPlan::default());
+        assert_eq!(
+            plan_configure(&converged(&s), &s).unwrap(),
+            DockerPlan::default()
+        );
     }
 
     #[test]
@@ -555,7 +644,10 @@ mod tests {
         let s = settings("");
         let mut o = converged(&s);
         o.served = Some("old".into());
-        assert_eq!(kinds(&plan_configure(&o, &s).unwrap()), ["RestartDocker", "VerifyTls"]);
+        assert_eq!(
+            kinds(&plan_configure(&o, &s).unwrap()),
+            ["RestartDocker", "VerifyTls"]
+        );
     }
 
     #[test]
@@ -564,7 +656,14 @@ mod tests {
         let o = converged(&settings(""));
         assert_eq!(
             kinds(&plan_configure(&o, &s).unwrap()),
-            ["write docker-tcp.socket", "DaemonReload", "StopDocker", "RestartSocket", "StartDocker", "VerifyTls"]
+            [
+                "write docker-tcp.socket",
+                "DaemonReload",
+                "StopDocker",
+                "RestartSocket",
+                "StartDocker",
+                "VerifyTls"
+            ]
         );
     }
 
@@ -575,29 +674,51 @@ mod tests {
         o.docker.active_state = "failed".into();
         o.daemon = None;
         o.served = None;
-        assert_eq!(kinds(&plan_configure(&o, &s).unwrap()), ["StartDocker", "VerifyTls"]);
+        assert_eq!(
+            kinds(&plan_configure(&o, &s).unwrap()),
+            ["StartDocker", "VerifyTls"]
+        );
     }
 
     #[test]
     fn running_containers_without_live_restore_defer_the_restart() {
         let s = settings("[docker]\nlive_restore = \"off\"");
         let mut o = stock();
-        o.daemon = Some(DaemonInfo { containers_running: 3, ..DaemonInfo::default() });
+        o.daemon = Some(DaemonInfo {
+            containers_running: 3,
+            ..DaemonInfo::default()
+        });
         let p = plan_configure(&o, &s).unwrap();
         assert!(p.deferred);
-        assert!(p.warnings.iter().any(|w| w.contains("3 container(s)")), "{:?}", p.warnings);
-        assert!(!kinds(&p).iter().any(|k| k.contains("Docker") || k.contains("Socket") && k != "EnableSocket"), "{:?}", kinds(&p));
+        assert!(
+            p.warnings.iter().any(|w| w.contains("3 container(s)")),
+            "{:?}",
+            p.warnings
+        );
+        assert!(
+            !kinds(&p)
+                .iter()
+                .any(|k| k.contains("Docker") || k.contains("Socket") && k != "EnableSocket"),
+            "{:?}",
+            kinds(&p)
+        );
     }
 
     #[test]
     fn swarm_keeps_live_restore_off_and_defers_with_containers() {
         let s = settings("");
         let mut o = stock();
-        o.daemon = Some(DaemonInfo { swarm_active: true, containers_running: 1, live_restore: false });
+        o.daemon = Some(DaemonInfo {
+            swarm_active: true,
+            containers_running: 1,
+            live_restore: false,
+        });
         let p = plan_configure(&o, &s).unwrap();
         assert!(p.deferred);
         let dj = p.steps.iter().find_map(|st| match st {
-            Step::Write { path, content, .. } if path.ends_with("daemon.json") => Some(content.clone()),
+            Step::Write { path, content, .. } if path.ends_with("daemon.json") => {
+                Some(content.clone())
+            }
             _ => None,
         });
         assert!(!dj.unwrap().contains("live-restore"));
@@ -614,8 +735,14 @@ mod tests {
         assert!(e.contains("\"hosts\"") && e.contains("Remove"), "{e}");
         let cases = [
             ("/usr/bin/dockerd -H unix:///run/docker.sock", "-H fd://"),
-            ("/usr/bin/dockerd -H fd:// -H tcp://0.0.0.0:2376", "tcp://0.0.0.0:2376"),
-            ("/usr/bin/dockerd -H fd:// --tlsverify --tlscert=/x", "--tlsverify, --tlscert"),
+            (
+                "/usr/bin/dockerd -H fd:// -H tcp://0.0.0.0:2376",
+                "tcp://0.0.0.0:2376",
+            ),
+            (
+                "/usr/bin/dockerd -H fd:// --tlsverify --tlscert=/x",
+                "--tlsverify, --tlscert",
+            ),
         ];
         for (cmd, needle) in cases {
             let mut o = stock();
@@ -625,28 +752,50 @@ mod tests {
         }
         let mut o = stock();
         o.daemon_json = Some("{not json".into());
-        assert!(plan_configure(&o, &s).unwrap_err().0.contains("not valid JSON"));
+        assert!(
+            plan_configure(&o, &s)
+                .unwrap_err()
+                .0
+                .contains("not valid JSON")
+        );
         let mut o = stock();
         o.docker.load_state = "not-found".into();
-        assert!(plan_configure(&o, &s).unwrap_err().0.contains("not installed"));
+        assert!(
+            plan_configure(&o, &s)
+                .unwrap_err()
+                .0
+                .contains("not installed")
+        );
     }
 
     #[test]
     fn user_values_replaced_are_recorded_and_warned() {
         let s = settings("");
         let mut o = stock();
-        o.daemon_json = Some(r#"{"live-restore": false, "tlscert": "/old.pem", "debug": true}"#.into());
+        o.daemon_json =
+            Some(r#"{"live-restore": false, "tlscert": "/old.pem", "debug": true}"#.into());
         let p = plan_configure(&o, &s).unwrap();
-        assert!(p.warnings.iter().any(|w| w.contains("tlscert") && w.contains("/old.pem")), "{:?}", p.warnings);
+        assert!(
+            p.warnings
+                .iter()
+                .any(|w| w.contains("tlscert") && w.contains("/old.pem")),
+            "{:?}",
+            p.warnings
+        );
         let owned: Owned = p
             .steps
             .iter()
             .find_map(|st| match st {
-                Step::Write { path, content, .. } if path.ends_with("docker-owned.json") => serde_json::from_str(content).ok(),
+                Step::Write { path, content, .. } if path.ends_with("docker-owned.json") => {
+                    serde_json::from_str(content).ok()
+                }
                 _ => None,
             })
             .unwrap();
-        assert_eq!(owned.original["tlscert"], Some(Value::String("/old.pem".into())));
+        assert_eq!(
+            owned.original["tlscert"],
+            Some(Value::String("/old.pem".into()))
+        );
         assert_eq!(owned.original["live-restore"], Some(Value::Bool(false)));
         assert_eq!(owned.original["tlsverify"], None);
         assert!(!owned.created_daemon_json);
@@ -654,14 +803,21 @@ mod tests {
 
     #[test]
     fn dockerd_flags() {
-        let f = parse_dockerd_flags(&argv("/usr/bin/dockerd -Hfd:// --host=unix:///x --config-file /etc/d.json --live-restore --tlskey k"));
+        let f = parse_dockerd_flags(&argv(
+            "/usr/bin/dockerd -Hfd:// --host=unix:///x --config-file /etc/d.json --live-restore --tlskey k",
+        ));
         assert_eq!(f.hosts, ["fd://", "unix:///x"]);
         assert_eq!(f.config_file, Some(PathBuf::from("/etc/d.json")));
         assert!(f.live_restore);
         assert_eq!(f.tls_flags, ["--tlskey"]);
         let mut o = stock();
-        o.docker.exec_start = vec![argv("/usr/bin/dockerd -H fd:// --config-file=/etc/docker/other.json")];
-        assert_eq!(daemon_json_path(&o.docker, &settings("")), PathBuf::from("/etc/docker/other.json"));
+        o.docker.exec_start = vec![argv(
+            "/usr/bin/dockerd -H fd:// --config-file=/etc/docker/other.json",
+        )];
+        assert_eq!(
+            daemon_json_path(&o.docker, &settings("")),
+            PathBuf::from("/etc/docker/other.json")
+        );
     }
 
     #[test]
@@ -679,10 +835,16 @@ mod tests {
         o.owned = Owned {
             created_daemon_json: false,
             original_text: Some("{\"debug\": true}".into()),
-            original: [("tlsverify", None), ("tlscacert", None), ("tlscert", None), ("tlskey", None), ("live-restore", None)]
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), v))
-                .collect(),
+            original: [
+                ("tlsverify", None),
+                ("tlscacert", None),
+                ("tlscert", None),
+                ("tlskey", None),
+                ("live-restore", None),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
         };
         let p = plan_deconfigure(&o, &s).unwrap();
         assert_eq!(

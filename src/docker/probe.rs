@@ -35,14 +35,19 @@ pub struct TlsProbe {
 impl TlsProbe {
     fn probe_blocking(&self) -> Result<String> {
         let mut roots = rustls::RootCertStore::empty();
-        for c in CertificateDer::pem_file_iter(&self.ca).with_context(|| format!("cannot read '{}'", self.ca.display()))? {
+        for c in CertificateDer::pem_file_iter(&self.ca)
+            .with_context(|| format!("cannot read '{}'", self.ca.display()))?
+        {
             roots.add(c?)?;
         }
         let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&self.cert)
             .with_context(|| format!("cannot read '{}'", self.cert.display()))?
             .collect::<Result<_, _>>()?;
-        let key = PrivateKeyDer::from_pem_file(&self.key).with_context(|| format!("cannot read '{}'", self.key.display()))?;
-        let config = rustls::ClientConfig::builder().with_root_certificates(roots).with_client_auth_cert(chain, key)?;
+        let key = PrivateKeyDer::from_pem_file(&self.key)
+            .with_context(|| format!("cannot read '{}'", self.key.display()))?;
+        let config = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, key)?;
         let name = ServerName::try_from("localhost")?;
         let conn = rustls::ClientConnection::new(Arc::new(config), name)?;
         let tcp = TcpStream::connect_timeout(&self.addr, Duration::from_secs(5))
@@ -56,13 +61,22 @@ impl TlsProbe {
         match tls.read_to_end(&mut resp) {
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !resp.is_empty() => {}
-            Err(e) => return Err(e).with_context(|| format!("reading /_ping from {} failed", self.addr)),
+            Err(e) => {
+                return Err(e).with_context(|| format!("reading /_ping from {} failed", self.addr));
+            }
         }
-        let served = tls.conn.peer_certificates().and_then(|c| c.first()).context("no server certificate")?;
+        let served = tls
+            .conn
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .context("no server certificate")?;
         let fingerprint = hex::encode(Sha256::digest(served.as_ref()));
         let (status, body) = parse_http(&resp)?;
         if status != 200 || body != b"OK" {
-            bail!("/_ping answered HTTP {status} '{}'", String::from_utf8_lossy(body));
+            bail!(
+                "/_ping answered HTTP {status} '{}'",
+                String::from_utf8_lossy(body)
+            );
         }
         Ok(fingerprint)
     }

@@ -72,7 +72,10 @@ pub fn render_json(obj: &Map<String, Value>) -> String {
 }
 
 /// Merges our keys into the user's daemon.json object: their other keys, values and order stay.
-pub fn merge_daemon_json(existing: &Map<String, Value>, wanted: &DaemonSettings) -> Map<String, Value> {
+pub fn merge_daemon_json(
+    existing: &Map<String, Value>,
+    wanted: &DaemonSettings,
+) -> Map<String, Value> {
     let mut out = existing.clone();
     for (k, v) in wanted.entries() {
         out.insert(k.to_string(), v);
@@ -85,7 +88,9 @@ mod tests {
     use super::*;
 
     fn golden(name: &str, actual: &str) {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name);
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(name);
         if std::env::var_os("UPDATE_GOLDEN").is_some() {
             std::fs::write(&path, actual).unwrap();
         }
@@ -95,13 +100,22 @@ mod tests {
     }
 
     fn listen(specs: &[&str]) -> Vec<Listen> {
-        specs.iter().map(|s| Listen { spec: s.to_string(), port: 2376 }).collect()
+        specs
+            .iter()
+            .map(|s| Listen {
+                spec: s.to_string(),
+                port: 2376,
+            })
+            .collect()
     }
 
     #[test]
     fn socket_unit_golden() {
         golden("docker-tcp.socket", &socket_unit(&listen(&["2376"])));
-        golden("docker-tcp-two.socket", &socket_unit(&listen(&["192.0.2.1:2376", "[::1]:2377"])));
+        golden(
+            "docker-tcp-two.socket",
+            &socket_unit(&listen(&["192.0.2.1:2376", "[::1]:2377"])),
+        );
     }
 
     #[test]

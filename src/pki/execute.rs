@@ -18,14 +18,21 @@ use crate::host::HostIdentity;
 
 /// Runs every action of `plan` in order. Stops at the first error; what was written until then
 /// is complete and consistent file by file, and the next run picks up from there.
-pub fn execute(plan: &Plan, layout: &Layout, settings: &Settings, host: &HostIdentity, now: SystemTime) -> Result<()> {
+pub fn execute(
+    plan: &Plan,
+    layout: &Layout,
+    settings: &Settings,
+    host: &HostIdentity,
+    now: SystemTime,
+) -> Result<()> {
     for action in &plan.actions {
         info!(action = %action, "pki");
         match action {
             Action::IssueCa { new_key, .. } => issue_ca(layout, settings, host, now, *new_key)?,
             Action::Issue { slot, .. } => issue_leaf(layout, settings, host, now, slot)?,
             Action::CopyCa { slot } => {
-                let ca_pem = std::fs::read(layout.ca_cert()).context("cannot read the CA certificate")?;
+                let ca_pem =
+                    std::fs::read(layout.ca_cert()).context("cannot read the CA certificate")?;
                 let copy = layout.ca_copy(slot).expect("only clients have a CA copy");
                 replace(layout, &copy, &ca_pem, CERT_MODE, now)?;
             }
@@ -53,11 +60,19 @@ fn ensure_key_dirs(layout: &Layout, slot: &Slot) -> Result<()> {
 
 fn read_ca_key(layout: &Layout) -> Result<rcgen::KeyPair> {
     let path = layout.ca_key();
-    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read the CA key '{}'", path.display()))?;
-    rcgen::KeyPair::from_pem(&text).with_context(|| format!("cannot parse the CA key '{}'", path.display()))
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read the CA key '{}'", path.display()))?;
+    rcgen::KeyPair::from_pem(&text)
+        .with_context(|| format!("cannot parse the CA key '{}'", path.display()))
 }
 
-fn issue_ca(layout: &Layout, settings: &Settings, host: &HostIdentity, now: SystemTime, new_key: bool) -> Result<()> {
+fn issue_ca(
+    layout: &Layout,
+    settings: &Settings,
+    host: &HostIdentity,
+    now: SystemTime,
+    new_key: bool,
+) -> Result<()> {
     ensure_key_dirs(layout, &Slot::Ca)?;
     ensure_dir(&layout.cert_dir, KEY_DIR_MODE)?;
     let key = if new_key {
@@ -70,11 +85,25 @@ fn issue_ca(layout: &Layout, settings: &Settings, host: &HostIdentity, now: Syst
         read_ca_key(layout)?
     };
     let params = issue::ca_params(&common_name(&Slot::Ca, host), now, settings.ca.validity);
-    let cert = params.self_signed(&key).context("cannot self-sign the CA certificate")?;
-    replace(layout, &layout.ca_cert(), cert.pem().as_bytes(), CERT_MODE, now)
+    let cert = params
+        .self_signed(&key)
+        .context("cannot self-sign the CA certificate")?;
+    replace(
+        layout,
+        &layout.ca_cert(),
+        cert.pem().as_bytes(),
+        CERT_MODE,
+        now,
+    )
 }
 
-fn issue_leaf(layout: &Layout, settings: &Settings, host: &HostIdentity, now: SystemTime, slot: &Slot) -> Result<()> {
+fn issue_leaf(
+    layout: &Layout,
+    settings: &Settings,
+    host: &HostIdentity,
+    now: SystemTime,
+    slot: &Slot,
+) -> Result<()> {
     ensure_key_dirs(layout, slot)?;
     let policy = policy_of(settings, slot);
     let sans = server_sans(settings, host);
@@ -84,7 +113,8 @@ fn issue_leaf(layout: &Layout, settings: &Settings, host: &HostIdentity, now: Sy
     };
     let params = issue::leaf_params(leaf, &common_name(slot, host), now, policy.validity)?;
     let key = issue::generate_key(policy.key_type)?;
-    let ca_pem = std::fs::read_to_string(layout.ca_cert()).context("cannot read the CA certificate")?;
+    let ca_pem =
+        std::fs::read_to_string(layout.ca_cert()).context("cannot read the CA certificate")?;
     let cert_pem = issue::sign(&params, &key, &ca_pem, read_ca_key(layout)?)?;
     let (cert_path, key_path) = layout.cert_and_key(slot);
     backup(&key_path, &layout.backup_dir(), now)?;

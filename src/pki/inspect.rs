@@ -61,7 +61,9 @@ pub enum KeyState {
     Missing,
     /// Exists but cannot be read or parsed; the message says why.
     Unreadable(String),
-    Readable { public_key: Vec<u8> },
+    Readable {
+        public_key: Vec<u8>,
+    },
 }
 
 /// The state of a certificate file.
@@ -125,7 +127,12 @@ pub fn inspect(layout: &Layout, clients: &[String], probe: bool) -> DiskState {
     DiskState { slots: out }
 }
 
-fn observe(layout: &Layout, slot: &Slot, ca_der: Option<&[u8]>, ca_pem: Option<&[u8]>) -> SlotObservation {
+fn observe(
+    layout: &Layout,
+    slot: &Slot,
+    ca_der: Option<&[u8]>,
+    ca_pem: Option<&[u8]>,
+) -> SlotObservation {
     let (cert_path, key_path) = layout.cert_and_key(slot);
     let cert = match std::fs::read(&cert_path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => CertState::Missing,
@@ -179,7 +186,9 @@ pub fn read_key(path: &Path) -> KeyState {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => KeyState::Missing,
         Err(e) => KeyState::Unreadable(format!("cannot read '{}': {e}", path.display())),
         Ok(text) => match rcgen::KeyPair::from_pem(&text) {
-            Ok(kp) => KeyState::Readable { public_key: kp.public_key_raw().to_vec() },
+            Ok(kp) => KeyState::Readable {
+                public_key: kp.public_key_raw().to_vec(),
+            },
             Err(e) => KeyState::Unreadable(format!(
                 "'{}' is not an unencrypted PKCS#8 PEM private key ({e})",
                 path.display()
@@ -210,7 +219,8 @@ fn time_of(t: x509_parser::time::ASN1Time) -> SystemTime {
 
 /// Parses a DER certificate into what we need to know about it.
 pub fn cert_info(der: &[u8]) -> Result<CertInfo, String> {
-    let (_, x) = X509Certificate::from_der(der).map_err(|e| format!("not a valid X.509 certificate: {e}"))?;
+    let (_, x) = X509Certificate::from_der(der)
+        .map_err(|e| format!("not a valid X.509 certificate: {e}"))?;
     let common_name = x
         .subject()
         .iter_common_name()
@@ -238,7 +248,10 @@ pub fn cert_info(der: &[u8]) -> Result<CertInfo, String> {
         }
     }
     let (server_auth, client_auth) = match x.extended_key_usage() {
-        Ok(Some(e)) => (e.value.server_auth || e.value.any, e.value.client_auth || e.value.any),
+        Ok(Some(e)) => (
+            e.value.server_auth || e.value.any,
+            e.value.client_auth || e.value.any,
+        ),
         _ => (false, false),
     };
     let spki = x.public_key();
@@ -279,7 +292,10 @@ pub fn cert_info(der: &[u8]) -> Result<CertInfo, String> {
 
 /// Whether `cert_der`'s signature verifies with the key of `ca_der`.
 pub fn verify_signed_by(cert_der: &[u8], ca_der: &[u8]) -> bool {
-    let (Ok((_, cert)), Ok((_, ca))) = (X509Certificate::from_der(cert_der), X509Certificate::from_der(ca_der)) else {
+    let (Ok((_, cert)), Ok((_, ca))) = (
+        X509Certificate::from_der(cert_der),
+        X509Certificate::from_der(ca_der),
+    ) else {
         return false;
     };
     cert.issuer() == ca.subject() && cert.verify_signature(Some(ca.public_key())).is_ok()

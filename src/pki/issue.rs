@@ -55,7 +55,11 @@ fn base_params(cn: &str, now: SystemTime, validity: Duration) -> CertificatePara
 pub fn ca_params(cn: &str, now: SystemTime, validity: Duration) -> CertificateParams {
     let mut p = base_params(cn, now, validity);
     p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    p.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     p
 }
 
@@ -66,17 +70,29 @@ pub enum Leaf<'a> {
 }
 
 /// Parameters of a server or client certificate.
-pub fn leaf_params(leaf: Leaf<'_>, cn: &str, now: SystemTime, validity: Duration) -> Result<CertificateParams> {
+pub fn leaf_params(
+    leaf: Leaf<'_>,
+    cn: &str,
+    now: SystemTime,
+    validity: Duration,
+) -> Result<CertificateParams> {
     let mut p = base_params(cn, now, validity);
     p.is_ca = IsCa::ExplicitNoCa;
     p.use_authority_key_identifier_extension = true;
-    p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+    p.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
     match leaf {
         Leaf::Server { sans } => {
             p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
             for san in sans {
                 p.subject_alt_names.push(match san {
-                    San::Dns(d) => SanType::DnsName(d.clone().try_into().with_context(|| format!("bad DNS name '{d}'"))?),
+                    San::Dns(d) => SanType::DnsName(
+                        d.clone()
+                            .try_into()
+                            .with_context(|| format!("bad DNS name '{d}'"))?,
+                    ),
                     San::Ip(ip) => SanType::IpAddress(*ip),
                 });
             }
@@ -87,7 +103,16 @@ pub fn leaf_params(leaf: Leaf<'_>, cn: &str, now: SystemTime, validity: Duration
 }
 
 /// Signs `params` for `key` with the CA (its certificate PEM and its key).
-pub fn sign(params: &CertificateParams, key: &KeyPair, ca_cert_pem: &str, ca_key: KeyPair) -> Result<String> {
-    let issuer = Issuer::from_ca_cert_pem(ca_cert_pem, ca_key).context("cannot use the CA certificate to sign")?;
-    Ok(params.signed_by(key, &issuer).context("signing failed")?.pem())
+pub fn sign(
+    params: &CertificateParams,
+    key: &KeyPair,
+    ca_cert_pem: &str,
+    ca_key: KeyPair,
+) -> Result<String> {
+    let issuer = Issuer::from_ca_cert_pem(ca_cert_pem, ca_key)
+        .context("cannot use the CA certificate to sign")?;
+    Ok(params
+        .signed_by(key, &issuer)
+        .context("signing failed")?
+        .pem())
 }

@@ -18,7 +18,10 @@ pub struct Layout {
 
 impl Layout {
     pub fn new(paths: &Paths) -> Layout {
-        Layout { cert_dir: paths.cert_dir.clone(), state_dir: paths.state_dir.clone() }
+        Layout {
+            cert_dir: paths.cert_dir.clone(),
+            state_dir: paths.state_dir.clone(),
+        }
     }
 
     /// The CA certificate Docker and clients trust.
@@ -46,9 +49,18 @@ impl Layout {
     pub fn cert_and_key(&self, slot: &Slot) -> (PathBuf, PathBuf) {
         match slot {
             Slot::Ca => (self.ca_cert(), self.ca_key()),
-            Slot::Server => (self.cert_dir.join("server-cert.pem"), self.cert_dir.join("server-key.pem")),
-            Slot::Client(n) => (self.client_dir(n).join("cert.pem"), self.client_dir(n).join("key.pem")),
-            Slot::Probe => (self.probe_dir().join("cert.pem"), self.probe_dir().join("key.pem")),
+            Slot::Server => (
+                self.cert_dir.join("server-cert.pem"),
+                self.cert_dir.join("server-key.pem"),
+            ),
+            Slot::Client(n) => (
+                self.client_dir(n).join("cert.pem"),
+                self.client_dir(n).join("key.pem"),
+            ),
+            Slot::Probe => (
+                self.probe_dir().join("cert.pem"),
+                self.probe_dir().join("key.pem"),
+            ),
         }
     }
 
@@ -67,7 +79,11 @@ impl Layout {
         match slot {
             Slot::Ca => vec![self.state_dir.clone()],
             Slot::Server => vec![self.cert_dir.clone()],
-            Slot::Client(n) => vec![self.state_dir.clone(), self.clients_dir(), self.client_dir(n)],
+            Slot::Client(n) => vec![
+                self.state_dir.clone(),
+                self.clients_dir(),
+                self.client_dir(n),
+            ],
             Slot::Probe => vec![self.state_dir.clone(), self.probe_dir()],
         }
     }

@@ -32,18 +32,31 @@ pub enum Reason {
     KeyMismatch,
     NotSignedByCa,
     WrongUsage(String),
-    SansChanged { added: Vec<San>, removed: Vec<San> },
-    KeyTypeChanged { found: Option<KeyType>, wanted: KeyType },
+    SansChanged {
+        added: Vec<San>,
+        removed: Vec<San>,
+    },
+    KeyTypeChanged {
+        found: Option<KeyType>,
+        wanted: KeyType,
+    },
     CaReplaced,
-    Due { not_after: SystemTime },
-    Expired { not_after: SystemTime },
+    Due {
+        not_after: SystemTime,
+    },
+    Expired {
+        not_after: SystemTime,
+    },
     Forced,
 }
 
 impl Reason {
     /// Whether this is an ordinary renewal rather than a repair.
     pub fn is_renewal(&self) -> bool {
-        matches!(self, Reason::Due { .. } | Reason::Expired { .. } | Reason::Forced)
+        matches!(
+            self,
+            Reason::Due { .. } | Reason::Expired { .. } | Reason::Forced
+        )
     }
 }
 
@@ -91,14 +104,24 @@ pub enum Action {
     /// Refresh a client's copy of the CA certificate.
     CopyCa { slot: Slot },
     /// Set the mode of a file or directory.
-    FixMode { path: PathBuf, mode: u32, found: u32 },
+    FixMode {
+        path: PathBuf,
+        mode: u32,
+        found: u32,
+    },
 }
 
 impl fmt::Display for Action {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Action::IssueCa { new_key: true, reason } => write!(f, "create CA with a new key: {reason}"),
-            Action::IssueCa { new_key: false, reason } => write!(f, "re-sign CA with its existing key: {reason}"),
+            Action::IssueCa {
+                new_key: true,
+                reason,
+            } => write!(f, "create CA with a new key: {reason}"),
+            Action::IssueCa {
+                new_key: false,
+                reason,
+            } => write!(f, "re-sign CA with its existing key: {reason}"),
             Action::Issue { slot, reason } => write!(f, "issue {slot} certificate: {reason}"),
             Action::CopyCa { slot } => write!(f, "refresh the CA copy of {slot}"),
             Action::FixMode { path, mode, found } => {
@@ -123,7 +146,13 @@ impl Plan {
     /// Whether the certificate or key Docker serves changes.
     pub fn changes_server(&self) -> bool {
         self.actions.iter().any(|a| {
-            matches!(a, Action::Issue { slot: Slot::Server, .. } | Action::IssueCa { .. })
+            matches!(
+                a,
+                Action::Issue {
+                    slot: Slot::Server,
+                    ..
+                } | Action::IssueCa { .. }
+            )
         })
     }
 }
@@ -141,14 +170,22 @@ pub fn server_sans(settings: &Settings, host: &HostIdentity) -> BTreeSet<San> {
     if settings.server.auto_addresses {
         sans.extend(host.addresses.iter().copied().map(San::Ip));
     }
-    sans.extend(settings.server.dns_names.iter().map(|d| San::Dns(d.to_ascii_lowercase())));
+    sans.extend(
+        settings
+            .server
+            .dns_names
+            .iter()
+            .map(|d| San::Dns(d.to_ascii_lowercase())),
+    );
     sans.extend(settings.server.ip_addresses.iter().copied().map(San::Ip));
     sans
 }
 
 /// When a certificate with `not_after` is due for renewal under `policy`.
 pub fn renewal_time(not_after: SystemTime, policy: &CertPolicy) -> SystemTime {
-    not_after.checked_sub(policy.renew_before).unwrap_or(SystemTime::UNIX_EPOCH)
+    not_after
+        .checked_sub(policy.renew_before)
+        .unwrap_or(SystemTime::UNIX_EPOCH)
 }
 
 /// The policy that governs a slot.
@@ -182,7 +219,11 @@ fn due(not_after: SystemTime, policy: &CertPolicy, now: SystemTime) -> Option<Re
 
 fn mode_fixes(obs: &SlotObservation, actions: &mut Vec<Action>) {
     for (path, mode, found) in &obs.wrong_modes {
-        let fix = Action::FixMode { path: path.clone(), mode: *mode, found: *found };
+        let fix = Action::FixMode {
+            path: path.clone(),
+            mode: *mode,
+            found: *found,
+        };
         if !actions.contains(&fix) {
             actions.push(fix);
         }
@@ -191,7 +232,13 @@ fn mode_fixes(obs: &SlotObservation, actions: &mut Vec<Action>) {
 
 /// Computes the plan. Fails only when the CA key exists but cannot be used: it is never
 /// replaced behind the admin's back, since every client certificate depends on it.
-pub fn plan(disk: &DiskState, settings: &Settings, host: &HostIdentity, now: SystemTime, force: Force) -> Result<Plan> {
+pub fn plan(
+    disk: &DiskState,
+    settings: &Settings,
+    host: &HostIdentity,
+    now: SystemTime,
+    force: Force,
+) -> Result<Plan> {
     let mut p = Plan::default();
 
     // The CA.
@@ -206,7 +253,11 @@ pub fn plan(disk: &DiskState, settings: &Settings, host: &HostIdentity, now: Sys
         ),
         KeyState::Missing => Some(Action::IssueCa {
             new_key: true,
-            reason: if matches!(ca.cert, CertState::Missing) { Reason::Missing } else { Reason::KeyMissing },
+            reason: if matches!(ca.cert, CertState::Missing) {
+                Reason::Missing
+            } else {
+                Reason::KeyMissing
+            },
         }),
         KeyState::Readable { public_key } => {
             let reason = if force.ca {
@@ -226,7 +277,8 @@ pub fn plan(disk: &DiskState, settings: &Settings, host: &HostIdentity, now: Sys
                                     "the CA key is {} but [ca] key_type is {}; the CA is not \
                                      replaced automatically (it would invalidate every client \
                                      bundle): run `docker-tls-manager renew --force ca` to switch",
-                                    info.key_type.map_or("of an unknown type".into(), |k| k.to_string()),
+                                    info.key_type
+                                        .map_or("of an unknown type".into(), |k| k.to_string()),
                                     settings.ca.key_type
                                 ));
                             }
@@ -238,7 +290,10 @@ pub fn plan(disk: &DiskState, settings: &Settings, host: &HostIdentity, now: Sys
             // A forced CA renewal rotates the key (the reason to force it is usually a
             // suspected compromise); otherwise the existing key is re-signed, so every
             // certificate and bundle already out there stays valid.
-            reason.map(|reason| Action::IssueCa { new_key: force.ca, reason })
+            reason.map(|reason| Action::IssueCa {
+                new_key: force.ca,
+                reason,
+            })
         }
     };
     let ca_new_key = matches!(ca_action, Some(Action::IssueCa { new_key: true, .. }));
@@ -249,7 +304,8 @@ pub fn plan(disk: &DiskState, settings: &Settings, host: &HostIdentity, now: Sys
     }
     if ca_new_key && !matches!(ca.cert, CertState::Missing) {
         p.warnings.push(
-            "the CA gets a new key: every client bundle handed out before must be handed out again".into(),
+            "the CA gets a new key: every client bundle handed out before must be handed out again"
+                .into(),
         );
     }
 
@@ -265,9 +321,21 @@ pub fn plan(disk: &DiskState, settings: &Settings, host: &HostIdentity, now: Sys
             Slot::Client(_) => force.clients,
             _ => false,
         };
-        let reason = leaf_reason(obs, slot, policy, &wanted_sans, host, now, ca_new_key, forced);
+        let reason = leaf_reason(
+            obs,
+            slot,
+            policy,
+            &wanted_sans,
+            host,
+            now,
+            ca_new_key,
+            forced,
+        );
         match reason {
-            Some(reason) => p.actions.push(Action::Issue { slot: slot.clone(), reason }),
+            Some(reason) => p.actions.push(Action::Issue {
+                slot: slot.clone(),
+                reason,
+            }),
             None => {
                 if ca_changes || !obs.ca_copy_current {
                     if matches!(slot, Slot::Client(_) | Slot::Probe) {
@@ -309,7 +377,9 @@ fn leaf_reason(
     match &obs.key {
         KeyState::Missing => return Some(Reason::KeyMissing),
         KeyState::Unreadable(e) => return Some(Reason::KeyUnreadable(e.clone())),
-        KeyState::Readable { public_key } if *public_key != info.public_key => return Some(Reason::KeyMismatch),
+        KeyState::Readable { public_key } if *public_key != info.public_key => {
+            return Some(Reason::KeyMismatch);
+        }
         KeyState::Readable { .. } => {}
     }
     if !obs.signed_by_ca {
@@ -317,17 +387,26 @@ fn leaf_reason(
     }
     let is_server = *slot == Slot::Server;
     if is_server && !info.server_auth {
-        return Some(Reason::WrongUsage("no serverAuth extended key usage".into()));
+        return Some(Reason::WrongUsage(
+            "no serverAuth extended key usage".into(),
+        ));
     }
     if !is_server && !info.client_auth {
-        return Some(Reason::WrongUsage("no clientAuth extended key usage".into()));
+        return Some(Reason::WrongUsage(
+            "no clientAuth extended key usage".into(),
+        ));
     }
     if info.is_ca {
-        return Some(Reason::WrongUsage("a leaf certificate must not be a CA".into()));
+        return Some(Reason::WrongUsage(
+            "a leaf certificate must not be a CA".into(),
+        ));
     }
     let cn = common_name(slot, host);
     if info.common_name != cn {
-        return Some(Reason::WrongUsage(format!("common name '{}' is not '{cn}'", info.common_name)));
+        return Some(Reason::WrongUsage(format!(
+            "common name '{}' is not '{cn}'",
+            info.common_name
+        )));
     }
     if is_server && info.sans != *wanted_sans {
         return Some(Reason::SansChanged {
@@ -336,7 +415,10 @@ fn leaf_reason(
         });
     }
     if info.key_type != Some(policy.key_type) {
-        return Some(Reason::KeyTypeChanged { found: info.key_type, wanted: policy.key_type });
+        return Some(Reason::KeyTypeChanged {
+            found: info.key_type,
+            wanted: policy.key_type,
+        });
     }
     due(info.not_after, policy, now)
 }
@@ -380,7 +462,13 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let settings = settings_for(dir.path(), "");
             let layout = Layout::new(&settings.paths);
-            Fixture { _dir: dir, settings, layout, host: host(), t0: SystemTime::now() }
+            Fixture {
+                _dir: dir,
+                settings,
+                layout,
+                host: host(),
+                t0: SystemTime::now(),
+            }
         }
         fn plan_at(&self, now: SystemTime, force: Force) -> Plan {
             let disk = inspect(&self.layout, &self.settings.clients.names, false);
@@ -389,7 +477,10 @@ mod tests {
         fn converge(&self, now: SystemTime) {
             let p = self.plan_at(now, Force::default());
             execute(&p, &self.layout, &self.settings, &self.host, now).unwrap();
-            assert!(self.plan_at(now, Force::default()).is_empty(), "not converged");
+            assert!(
+                self.plan_at(now, Force::default()).is_empty(),
+                "not converged"
+            );
         }
         fn issued(&self) -> Fixture {
             let f = Fixture::new();
@@ -419,9 +510,18 @@ mod tests {
         assert_eq!(
             p.actions,
             vec![
-                Action::IssueCa { new_key: true, reason: Reason::Missing },
-                Action::Issue { slot: Slot::Server, reason: Reason::Missing },
-                Action::Issue { slot: Slot::Client("admin".into()), reason: Reason::Missing },
+                Action::IssueCa {
+                    new_key: true,
+                    reason: Reason::Missing
+                },
+                Action::Issue {
+                    slot: Slot::Server,
+                    reason: Reason::Missing
+                },
+                Action::Issue {
+                    slot: Slot::Client("admin".into()),
+                    reason: Reason::Missing
+                },
             ]
         );
     }
@@ -437,14 +537,23 @@ mod tests {
         let f = Fixture::new().issued();
         // server: 90d validity, renew 30d before; client: 1y, 30d before.
         let p = f.plan_at(f.t0 + 61 * DAY, Force::default());
-        assert!(matches!(reasons(&p)[..], [(ref s, Reason::Due { .. })] if s == "server"), "{p:?}");
+        assert!(
+            matches!(reasons(&p)[..], [(ref s, Reason::Due { .. })] if s == "server"),
+            "{p:?}"
+        );
         assert!(p.changes_server());
         let p = f.plan_at(f.t0 + 91 * DAY, Force::default());
-        assert!(matches!(reasons(&p)[..], [(ref s, Reason::Expired { .. })] if s == "server"), "{p:?}");
+        assert!(
+            matches!(reasons(&p)[..], [(ref s, Reason::Expired { .. })] if s == "server"),
+            "{p:?}"
+        );
         let p = f.plan_at(f.t0 + 336 * DAY, Force::default());
         let r = reasons(&p);
         assert_eq!(r.len(), 2, "{r:?}");
-        assert!(matches!(r[1], (ref s, Reason::Due { .. }) if s == "client 'admin'"), "{r:?}");
+        assert!(
+            matches!(r[1], (ref s, Reason::Due { .. }) if s == "client 'admin'"),
+            "{r:?}"
+        );
     }
 
     #[test]
@@ -452,25 +561,69 @@ mod tests {
         let f = Fixture::new().issued();
         let later = f.t0 + 9 * 365 * DAY + 200 * DAY;
         let p = f.plan_at(later, Force::default());
-        assert!(matches!(p.actions[0], Action::IssueCa { new_key: false, reason: Reason::Due { .. } }), "{p:?}");
+        assert!(
+            matches!(
+                p.actions[0],
+                Action::IssueCa {
+                    new_key: false,
+                    reason: Reason::Due { .. }
+                }
+            ),
+            "{p:?}"
+        );
         let key_before = std::fs::read(f.layout.ca_key()).unwrap();
         execute(&p, &f.layout, &f.settings, &f.host, later).unwrap();
         assert_eq!(std::fs::read(f.layout.ca_key()).unwrap(), key_before);
         // The leaves were reissued because they expired, not because the CA changed.
-        assert!(reasons(&p).iter().all(|(_, r)| !matches!(r, Reason::CaReplaced | Reason::NotSignedByCa)));
+        assert!(
+            reasons(&p)
+                .iter()
+                .all(|(_, r)| !matches!(r, Reason::CaReplaced | Reason::NotSignedByCa))
+        );
         assert!(f.plan_at(later, Force::default()).is_empty());
     }
 
     #[test]
     fn forced_targets() {
         let f = Fixture::new().issued();
-        let p = f.plan_at(f.t0, Force { server: true, ..Force::default() });
+        let p = f.plan_at(
+            f.t0,
+            Force {
+                server: true,
+                ..Force::default()
+            },
+        );
         assert_eq!(reasons(&p), vec![("server".to_string(), Reason::Forced)]);
-        let p = f.plan_at(f.t0, Force { clients: true, ..Force::default() });
-        assert_eq!(reasons(&p), vec![("client 'admin'".to_string(), Reason::Forced)]);
-        let p = f.plan_at(f.t0, Force { ca: true, ..Force::default() });
-        assert_eq!(p.actions[0], Action::IssueCa { new_key: true, reason: Reason::Forced });
-        assert!(reasons(&p)[1..].iter().all(|(_, r)| *r == Reason::CaReplaced));
+        let p = f.plan_at(
+            f.t0,
+            Force {
+                clients: true,
+                ..Force::default()
+            },
+        );
+        assert_eq!(
+            reasons(&p),
+            vec![("client 'admin'".to_string(), Reason::Forced)]
+        );
+        let p = f.plan_at(
+            f.t0,
+            Force {
+                ca: true,
+                ..Force::default()
+            },
+        );
+        assert_eq!(
+            p.actions[0],
+            Action::IssueCa {
+                new_key: true,
+                reason: Reason::Forced
+            }
+        );
+        assert!(
+            reasons(&p)[1..]
+                .iter()
+                .all(|(_, r)| *r == Reason::CaReplaced)
+        );
         assert_eq!(p.actions.len(), 3);
         assert!(!p.warnings.is_empty());
     }
@@ -478,7 +631,11 @@ mod tests {
     #[test]
     fn corrupt_certificate_is_reissued() {
         let f = Fixture::new().issued();
-        std::fs::write(f.server_files().0, "-----BEGIN CERTIFICATE-----\nnonsense\n-----END CERTIFICATE-----\n").unwrap();
+        std::fs::write(
+            f.server_files().0,
+            "-----BEGIN CERTIFICATE-----\nnonsense\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
         let r = reasons(&f.plan_at(f.t0, Force::default()));
         assert!(matches!(r[..], [(_, Reason::Unparsable(_))]), "{r:?}");
         f.converge(f.t0);
@@ -523,28 +680,44 @@ mod tests {
             r,
             vec![(
                 "server".to_string(),
-                Reason::SansChanged { added: vec![San::Ip("192.0.2.55".parse().unwrap())], removed: vec![] }
+                Reason::SansChanged {
+                    added: vec![San::Ip("192.0.2.55".parse().unwrap())],
+                    removed: vec![]
+                }
             )]
         );
         f.host.addresses.clear();
         let r = reasons(&f.plan_at(f.t0, Force::default()));
-        assert!(matches!(&r[..], [(_, Reason::SansChanged { removed, .. })] if removed.len() == 1), "{r:?}");
+        assert!(
+            matches!(&r[..], [(_, Reason::SansChanged { removed, .. })] if removed.len() == 1),
+            "{r:?}"
+        );
     }
 
     #[test]
     fn key_type_change_reissues_leaves_but_only_warns_for_the_ca() {
         let f = Fixture::new().issued();
-        let s = settings_for(f._dir.path(), "[server]\nkey_type = \"ed25519\"\n[ca]\nkey_type = \"ecdsa-p384\"\n");
+        let s = settings_for(
+            f._dir.path(),
+            "[server]\nkey_type = \"ed25519\"\n[ca]\nkey_type = \"ecdsa-p384\"\n",
+        );
         let disk = inspect(&f.layout, &s.clients.names, false);
         let p = plan(&disk, &s, &f.host, f.t0, Force::default()).unwrap();
         assert_eq!(
             reasons(&p),
             vec![(
                 "server".to_string(),
-                Reason::KeyTypeChanged { found: Some(KeyType::EcdsaP256), wanted: KeyType::Ed25519 }
+                Reason::KeyTypeChanged {
+                    found: Some(KeyType::EcdsaP256),
+                    wanted: KeyType::Ed25519
+                }
             )]
         );
-        assert!(p.warnings.iter().any(|w| w.contains("renew --force ca")), "{:?}", p.warnings);
+        assert!(
+            p.warnings.iter().any(|w| w.contains("renew --force ca")),
+            "{:?}",
+            p.warnings
+        );
     }
 
     #[test]
@@ -553,10 +726,19 @@ mod tests {
         let f = Fixture::new().issued();
         let (_, key) = f.server_files();
         std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
-        std::fs::set_permissions(&f.layout.state_dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(&f.layout.state_dir, std::fs::Permissions::from_mode(0o755))
+            .unwrap();
         let p = f.plan_at(f.t0, Force::default());
-        assert!(p.actions.contains(&Action::FixMode { path: key.clone(), mode: 0o600, found: 0o644 }));
-        assert!(p.actions.contains(&Action::FixMode { path: f.layout.state_dir.clone(), mode: 0o700, found: 0o755 }));
+        assert!(p.actions.contains(&Action::FixMode {
+            path: key.clone(),
+            mode: 0o600,
+            found: 0o644
+        }));
+        assert!(p.actions.contains(&Action::FixMode {
+            path: f.layout.state_dir.clone(),
+            mode: 0o700,
+            found: 0o755
+        }));
         assert!(reasons(&p).is_empty());
         f.converge(f.t0);
     }
@@ -566,7 +748,9 @@ mod tests {
         let f = Fixture::new().issued();
         std::fs::write(f.layout.ca_key(), "not a key").unwrap();
         let disk = inspect(&f.layout, &f.settings.clients.names, false);
-        let e = plan(&disk, &f.settings, &f.host, f.t0, Force::default()).unwrap_err().to_string();
+        let e = plan(&disk, &f.settings, &f.host, f.t0, Force::default())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("CA key") && e.contains("never replaced"), "{e}");
     }
 
@@ -575,7 +759,13 @@ mod tests {
         let f = Fixture::new().issued();
         std::fs::remove_file(f.layout.ca_cert()).unwrap();
         let p = f.plan_at(f.t0, Force::default());
-        assert_eq!(p.actions[0], Action::IssueCa { new_key: false, reason: Reason::Missing });
+        assert_eq!(
+            p.actions[0],
+            Action::IssueCa {
+                new_key: false,
+                reason: Reason::Missing
+            }
+        );
         f.converge(f.t0);
     }
 
@@ -585,7 +775,12 @@ mod tests {
         let copy = f.layout.ca_copy(&Slot::Client("admin".into())).unwrap();
         std::fs::write(&copy, "old").unwrap();
         let p = f.plan_at(f.t0, Force::default());
-        assert_eq!(p.actions, vec![Action::CopyCa { slot: Slot::Client("admin".into()) }]);
+        assert_eq!(
+            p.actions,
+            vec![Action::CopyCa {
+                slot: Slot::Client("admin".into())
+            }]
+        );
         f.converge(f.t0);
     }
 }

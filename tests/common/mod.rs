@@ -32,13 +32,21 @@ impl Sandbox {
 
     pub fn run(&self, args: &[&str]) -> Output {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_docker-tls-manager"));
-        cmd.arg("--config").arg(&self.config).args(args).current_dir(self.dir.path());
+        cmd.arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .current_dir(self.dir.path());
         cmd.output().unwrap()
     }
 
     pub fn ok(&self, args: &[&str]) -> String {
         let o = self.run(args);
-        assert!(o.status.success(), "{args:?} failed: {}\n{}", text(&o.stdout), text(&o.stderr));
+        assert!(
+            o.status.success(),
+            "{args:?} failed: {}\n{}",
+            text(&o.stdout),
+            text(&o.stderr)
+        );
         text(&o.stdout)
     }
 }
@@ -50,7 +58,13 @@ pub fn text(b: &[u8]) -> String {
 /// Runs a tool that must be installed (openssl, curl, docker): fails clearly if it is not.
 pub fn tool(name: &str) -> Command {
     assert!(
-        Command::new("sh").arg("-c").arg(format!("command -v {name}")).output().unwrap().status.success(),
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!("command -v {name}"))
+            .output()
+            .unwrap()
+            .status
+            .success(),
         "'{name}' is required by this test and is not installed (.ci/run installs it)"
     );
     Command::new(name)
@@ -62,7 +76,9 @@ pub fn snapshot(dir: &Path) -> Vec<(PathBuf, u32, Vec<u8>)> {
     let mut out = vec![];
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
         for e in rd.flatten() {
             let p = e.path();
             let m = std::fs::metadata(&p).unwrap();
@@ -70,7 +86,11 @@ pub fn snapshot(dir: &Path) -> Vec<(PathBuf, u32, Vec<u8>)> {
                 stack.push(p.clone());
                 out.push((p, m.permissions().mode(), vec![]));
             } else {
-                out.push((p.clone(), m.permissions().mode(), std::fs::read(&p).unwrap()));
+                out.push((
+                    p.clone(),
+                    m.permissions().mode(),
+                    std::fs::read(&p).unwrap(),
+                ));
             }
         }
     }

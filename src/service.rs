@@ -1,0 +1,496 @@
+//! The service loop (`docker-tls-manager run`, Type=notify): one supervisor over the tasks —
+//! the worker (renewal timer and convergence), the file watcher, the address watcher and the
+//! signals — with a shared shutdown. sd_notify: READY=1 once Docker serves TLS with the current
+//! certificates (or converging failed, with the reason in STATUS=), WATCHDOG=1 from the worker,
+//! RELOADING=1 on SIGHUP, STOPPING=1 on SIGTERM after the write in flight.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{Context, Result, bail};
+use sd_notify::NotifyState;
+use tokio::sync::{mpsc, watch};
+use tracing::{error, info, warn};
+
+use crate::commands::{Ctx, Outcome, converge_once};
+use crate::config::DEFAULT_CONFIG_PATH;
+use crate::docker::plan::Step;
+use crate::files::atomic_write;
+use crate::metrics::{self, LastRun, Metrics};
+use crate::pki::Slot;
+use crate::pki::plan::{Action, Force, policy_of, renewal_time};
+use crate::watch::{AddressWatcher, FileWatcher, Trigger, classify, watch_dirs};
+
+/// The longest sleep: the wall clock is re-read at least this often (suspend, clock jumps).
+pub const RECHECK: Duration = Duration::from_secs(5 * 60);
+/// How often Docker is fully re-verified when nothing is due.
+pub const FULL_CHECK: Duration = Duration::from_secs(60 * 60);
+/// Quiet time after a change before acting on it (editors and tools write in bursts).
+pub const DEBOUNCE: Duration = Duration::from_millis(300);
+pub const ADDRESS_DEBOUNCE: Duration = Duration::from_secs(2);
+/// First retry delay after a failure; doubles up to [`MAX_BACKOFF`], with ±20 % jitter.
+pub const MIN_BACKOFF: Duration = Duration::from_secs(15);
+pub const MAX_BACKOFF: Duration = Duration::from_secs(30 * 60);
+
+fn notify(states: &[NotifyState]) {
+    if let Err(e) = sd_notify::notify(states) {
+        warn!("sd_notify failed: {e}");
+    }
+}
+
+/// Delay before retry number `failures` (1-based), with jitter in [0.8, 1.2).
+pub fn backoff(failures: u32, jitter: f64) -> Duration {
+    let base = MIN_BACKOFF.saturating_mul(1u32 << failures.saturating_sub(1).min(16));
+    base.min(MAX_BACKOFF)
+        .mul_f64(0.8 + 0.4 * jitter.clamp(0.0, 1.0))
+}
+
+fn short_time(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+struct Worker {
+    config_path: Option<PathBuf>,
+    ctx: Ctx,
+    metrics: Metrics,
+    failures: u32,
+    retry_at: Option<Instant>,
+    last_error: Option<String>,
+    last_full: Option<Instant>,
+    deferred: bool,
+    warnings: BTreeSet<String>,
+    refresh: mpsc::UnboundedSender<Vec<PathBuf>>,
+    /// Content hashes of the watched files after the last convergence: events whose file still
+    /// has that content are our own writes (or no change) and are ignored.
+    known: BTreeMap<PathBuf, Option<[u8; 32]>>,
+}
+
+fn content_hash(p: &Path) -> Option<[u8; 32]> {
+    use sha2::Digest;
+    std::fs::read(p)
+        .ok()
+        .map(|d| sha2::Sha256::digest(&d).into())
+}
+
+impl Worker {
+    fn config_file(&self) -> PathBuf {
+        self.config_path
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH))
+    }
+
+    fn refresh_watches(&self) {
+        let _ = self
+            .refresh
+            .send(watch_dirs(&self.ctx.settings, &self.config_file()));
+    }
+
+    /// One convergence, with its bookkeeping: metrics, backoff, STATUS=.
+    async fn converge(&mut self, why: &str) {
+        info!(reason = why, "converging");
+        let result = converge_once(&self.ctx, Force::default()).await;
+        let now = SystemTime::now();
+        self.last_full = Some(Instant::now());
+        match result {
+            Ok(Outcome { pki, docker }) => {
+                if pki
+                    .actions
+                    .iter()
+                    .any(|a| matches!(a, Action::Issue { .. } | Action::IssueCa { .. }))
+                {
+                    self.metrics.last_renewal = LastRun {
+                        at: Some(now),
+                        ok: true,
+                    };
+                }
+                if let Some(d) = &docker {
+                    if d.steps
+                        .iter()
+                        .any(|s| matches!(s, Step::RestartDocker | Step::StartDocker))
+                    {
+                        self.metrics.last_restart = LastRun {
+                            at: Some(now),
+                            ok: true,
+                        };
+                    }
+                    self.deferred = d.deferred;
+                }
+                self.failures = 0;
+                self.retry_at = None;
+                self.last_error = None;
+            }
+            Err(e) => {
+                self.failures += 1;
+                self.metrics.converge_failures += 1;
+                self.metrics.last_renewal = LastRun {
+                    at: Some(now),
+                    ok: false,
+                };
+                let delay = backoff(self.failures, rand::random::<f64>());
+                self.retry_at = Some(Instant::now() + delay);
+                error!(
+                    "convergence failed (attempt {}), retrying in {}s: {e:#}",
+                    self.failures,
+                    delay.as_secs()
+                );
+                self.last_error = Some(format!("{e:#}"));
+            }
+        }
+        self.report();
+        self.refresh_watches();
+        self.remember_files();
+    }
+
+    fn remember_files(&mut self) {
+        let config = self.config_file();
+        self.known.clear();
+        for dir in watch_dirs(&self.ctx.settings, &config) {
+            for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                let p = e.path();
+                if matches!(
+                    classify(&self.ctx.settings, &config, &p),
+                    Some(Trigger::File(_))
+                ) {
+                    self.known.insert(p.clone(), content_hash(&p));
+                }
+            }
+        }
+    }
+
+    /// Whether a changed path is worth acting on: not our own write, not unchanged.
+    fn changed(&self, p: &Path) -> bool {
+        self.known.get(p).is_none_or(|h| *h != content_hash(p))
+    }
+
+    /// Writes metrics, logs new warnings, sets STATUS=.
+    fn report(&mut self) {
+        let now = SystemTime::now();
+        let disk = self.ctx.inspect();
+        if let Some(path) = &self.ctx.settings.service.metrics_file {
+            if let Err(e) = atomic_write(
+                path,
+                metrics::render(&disk, &self.metrics).as_bytes(),
+                0o644,
+            ) {
+                warn!("cannot write metrics: {e:#}");
+            }
+        }
+        let warnings: BTreeSet<String> = crate::status::handed_out_warnings(
+            &self.ctx.layout,
+            &self.ctx.client_names(),
+            &self.ctx.settings,
+            now,
+        )
+        .into_iter()
+        .collect();
+        for w in warnings.difference(&self.warnings) {
+            warn!("{w}");
+        }
+        self.warnings = warnings;
+        let mut status = match disk.get(&Slot::Server).info() {
+            Some(i) => format!(
+                "server cert valid until {}, renewal {}; {} clients",
+                short_time(i.not_after),
+                short_time(renewal_time(i.not_after, &self.ctx.settings.server.policy)),
+                self.ctx.client_names().len()
+            ),
+            None => "no server certificate yet".to_string(),
+        };
+        if self.deferred {
+            status.push_str("; Docker restart deferred (containers running without live-restore)");
+        }
+        if !self.warnings.is_empty() {
+            status.push_str(&format!(
+                "; {} client bundle(s) need handing out again",
+                self.warnings.len()
+            ));
+        }
+        if let Some(e) = &self.last_error {
+            let first = e
+                .lines()
+                .next()
+                .unwrap_or("")
+                .chars()
+                .take(300)
+                .collect::<String>();
+            status.push_str(&format!(
+                "; last attempt failed ({} in a row): {first}",
+                self.failures
+            ));
+        }
+        notify(&[NotifyState::Status(&status)]);
+    }
+
+    /// How long to sleep: until the earliest renewal, a retry, or the next re-check.
+    fn next_wakeup(&self) -> Duration {
+        let now = SystemTime::now();
+        let mut next = RECHECK;
+        if let Some(r) = self.retry_at {
+            next = next.min(r.saturating_duration_since(Instant::now()));
+        } else {
+            let disk = self.ctx.inspect();
+            for (slot, obs) in &disk.slots {
+                if let Some(i) = obs.info() {
+                    let due = renewal_time(i.not_after, policy_of(&self.ctx.settings, slot));
+                    next = next.min(due.duration_since(now).unwrap_or(Duration::ZERO));
+                }
+            }
+        }
+        // Never a tight loop, whatever the clock says.
+        next.max(Duration::from_secs(1))
+    }
+
+    /// After a timer wake-up: converge if something is due, a retry is due, or a full check is.
+    async fn on_timer(&mut self) {
+        let due_retry = self.retry_at.is_some_and(|r| Instant::now() >= r);
+        let full = self.last_full.is_none_or(|t| t.elapsed() >= FULL_CHECK) || self.deferred;
+        let pki_due = match crate::host::HostIdentity::detect()
+            .and_then(|h| self.ctx.plan(&h, SystemTime::now(), Force::default()))
+        {
+            Ok((_, plan)) => !plan.is_empty(),
+            Err(_) => true,
+        };
+        if due_retry || pki_due || full {
+            self.converge(if pki_due {
+                "renewal due"
+            } else if due_retry {
+                "retry"
+            } else {
+                "periodic check"
+            })
+            .await;
+        }
+    }
+
+    /// SIGHUP or a changed config file: load and validate; a bad config is logged and the old kept.
+    async fn reload(&mut self) {
+        notify(&[NotifyState::Reloading]);
+        match Ctx::load(self.config_path.as_deref()) {
+            Ok(ctx) => {
+                if ctx.settings != self.ctx.settings {
+                    info!("configuration reloaded");
+                    self.ctx = ctx;
+                    self.retry_at = None;
+                }
+                self.converge("configuration reloaded").await;
+            }
+            Err(e) => {
+                error!("configuration rejected, still running on the previous one: {e:#}");
+                self.last_error = Some(format!("configuration rejected: {e:#}"));
+                self.report();
+            }
+        }
+        notify(&[NotifyState::Ready]);
+    }
+
+    async fn run(
+        mut self,
+        mut triggers: mpsc::UnboundedReceiver<Trigger>,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Result<()> {
+        self.converge("start").await;
+        notify(&[NotifyState::Ready]);
+        let watchdog = sd_notify::watchdog_enabled().map(|d| d / 2);
+        let mut watchdog_tick =
+            watchdog.map(|d| tokio::time::interval_at(tokio::time::Instant::now() + d, d));
+        loop {
+            let sleep = tokio::time::sleep(self.next_wakeup());
+            tokio::select! {
+                biased;
+                _ = shutdown.changed() => {
+                    notify(&[NotifyState::Stopping]);
+                    info!("stopping");
+                    return Ok(());
+                }
+                _ = sleep => self.on_timer().await,
+                t = triggers.recv() => {
+                    let Some(first) = t else {
+                        if *shutdown.borrow() {
+                            return Ok(());
+                        }
+                        bail!("trigger channel closed");
+                    };
+                    // Debounce, then act once on everything that arrived. Address changes come
+                    // in bursts (IPv4 and IPv6, DHCP): wait longer so Docker restarts once.
+                    let wait = if first == Trigger::Addresses { ADDRESS_DEBOUNCE } else { DEBOUNCE };
+                    let mut batch = vec![first];
+                    tokio::time::sleep(wait).await;
+                    while let Ok(t) = triggers.try_recv() {
+                        batch.push(t);
+                    }
+                    let config = self.config_file();
+                    let mut relevant: Vec<Trigger> = batch
+                        .into_iter()
+                        .filter_map(|t| match t {
+                            Trigger::File(p) => classify(&self.ctx.settings, &config, &p)
+                                .filter(|t| *t == Trigger::Config || self.changed(&p)),
+                            other => Some(other),
+                        })
+                        .collect();
+                    relevant.sort_by_key(|t| format!("{t:?}"));
+                    relevant.dedup();
+                    if *shutdown.borrow() {
+                        continue;
+                    }
+                    if relevant.contains(&Trigger::Config) {
+                        self.reload().await;
+                    } else if !relevant.is_empty() {
+                        let why: Vec<String> = relevant
+                            .iter()
+                            .map(|t| match t {
+                                Trigger::File(p) => format!("{} changed", p.display()),
+                                _ => "host addresses changed".to_string(),
+                            })
+                            .collect();
+                        self.converge(&why.join(", ")).await;
+                    }
+                }
+                _ = async { watchdog_tick.as_mut().unwrap().tick().await }, if watchdog_tick.is_some() => {
+                    notify(&[NotifyState::Watchdog]);
+                }
+            }
+        }
+    }
+}
+
+async fn file_watcher_task(
+    tx: mpsc::UnboundedSender<Trigger>,
+    mut refresh: mpsc::UnboundedReceiver<Vec<PathBuf>>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<String> {
+    let (raw_tx, mut raw_rx) = mpsc::unbounded_channel();
+    let mut watcher = FileWatcher::new(raw_tx)?;
+    loop {
+        tokio::select! {
+            dirs = refresh.recv() => match dirs {
+                Some(d) => watcher.refresh(&d),
+                None => return Ok("worker gone".into()),
+            },
+            p = raw_rx.recv() => match p {
+                Some(p) => { let _ = tx.send(Trigger::File(p)); }
+                None => bail!("inotify watcher stopped"),
+            },
+            _ = shutdown.changed() => return Ok("shutdown".into()),
+        }
+    }
+}
+
+async fn address_task(
+    tx: mpsc::UnboundedSender<Trigger>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<String> {
+    let w = AddressWatcher::new()?;
+    loop {
+        tokio::select! {
+            r = w.changed() => {
+                r?;
+                let _ = tx.send(Trigger::Addresses);
+            }
+            _ = shutdown.changed() => return Ok("shutdown".into()),
+        }
+    }
+}
+
+async fn signal_task(
+    tx: mpsc::UnboundedSender<Trigger>,
+    shutdown: watch::Sender<bool>,
+) -> Result<String> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    loop {
+        tokio::select! {
+            _ = hup.recv() => { info!("SIGHUP: reloading the configuration"); let _ = tx.send(Trigger::Config); }
+            _ = term.recv() => { let _ = shutdown.send(true); return Ok("SIGTERM".into()); }
+            _ = int.recv() => { let _ = shutdown.send(true); return Ok("SIGINT".into()); }
+        }
+    }
+}
+
+fn ended(name: &str, r: Result<Result<String>, tokio::task::JoinError>) -> bool {
+    match r {
+        Ok(Ok(why)) => {
+            info!(task = name, "task ended: {why}");
+            true
+        }
+        Ok(Err(e)) => {
+            error!(task = name, "task failed: {e:#}");
+            false
+        }
+        Err(e) => {
+            error!(task = name, "task panicked or was cancelled: {e}");
+            false
+        }
+    }
+}
+
+/// Runs the service until SIGTERM. A bad configuration at start is an error (exit 2).
+pub async fn run(config_path: Option<&Path>) -> Result<()> {
+    let ctx = Ctx::load(config_path)?;
+    info!(config = %ctx.settings.source.as_ref().map_or("defaults".into(), |p| p.display().to_string()), "starting");
+    let (trig_tx, trig_rx) = mpsc::unbounded_channel();
+    let (refresh_tx, refresh_rx) = mpsc::unbounded_channel();
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let worker = Worker {
+        config_path: config_path.map(Path::to_path_buf),
+        ctx,
+        metrics: Metrics::default(),
+        failures: 0,
+        retry_at: None,
+        last_error: None,
+        last_full: None,
+        deferred: false,
+        warnings: BTreeSet::new(),
+        refresh: refresh_tx,
+        known: BTreeMap::new(),
+    };
+    worker.refresh_watches();
+    let mut files = tokio::spawn(file_watcher_task(
+        trig_tx.clone(),
+        refresh_rx,
+        shutdown_rx.clone(),
+    ));
+    let mut addresses = tokio::spawn(address_task(trig_tx.clone(), shutdown_rx.clone()));
+    let mut signals = tokio::spawn(signal_task(trig_tx, shutdown_tx.clone()));
+    let mut work = tokio::spawn(worker.run(trig_rx, shutdown_rx));
+
+    // The supervisor: whichever task ends first, say which and why, then shut the rest down.
+    let clean = tokio::select! {
+        r = &mut work => return match r {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e.context("the worker failed")),
+            Err(e) => Err(anyhow::anyhow!("the worker panicked: {e}")),
+        },
+        r = &mut files => ended("file watcher", r),
+        r = &mut addresses => ended("address watcher", r),
+        r = &mut signals => ended("signals", r),
+    };
+    let _ = shutdown_tx.send(true);
+    // The worker finishes the convergence in flight, then stops.
+    let r = work.await.context("the worker panicked")?;
+    for t in [files, addresses, signals] {
+        t.abort();
+    }
+    r?;
+    if clean {
+        Ok(())
+    } else {
+        bail!("a service task failed; exiting so systemd restarts the service")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_caps_and_jitters() {
+        assert_eq!(backoff(1, 0.5), MIN_BACKOFF);
+        assert_eq!(backoff(2, 0.5), MIN_BACKOFF * 2);
+        assert_eq!(backoff(40, 0.5), MAX_BACKOFF);
+        assert!(backoff(3, 0.0) < backoff(3, 1.0));
+        assert!(backoff(1, 0.0) >= MIN_BACKOFF.mul_f64(0.8));
+    }
+}

@@ -1,0 +1,259 @@
+//! Watching: the files the manager owns or reads (inotify through `notify`, on directories,
+//! since an atomic rename-over drops a watch on the old inode) and the host's addresses
+//! (rtnetlink address notifications: no polling). Both only send [`Trigger`]s; the service
+//! loop decides what to do.
+
+use std::collections::BTreeSet;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use notify::{EventKind, RecursiveMode, Watcher};
+use tokio::io::unix::AsyncFd;
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::config::Settings;
+use crate::docker::plan::{dropin_path, socket_path};
+use crate::files::TEMP_PREFIX;
+use crate::pki::Layout;
+
+/// Why the service loop should look again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Trigger {
+    /// A file we own or read changed (path).
+    File(PathBuf),
+    /// The configuration file changed, or SIGHUP.
+    Config,
+    /// The host gained or lost an address.
+    Addresses,
+}
+
+/// Decides whether a changed path matters, and how.
+pub fn classify(settings: &Settings, config: &Path, path: &Path) -> Option<Trigger> {
+    let name = path.file_name()?.to_string_lossy();
+    if name.starts_with(TEMP_PREFIX) {
+        return None;
+    }
+    if path == config {
+        return Some(Trigger::Config);
+    }
+    let layout = Layout::new(&settings.paths);
+    let pem = name.ends_with(".pem");
+    let parent = path.parent()?;
+    let ours = (pem && parent == layout.cert_dir)
+        || path == layout.ca_key()
+        || (pem && parent.parent() == Some(layout.clients_dir().as_path()))
+        || (pem && parent == layout.state_dir.join("probe"))
+        || path == socket_path(settings)
+        || path == dropin_path(settings)
+        || path == settings.paths.daemon_json;
+    ours.then(|| Trigger::File(path.to_path_buf()))
+}
+
+/// The directories to watch (those that exist are watched; the rest once they appear).
+pub fn watch_dirs(settings: &Settings, config: &Path) -> Vec<PathBuf> {
+    let layout = Layout::new(&settings.paths);
+    let mut dirs = BTreeSet::new();
+    dirs.insert(layout.cert_dir.clone());
+    dirs.insert(layout.state_dir.clone());
+    dirs.insert(layout.state_dir.join("probe"));
+    dirs.insert(layout.clients_dir());
+    for c in layout.clients_on_disk() {
+        dirs.insert(layout.client_dir(&c));
+    }
+    dirs.insert(settings.paths.systemd_dir.clone());
+    if let Some(d) = dropin_path(settings).parent() {
+        dirs.insert(d.to_path_buf());
+    }
+    if let Some(d) = settings.paths.daemon_json.parent() {
+        dirs.insert(d.to_path_buf());
+    }
+    if let Some(d) = config.parent() {
+        dirs.insert(d.to_path_buf());
+    }
+    dirs.into_iter().collect()
+}
+
+/// inotify watches on directories, (re)added as directories appear.
+pub struct FileWatcher {
+    watcher: notify::RecommendedWatcher,
+    watched: BTreeSet<PathBuf>,
+}
+
+impl FileWatcher {
+    /// Starts watching; changed paths arrive on `tx` (unfiltered: see [`classify`]).
+    pub fn new(tx: UnboundedSender<PathBuf>) -> Result<FileWatcher> {
+        let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+            if let Ok(ev) = res {
+                if matches!(ev.kind, EventKind::Access(_)) {
+                    return;
+                }
+                for p in ev.paths {
+                    let _ = tx.send(p);
+                }
+            }
+        })
+        .context("cannot start the file watcher (inotify)")?;
+        Ok(FileWatcher {
+            watcher,
+            watched: BTreeSet::new(),
+        })
+    }
+
+    /// Watches every directory of `dirs` that exists and is not watched yet; forgets vanished ones.
+    pub fn refresh(&mut self, dirs: &[PathBuf]) {
+        self.watched.retain(|d| d.is_dir());
+        for d in dirs {
+            if d.is_dir() && !self.watched.contains(d) {
+                match self.watcher.watch(d, RecursiveMode::NonRecursive) {
+                    Ok(()) => {
+                        tracing::debug!(dir = %d.display(), "watching");
+                        self.watched.insert(d.clone());
+                    }
+                    Err(e) => tracing::warn!(dir = %d.display(), "cannot watch: {e}"),
+                }
+            }
+        }
+    }
+}
+
+/// An rtnetlink socket subscribed to IPv4 and IPv6 address changes.
+pub struct AddressWatcher {
+    fd: AsyncFd<OwnedFd>,
+}
+
+impl AddressWatcher {
+    pub fn new() -> Result<AddressWatcher> {
+        // SAFETY: plain socket(2) call; the fd is owned right below.
+        let raw = unsafe {
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                libc::NETLINK_ROUTE,
+            )
+        };
+        if raw < 0 {
+            bail!(
+                "cannot open a netlink socket: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        // SAFETY: raw is a fresh, valid fd.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        // SAFETY: zeroed sockaddr_nl is valid; fields set below.
+        let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+        addr.nl_family = libc::AF_NETLINK as u16;
+        addr.nl_groups = (libc::RTMGRP_IPV4_IFADDR | libc::RTMGRP_IPV6_IFADDR) as u32;
+        // SAFETY: addr is a valid sockaddr_nl of the given size.
+        let rc = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                (&addr as *const libc::sockaddr_nl).cast(),
+                std::mem::size_of::<libc::sockaddr_nl>() as u32,
+            )
+        };
+        if rc != 0 {
+            bail!(
+                "cannot subscribe to address changes: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        // The fd is an OwnedFd we hold for the AsyncFd's whole life, which is all
+        // `AsyncFd::new`'s deprecation note asks for.
+        #[allow(deprecated)]
+        let fd = AsyncFd::new(fd)?;
+        Ok(AddressWatcher { fd })
+    }
+
+    /// Waits for the next batch of address notifications (their content does not matter:
+    /// the host's addresses are read afresh).
+    pub async fn changed(&self) -> Result<()> {
+        let mut buf = [0u8; 8192];
+        loop {
+            let mut guard = self.fd.readable().await?;
+            let got = guard.try_io(|fd| {
+                // SAFETY: buf is valid for buf.len() bytes.
+                let n =
+                    unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+                if n < 0 {
+                    Err(std::io::Error::last_os_error())
+                } else {
+                    Ok(n)
+                }
+            });
+            match got {
+                Ok(Ok(_)) => {
+                    // Drain whatever else is queued, then report once.
+                    // SAFETY: as above, non-blocking.
+                    while unsafe {
+                        libc::recv(
+                            self.fd.get_ref().as_raw_fd(),
+                            buf.as_mut_ptr().cast(),
+                            buf.len(),
+                            0,
+                        )
+                    } > 0
+                    {}
+                    return Ok(());
+                }
+                Ok(Err(e)) if e.raw_os_error() == Some(libc::ENOBUFS) => return Ok(()),
+                Ok(Err(e)) => return Err(e.into()),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classify_paths() {
+        let s = crate::config::parse(
+            "[paths]\ncert_dir = \"/c\"\nstate_dir = \"/s\"\nsystemd_dir = \"/u\"\ndaemon_json = \"/d/daemon.json\"",
+            Path::new("/e/config.toml"),
+        )
+        .unwrap();
+        let c = Path::new("/e/config.toml");
+        let f = |p: &str| classify(&s, c, Path::new(p));
+        assert_eq!(f("/e/config.toml"), Some(Trigger::Config));
+        assert!(matches!(f("/c/server-key.pem"), Some(Trigger::File(_))));
+        assert!(matches!(f("/s/ca-key.pem"), Some(Trigger::File(_))));
+        assert!(matches!(
+            f("/s/clients/admin/cert.pem"),
+            Some(Trigger::File(_))
+        ));
+        assert!(matches!(f("/u/docker-tcp.socket"), Some(Trigger::File(_))));
+        assert!(matches!(
+            f("/u/docker.service.d/override.conf"),
+            Some(Trigger::File(_))
+        ));
+        assert!(matches!(f("/d/daemon.json"), Some(Trigger::File(_))));
+        assert_eq!(f("/s/lock"), None);
+        assert_eq!(f("/s/backup/x/c/server-key.pem"), None);
+        assert_eq!(f("/c/.dtm-tmp-12-server-key.pem"), None);
+        assert_eq!(f("/u/other.service"), None);
+        assert_eq!(f("/e/other.toml"), None);
+    }
+
+    #[tokio::test]
+    async fn file_watcher_sees_rename_over() {
+        let d = tempfile::tempdir().unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut w = FileWatcher::new(tx).unwrap();
+        w.refresh(&[d.path().to_path_buf()]);
+        let p = d.path().join("server-key.pem");
+        crate::files::atomic_write(&p, b"a", 0o600).unwrap();
+        crate::files::atomic_write(&p, b"b", 0o600).unwrap();
+        let mut seen = false;
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        while let Ok(Some(path)) = tokio::time::timeout_at(deadline, rx.recv()).await {
+            if path == p {
+                seen = true;
+                break;
+            }
+        }
+        assert!(seen, "no event for the renamed-over file");
+    }
+}
