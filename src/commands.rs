@@ -101,7 +101,7 @@ pub async fn run(cmd: Command, config_path: Option<&Path>) -> Result<()> {
             };
             converge(&ctx, f, false).await
         }
-        Command::Status { json } => status_cmd(&ctx, json),
+        Command::Status { json } => status_cmd(&ctx, json).await,
         Command::Check => check(&ctx).await,
         Command::Client(c) => client(&ctx, c).await,
         Command::Deconfigure => deconfigure(&ctx).await,
@@ -303,7 +303,7 @@ fn print_plan(plan: &Plan, dry_run: bool) {
     }
 }
 
-fn status_cmd(ctx: &Ctx, json: bool) -> Result<()> {
+async fn status_cmd(ctx: &Ctx, json: bool) -> Result<()> {
     let host = HostIdentity::detect()?;
     let now = SystemTime::now();
     let disk = ctx.inspect();
@@ -315,13 +315,45 @@ fn status_cmd(ctx: &Ctx, json: bool) -> Result<()> {
         },
     };
     let handed = status::handed_out_warnings(&ctx.layout, &ctx.client_names(), &ctx.settings, now);
-    let report = status::report(&disk, &plan, &ctx.settings, now, handed);
+    let mut report = status::report(&disk, &plan, &ctx.settings, now, handed);
+    if ctx.settings.docker.manage {
+        report.docker = Some(docker_status(ctx).await);
+    }
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print!("{}", status::render_text(&report));
     }
     Ok(())
+}
+
+/// Docker's side for `status`: what systemd and the TLS endpoint say, and what apply would do.
+async fn docker_status(ctx: &Ctx) -> status::DockerStatus {
+    let mut st = status::DockerStatus::default();
+    let result = async {
+        let sd = Dbus::connect().await?;
+        let probe = docker::tls_probe(&ctx.settings);
+        let obs = docker::observe(&ctx.settings, &sd, &UnixDocker::default(), &probe).await?;
+        st.docker_service = obs.docker.active_state.clone();
+        st.socket_unit = obs.socket.active_state.clone();
+        st.serving_current_certificate =
+            obs.served.is_some() && obs.served.as_deref() == Some(obs.wanted.as_str());
+        st.served_sha256 = obs.served.clone();
+        match docker::plan::plan_configure(&obs, &ctx.settings) {
+            Ok(p) => {
+                st.restart_deferred = p.deferred;
+                st.pending = p.steps.iter().map(|s| s.to_string()).collect();
+                st.warnings = p.warnings;
+            }
+            Err(e) => st.warnings.push(e.0),
+        }
+        Ok::<(), anyhow::Error>(())
+    }
+    .await;
+    if let Err(e) = result {
+        st.warnings.push(format!("cannot inspect Docker: {e:#}"));
+    }
+    st
 }
 
 /// Validates config and environment; changes nothing. Exit 1 if anything would fail.

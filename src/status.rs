@@ -33,10 +33,27 @@ pub struct CertStatus {
     pub key_file: String,
 }
 
+/// Docker's side, with `[docker] manage = true`.
+#[derive(Serialize, Debug, Default)]
+pub struct DockerStatus {
+    /// ActiveState of docker.service and docker-tcp.socket.
+    pub docker_service: String,
+    pub socket_unit: String,
+    /// Docker serves the server certificate on disk over mutual TLS (checked by a handshake).
+    pub serving_current_certificate: bool,
+    pub served_sha256: Option<String>,
+    /// Containers run without live-restore, so the restart new certificates need waits.
+    pub restart_deferred: bool,
+    /// What apply would do.
+    pub pending: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
 #[derive(Serialize, Debug)]
 pub struct Report {
     pub config: Option<String>,
     pub certificates: Vec<CertStatus>,
+    pub docker: Option<DockerStatus>,
     pub warnings: Vec<String>,
 }
 
@@ -121,6 +138,7 @@ pub fn report(
     Report {
         config: settings.source.as_ref().map(|p| p.display().to_string()),
         certificates,
+        docker: None,
         warnings: plan.warnings.iter().cloned().chain(handed_out).collect(),
     }
 }
@@ -176,6 +194,34 @@ pub fn render_text(r: &Report) -> String {
             );
         }
         let _ = writeln!(s, "  files:        {}, {}", c.cert_file, c.key_file);
+    }
+    if let Some(d) = &r.docker {
+        let _ = writeln!(
+            s,
+            "\ndocker: docker.service {}, docker-tcp.socket {}",
+            d.docker_service, d.socket_unit
+        );
+        let _ = writeln!(
+            s,
+            "  serving the current certificate over mutual TLS: {}",
+            if d.serving_current_certificate {
+                "yes"
+            } else {
+                "no"
+            }
+        );
+        if d.restart_deferred {
+            let _ = writeln!(
+                s,
+                "  restart deferred: containers are running and live-restore is off"
+            );
+        }
+        for p in &d.pending {
+            let _ = writeln!(s, "  apply would: {p}");
+        }
+        for w in &d.warnings {
+            let _ = writeln!(s, "warning: {w}");
+        }
     }
     for w in &r.warnings {
         let _ = writeln!(s, "\nwarning: {w}");

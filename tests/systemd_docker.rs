@@ -228,3 +228,37 @@ fn deconfigure_closes_the_port_and_restores_daemon_json() {
     m.ok("docker-tls-manager apply");
     m.ok(&format!("{ENV} docker version >/dev/null"));
 }
+
+#[test]
+fn running_containers_without_live_restore_defer_the_restart_visibly() {
+    let m = Machine::up("defer");
+    m.ok("mkdir -p /etc/docker-tls-manager && printf '[docker]\\nlive_restore = \"off\"\\n' > /etc/docker-tls-manager/config.toml");
+    m.ok("docker run -d --network none --name c1 dtm-busybox /bin/sleep 100000");
+    let pid = m.ok("docker inspect -f '{{.State.Pid}}' c1");
+    let docker_pid = m.main_pid();
+    let o = m.sh("docker-tls-manager apply");
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let out = text(&o.stdout) + &text(&o.stderr);
+    assert!(
+        out.contains("deferred") && out.contains("1 container(s)"),
+        "{out}"
+    );
+    assert_eq!(
+        m.main_pid(),
+        docker_pid,
+        "docker restarted despite running containers"
+    );
+    assert_eq!(m.ok("docker inspect -f '{{.State.Pid}}' c1"), pid);
+    let st = m.ok("docker-tls-manager status");
+    assert!(
+        st.contains("restart deferred")
+            && st.contains("serving the current certificate over mutual TLS: no"),
+        "{st}"
+    );
+    // Once the container is gone, apply completes the job.
+    m.ok("docker rm -f c1 >/dev/null && docker-tls-manager apply");
+    assert!(
+        m.ok("docker-tls-manager status")
+            .contains("serving the current certificate over mutual TLS: yes")
+    );
+}
