@@ -154,11 +154,24 @@ pub async fn converge_once(ctx: &Ctx, force: Force) -> Result<Outcome> {
     let (_, plan) = ctx.plan(&host, now, force)?;
     // What Docker reads, as it was: restored if Docker cannot start with the new files.
     let (server_cert, server_key) = ctx.layout.cert_and_key(&Slot::Server);
-    let before: Vec<Snapshot> = [ctx.layout.ca_cert(), server_cert, server_key]
-        .iter()
-        .filter(|p| p.exists())
-        .map(|p| Snapshot::take(p))
-        .collect();
+    let (probe_cert, probe_key) = ctx.layout.cert_and_key(&Slot::Probe);
+    let probe_ca = ctx
+        .layout
+        .ca_copy(&Slot::Probe)
+        .expect("the probe has a CA copy");
+    let before: Vec<Snapshot> = [
+        ctx.layout.ca_cert(),
+        ctx.layout.ca_key(),
+        server_cert,
+        server_key,
+        probe_cert,
+        probe_key,
+        probe_ca,
+    ]
+    .iter()
+    .filter(|p| p.exists())
+    .map(|p| Snapshot::take(p))
+    .collect();
     execute::execute(&plan, &ctx.layout, &ctx.settings, &host, now)?;
     inject_fault(ctx)?;
     if !ctx.settings.docker.manage {
@@ -169,7 +182,8 @@ pub async fn converge_once(ctx: &Ctx, force: Force) -> Result<Outcome> {
     }
     let sd = Dbus::connect().await?;
     let probe = docker::tls_probe(&ctx.settings);
-    let obs = docker::observe(&ctx.settings, &sd, &UnixDocker::default(), &probe).await?;
+    let daemon = UnixDocker::default();
+    let obs = docker::observe(&ctx.settings, &sd, &daemon, &probe).await?;
     let dplan = docker::plan::plan_configure(&obs, &ctx.settings)?;
     for w in &dplan.warnings {
         tracing::warn!("{w}");
@@ -177,6 +191,8 @@ pub async fn converge_once(ctx: &Ctx, force: Force) -> Result<Outcome> {
     let cx = docker::execute::ExecContext {
         systemd: &sd,
         probe: &probe,
+        daemon: &daemon,
+        previous_served: obs.served.clone(),
         wanted: obs.wanted.clone(),
         backup_dir: ctx.layout.backup_dir(),
         also_restore: if plan.changes_server() {
@@ -228,11 +244,14 @@ async fn deconfigure(ctx: &Ctx) -> Result<()> {
     let _lock = StateLock::acquire(&ctx.settings.paths.state_dir, LOCK_WAIT)?;
     let sd = Dbus::connect().await?;
     let probe = docker::tls_probe(&ctx.settings);
-    let obs = docker::observe(&ctx.settings, &sd, &UnixDocker::default(), &probe).await?;
+    let daemon = UnixDocker::default();
+    let obs = docker::observe(&ctx.settings, &sd, &daemon, &probe).await?;
     let dplan = docker::plan::plan_deconfigure(&obs, &ctx.settings)?;
     let cx = docker::execute::ExecContext {
         systemd: &sd,
         probe: &probe,
+        daemon: &daemon,
+        previous_served: obs.served.clone(),
         wanted: obs.wanted.clone(),
         backup_dir: ctx.layout.backup_dir(),
         also_restore: vec![],

@@ -20,45 +20,37 @@ pub enum WriteOutcome {
     Written,
 }
 
-/// Writes `data` to `path` atomically with `mode`: a temp file in the same directory, mode set
-/// before any byte is written, fsync, rename over `path`, fsync of the directory. The temp file
-/// is removed on error, so `path` is either the old or the new content, never a mix.
+/// Writes `data` to `path` atomically with `mode`: a new temp file in the same directory
+/// (random name, created exclusively, never through a symlink), mode set before any byte is
+/// written, fsync, rename over `path`, fsync of the directory. The temp file is removed on
+/// error, so `path` is either the old or the new content, never a mix.
 pub fn atomic_write(path: &Path, data: &[u8], mode: u32) -> Result<()> {
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .context("path has no file name")?
-        .to_string_lossy();
-    let tmp = dir.join(format!("{TEMP_PREFIX}{}-{name}", std::process::id()));
     let result = (|| -> Result<()> {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&tmp)
-            .with_context(|| format!("cannot create '{}'", tmp.display()))?;
-        // The umask may have cleared bits from `mode`; set it exactly.
-        f.set_permissions(fs::Permissions::from_mode(mode))?;
-        f.write_all(data)
-            .with_context(|| format!("cannot write '{}'", tmp.display()))?;
-        f.sync_all()
-            .with_context(|| format!("cannot fsync '{}'", tmp.display()))?;
-        drop(f);
-        fs::rename(&tmp, path).with_context(|| {
-            format!("cannot rename '{}' to '{}'", tmp.display(), path.display())
-        })?;
+        let mut tmp = tempfile::Builder::new()
+            .prefix(TEMP_PREFIX)
+            .permissions(fs::Permissions::from_mode(0o600))
+            .tempfile_in(dir)
+            .with_context(|| format!("cannot create a temp file in '{}'", dir.display()))?;
+        // Exactly `mode`, whatever the umask.
+        tmp.as_file()
+            .set_permissions(fs::Permissions::from_mode(mode))?;
+        tmp.write_all(data).context("cannot write the temp file")?;
+        tmp.as_file()
+            .sync_all()
+            .context("cannot fsync the temp file")?;
+        // On error the NamedTempFile is dropped, which removes it.
+        tmp.persist(path)
+            .map_err(|e| e.error)
+            .context("cannot rename the temp file into place")?;
         File::open(dir)
             .and_then(|d| d.sync_all())
             .with_context(|| format!("cannot fsync directory '{}'", dir.display()))?;
         Ok(())
     })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
     result.with_context(|| format!("failed to write '{}'", path.display()))
 }
 
@@ -209,6 +201,21 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names.len(), 1, "{names:?}");
+    }
+
+    #[test]
+    fn atomic_write_never_follows_a_planted_symlink() {
+        let d = tempfile::tempdir().unwrap();
+        let victim = d.path().join("victim");
+        fs::write(&victim, b"precious").unwrap();
+        // Whatever temp name an attacker guesses, a planted link is not written through.
+        for i in 0..50 {
+            std::os::unix::fs::symlink(&victim, d.path().join(format!("{TEMP_PREFIX}{i}")))
+                .unwrap();
+        }
+        atomic_write(&d.path().join("out"), b"secret key", 0o600).unwrap();
+        assert_eq!(fs::read(&victim).unwrap(), b"precious");
+        assert_eq!(fs::read(d.path().join("out")).unwrap(), b"secret key");
     }
 
     #[test]

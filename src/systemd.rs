@@ -61,6 +61,10 @@ pub struct UnitInfo {
     pub exec_start: Vec<Vec<String>>,
     /// The service's last result, e.g. success, exit-code, start-limit-hit.
     pub result: String,
+    /// `Environment=` assignments (KEY=VALUE).
+    pub environment: Vec<String>,
+    /// `EnvironmentFile=` paths, and whether each may be missing (`-` prefix).
+    pub environment_files: Vec<(String, bool)>,
 }
 
 impl UnitInfo {
@@ -145,6 +149,10 @@ trait Service {
     fn exec_start(&self) -> zbus::Result<Vec<ExecCommand>>;
     #[zbus(property)]
     fn result(&self) -> zbus::Result<String>;
+    #[zbus(property)]
+    fn environment(&self) -> zbus::Result<Vec<String>>;
+    #[zbus(property)]
+    fn environment_files(&self) -> zbus::Result<Vec<(String, bool)>>;
 }
 
 /// systemd on the system bus.
@@ -262,6 +270,8 @@ impl Systemd for Dbus {
             info.main_pid = s.main_pid().await?;
             info.exec_start = s.exec_start().await?.into_iter().map(|c| c.1).collect();
             info.result = s.result().await?;
+            info.environment = s.environment().await.unwrap_or_default();
+            info.environment_files = s.environment_files().await.unwrap_or_default();
         }
         Ok(info)
     }
@@ -346,13 +356,27 @@ pub mod fake {
         }
         async fn reset_failed(&self, unit: &str) -> Result<()> {
             self.calls.borrow_mut().push(format!("reset-failed {unit}"));
+            // Like systemd: resetting clears a tripped start limit.
+            let limited = self
+                .units
+                .borrow()
+                .get(unit)
+                .is_some_and(|u| u.result == "start-limit-hit");
+            if limited {
+                self.failing.borrow_mut().retain(|c| !c.ends_with(unit));
+                self.units.borrow_mut().get_mut(unit).unwrap().result = "success".into();
+            }
             Ok(())
         }
         async fn unit(&self, unit: &str) -> Result<UnitInfo> {
             Ok(self.units.borrow().get(unit).cloned().unwrap_or_default())
         }
         async fn enable(&self, unit: &str) -> Result<()> {
-            self.calls.borrow_mut().push(format!("enable {unit}"));
+            let call = format!("enable {unit}");
+            self.calls.borrow_mut().push(call.clone());
+            if self.failing.borrow().contains(&call) {
+                anyhow::bail!("cannot enable {unit}: read-only file system");
+            }
             self.units
                 .borrow_mut()
                 .entry(unit.to_string())

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{Context, Result, anyhow, bail};
 use tracing::{error, info, warn};
 
+use super::daemon::DockerDaemon;
 use super::plan::{DockerPlan, Step};
 use super::probe::Prober;
 use super::render::{DOCKER_SERVICE, SOCKET_UNIT};
@@ -47,21 +48,39 @@ impl Snapshot {
     }
 }
 
-/// What the executor needs besides systemd.
-pub struct ExecContext<'a, S: Systemd, P: Prober> {
+/// What the executor needs besides the plan.
+pub struct ExecContext<'a, S: Systemd, P: Prober, D: DockerDaemon> {
     pub systemd: &'a S,
     pub probe: &'a P,
+    pub daemon: &'a D,
     /// SHA-256 of the server certificate Docker must serve.
     pub wanted: String,
+    /// SHA-256 of what Docker served before, if it served TLS: checked again after a rollback.
+    pub previous_served: Option<String>,
     pub backup_dir: PathBuf,
-    /// Files changed before this plan (the server certificate and key) to restore on failure.
+    /// Files changed before this plan (the PKI files Docker and the probe read) to restore on
+    /// failure.
     pub also_restore: Vec<Snapshot>,
 }
 
+/// Whether a step acts on the running Docker (after it, a rollback must restart Docker).
+fn touches_docker(step: &Step) -> bool {
+    matches!(
+        step,
+        Step::ReloadDocker
+            | Step::StopDocker
+            | Step::StartDocker
+            | Step::RestartDocker
+            | Step::StartSocket
+            | Step::RestartSocket
+            | Step::StopSocket
+    )
+}
+
 /// Runs `plan`. On failure: rollback, then an error naming the cause and the rollback outcome.
-pub async fn execute<S: Systemd, P: Prober>(
+pub async fn execute<S: Systemd, P: Prober, D: DockerDaemon>(
     plan: &DockerPlan,
-    cx: &ExecContext<'_, S, P>,
+    cx: &ExecContext<'_, S, P, D>,
 ) -> Result<()> {
     let mut snapshots: Vec<Snapshot> = cx.also_restore.clone();
     for step in &plan.steps {
@@ -73,24 +92,33 @@ pub async fn execute<S: Systemd, P: Prober>(
     }
     let socket_before = cx.systemd.unit(SOCKET_UNIT).await.unwrap_or_default();
     let now = SystemTime::now();
+    let mut docker_touched = false;
     for step in &plan.steps {
         info!(step = %step, "docker");
+        docker_touched |= touches_docker(step);
         if let Err(e) = run_step(step, cx, now).await {
             error!("step '{step}' failed: {e:#}; rolling back");
-            return match rollback(&snapshots, &socket_before, cx).await {
+            return match rollback(&snapshots, &socket_before, docker_touched, cx).await {
                 Ok(()) => Err(e.context(format!(
-                    "'{step}' failed; the previous configuration was restored and {DOCKER_SERVICE} is running"
+                    "'{step}' failed; the previous configuration was restored{}",
+                    if docker_touched {
+                        format!(" and {DOCKER_SERVICE} is running")
+                    } else {
+                        String::new()
+                    }
                 ))),
-                Err(r) => Err(e.context(format!("'{step}' failed, and the rollback failed too: {r:#}"))),
+                Err(r) => Err(e.context(format!(
+                    "'{step}' failed, and the rollback failed too: {r:#}"
+                ))),
             };
         }
     }
     Ok(())
 }
 
-async fn run_step<S: Systemd, P: Prober>(
+async fn run_step<S: Systemd, P: Prober, D: DockerDaemon>(
     step: &Step,
-    cx: &ExecContext<'_, S, P>,
+    cx: &ExecContext<'_, S, P, D>,
     now: SystemTime,
 ) -> Result<()> {
     let sd = cx.systemd;
@@ -132,15 +160,20 @@ async fn run_step<S: Systemd, P: Prober>(
         Step::StartSocket => sd.job(JobKind::Start, SOCKET_UNIT).await,
         Step::RestartSocket => sd.job(JobKind::Restart, SOCKET_UNIT).await,
         Step::StopSocket => sd.job(JobKind::Stop, SOCKET_UNIT).await,
-        Step::StartDocker => {
-            // Our restarts are deliberate and coalesced: do not let earlier ones trip the limit.
-            let _ = sd.reset_failed(DOCKER_SERVICE).await;
-            sd.job(JobKind::Start, DOCKER_SERVICE).await
+        Step::WaitLiveRestore => {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                if cx.daemon.info().await.is_ok_and(|i| i.live_restore) {
+                    return Ok(());
+                }
+                if Instant::now() >= deadline {
+                    bail!("dockerd did not switch live-restore on after SIGHUP; not restarting it");
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
         }
-        Step::RestartDocker => {
-            let _ = sd.reset_failed(DOCKER_SERVICE).await;
-            sd.job(JobKind::Restart, DOCKER_SERVICE).await
-        }
+        Step::StartDocker => start_docker(sd, JobKind::Start).await,
+        Step::RestartDocker => start_docker(sd, JobKind::Restart).await,
         Step::VerifyTls => verify_tls(sd, cx.probe, &cx.wanted, VERIFY_TIMEOUT).await,
         Step::VerifyClosed => {
             wait_active(sd, VERIFY_TIMEOUT).await?;
@@ -150,6 +183,31 @@ async fn run_step<S: Systemd, P: Prober>(
             }
             Ok(())
         }
+    }
+}
+
+/// Starts or restarts docker.service, first resetting its start-rate counter: when the stock
+/// `StartLimitBurst=3` trips, systemd fails docker-tcp.socket too (`service-start-limit-hit`)
+/// and closes the port, refusing clients. Our restarts are deliberate, one per run and
+/// verified, so they must not count against a limit meant for crash loops (a dockerd that
+/// crashes by itself still trips it). If the limit trips anyway, reset and try once more.
+async fn start_docker<S: Systemd>(sd: &S, kind: JobKind) -> Result<()> {
+    let _ = sd.reset_failed(DOCKER_SERVICE).await;
+    match sd.job(kind, DOCKER_SERVICE).await {
+        Err(e)
+            if sd
+                .unit(DOCKER_SERVICE)
+                .await
+                .is_ok_and(|u| u.result == "start-limit-hit") =>
+        {
+            warn!(
+                "{DOCKER_SERVICE} hit its start limit ({e:#}); resetting it and trying once more"
+            );
+            sd.reset_failed(DOCKER_SERVICE).await?;
+            let _ = sd.reset_failed(SOCKET_UNIT).await;
+            sd.job(kind, DOCKER_SERVICE).await
+        }
+        r => r,
     }
 }
 
@@ -204,32 +262,54 @@ pub async fn verify_tls<S: Systemd, P: Prober>(
     )))
 }
 
-async fn rollback<S: Systemd, P: Prober>(
+async fn rollback<S: Systemd, P: Prober, D: DockerDaemon>(
     snapshots: &[Snapshot],
     socket_before: &crate::systemd::UnitInfo,
-    cx: &ExecContext<'_, S, P>,
+    docker_touched: bool,
+    cx: &ExecContext<'_, S, P, D>,
 ) -> Result<()> {
     let sd = cx.systemd;
+    // Every file back, best effort: one that cannot be restored does not stop the others.
+    let mut failed = Vec::new();
     for s in snapshots {
-        s.restore()?;
+        if let Err(e) = s.restore() {
+            error!("rollback: {e:#}");
+            failed.push(s.path.display().to_string());
+        }
     }
     if socket_before.unit_file_state != "enabled" {
         let _ = sd.disable(SOCKET_UNIT).await;
     }
     sd.reload().await?;
-    let _ = sd.reset_failed(DOCKER_SERVICE).await;
-    let _ = sd.reset_failed(SOCKET_UNIT).await;
-    if !socket_before.is_active() {
-        let _ = sd.job(JobKind::Stop, SOCKET_UNIT).await;
+    if docker_touched {
+        let _ = sd.reset_failed(DOCKER_SERVICE).await;
+        let _ = sd.reset_failed(SOCKET_UNIT).await;
+        if !socket_before.is_active() {
+            let _ = sd.job(JobKind::Stop, SOCKET_UNIT).await;
+        }
+        let docker = sd.unit(DOCKER_SERVICE).await?;
+        if docker.is_active() {
+            sd.job(JobKind::Restart, DOCKER_SERVICE).await?;
+        } else {
+            sd.job(JobKind::Start, DOCKER_SERVICE).await?;
+        }
+        match &cx.previous_served {
+            // Docker served TLS before: it must serve the restored certificate again.
+            Some(fp) => verify_tls(sd, cx.probe, fp, VERIFY_TIMEOUT).await?,
+            None => wait_active(sd, VERIFY_TIMEOUT).await?,
+        }
     }
-    let docker = sd.unit(DOCKER_SERVICE).await?;
-    if docker.is_active() {
-        sd.job(JobKind::Restart, DOCKER_SERVICE).await?;
-    } else {
-        sd.job(JobKind::Start, DOCKER_SERVICE).await?;
+    if !failed.is_empty() {
+        bail!("could not restore {}", failed.join(", "));
     }
-    wait_active(sd, VERIFY_TIMEOUT).await?;
-    warn!("rolled back: previous files restored, {DOCKER_SERVICE} running");
+    warn!(
+        "rolled back: previous files restored{}",
+        if docker_touched {
+            ", Docker running"
+        } else {
+            "; Docker was not touched"
+        }
+    );
     Ok(())
 }
 
@@ -244,6 +324,7 @@ pub fn probe_addr(spec: &str, port: u16) -> SocketAddr {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::docker::daemon::fake::FixedDaemon;
     use crate::docker::plan::{Observed, plan_configure};
     use crate::systemd::UnitInfo;
     use crate::systemd::fake::Recorder;
@@ -302,10 +383,16 @@ mod tests {
         let (d, s, obs, sd) = setup();
         let plan = plan_configure(&obs, &s).unwrap();
         let probe = FakeProbe("fp".into());
+        let daemon = FixedDaemon(Some(crate::docker::daemon::DaemonInfo {
+            live_restore: true,
+            ..Default::default()
+        }));
         let cx = ExecContext {
             systemd: &sd,
             probe: &probe,
+            daemon: &daemon,
             wanted: "fp".into(),
+            previous_served: None,
             backup_dir: d.path().join("b"),
             also_restore: vec![],
         };
@@ -341,10 +428,16 @@ mod tests {
             .push("start docker-tcp.socket".into());
         let plan = plan_configure(&obs, &s).unwrap();
         let probe = FakeProbe("fp".into());
+        let daemon = FixedDaemon(Some(crate::docker::daemon::DaemonInfo {
+            live_restore: true,
+            ..Default::default()
+        }));
         let cx = ExecContext {
             systemd: &sd,
             probe: &probe,
+            daemon: &daemon,
             wanted: "fp".into(),
+            previous_served: None,
             backup_dir: d.path().join("b"),
             also_restore: vec![],
         };
@@ -380,6 +473,72 @@ mod tests {
         assert_eq!(
             std::fs::read_to_string(d.path().join("daemon.json")).unwrap(),
             "{\"debug\": true}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failure_before_any_docker_job_leaves_docker_alone() {
+        let (d, s, mut obs, sd) = setup();
+        // Deferred-free plan that fails at `enable`, before Docker is touched.
+        obs.daemon = Some(crate::docker::daemon::DaemonInfo {
+            live_restore: true,
+            containers_running: 2,
+            ..Default::default()
+        });
+        sd.failing
+            .borrow_mut()
+            .push("enable docker-tcp.socket".into());
+        let plan = plan_configure(&obs, &s).unwrap();
+        let probe = FakeProbe("fp".into());
+        let daemon = FixedDaemon(obs.daemon.clone());
+        let cx = ExecContext {
+            systemd: &sd,
+            probe: &probe,
+            daemon: &daemon,
+            wanted: "fp".into(),
+            previous_served: None,
+            backup_dir: d.path().join("b"),
+            also_restore: vec![],
+        };
+        let e = format!("{:#}", execute(&plan, &cx).await.unwrap_err());
+        assert!(e.contains("restored") && !e.contains("is running"), "{e}");
+        assert!(
+            !sd.calls().iter().any(|c| c.ends_with("docker.service")),
+            "Docker touched: {:?}",
+            sd.calls()
+        );
+        assert_eq!(
+            std::fs::read_to_string(d.path().join("daemon.json")).unwrap(),
+            "{\"debug\": true}"
+        );
+    }
+
+    #[tokio::test]
+    async fn start_limit_never_closes_the_socket() {
+        let (_d, _s, _obs, sd) = setup();
+        sd.failing
+            .borrow_mut()
+            .push("restart docker.service".into());
+        sd.units
+            .borrow_mut()
+            .get_mut(DOCKER_SERVICE)
+            .unwrap()
+            .result = "start-limit-hit".into();
+        start_docker(&sd, JobKind::Restart).await.unwrap();
+        // The counter is reset before the restart, so the limit never trips on ours.
+        assert_eq!(
+            sd.calls(),
+            ["reset-failed docker.service", "restart docker.service"]
+        );
+        // Any other failure is reported, the limit left alone.
+        let (_d, _s, _obs, sd) = setup();
+        sd.failing
+            .borrow_mut()
+            .push("restart docker.service".into());
+        assert!(start_docker(&sd, JobKind::Restart).await.is_err());
+        assert_eq!(
+            sd.calls(),
+            ["reset-failed docker.service", "restart docker.service"]
         );
     }
 

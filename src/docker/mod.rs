@@ -8,6 +8,8 @@ pub mod plan;
 pub mod probe;
 pub mod render;
 
+use std::collections::BTreeMap;
+
 use anyhow::{Context, Result};
 
 use crate::config::Settings;
@@ -31,6 +33,73 @@ pub fn tls_probe(settings: &Settings) -> TlsProbe {
     }
 }
 
+/// The environment systemd gives a service: `Environment=`, then `EnvironmentFile=` (later
+/// assignments win, as in systemd).
+pub fn unit_environment(unit: &crate::systemd::UnitInfo) -> BTreeMap<String, String> {
+    let mut env = BTreeMap::new();
+    let mut assign = |line: &str| {
+        if let Some((k, v)) = line.split_once('=') {
+            env.insert(k.trim().to_string(), v.to_string());
+        }
+    };
+    for a in &unit.environment {
+        assign(a);
+    }
+    for (path, _optional) in &unit.environment_files {
+        let Ok(text) = std::fs::read_to_string(path) else {
+            continue;
+        };
+        for line in text.lines() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
+                continue;
+            }
+            if let Some((k, v)) = line.split_once('=') {
+                let v = v.trim();
+                let v = v
+                    .strip_prefix('"')
+                    .and_then(|v| v.strip_suffix('"'))
+                    .or_else(|| v.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')))
+                    .unwrap_or(v);
+                assign(&format!("{}={v}", k.trim()));
+            }
+        }
+    }
+    env
+}
+
+/// Expands `$VAR` (a whole word: split on whitespace, dropped when empty) and `${VAR}` (inside
+/// a word) the way systemd does for ExecStart=.
+pub fn expand_argv(argv: &[String], env: &BTreeMap<String, String>) -> Vec<String> {
+    let mut out = Vec::new();
+    for (i, arg) in argv.iter().enumerate() {
+        if i > 0 {
+            if let Some(name) = arg
+                .strip_prefix('$')
+                .filter(|n| !n.starts_with('{') && !n.is_empty())
+            {
+                if let Some(v) = env.get(name) {
+                    out.extend(v.split_whitespace().map(String::from));
+                }
+                continue;
+            }
+        }
+        let mut word = arg.clone();
+        while let Some(start) = word.find("${") {
+            let Some(len) = word[start..].find('}') else {
+                break;
+            };
+            let name = word[start + 2..start + len].to_string();
+            word.replace_range(
+                start..start + len + 1,
+                env.get(&name).map_or("", String::as_str),
+            );
+        }
+        out.push(word);
+    }
+    out
+}
+
 /// Reads files, asks systemd and dockerd, and probes the TLS endpoint.
 pub async fn observe<S: Systemd, D: DockerDaemon, P: Prober>(
     settings: &Settings,
@@ -39,7 +108,14 @@ pub async fn observe<S: Systemd, D: DockerDaemon, P: Prober>(
     probe: &P,
 ) -> Result<Observed> {
     let layout = Layout::new(&settings.paths);
-    let docker = systemd.unit(DOCKER_SERVICE).await?;
+    let mut docker = systemd.unit(DOCKER_SERVICE).await?;
+    // What dockerd really gets: `$DOCKER_OPTS` and the like expanded as systemd does.
+    let env = unit_environment(&docker);
+    docker.exec_start = docker
+        .exec_start
+        .iter()
+        .map(|argv| expand_argv(argv, &env))
+        .collect();
     let socket = systemd.unit(SOCKET_UNIT).await?;
     let daemon_json_path = plan::daemon_json_path(&docker, settings);
     let owned_path = plan::owned_path(settings);
@@ -77,4 +153,52 @@ pub async fn observe<S: Systemd, D: DockerDaemon, P: Prober>(
         wanted,
         owned,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn docker_opts_are_expanded_like_systemd_does() {
+        let d = tempfile::tempdir().unwrap();
+        let file = d.path().join("docker");
+        std::fs::write(
+            &file,
+            "# comment\nDOCKER_OPTS=\"--live-restore --dns 192.0.2.53\"\n",
+        )
+        .unwrap();
+        let unit = crate::systemd::UnitInfo {
+            environment: vec!["X=1".into()],
+            environment_files: vec![
+                (file.display().to_string(), true),
+                ("/nonexistent".into(), true),
+            ],
+            ..Default::default()
+        };
+        let env = unit_environment(&unit);
+        let argv: Vec<String> = [
+            "/usr/sbin/dockerd",
+            "-H",
+            "fd://",
+            "$DOCKER_OPTS",
+            "$UNSET",
+            "--x=${X}y",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        assert_eq!(
+            expand_argv(&argv, &env),
+            [
+                "/usr/sbin/dockerd",
+                "-H",
+                "fd://",
+                "--live-restore",
+                "--dns",
+                "192.0.2.53",
+                "--x=1y"
+            ]
+        );
+    }
 }

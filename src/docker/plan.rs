@@ -66,6 +66,8 @@ pub enum Step {
     DisableSocket,
     /// SIGHUP to dockerd (ReloadUnit): applies live-restore without a restart.
     ReloadDocker,
+    /// Until dockerd's /info reports live-restore on.
+    WaitLiveRestore,
     StopDocker,
     StartSocket,
     RestartSocket,
@@ -87,6 +89,7 @@ impl fmt::Display for Step {
             Step::EnableSocket => write!(f, "enable {SOCKET_UNIT}"),
             Step::DisableSocket => write!(f, "disable {SOCKET_UNIT}"),
             Step::ReloadDocker => write!(f, "reload {DOCKER_SERVICE} (SIGHUP: live-restore)"),
+            Step::WaitLiveRestore => f.write_str("wait until dockerd reports live-restore on"),
             Step::StopDocker => write!(f, "stop {DOCKER_SERVICE}"),
             Step::StartSocket => write!(f, "start {SOCKET_UNIT}"),
             Step::RestartSocket => write!(f, "restart {SOCKET_UNIT}"),
@@ -320,14 +323,25 @@ pub fn plan_configure(obs: &Observed, settings: &Settings) -> Result<DockerPlan,
         || obs.daemon.as_ref().is_some_and(|d| d.live_restore)
         || live_restore == Some(true);
     let running = obs.daemon.as_ref().map_or(0, |d| d.containers_running);
-    if needs_restart && running > 0 && !effective_lr {
+    if needs_restart && obs.daemon.is_none() {
+        // Docker runs but does not answer /info: whether containers would die is unknown.
+        plan.deferred = true;
+        plan.warnings.push(format!(
+            "restart of {DOCKER_SERVICE} deferred: dockerd does not answer on its unix socket, so whether \
+             containers would be killed is unknown; nothing was changed for Docker"
+        ));
+    } else if needs_restart && running > 0 && !effective_lr {
         plan.deferred = true;
         plan.warnings.push(format!(
             "restart of {DOCKER_SERVICE} deferred: {running} container(s) running and live-restore is off{}, so a \
-             restart would kill them; Docker keeps serving its current certificate. Restart Docker when convenient \
-             (`systemctl restart docker`), or enable live-restore",
+             restart would kill them; nothing was changed for Docker, which keeps serving its current certificate. \
+             Enable live-restore ([docker] live_restore), or stop the containers, then run apply again",
             if swarm { " (swarm mode)" } else { "" }
         ));
+    }
+    if plan.deferred {
+        // Nothing is written that Docker would pick up, unverified, at its next restart.
+        return Ok(plan);
     }
 
     // Files.
@@ -378,12 +392,11 @@ pub fn plan_configure(obs: &Observed, settings: &Settings) -> Result<DockerPlan,
     if units_changed || enable {
         plan.steps.push(Step::DaemonReload);
     }
-    if plan.deferred {
-        return Ok(plan);
-    }
-    // Switch live-restore on before the restart, so the restart keeps containers.
+    // Switch live-restore on before the restart, so the restart keeps containers; the reload
+    // job ends when SIGHUP is sent, so wait until dockerd reports it on.
     if lr_changed && live_restore == Some(true) && docker_active {
         plan.steps.push(Step::ReloadDocker);
+        plan.steps.push(Step::WaitLiveRestore);
     }
     if needs_restart {
         if socket_changed || !socket_active {
@@ -621,6 +634,7 @@ mod tests {
                 "EnableSocket",
                 "DaemonReload",
                 "ReloadDocker",
+                "WaitLiveRestore",
                 "StopDocker",
                 "StartSocket",
                 "StartDocker",
@@ -715,6 +729,14 @@ mod tests {
         });
         let p = plan_configure(&o, &s).unwrap();
         assert!(p.deferred);
+        assert!(
+            p.warnings.iter().any(|w| w.contains("swarm")),
+            "{:?}",
+            p.warnings
+        );
+        // Without containers, swarm gets TLS but never live-restore.
+        o.daemon.as_mut().unwrap().containers_running = 0;
+        let p = plan_configure(&o, &s).unwrap();
         let dj = p.steps.iter().find_map(|st| match st {
             Step::Write { path, content, .. } if path.ends_with("daemon.json") => {
                 Some(content.clone())

@@ -230,6 +230,13 @@ fn mode_fixes(obs: &SlotObservation, actions: &mut Vec<Action>) {
     }
 }
 
+fn ca_action_new_key(p: &Plan) -> Option<bool> {
+    p.actions.iter().find_map(|a| match a {
+        Action::IssueCa { new_key, .. } => Some(*new_key),
+        _ => None,
+    })
+}
+
 /// Computes the plan. Fails only when the CA key exists but cannot be used: it is never
 /// replaced behind the admin's back, since every client certificate depends on it.
 pub fn plan(
@@ -296,13 +303,24 @@ pub fn plan(
             })
         }
     };
-    let ca_new_key = matches!(ca_action, Some(Action::IssueCa { new_key: true, .. }));
+    // Leaves signed by the CA's previous key no longer verify once the CA certificate carries
+    // another key: a new key, or a certificate that did not match the key file.
+    let ca_new_key = matches!(
+        ca_action,
+        Some(
+            Action::IssueCa { new_key: true, .. }
+                | Action::IssueCa {
+                    reason: Reason::KeyMismatch,
+                    ..
+                }
+        )
+    );
     let ca_changes = ca_action.is_some();
     match ca_action {
         Some(a) => p.actions.push(a),
         None => mode_fixes(ca, &mut p.actions),
     }
-    if ca_new_key && !matches!(ca.cert, CertState::Missing) {
+    if matches!(ca_action_new_key(&p), Some(true)) && !matches!(ca.cert, CertState::Missing) {
         p.warnings.push(
             "the CA gets a new key: every client bundle handed out before must be handed out again"
                 .into(),
@@ -767,6 +785,37 @@ mod tests {
             }
         );
         f.converge(f.t0);
+    }
+
+    #[test]
+    fn ca_certificate_with_another_key_invalidates_the_leaves() {
+        // As after a crash between writing a new CA key and its certificate, or a rollback
+        // that put back the old ca.pem: the key file is authoritative.
+        let f = Fixture::new().issued();
+        let g = Fixture::new().issued();
+        std::fs::copy(g.layout.ca_key(), f.layout.ca_key()).unwrap();
+        let p = f.plan_at(f.t0, Force::default());
+        assert_eq!(
+            p.actions[0],
+            Action::IssueCa {
+                new_key: false,
+                reason: Reason::KeyMismatch
+            }
+        );
+        assert!(
+            reasons(&p)[1..]
+                .iter()
+                .all(|(_, r)| *r == Reason::CaReplaced),
+            "{p:?}"
+        );
+        f.converge(f.t0);
+        let ca = std::fs::read(f.layout.ca_cert()).unwrap();
+        let der = crate::pki::inspect::first_cert_der(&ca).unwrap();
+        let server = std::fs::read(f.server_files().0).unwrap();
+        assert!(crate::pki::inspect::verify_signed_by(
+            &crate::pki::inspect::first_cert_der(&server).unwrap(),
+            &der
+        ));
     }
 
     #[test]

@@ -129,16 +129,20 @@ pub fn fingerprint_on_disk(m: &Machine) -> String {
 /// Polls /_ping every 50 ms over mutual TLS in the background; `poll_result` collects counts.
 pub const POLLER: &str = r#"
 C=/var/lib/docker-tls-manager/clients/admin
-( ok=0; fail=0; while [ ! -e /tmp/stop-poll ]; do
-    if [ "$(curl -s --max-time 30 --cacert $C/ca.pem --cert $C/cert.pem --key $C/key.pem https://127.0.0.1:2376/_ping)" = OK ]; then ok=$((ok+1)); else fail=$((fail+1)); fi
+( ok=0; fail=0; max=0; while [ ! -e /tmp/stop-poll ]; do
+    t0=$(date +%s%N)
+    if [ "$(curl -s --max-time 60 --cacert $C/ca.pem --cert $C/cert.pem --key $C/key.pem https://127.0.0.1:2376/_ping)" = OK ]; then ok=$((ok+1)); else fail=$((fail+1)); fi
+    ms=$(( ($(date +%s%N) - t0) / 1000000 )); [ $ms -gt $max ] && max=$ms
     sleep 0.05
-  done; echo "ok=$ok fail=$fail" > /tmp/poll-result ) >/dev/null 2>&1 &
+  done; echo "ok=$ok fail=$fail max_ms=$max" > /tmp/poll-result ) >/dev/null 2>&1 &
 "#;
 
-pub fn poll_result(m: &Machine) -> (u32, u32) {
+/// Stops the poller: (successful requests, failed requests, longest request in ms).
+pub fn poll_result(m: &Machine) -> (u32, u32, u32) {
     let r = m.ok("touch /tmp/stop-poll; for i in $(seq 100); do [ -s /tmp/poll-result ] && break; sleep 0.2; done; cat /tmp/poll-result");
     let mut ok = 0;
     let mut fail = 0;
+    let mut max = 0;
     for part in r.split_whitespace() {
         if let Some(v) = part.strip_prefix("ok=") {
             ok = v.parse().unwrap();
@@ -146,6 +150,9 @@ pub fn poll_result(m: &Machine) -> (u32, u32) {
         if let Some(v) = part.strip_prefix("fail=") {
             fail = v.parse().unwrap();
         }
+        if let Some(v) = part.strip_prefix("max_ms=") {
+            max = v.parse().unwrap();
+        }
     }
-    (ok, fail)
+    (ok, fail, max)
 }
