@@ -57,6 +57,9 @@ pub enum Command {
     /// The long-running service (systemd Type=notify): converge, renew before expiry, repair,
     /// follow address changes
     Run,
+    /// Write the man page and shell completions into DIR (used to build the packages)
+    #[command(hide = true)]
+    GenerateAssets { dir: PathBuf },
 }
 
 #[derive(Subcommand, Debug)]

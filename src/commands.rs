@@ -70,8 +70,10 @@ impl Ctx {
 }
 
 pub async fn run(cmd: Command, config_path: Option<&Path>) -> Result<()> {
-    if let Command::Run = cmd {
-        return crate::service::run(config_path).await;
+    match cmd {
+        Command::Run => return crate::service::run(config_path).await,
+        Command::GenerateAssets { dir } => return generate_assets(&dir),
+        _ => {}
     }
     let ctx = Ctx::load(config_path)?;
     match cmd {
@@ -105,7 +107,7 @@ pub async fn run(cmd: Command, config_path: Option<&Path>) -> Result<()> {
         Command::Check => check(&ctx).await,
         Command::Client(c) => client(&ctx, c).await,
         Command::Deconfigure => deconfigure(&ctx).await,
-        Command::Run => crate::service::run(config_path).await,
+        Command::Run | Command::GenerateAssets { .. } => unreachable!("handled above"),
     }
 }
 
@@ -730,4 +732,37 @@ async fn check_docker(ctx: &Ctx) -> usize {
         }
     }
     problems
+}
+
+/// The man page (section 8) and bash, zsh and fish completions, generated from the clap
+/// definition so they never drift from it.
+fn generate_assets(dir: &Path) -> Result<()> {
+    use clap::CommandFactory;
+    use clap_complete::Shell;
+    ensure_dir(dir, 0o755)?;
+    let cmd = crate::cli::Cli::command();
+    let mut man = Vec::new();
+    clap_mangen::Man::new(cmd.clone())
+        .section("8")
+        .render(&mut man)?;
+    atomic_write(&dir.join("docker-tls-manager.8"), &man, 0o644)?;
+    for (shell, name) in [
+        (Shell::Bash, "docker-tls-manager.bash"),
+        (Shell::Zsh, "_docker-tls-manager"),
+        (Shell::Fish, "docker-tls-manager.fish"),
+    ] {
+        let mut out = Vec::new();
+        clap_complete::generate(shell, &mut cmd.clone(), "docker-tls-manager", &mut out);
+        atomic_write(&dir.join(name), &out, 0o644)?;
+    }
+    atomic_write(
+        &dir.join("config.toml"),
+        config::commented_example().as_bytes(),
+        0o644,
+    )?;
+    println!(
+        "wrote the man page, completions and the packaged config.toml to {}",
+        dir.display()
+    );
+    Ok(())
 }

@@ -226,6 +226,27 @@ enum RawLiveRestore {
     Word(String),
 }
 
+/// The annotated example configuration (config.example.toml), every key at its default.
+pub const EXAMPLE: &str = include_str!("../config.example.toml");
+
+/// The example with every key commented out: the packages' conffile. Uncommenting a line
+/// gives its default, so the file documents every key and changes nothing.
+pub fn commented_example() -> String {
+    EXAMPLE
+        .lines()
+        .map(|l| {
+            let key = l.split_once(" = ").map(|(k, _)| k);
+            if key.is_some_and(|k| {
+                !k.is_empty() && k.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+            }) {
+                format!("# {l}\n")
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect()
+}
+
 /// Loads the configuration. `explicit` is the `--config` argument: a file named there must
 /// exist; the default path may be absent, which means every default.
 pub fn load(explicit: Option<&Path>) -> Result<Settings, UsageError> {
@@ -571,8 +592,40 @@ mod tests {
     }
 
     #[test]
+    fn packaged_config_comments_every_key_and_equals_defaults() {
+        let c = commented_example();
+        assert_eq!(p(&c).unwrap(), p("").unwrap());
+        for key in [
+            "cert_dir",
+            "state_dir",
+            "systemd_dir",
+            "daemon_json",
+            "key_type",
+            "validity",
+            "renew_before",
+            "dns_names",
+            "ip_addresses",
+            "auto_addresses",
+            "names",
+            "manage",
+            "listen",
+            "live_restore",
+            "metrics_file",
+        ] {
+            assert!(
+                c.lines().any(|l| l.starts_with(&format!("# {key} = "))),
+                "{key} not documented"
+            );
+        }
+        assert!(
+            !c.lines().any(|l| l.contains(" = ") && !l.starts_with('#')),
+            "{c}"
+        );
+    }
+
+    #[test]
     fn example_config_loads_and_equals_defaults() {
-        let text = include_str!("../config.example.toml");
+        let text = EXAMPLE;
         let example = p(text).unwrap();
         let defaults = p("").unwrap();
         assert_eq!(example, defaults);

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Builds both packages from a fresh checkout: target/debian/*.deb (cargo-deb) and
+# target/generate-rpm/*.rpm (cargo-generate-rpm), installing those tools if missing.
+#   bash packaging/build.sh [--deb-version VERSION] [--out DIR]
+# --deb-version/--out: a package with another version (the upgrade test builds one).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DEB_VERSION=""
+OUT=""
+while [[ $# -gt 0 ]]; do
+    case $1 in
+        --deb-version) DEB_VERSION=$2; shift 2 ;;
+        --out) OUT=$2; shift 2 ;;
+        *) echo "packaging/build.sh: unknown argument '$1'" >&2; exit 2 ;;
+    esac
+done
+command -v cargo-deb > /dev/null || cargo install --locked cargo-deb
+command -v cargo-generate-rpm > /dev/null || cargo install --locked cargo-generate-rpm
+cargo build --release --locked
+strip target/release/docker-tls-manager
+target/release/docker-tls-manager generate-assets target/assets > /dev/null
+deb_args=(--no-build --no-strip)
+[[ -n $DEB_VERSION ]] && deb_args+=(--deb-version "$DEB_VERSION")
+[[ -n $OUT ]] && deb_args+=(--output "$OUT")
+cargo deb "${deb_args[@]}"
+if [[ -z $DEB_VERSION ]]; then
+    cargo generate-rpm
+fi
