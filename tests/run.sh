@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [[ $(id -u) == 0 ]] || { echo "tests/run.sh: run as root (the systemd machines need it)" >&2; exit 2; }
-for tool in openssl curl docker systemd-nspawn busybox nsenter; do
+for tool in openssl curl docker systemd-nspawn busybox nsenter rpm dpkg-deb; do
     command -v "$tool" > /dev/null || { echo "tests/run.sh: '$tool' is missing: run .ci/run, or apt-get install the packages it lists" >&2; exit 2; }
 done
 cleanup() { bash tests/machine/machine.sh down-all > /dev/null 2>&1 || true; }
@@ -15,6 +15,13 @@ cleanup
 
 echo "== harness self-test: systemd + dockerd machine"
 bash tests/machine/selftest.sh dtm-selftest-$$
+
+echo "== packages: a higher-versioned .deb for the upgrade test, then the .deb and .rpm"
+# (in this order: cargo-deb empties target/debian when it builds)
+rm -rf target/debian-upgrade && mkdir -p target/debian-upgrade
+version=$(grep -m1 '^version = ' Cargo.toml | cut -d'"' -f2)
+bash packaging/build.sh --deb-version "$version+upgrade1" --out target/debian-upgrade/
+bash packaging/build.sh
 
 echo "== unit, integration and real systemd + dockerd tests"
 # One test at a time: two cores, and the rotation tests count failed requests and stalls.

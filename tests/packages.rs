@@ -1,0 +1,236 @@
+//! The packages built by packaging/build.sh (tests/run.sh builds them first): the .deb through
+//! the user's whole path in a throwaway systemd + Docker machine, the .rpm by inspection with
+//! rpm (no RPM-based system is available here), and the unit's hardening score.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::machine::{ENV, Machine};
+use common::text;
+
+fn one_file(dir: &str, ext: &str) -> PathBuf {
+    let d = Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
+    let found: Vec<PathBuf> = std::fs::read_dir(&d)
+        .unwrap_or_else(|e| {
+            panic!(
+                "{}: {e}: run `bash packaging/build.sh` first (tests/run.sh does)",
+                d.display()
+            )
+        })
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == ext))
+        .collect();
+    assert_eq!(
+        found.len(),
+        1,
+        "expected one .{ext} in {}: {found:?}",
+        d.display()
+    );
+    found.into_iter().next().unwrap()
+}
+
+fn host(cmd: &str) -> String {
+    let o = Command::new("bash").arg("-c").arg(cmd).output().unwrap();
+    assert!(o.status.success(), "`{cmd}` failed: {}", text(&o.stderr));
+    text(&o.stdout)
+}
+
+fn copy_in(m: &Machine, file: &Path, name: &str) {
+    std::fs::copy(file, m.root.join("root").join(name)).unwrap();
+}
+
+#[test]
+fn deb_install_enable_restart_upgrade_remove_purge() {
+    let deb = one_file("target/debian", "deb");
+    let upgrade = one_file("target/debian-upgrade", "deb");
+    let m = Machine::up("pkg");
+    copy_in(&m, &deb, "docker-tls-manager.deb");
+    copy_in(&m, &upgrade, "docker-tls-manager-upgrade.deb");
+
+    // 1. Install: nothing enabled or started; then the one command.
+    m.ok("cd /root && apt-get install -y ./docker-tls-manager.deb");
+    assert_eq!(
+        text(&m.sh("systemctl is-enabled docker-tls-manager").stdout).trim(),
+        "disabled"
+    );
+    assert_eq!(
+        text(&m.sh("systemctl is-active docker-tls-manager").stdout).trim(),
+        "inactive"
+    );
+    m.ok("test ! -e /etc/systemd/system/docker-tcp.socket");
+    let conf = m.ok("cat /etc/docker-tls-manager/config.toml");
+    assert!(
+        conf.contains("# validity = \"90d\"")
+            && !conf
+                .lines()
+                .any(|l| l.contains(" = ") && !l.starts_with('#'))
+    );
+    m.ok("man -w docker-tls-manager >/dev/null 2>&1 || test -e /usr/share/man/man8/docker-tls-manager.8.gz || test -e /usr/share/man/man8/docker-tls-manager.8");
+    m.ok("test -e /usr/share/bash-completion/completions/docker-tls-manager && test -e /usr/share/doc/docker-tls-manager/README.md");
+    m.ok("systemctl enable --now docker-tls-manager");
+    m.ok(&format!("{ENV} docker version >/dev/null"));
+    m.ok("docker-tls-manager client bundle admin -o /root/admin.tar.gz --host localhost && mkdir -p /root/old && tar -xzf /root/admin.tar.gz -C /root/old");
+    m.ok("docker run -d --network none --name c1 dtm-busybox /bin/sleep 100000");
+
+    // 2. Restart with nothing to change: Docker is not restarted.
+    let docker_pid = m.main_pid();
+    m.ok("systemctl restart docker-tls-manager");
+    assert_eq!(m.main_pid(), docker_pid);
+
+    // 3. Upgrade while running: same CA, old bundle works, service restarted.
+    let ca = m.ok("openssl x509 -in /etc/docker/tls/ca.pem -noout -fingerprint -sha256");
+    let svc_pid = m.ok("systemctl show -p MainPID --value docker-tls-manager");
+    m.ok("cd /root && apt-get install -y ./docker-tls-manager-upgrade.deb");
+    assert!(
+        m.ok("dpkg-query -W -f '${Version}' docker-tls-manager")
+            .contains("upgrade")
+    );
+    assert_eq!(
+        m.ok("systemctl is-active docker-tls-manager").trim(),
+        "active"
+    );
+    assert_ne!(
+        m.ok("systemctl show -p MainPID --value docker-tls-manager"),
+        svc_pid,
+        "not restarted on upgrade"
+    );
+    assert_eq!(
+        m.ok("openssl x509 -in /etc/docker/tls/ca.pem -noout -fingerprint -sha256"),
+        ca
+    );
+    let old = "DOCKER_HOST=tcp://localhost:2376 DOCKER_TLS_VERIFY=1 DOCKER_CERT_PATH=/root/old";
+    m.ok(&format!("{old} docker version >/dev/null"));
+    // Upgrade while stopped: stays stopped.
+    m.ok("systemctl stop docker-tls-manager && cd /root && apt-get install -y --reinstall ./docker-tls-manager-upgrade.deb");
+    assert_eq!(
+        text(&m.sh("systemctl is-active docker-tls-manager").stdout).trim(),
+        "inactive"
+    );
+    m.ok("systemctl start docker-tls-manager");
+
+    // 4. Remove, then purge: Docker still starts, runs containers, and serves TLS.
+    m.ok("apt-get remove -y docker-tls-manager");
+    assert_eq!(
+        text(&m.sh("systemctl is-active docker-tls-manager").stdout).trim(),
+        "inactive"
+    );
+    m.ok("test ! -e /usr/bin/docker-tls-manager && test -s /var/lib/docker-tls-manager/ca-key.pem");
+    m.ok("systemctl restart docker && docker run --rm --network none dtm-busybox /bin/true");
+    m.ok(&format!("{old} docker version >/dev/null"));
+    m.ok("apt-get purge -y docker-tls-manager");
+    m.ok("test ! -e /etc/docker-tls-manager/config.toml");
+    m.ok("systemctl restart docker && systemctl is-active docker && docker run --rm --network none dtm-busybox /bin/true");
+    // Nothing docker.service reads points at a missing file.
+    m.ok("for f in $(grep -o '\"/[^\"]*\\.pem\"' /etc/docker/daemon.json | tr -d '\"'); do test -s $f; done");
+    m.ok(&format!("{old} docker version >/dev/null"));
+}
+
+#[test]
+fn rpm_metadata_files_modes_and_scriptlets() {
+    let rpm = one_file("target/generate-rpm", "rpm");
+    let r = rpm.display();
+    let info = host(&format!("rpm -qip {r}"));
+    for want in [
+        "Name        : docker-tls-manager",
+        "License     : MIT",
+        "Summary     : Docker's TCP API behind mutual TLS",
+    ] {
+        assert!(info.contains(want), "missing '{want}' in:\n{info}");
+    }
+    let files = host(&format!("rpm -qlvp {r}"));
+    for (mode, path) in [
+        ("-rwxr-xr-x", "/usr/bin/docker-tls-manager"),
+        (
+            "-rw-r--r--",
+            "/usr/lib/systemd/system/docker-tls-manager.service",
+        ),
+        ("-rw-r--r--", "/etc/docker-tls-manager/config.toml"),
+        ("-rw-r--r--", "/usr/share/man/man8/docker-tls-manager.8"),
+        (
+            "-rw-r--r--",
+            "/usr/share/bash-completion/completions/docker-tls-manager",
+        ),
+    ] {
+        assert!(
+            files
+                .lines()
+                .any(|l| l.starts_with(mode) && l.ends_with(path)),
+            "{path} with {mode} missing:\n{files}"
+        );
+    }
+    assert!(host(&format!("rpm -qcp {r}")).contains("/etc/docker-tls-manager/config.toml"));
+    let scripts = host(&format!("rpm -qp --scripts {r}"));
+    assert!(
+        scripts.contains("postinstall scriptlet") && scripts.contains("daemon-reload"),
+        "{scripts}"
+    );
+    assert!(
+        !scripts.contains("enable --now") || scripts.contains("disable --now"),
+        "{scripts}"
+    );
+    assert!(
+        scripts.contains("preuninstall scriptlet")
+            && scripts.contains("disable --now docker-tls-manager.service"),
+        "{scripts}"
+    );
+    assert!(
+        scripts.contains("postuninstall scriptlet")
+            && scripts.contains("try-restart docker-tls-manager.service"),
+        "{scripts}"
+    );
+    assert!(host(&format!("rpm -qp --requires {r}")).contains("systemd"));
+}
+
+#[test]
+fn deb_metadata() {
+    let deb = one_file("target/debian", "deb");
+    let d = deb.display();
+    let info = host(&format!("dpkg-deb -I {d}"));
+    assert!(
+        info.contains("Depends:") && info.contains("systemd"),
+        "{info}"
+    );
+    assert!(
+        host(&format!(
+            "dpkg-deb --ctrl-tarfile {d} | tar -xO ./conffiles"
+        ))
+        .contains("/etc/docker-tls-manager/config.toml")
+    );
+    let files = host(&format!("dpkg-deb -c {d}"));
+    assert!(
+        files
+            .lines()
+            .any(|l| l.starts_with("-rwxr-xr-x") && l.ends_with("./usr/bin/docker-tls-manager")),
+        "{files}"
+    );
+    assert!(
+        files.contains("./lib/systemd/system/docker-tls-manager.service"),
+        "{files}"
+    );
+}
+
+#[test]
+fn unit_hardening_exposure_at_most_2_5() {
+    let unit = Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd/docker-tls-manager.service");
+    let out = host(&format!(
+        "systemd-analyze security --offline=true --no-pager {} 2>&1",
+        unit.display()
+    ));
+    let line = out
+        .lines()
+        .find(|l| l.contains("Overall exposure level"))
+        .unwrap_or_else(|| panic!("{out}"));
+    let score: f64 = line
+        .split(':')
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(score <= 2.5, "exposure {score} > 2.5:\n{out}");
+}
