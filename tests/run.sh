@@ -13,6 +13,10 @@ cleanup() { bash tests/machine/machine.sh down-all > /dev/null 2>&1 || true; }
 trap cleanup EXIT
 cleanup
 
+echo "== cargo deny: licenses, sources, bans (the advisory database is on GitHub, out of reach here)"
+command -v cargo-deny > /dev/null || cargo install --locked cargo-deny
+cargo deny check licenses sources bans
+
 echo "== harness self-test: systemd + dockerd machine"
 bash tests/machine/selftest.sh dtm-selftest-$$
 
