@@ -694,3 +694,36 @@ mod tests {
         assert!(e.0.contains("/nonexistent/dtm.toml"));
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    //! Property tests: the loader never panics, whatever the bytes, and every rejection names
+    //! the file.
+    use super::*;
+    use proptest::prelude::*;
+
+    const KEYS: &[&str] = &[
+        "[paths]", "[ca]", "[server]", "[clients]", "[docker]", "[service]", "cert_dir", "state_dir", "key_type",
+        "validity", "renew_before", "dns_names", "ip_addresses", "auto_addresses", "names", "manage", "listen",
+        "live_restore", "metrics_file", "=", "\"", "[", "]", "\n", "90d", "3m", "ecdsa-p256", "2376", "true",
+    ];
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 4096, ..ProptestConfig::default() })]
+
+        #[test]
+        fn arbitrary_text_never_panics(text in ".{0,400}") {
+            if let Err(e) = parse(&text, Path::new("/fuzz/config.toml")) {
+                prop_assert!(e.0.contains("/fuzz/config.toml"), "{}", e.0);
+            }
+        }
+
+        #[test]
+        fn config_shaped_text_never_panics(parts in proptest::collection::vec(proptest::sample::select(KEYS), 0..60)) {
+            let text = parts.join(" ");
+            if let Err(e) = parse(&text, Path::new("/fuzz/config.toml")) {
+                prop_assert!(e.0.contains("/fuzz/config.toml"), "{}", e.0);
+            }
+        }
+    }
+}

@@ -63,7 +63,7 @@ fn fresh_host_apply_then_docker_cli_over_tls_and_idempotent_second_apply() {
 }
 
 #[test]
-fn refused_plain_http_no_client_cert_and_foreign_ca() {
+fn refused_plain_http_no_client_cert_foreign_ca_expired_and_server_cert() {
     let m = Machine::up("refuse");
     m.ok("docker-tls-manager apply");
     // Plain HTTP.
@@ -88,6 +88,34 @@ fn refused_plain_http_no_client_cert_and_foreign_ca() {
         !o.status.success() && text(&o.stdout).trim() != "OK",
         "foreign client accepted"
     );
+    // A client certificate from our own CA, but expired; and the same recipe, valid, is
+    // accepted (so the refusal is the expiry's doing).
+    let issue = |name: &str, start: &str, end: &str| {
+        format!(
+            "set -e; d=/tmp/{name}; mkdir -p $d && cd $d
+             openssl ecparam -genkey -name prime256v1 -noout | openssl pkcs8 -topk8 -nocrypt -out key.pem
+             openssl req -new -key key.pem -subj /CN={name} -out req.csr
+             printf '[ca]\\ndefault_ca=c\\n[c]\\ndatabase=index.txt\\nnew_certs_dir=.\\nserial=serial\\ndefault_md=sha256\\npolicy=p\\nx509_extensions=e\\n[p]\\ncommonName=supplied\\n[e]\\nextendedKeyUsage=clientAuth\\n' > ca.cnf
+             touch index.txt; echo 1000 > serial
+             openssl ca -batch -config ca.cnf -cert /etc/docker/tls/ca.pem -keyfile /var/lib/docker-tls-manager/ca-key.pem -in req.csr -out cert.pem -startdate {start} -enddate {end} 2>/dev/null"
+        )
+    };
+    m.ok(&issue("expired", "20200101000000Z", "20200201000000Z"));
+    m.ok(&issue("valid", "20200101000000Z", "20990101000000Z"));
+    let ping = |dir: &str| {
+        m.sh(&format!(
+            "{CLIENT} curl -s --max-time 10 --cacert $C/ca.pem --cert {dir}/cert.pem --key {dir}/key.pem https://127.0.0.1:2376/_ping"
+        ))
+    };
+    let o = ping("/tmp/valid");
+    assert_eq!(text(&o.stdout).trim(), "OK", "the recipe itself is wrong: {}", text(&o.stderr));
+    let o = ping("/tmp/expired");
+    assert!(!o.status.success() && text(&o.stdout).trim() != "OK", "expired client accepted");
+    // The server's own certificate presented as a client (no clientAuth usage).
+    let o = m.sh(&format!(
+        "{CLIENT} curl -s --max-time 10 --cacert $C/ca.pem --cert /etc/docker/tls/server-cert.pem --key /etc/docker/tls/server-key.pem https://127.0.0.1:2376/_ping"
+    ));
+    assert!(!o.status.success() && text(&o.stdout).trim() != "OK", "server certificate accepted as a client");
     // The docker CLI with the foreign identity fails too; with ours it works.
     let o = m.sh("DOCKER_HOST=tcp://127.0.0.1:2376 DOCKER_TLS_VERIFY=1 DOCKER_CERT_PATH=/tmp/other/state/clients/admin docker version");
     assert!(!o.status.success());

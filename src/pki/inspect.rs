@@ -306,3 +306,58 @@ pub fn read_cert_info(path: &Path) -> Option<CertInfo> {
     let data = std::fs::read(path).ok()?;
     cert_info(&first_cert_der(&data).ok()?).ok()
 }
+
+#[cfg(test)]
+mod fuzz {
+    //! Property tests: reading certificates and keys from arbitrary or mutated bytes never
+    //! panics; it is an error the planner turns into a reissue.
+    use super::*;
+    use proptest::prelude::*;
+
+    fn sample() -> (Vec<u8>, String) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let cert = p.self_signed(&key).unwrap();
+        (cert.der().to_vec(), key.serialize_pem())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2048, ..ProptestConfig::default() })]
+
+        #[test]
+        fn arbitrary_bytes(data in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            let _ = first_cert_der(&data);
+            let _ = cert_info(&data);
+        }
+
+        #[test]
+        fn mutated_certificates(flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8), cut in any::<prop::sample::Index>()) {
+            let (der, _) = sample();
+            let mut m = der.clone();
+            for (i, b) in flips {
+                let i = i.index(m.len());
+                m[i] ^= b;
+            }
+            let _ = cert_info(&m);
+            let _ = verify_signed_by(&m, &der);
+            let _ = cert_info(&der[..cut.index(der.len())]);
+            let pem = format!("-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n", String::from_utf8_lossy(&m));
+            let _ = first_cert_der(pem.as_bytes());
+        }
+
+        #[test]
+        fn mutated_keys(flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8)) {
+            let (_, key) = sample();
+            let mut k = key.into_bytes();
+            for (i, b) in flips {
+                let i = i.index(k.len());
+                k[i] ^= b;
+            }
+            let d = tempfile::tempdir().unwrap();
+            let p = d.path().join("key.pem");
+            std::fs::write(&p, &k).unwrap();
+            let _ = read_key(&p);
+        }
+    }
+}
