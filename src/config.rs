@@ -703,9 +703,35 @@ mod fuzz {
     use proptest::prelude::*;
 
     const KEYS: &[&str] = &[
-        "[paths]", "[ca]", "[server]", "[clients]", "[docker]", "[service]", "cert_dir", "state_dir", "key_type",
-        "validity", "renew_before", "dns_names", "ip_addresses", "auto_addresses", "names", "manage", "listen",
-        "live_restore", "metrics_file", "=", "\"", "[", "]", "\n", "90d", "3m", "ecdsa-p256", "2376", "true",
+        "[paths]",
+        "[ca]",
+        "[server]",
+        "[clients]",
+        "[docker]",
+        "[service]",
+        "cert_dir",
+        "state_dir",
+        "key_type",
+        "validity",
+        "renew_before",
+        "dns_names",
+        "ip_addresses",
+        "auto_addresses",
+        "names",
+        "manage",
+        "listen",
+        "live_restore",
+        "metrics_file",
+        "=",
+        "\"",
+        "[",
+        "]",
+        "\n",
+        "90d",
+        "3m",
+        "ecdsa-p256",
+        "2376",
+        "true",
     ];
 
     proptest! {

@@ -108,14 +108,25 @@ fn refused_plain_http_no_client_cert_foreign_ca_expired_and_server_cert() {
         ))
     };
     let o = ping("/tmp/valid");
-    assert_eq!(text(&o.stdout).trim(), "OK", "the recipe itself is wrong: {}", text(&o.stderr));
+    assert_eq!(
+        text(&o.stdout).trim(),
+        "OK",
+        "the recipe itself is wrong: {}",
+        text(&o.stderr)
+    );
     let o = ping("/tmp/expired");
-    assert!(!o.status.success() && text(&o.stdout).trim() != "OK", "expired client accepted");
+    assert!(
+        !o.status.success() && text(&o.stdout).trim() != "OK",
+        "expired client accepted"
+    );
     // The server's own certificate presented as a client (no clientAuth usage).
     let o = m.sh(&format!(
         "{CLIENT} curl -s --max-time 10 --cacert $C/ca.pem --cert /etc/docker/tls/server-cert.pem --key /etc/docker/tls/server-key.pem https://127.0.0.1:2376/_ping"
     ));
-    assert!(!o.status.success() && text(&o.stdout).trim() != "OK", "server certificate accepted as a client");
+    assert!(
+        !o.status.success() && text(&o.stdout).trim() != "OK",
+        "server certificate accepted as a client"
+    );
     // The docker CLI with the foreign identity fails too; with ours it works.
     let o = m.sh("DOCKER_HOST=tcp://127.0.0.1:2376 DOCKER_TLS_VERIFY=1 DOCKER_CERT_PATH=/tmp/other/state/clients/admin docker version");
     assert!(!o.status.success());
