@@ -15,7 +15,7 @@ in_m() { DTM_MACHINE_QUIET=1 bash "$M" exec "$NAME" bash -c "$*"; }
 trap 'bash "$M" down "$NAME" >/dev/null 2>&1 || true; rm -rf "$CLIENT_DIR"' EXIT
 
 step "build the packages (packaging/build.sh)"
-bash packaging/build.sh 2>&1 | grep -E "^/|\.deb|\.rpm" || true
+bash packaging/build.sh > /tmp/dtm-demo-build.log 2>&1 || { tail -20 /tmp/dtm-demo-build.log; exit 1; }
 DEB=$(ls target/debian/docker-tls-manager_*.deb)
 echo "$DEB"
 

@@ -30,6 +30,10 @@ pub enum Command {
         /// Print the plan and change nothing
         #[arg(long)]
         dry_run: bool,
+        /// Certificates only, no Docker restart; host address changes are left to the service
+        /// (what docker-tls-manager-prepare.service runs before docker.service at boot)
+        #[arg(long)]
+        pki_only: bool,
     },
     /// Show every certificate: subject, SANs, serial, validity, next renewal, files
     Status {

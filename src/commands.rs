@@ -30,6 +30,7 @@ use crate::systemd::Dbus;
 /// How long a command waits for the state lock held by another invocation.
 const LOCK_WAIT: Duration = Duration::from_secs(60);
 
+#[derive(Clone)]
 pub struct Ctx {
     pub settings: Settings,
     pub layout: Layout,
@@ -77,10 +78,18 @@ pub async fn run(cmd: Command, config_path: Option<&Path>) -> Result<()> {
     }
     let ctx = Ctx::load(config_path)?;
     match cmd {
-        Command::Apply { dry_run } => converge(&ctx, Force::default(), dry_run).await,
+        Command::Apply { dry_run, pki_only } => {
+            // At boot (the unit ordered before docker.service) the network may not be up yet:
+            // host address changes wait for the service.
+            let force = Force {
+                keep_sans: pki_only,
+                ..Force::default()
+            };
+            converge(&ctx, force, dry_run, pki_only).await
+        }
         Command::Renew { force, target } => {
             if !force {
-                return converge(&ctx, Force::default(), false).await;
+                return converge(&ctx, Force::default(), false, false).await;
             }
             let f = match target {
                 Target::Server => Force {
@@ -96,12 +105,12 @@ pub async fn run(cmd: Command, config_path: Option<&Path>) -> Result<()> {
                     ..Force::default()
                 },
                 Target::All => Force {
-                    ca: false,
                     server: true,
                     clients: true,
+                    ..Force::default()
                 },
             };
-            converge(&ctx, f, false).await
+            converge(&ctx, f, false, false).await
         }
         Command::Status { json } => status_cmd(&ctx, json).await,
         Command::Check => check(&ctx).await,
@@ -112,13 +121,13 @@ pub async fn run(cmd: Command, config_path: Option<&Path>) -> Result<()> {
 }
 
 /// Brings the PKI to the wanted state, then Docker (when `[docker] manage`).
-async fn converge(ctx: &Ctx, force: Force, dry_run: bool) -> Result<()> {
+async fn converge(ctx: &Ctx, force: Force, dry_run: bool, pki_only: bool) -> Result<()> {
     let host = HostIdentity::detect()?;
     let now = SystemTime::now();
     if dry_run {
         let (_, plan) = ctx.plan(&host, now, force)?;
         print_plan(&plan, true);
-        if ctx.settings.docker.manage {
+        if ctx.settings.docker.manage && !pki_only {
             let sd = Dbus::connect().await?;
             let obs = docker::observe(
                 &ctx.settings,
@@ -132,26 +141,54 @@ async fn converge(ctx: &Ctx, force: Force, dry_run: bool) -> Result<()> {
         }
         return Ok(());
     }
-    let outcome = converge_once(ctx, force).await?;
-    print_plan(&outcome.pki, false);
+    let mut outcome = Outcome::default();
+    match converge_once(ctx, force, pki_only, &mut outcome).await {
+        Err(e)
+            if pki_only
+                && e.chain()
+                    .any(|c| c.downcast_ref::<crate::files::LockBusy>().is_some()) =>
+        {
+            println!(
+                "certificates: another docker-tls-manager (the service) is converging; nothing to do here"
+            );
+            return Ok(());
+        }
+        r => r?,
+    }
+    if let Some(p) = &outcome.pki {
+        print_plan(p, false);
+    }
     if let Some(d) = &outcome.docker {
         print_docker_plan(d, false, false);
     }
     Ok(())
 }
 
-/// What one convergence did.
+/// What one convergence did, filled in as it goes (so a failure still tells what was tried).
+#[derive(Default)]
 pub struct Outcome {
-    pub pki: Plan,
-    /// `None` with `[docker] manage = false`.
+    /// The PKI plan, once made.
+    pub pki: Option<Plan>,
+    /// The PKI plan was carried out.
+    pub pki_done: bool,
+    /// The Docker plan, once made (`None` with `[docker] manage = false` or `--pki-only`).
     pub docker: Option<DockerPlan>,
 }
 
-/// One convergence under the state lock: the PKI, then Docker (verified, rolled back on failure).
-pub async fn converge_once(ctx: &Ctx, force: Force) -> Result<Outcome> {
+/// One convergence under the state lock: the PKI, then Docker (verified, rolled back on
+/// failure) unless `pki_only`.
+pub async fn converge_once(
+    ctx: &Ctx,
+    force: Force,
+    pki_only: bool,
+    out: &mut Outcome,
+) -> Result<()> {
     let host = HostIdentity::detect()?;
     let now = SystemTime::now();
-    let _lock = StateLock::acquire(&ctx.settings.paths.state_dir, LOCK_WAIT)?;
+    // `--pki-only` runs from the unit ordered before docker.service, also when the service
+    // itself restarts Docker while holding the lock: it must not wait for it.
+    let wait = if pki_only { Duration::ZERO } else { LOCK_WAIT };
+    let _lock = StateLock::acquire_async(&ctx.settings.paths.state_dir, wait).await?;
     remove_stale_temps(ctx);
     let (_, plan) = ctx.plan(&host, now, force)?;
     // What Docker reads, as it was: restored if Docker cannot start with the new files.
@@ -174,13 +211,12 @@ pub async fn converge_once(ctx: &Ctx, force: Force) -> Result<Outcome> {
     .filter(|p| p.exists())
     .map(|p| Snapshot::take(p))
     .collect();
+    out.pki = Some(plan.clone());
     execute::execute(&plan, &ctx.layout, &ctx.settings, &host, now)?;
+    out.pki_done = true;
     inject_fault(ctx)?;
-    if !ctx.settings.docker.manage {
-        return Ok(Outcome {
-            pki: plan,
-            docker: None,
-        });
+    if !ctx.settings.docker.manage || pki_only {
+        return Ok(());
     }
     let sd = Dbus::connect().await?;
     let probe = docker::tls_probe(&ctx.settings);
@@ -190,6 +226,7 @@ pub async fn converge_once(ctx: &Ctx, force: Force) -> Result<Outcome> {
     for w in &dplan.warnings {
         tracing::warn!("{w}");
     }
+    out.docker = Some(dplan.clone());
     let cx = docker::execute::ExecContext {
         systemd: &sd,
         probe: &probe,
@@ -203,11 +240,7 @@ pub async fn converge_once(ctx: &Ctx, force: Force) -> Result<Outcome> {
             vec![]
         },
     };
-    docker::execute::execute(&dplan, &cx).await?;
-    Ok(Outcome {
-        pki: plan,
-        docker: Some(dplan),
-    })
+    docker::execute::execute(&dplan, &cx).await
 }
 
 /// Temp files of an atomic write cut short (power loss, SIGKILL): safe to remove under the lock.
@@ -478,7 +511,7 @@ async fn client(ctx: &Ctx, cmd: ClientCommand) -> Result<()> {
                 ensure_dir(&ctx.layout.clients_dir(), KEY_DIR_MODE)?;
                 ensure_dir(&ctx.layout.client_dir(&name), KEY_DIR_MODE)?;
             }
-            converge(ctx, Force::default(), false).await?;
+            converge(ctx, Force::default(), false, false).await?;
             println!(
                 "client '{name}' added: `docker-tls-manager client bundle {name}` hands it out"
             );

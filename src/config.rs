@@ -27,8 +27,8 @@ pub const DEFAULT_CLIENT_VALIDITY: &str = "1y";
 pub const DEFAULT_CLIENT_RENEW_BEFORE: &str = "30d";
 pub const DEFAULT_CLIENT_NAMES: &[&str] = &["admin"];
 pub const DEFAULT_LISTEN: &[&str] = &["2376"];
-/// Metrics file name inside state_dir when `[service] metrics_file` is not set.
-pub const DEFAULT_METRICS_FILE_NAME: &str = "docker-tls-manager.prom";
+/// Where node_exporter's textfile collector looks on Debian (prometheus-node-exporter).
+pub const DEFAULT_METRICS_FILE: &str = "/var/lib/prometheus/node-exporter/docker-tls-manager.prom";
 /// The shortest validity accepted for any certificate.
 pub const MIN_VALIDITY: Duration = Duration::from_secs(60);
 
@@ -476,7 +476,7 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Settings, UsageError> {
     };
 
     let metrics_file = match raw.service.metrics_file {
-        None => Some(paths.state_dir.join(DEFAULT_METRICS_FILE_NAME)),
+        None => Some(PathBuf::from(DEFAULT_METRICS_FILE)),
         Some(p) if p.as_os_str().is_empty() => None,
         Some(p) if p.is_absolute() => Some(p),
         Some(p) => {
@@ -578,9 +578,7 @@ mod tests {
         assert_eq!(s.docker.live_restore, LiveRestore::Auto);
         assert_eq!(
             s.service.metrics_file,
-            Some(PathBuf::from(
-                "/var/lib/docker-tls-manager/docker-tls-manager.prom"
-            ))
+            Some(PathBuf::from(DEFAULT_METRICS_FILE))
         );
         assert_eq!(
             p("[service]\nmetrics_file = \"\"")

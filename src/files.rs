@@ -129,6 +129,14 @@ pub fn backup(path: &Path, backup_root: &Path, now: SystemTime) -> Result<Option
     Ok(Some(dest))
 }
 
+/// The state lock is held by another invocation (a caller may retry soon).
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "another docker-tls-manager holds the lock '{}' (the service, or another command); try again when it has finished",
+    .0.display()
+)]
+pub struct LockBusy(pub PathBuf);
+
 /// An exclusive `flock` on `state_dir/lock`, held until dropped, so that the CLI and the
 /// service never interleave their writes.
 pub struct StateLock {
@@ -136,7 +144,7 @@ pub struct StateLock {
 }
 
 impl StateLock {
-    pub fn acquire(state_dir: &Path, wait: Duration) -> Result<StateLock> {
+    fn open(state_dir: &Path) -> Result<(File, PathBuf)> {
         ensure_dir(state_dir, 0o700)?;
         let path = state_dir.join("lock");
         let file = OpenOptions::new()
@@ -146,26 +154,46 @@ impl StateLock {
             .mode(0o600)
             .open(&path)
             .with_context(|| format!("cannot open lock file '{}'", path.display()))?;
+        Ok((file, path))
+    }
+
+    /// One attempt: `Ok(None)` if another process holds it.
+    fn try_lock(file: &File, path: &Path) -> Result<bool> {
+        // SAFETY: flock on a file descriptor we own.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return Ok(true);
+        }
+        let err = std::io::Error::last_os_error();
+        if err.kind() != ErrorKind::WouldBlock {
+            return Err(err).with_context(|| format!("cannot lock '{}'", path.display()));
+        }
+        Ok(false)
+    }
+
+    /// Waits up to `wait` for the lock, blocking the thread (the CLI).
+    pub fn acquire(state_dir: &Path, wait: Duration) -> Result<StateLock> {
+        let (file, path) = Self::open(state_dir)?;
         let deadline = Instant::now() + wait;
-        loop {
-            // SAFETY: flock on a file descriptor we own.
-            let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-            if rc == 0 {
-                return Ok(StateLock { _file: file });
-            }
-            let err = std::io::Error::last_os_error();
-            if err.kind() != ErrorKind::WouldBlock {
-                return Err(err).with_context(|| format!("cannot lock '{}'", path.display()));
-            }
+        while !Self::try_lock(&file, &path)? {
             if Instant::now() >= deadline {
-                bail!(
-                    "another docker-tls-manager holds the lock '{}' (the service, or another \
-                     command); try again when it has finished",
-                    path.display()
-                );
+                return Err(LockBusy(path).into());
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+        Ok(StateLock { _file: file })
+    }
+
+    /// Waits up to `wait` for the lock without blocking the runtime (the service).
+    pub async fn acquire_async(state_dir: &Path, wait: Duration) -> Result<StateLock> {
+        let (file, path) = Self::open(state_dir)?;
+        let deadline = Instant::now() + wait;
+        while !Self::try_lock(&file, &path)? {
+            if Instant::now() >= deadline {
+                return Err(LockBusy(path).into());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(StateLock { _file: file })
     }
 }
 

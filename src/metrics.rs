@@ -9,14 +9,14 @@ use crate::pki::Slot;
 use crate::pki::inspect::DiskState;
 
 /// The time and outcome of the last attempt at something.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct LastRun {
     pub at: Option<SystemTime>,
     pub ok: bool,
 }
 
-/// What the service knows for the metrics.
-#[derive(Clone, Debug, Default)]
+/// What the service knows for the metrics (kept in state_dir across restarts).
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct Metrics {
     pub last_renewal: LastRun,
     pub last_restart: LastRun,

@@ -2,7 +2,8 @@
 //! the worker (renewal timer and convergence), the file watcher, the address watcher and the
 //! signals — with a shared shutdown. sd_notify: READY=1 once Docker serves TLS with the current
 //! certificates (or converging failed, with the reason in STATUS=), WATCHDOG=1 from the worker,
-//! RELOADING=1 on SIGHUP, STOPPING=1 on SIGTERM after the write in flight.
+//! RELOADING=1 on SIGHUP, STOPPING=1 at once on SIGTERM (the worker then finishes the write in
+//! flight and exits).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -16,7 +17,7 @@ use tracing::{error, info, warn};
 use crate::commands::{Ctx, Outcome, converge_once};
 use crate::config::DEFAULT_CONFIG_PATH;
 use crate::docker::plan::Step;
-use crate::files::atomic_write;
+use crate::files::{LockBusy, atomic_write};
 use crate::metrics::{self, LastRun, Metrics};
 use crate::pki::Slot;
 use crate::pki::plan::{Action, Force, policy_of, renewal_time};
@@ -50,6 +51,21 @@ fn short_time(t: SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
 }
 
+/// How soon to retry when the CLI holds the state lock (not a failure).
+pub const LOCK_RETRY: Duration = Duration::from_secs(5);
+
+/// Content hash and mode of a file (None: absent).
+type FileState = Option<([u8; 32], u32)>;
+
+fn file_state(p: &Path) -> FileState {
+    use sha2::Digest;
+    let data = std::fs::read(p).ok()?;
+    Some((
+        sha2::Sha256::digest(&data).into(),
+        crate::files::mode_of(p).unwrap_or(0),
+    ))
+}
+
 struct Worker {
     config_path: Option<PathBuf>,
     ctx: Ctx,
@@ -61,16 +77,13 @@ struct Worker {
     deferred: bool,
     warnings: BTreeSet<String>,
     refresh: mpsc::UnboundedSender<Vec<PathBuf>>,
-    /// Content hashes of the watched files after the last convergence: events whose file still
-    /// has that content are our own writes (or no change) and are ignored.
-    known: BTreeMap<PathBuf, Option<[u8; 32]>>,
-}
-
-fn content_hash(p: &Path) -> Option<[u8; 32]> {
-    use sha2::Digest;
-    std::fs::read(p)
-        .ok()
-        .map(|d| sha2::Sha256::digest(&d).into())
+    /// Content hash and mode of the watched files after the last convergence: an event whose
+    /// file is still so is our own write (or no change) and is ignored.
+    known: BTreeMap<PathBuf, FileState>,
+    /// Half of WATCHDOG_USEC, if the watchdog is on.
+    watchdog: Option<Duration>,
+    /// When the timer fires next; moved only by real work, never by a watchdog ping.
+    deadline: tokio::time::Instant,
 }
 
 impl Worker {
@@ -86,47 +99,73 @@ impl Worker {
             .send(watch_dirs(&self.ctx.settings, &self.config_file()));
     }
 
-    /// One convergence, with its bookkeeping: metrics, backoff, STATUS=.
+    fn metrics_state_path(&self) -> PathBuf {
+        self.ctx.settings.paths.state_dir.join("metrics-state.json")
+    }
+
+    /// One convergence, with its bookkeeping: metrics, backoff, STATUS=. It runs in its own
+    /// task while this loop keeps pinging the watchdog: a convergence may legitimately take
+    /// minutes (lock wait, restart jobs, verification, rollback), each step with its own timeout.
     async fn converge(&mut self, why: &str) {
         info!(reason = why, "converging");
-        let result = converge_once(&self.ctx, Force::default()).await;
+        let ctx = self.ctx.clone();
+        let mut task = tokio::spawn(async move {
+            let mut out = Outcome::default();
+            let r = converge_once(&ctx, Force::default(), false, &mut out).await;
+            (out, r)
+        });
+        let (out, result) = loop {
+            tokio::select! {
+                r = &mut task => break r.unwrap_or_else(|e| (Outcome::default(), Err(anyhow::anyhow!("convergence panicked: {e}")))),
+                _ = tokio::time::sleep(self.watchdog.unwrap_or(Duration::MAX)), if self.watchdog.is_some() => {
+                    notify(&[NotifyState::Watchdog]);
+                }
+            }
+        };
         let now = SystemTime::now();
         self.last_full = Some(Instant::now());
+        // Metrics: each part's own result.
+        let renewed = out.pki.as_ref().is_some_and(|p| {
+            p.actions
+                .iter()
+                .any(|a| matches!(a, Action::Issue { .. } | Action::IssueCa { .. }))
+        });
+        if renewed {
+            self.metrics.last_renewal = LastRun {
+                at: Some(now),
+                ok: out.pki_done,
+            };
+        }
+        let restarted = out.docker.as_ref().is_some_and(|d| {
+            d.steps
+                .iter()
+                .any(|s| matches!(s, Step::RestartDocker | Step::StartDocker))
+        });
+        if restarted {
+            self.metrics.last_restart = LastRun {
+                at: Some(now),
+                ok: result.is_ok(),
+            };
+        }
+        if let Some(d) = &out.docker {
+            self.deferred = d.deferred;
+        }
         match result {
-            Ok(Outcome { pki, docker }) => {
-                if pki
-                    .actions
-                    .iter()
-                    .any(|a| matches!(a, Action::Issue { .. } | Action::IssueCa { .. }))
-                {
-                    self.metrics.last_renewal = LastRun {
-                        at: Some(now),
-                        ok: true,
-                    };
-                }
-                if let Some(d) = &docker {
-                    if d.steps
-                        .iter()
-                        .any(|s| matches!(s, Step::RestartDocker | Step::StartDocker))
-                    {
-                        self.metrics.last_restart = LastRun {
-                            at: Some(now),
-                            ok: true,
-                        };
-                    }
-                    self.deferred = d.deferred;
-                }
+            Ok(()) => {
                 self.failures = 0;
                 self.retry_at = None;
                 self.last_error = None;
             }
+            Err(e) if e.chain().any(|c| c.downcast_ref::<LockBusy>().is_some()) => {
+                info!(
+                    "the state lock is busy (a command is running); retrying in {}s",
+                    LOCK_RETRY.as_secs()
+                );
+                self.retry_at = Some(Instant::now() + LOCK_RETRY);
+            }
             Err(e) => {
                 self.failures += 1;
                 self.metrics.converge_failures += 1;
-                self.metrics.last_renewal = LastRun {
-                    at: Some(now),
-                    ok: false,
-                };
                 let delay = backoff(self.failures, rand::random::<f64>());
                 self.retry_at = Some(Instant::now() + delay);
                 error!(
@@ -152,7 +191,7 @@ impl Worker {
                     classify(&self.ctx.settings, &config, &p),
                     Some(Trigger::File(_))
                 ) {
-                    self.known.insert(p.clone(), content_hash(&p));
+                    self.known.insert(p.clone(), file_state(&p));
                 }
             }
         }
@@ -160,20 +199,39 @@ impl Worker {
 
     /// Whether a changed path is worth acting on: not our own write, not unchanged.
     fn changed(&self, p: &Path) -> bool {
-        self.known.get(p).is_none_or(|h| *h != content_hash(p))
+        self.known.get(p).is_none_or(|h| *h != file_state(p))
     }
 
-    /// Writes metrics, logs new warnings, sets STATUS=.
+    /// Whether the host's names and addresses differ from the served certificate's SANs
+    /// (address events also come for Docker's veths and link-local addresses).
+    fn sans_changed(&self) -> bool {
+        let Ok(host) = crate::host::HostIdentity::detect() else {
+            return true;
+        };
+        let wanted = crate::pki::plan::server_sans(&self.ctx.settings, &host);
+        let disk = self.ctx.inspect();
+        disk.get(&Slot::Server)
+            .info()
+            .is_none_or(|i| i.sans != wanted)
+    }
+
+    /// Writes metrics (and their state, so a restart keeps them), logs new warnings, sets STATUS=.
     fn report(&mut self) {
         let now = SystemTime::now();
         let disk = self.ctx.inspect();
+        if let Ok(state) = serde_json::to_vec(&self.metrics) {
+            let _ = atomic_write(&self.metrics_state_path(), &state, 0o600);
+        }
         if let Some(path) = &self.ctx.settings.service.metrics_file {
-            if let Err(e) = atomic_write(
-                path,
-                metrics::render(&disk, &self.metrics).as_bytes(),
-                0o644,
-            ) {
-                warn!("cannot write metrics: {e:#}");
+            // Written where node_exporter's textfile collector looks, if it is installed.
+            if path.parent().is_some_and(|d| d.is_dir()) {
+                if let Err(e) = atomic_write(
+                    path,
+                    metrics::render(&disk, &self.metrics).as_bytes(),
+                    0o644,
+                ) {
+                    warn!("cannot write metrics: {e:#}");
+                }
             }
         }
         let warnings: BTreeSet<String> = crate::status::handed_out_warnings(
@@ -241,7 +299,12 @@ impl Worker {
         next.max(Duration::from_secs(1))
     }
 
-    /// After a timer wake-up: converge if something is due, a retry is due, or a full check is.
+    fn rearm(&mut self) {
+        self.deadline = tokio::time::Instant::now() + self.next_wakeup();
+    }
+
+    /// After a timer wake-up: converge if something is due, a retry is due, a deferred restart
+    /// waits, or a full check is due; otherwise only the wall clock was re-read.
     async fn on_timer(&mut self) {
         let due_retry = self.retry_at.is_some_and(|r| Instant::now() >= r);
         let full = self.last_full.is_none_or(|t| t.elapsed() >= FULL_CHECK) || self.deferred;
@@ -252,14 +315,16 @@ impl Worker {
             Err(_) => true,
         };
         if due_retry || pki_due || full {
-            self.converge(if pki_due {
+            let why = if pki_due {
                 "renewal due"
             } else if due_retry {
                 "retry"
+            } else if self.deferred {
+                "deferred Docker restart"
             } else {
                 "periodic check"
-            })
-            .await;
+            };
+            self.converge(why).await;
         }
     }
 
@@ -284,26 +349,81 @@ impl Worker {
         notify(&[NotifyState::Ready]);
     }
 
+    async fn on_triggers(
+        &mut self,
+        first: Trigger,
+        triggers: &mut mpsc::UnboundedReceiver<Trigger>,
+    ) {
+        // Debounce, then act once on everything that arrived. Address changes come in bursts
+        // (IPv4 and IPv6, DHCP): wait longer so Docker restarts once.
+        let wait = if first == Trigger::Addresses {
+            ADDRESS_DEBOUNCE
+        } else {
+            DEBOUNCE
+        };
+        let mut batch = vec![first];
+        tokio::time::sleep(wait).await;
+        while let Ok(t) = triggers.try_recv() {
+            batch.push(t);
+        }
+        let config = self.config_file();
+        let mut relevant: Vec<Trigger> = batch
+            .into_iter()
+            .filter_map(|t| match t {
+                Trigger::File(p) => classify(&self.ctx.settings, &config, &p)
+                    .filter(|t| *t == Trigger::Config || self.changed(&p)),
+                other => Some(other),
+            })
+            .collect();
+        relevant.sort_by_key(|t| format!("{t:?}"));
+        relevant.dedup();
+        if relevant == [Trigger::Addresses] && !self.sans_changed() {
+            tracing::debug!("address change that does not concern the certificate");
+            return;
+        }
+        if relevant.contains(&Trigger::Config) {
+            self.reload().await;
+        } else if !relevant.is_empty() {
+            let why: Vec<String> = relevant
+                .iter()
+                .map(|t| match t {
+                    Trigger::File(p) => format!("{} changed", p.display()),
+                    _ => "host addresses changed".to_string(),
+                })
+                .collect();
+            self.converge(&why.join(", ")).await;
+        }
+    }
+
     async fn run(
         mut self,
         mut triggers: mpsc::UnboundedReceiver<Trigger>,
         mut shutdown: watch::Receiver<bool>,
     ) -> Result<()> {
+        if let Ok(b) = std::fs::read(self.metrics_state_path()) {
+            self.metrics = serde_json::from_slice(&b).unwrap_or_default();
+        }
         self.converge("start").await;
         notify(&[NotifyState::Ready]);
-        let watchdog = sd_notify::watchdog_enabled().map(|d| d / 2);
-        let mut watchdog_tick =
-            watchdog.map(|d| tokio::time::interval_at(tokio::time::Instant::now() + d, d));
+        let mut watchdog_tick = self
+            .watchdog
+            .map(|d| tokio::time::interval_at(tokio::time::Instant::now() + d, d));
+        self.rearm();
         loop {
-            let sleep = tokio::time::sleep(self.next_wakeup());
+            let deadline = self.deadline;
             tokio::select! {
                 biased;
                 _ = shutdown.changed() => {
-                    notify(&[NotifyState::Stopping]);
                     info!("stopping");
                     return Ok(());
                 }
-                _ = sleep => self.on_timer().await,
+                _ = async { watchdog_tick.as_mut().unwrap().tick().await }, if watchdog_tick.is_some() => {
+                    notify(&[NotifyState::Watchdog]);
+                }
+                _ = tokio::time::sleep_until(deadline) => {
+                    self.on_timer().await;
+                    self.rearm();
+                }
                 t = triggers.recv() => {
                     let Some(first) = t else {
                         if *shutdown.borrow() {
@@ -311,43 +431,11 @@ impl Worker {
                         }
                         bail!("trigger channel closed");
                     };
-                    // Debounce, then act once on everything that arrived. Address changes come
-                    // in bursts (IPv4 and IPv6, DHCP): wait longer so Docker restarts once.
-                    let wait = if first == Trigger::Addresses { ADDRESS_DEBOUNCE } else { DEBOUNCE };
-                    let mut batch = vec![first];
-                    tokio::time::sleep(wait).await;
-                    while let Ok(t) = triggers.try_recv() {
-                        batch.push(t);
-                    }
-                    let config = self.config_file();
-                    let mut relevant: Vec<Trigger> = batch
-                        .into_iter()
-                        .filter_map(|t| match t {
-                            Trigger::File(p) => classify(&self.ctx.settings, &config, &p)
-                                .filter(|t| *t == Trigger::Config || self.changed(&p)),
-                            other => Some(other),
-                        })
-                        .collect();
-                    relevant.sort_by_key(|t| format!("{t:?}"));
-                    relevant.dedup();
                     if *shutdown.borrow() {
                         continue;
                     }
-                    if relevant.contains(&Trigger::Config) {
-                        self.reload().await;
-                    } else if !relevant.is_empty() {
-                        let why: Vec<String> = relevant
-                            .iter()
-                            .map(|t| match t {
-                                Trigger::File(p) => format!("{} changed", p.display()),
-                                _ => "host addresses changed".to_string(),
-                            })
-                            .collect();
-                        self.converge(&why.join(", ")).await;
-                    }
-                }
-                _ = async { watchdog_tick.as_mut().unwrap().tick().await }, if watchdog_tick.is_some() => {
-                    notify(&[NotifyState::Watchdog]);
+                    self.on_triggers(first, &mut triggers).await;
+                    self.rearm();
                 }
             }
         }
@@ -403,8 +491,17 @@ async fn signal_task(
     loop {
         tokio::select! {
             _ = hup.recv() => { info!("SIGHUP: reloading the configuration"); let _ = tx.send(Trigger::Config); }
-            _ = term.recv() => { let _ = shutdown.send(true); return Ok("SIGTERM".into()); }
-            _ = int.recv() => { let _ = shutdown.send(true); return Ok("SIGINT".into()); }
+            _ = term.recv() => {
+                // Tell systemd at once; the worker finishes the write in flight, then exits.
+                notify(&[NotifyState::Stopping]);
+                let _ = shutdown.send(true);
+                return Ok("SIGTERM".into());
+            }
+            _ = int.recv() => {
+                notify(&[NotifyState::Stopping]);
+                let _ = shutdown.send(true);
+                return Ok("SIGINT".into());
+            }
         }
     }
 }
@@ -445,6 +542,8 @@ pub async fn run(config_path: Option<&Path>) -> Result<()> {
         warnings: BTreeSet::new(),
         refresh: refresh_tx,
         known: BTreeMap::new(),
+        watchdog: sd_notify::watchdog_enabled().map(|d| d / 2),
+        deadline: tokio::time::Instant::now(),
     };
     worker.refresh_watches();
     let mut files = tokio::spawn(file_watcher_task(

@@ -74,10 +74,12 @@ pub fn watch_dirs(settings: &Settings, config: &Path) -> Vec<PathBuf> {
     dirs.into_iter().collect()
 }
 
-/// inotify watches on directories, (re)added as directories appear.
+/// inotify watches on directories, (re)added as directories appear or are recreated.
 pub struct FileWatcher {
     watcher: notify::RecommendedWatcher,
-    watched: BTreeSet<PathBuf>,
+    /// Watched directories and their inode: a directory removed and recreated has a new inode
+    /// and needs a new watch.
+    watched: std::collections::BTreeMap<PathBuf, u64>,
 }
 
 impl FileWatcher {
@@ -96,22 +98,33 @@ impl FileWatcher {
         .context("cannot start the file watcher (inotify)")?;
         Ok(FileWatcher {
             watcher,
-            watched: BTreeSet::new(),
+            watched: Default::default(),
         })
     }
 
-    /// Watches every directory of `dirs` that exists and is not watched yet; forgets vanished ones.
+    /// Watches every directory of `dirs` that exists and is not watched yet (or was recreated);
+    /// forgets vanished ones.
     pub fn refresh(&mut self, dirs: &[PathBuf]) {
-        self.watched.retain(|d| d.is_dir());
+        use std::os::unix::fs::MetadataExt;
+        let inode = |d: &Path| {
+            std::fs::metadata(d)
+                .ok()
+                .filter(|m| m.is_dir())
+                .map(|m| m.ino())
+        };
+        self.watched.retain(|d, ino| inode(d) == Some(*ino));
         for d in dirs {
-            if d.is_dir() && !self.watched.contains(d) {
-                match self.watcher.watch(d, RecursiveMode::NonRecursive) {
-                    Ok(()) => {
-                        tracing::debug!(dir = %d.display(), "watching");
-                        self.watched.insert(d.clone());
-                    }
-                    Err(e) => tracing::warn!(dir = %d.display(), "cannot watch: {e}"),
+            let Some(ino) = inode(d) else { continue };
+            if self.watched.get(d) == Some(&ino) {
+                continue;
+            }
+            let _ = self.watcher.unwatch(d);
+            match self.watcher.watch(d, RecursiveMode::NonRecursive) {
+                Ok(()) => {
+                    tracing::debug!(dir = %d.display(), "watching");
+                    self.watched.insert(d.clone(), ino);
                 }
+                Err(e) => tracing::warn!(dir = %d.display(), "cannot watch: {e}"),
             }
         }
     }

@@ -9,9 +9,8 @@ cd "$(dirname "$0")/.."
 for tool in openssl curl docker systemd-nspawn busybox nsenter rpm dpkg-deb; do
     command -v "$tool" > /dev/null || { echo "tests/run.sh: '$tool' is missing: run .ci/run, or apt-get install the packages it lists" >&2; exit 2; }
 done
-cleanup() { bash tests/machine/machine.sh down-all > /dev/null 2>&1 || true; }
-trap cleanup EXIT
-cleanup
+# Each test powers off its own machines; `bash tests/machine/machine.sh down-all` clears
+# leftovers of an interrupted run.
 
 echo "== cargo deny: licenses, sources, bans (the advisory database is on GitHub, out of reach here)"
 command -v cargo-deny > /dev/null || cargo install --locked cargo-deny

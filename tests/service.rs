@@ -41,8 +41,17 @@ d=$(openssl x509 -in /etc/docker/tls/server-cert.pem -noout -fingerprint -sha256
 fn started_by_its_unit_ready_only_when_docker_serves_tls() {
     let m = Machine::up("svc-start");
     m.install_service("");
+    // node_exporter's textfile directory: metrics go there when it exists.
+    m.ok("mkdir -p /var/lib/prometheus/node-exporter");
     // `systemctl start` of a Type=notify unit returns once READY=1 is sent.
     m.ok("systemctl enable --now docker-tls-manager");
+    // Enabling it also enabled the boot-time repair ordered before docker.service.
+    assert_eq!(
+        m.ok("systemctl is-enabled docker-tls-manager-prepare")
+            .trim(),
+        "enabled"
+    );
+    m.ok("systemctl show -p Before --value docker-tls-manager-prepare | grep -q docker.service");
     assert_eq!(
         m.ok("systemctl is-active docker-tls-manager").trim(),
         "active"
@@ -60,6 +69,24 @@ fn started_by_its_unit_ready_only_when_docker_serves_tls() {
     // The hardened unit scores as required.
     let score = m.ok("systemd-analyze security --no-pager docker-tls-manager | tail -1");
     assert!(score.contains("exposure level"), "{score}");
+    // Metrics in node_exporter's textfile format, readable by it.
+    let prom = m.ok("cat /var/lib/prometheus/node-exporter/docker-tls-manager.prom");
+    assert!(
+        prom.contains(
+            "docker_tls_manager_cert_expiry_timestamp_seconds{kind=\"server\",name=\"server\"}"
+        ),
+        "{prom}"
+    );
+    assert!(
+        prom.contains("docker_tls_manager_last_restart_success 1")
+            && prom.contains("docker_tls_manager_last_renewal_success 1"),
+        "{prom}"
+    );
+    assert_eq!(
+        m.ok("stat -c %a /var/lib/prometheus/node-exporter/docker-tls-manager.prom")
+            .trim(),
+        "644"
+    );
     // A restart with nothing to change does not restart Docker.
     let pid = m.main_pid();
     m.ok("systemctl restart docker-tls-manager");
@@ -138,6 +165,26 @@ fn deleted_key_repaired_new_address_covered_bad_reload_rejected() {
         Duration::from_secs(5),
     );
     eprintln!("key repaired and served in {took:?}");
+    // A key made world-readable is put back to 0600.
+    m.ok("chmod 644 /var/lib/docker-tls-manager/clients/admin/key.pem");
+    wait_for(
+        &m,
+        "test $(stat -c %a /var/lib/docker-tls-manager/clients/admin/key.pem) = 600",
+        Duration::from_secs(10),
+    );
+    // A certificate directory removed and recreated is still watched.
+    m.ok("rm -rf /etc/docker/tls");
+    wait_for(
+        &m,
+        &format!("test -s /etc/docker/tls/server-key.pem && {SERVED_IS_DISK}"),
+        Duration::from_secs(20),
+    );
+    m.ok("sleep 1; rm /etc/docker/tls/server-key.pem");
+    wait_for(
+        &m,
+        &format!("test -s /etc/docker/tls/server-key.pem && {SERVED_IS_DISK}"),
+        Duration::from_secs(10),
+    );
     // An outside edit to a file it owns is put back.
     m.ok("echo '# edited' >> /etc/systemd/system/docker-tcp.socket");
     wait_for(
@@ -194,16 +241,33 @@ fn sigkill_during_renewal_converges_after_restart() {
     let m = Machine::up("svc-kill");
     m.install_service("");
     m.ok("systemctl enable --now docker-tls-manager");
-    for delay in ["0.05", "0.3", "0.8"] {
-        // A forced change makes the service reissue and restart Docker; kill it mid-way.
+    // Past the 300 ms debounce: during issuance, the writes, the restart job and the verification.
+    for delay in ["0.35", "0.45", "0.6", "0.9", "1.3"] {
+        let restarts: u32 = m
+            .ok("systemctl show -p NRestarts --value docker-tls-manager")
+            .trim()
+            .parse()
+            .unwrap();
+        let old =
+            m.ok("openssl x509 -in /etc/docker/tls/server-cert.pem -noout -fingerprint -sha256");
         m.ok(&format!("rm /etc/docker/tls/server-key.pem; sleep {delay}; systemctl kill -s KILL docker-tls-manager"));
         // systemd restarts it (Restart=on-failure) and it converges.
         wait_for(
             &m,
-            "test \"$(systemctl show -p NRestarts --value docker-tls-manager)\" -ge 1 && systemctl is-active docker-tls-manager",
+            &format!(
+                "test \"$(systemctl show -p NRestarts --value docker-tls-manager)\" -gt {restarts} && systemctl is-active docker-tls-manager"
+            ),
             Duration::from_secs(30),
         );
-        wait_for(&m, SERVED_IS_DISK, Duration::from_secs(30));
+        wait_for(
+            &m,
+            &format!("test -s /etc/docker/tls/server-key.pem && {SERVED_IS_DISK}"),
+            Duration::from_secs(30),
+        );
+        assert_ne!(
+            m.ok("openssl x509 -in /etc/docker/tls/server-cert.pem -noout -fingerprint -sha256"),
+            old
+        );
         assert_eq!(m.ok("systemctl is-active docker").trim(), "active");
         let temps = m.ok(
             "find /etc/docker /var/lib/docker-tls-manager /etc/systemd/system -name '.dtm-tmp-*'",
@@ -215,4 +279,29 @@ fn sigkill_during_renewal_converges_after_restart() {
         );
         m.ok("openssl verify -CAfile /etc/docker/tls/ca.pem /etc/docker/tls/server-cert.pem");
     }
+}
+
+#[test]
+fn boot_repair_runs_before_docker_starts() {
+    let m = Machine::up("svc-boot");
+    m.install_service("");
+    m.ok("systemctl enable --now docker-tls-manager");
+    // As if the host was off: the service stopped, Docker stopped, the key lost meanwhile.
+    m.ok("systemctl stop docker-tls-manager docker docker.socket docker-tcp.socket && rm /etc/docker/tls/server-key.pem");
+    // Docker starts (at boot, or by hand): the repair unit runs first, so dockerd can load its key.
+    m.ok("systemctl start docker");
+    assert_eq!(m.ok("systemctl is-active docker").trim(), "active");
+    m.ok(SERVED_IS_DISK);
+    let j = m.ok("journalctl -u docker-tls-manager-prepare --no-pager");
+    assert!(j.contains("issue server certificate"), "{j}");
+    // While the service converges (holding the lock) and restarts Docker, the repair unit does
+    // not wait for the lock: a forced rotation is not slowed down.
+    m.ok("systemctl start docker-tls-manager");
+    let t0 = std::time::Instant::now();
+    m.ok("docker-tls-manager renew --force server >/dev/null");
+    assert!(
+        t0.elapsed() < Duration::from_secs(30),
+        "rotation took {:?}",
+        t0.elapsed()
+    );
 }

@@ -20,6 +20,9 @@ pub struct Force {
     pub ca: bool,
     pub server: bool,
     pub clients: bool,
+    /// Do not reissue the server certificate only because the host's addresses changed
+    /// (at boot, before the network is up).
+    pub keep_sans: bool,
 }
 
 /// Why a certificate is (re)issued.

@@ -85,12 +85,16 @@ impl Machine {
             self.root.join("usr/bin/docker-tls-manager"),
         )
         .unwrap();
-        std::fs::copy(
-            manifest.join("systemd/docker-tls-manager.service"),
-            self.root
-                .join("etc/systemd/system/docker-tls-manager.service"),
-        )
-        .unwrap();
+        for unit in [
+            "docker-tls-manager.service",
+            "docker-tls-manager-prepare.service",
+        ] {
+            std::fs::copy(
+                manifest.join("systemd").join(unit),
+                self.root.join("etc/systemd/system").join(unit),
+            )
+            .unwrap();
+        }
         std::fs::create_dir_all(self.root.join("etc/docker-tls-manager")).unwrap();
         std::fs::write(self.root.join("etc/docker-tls-manager/config.toml"), config).unwrap();
         self.ok("systemctl daemon-reload");
