@@ -250,7 +250,11 @@ pub fn commented_example() -> String {
 /// Loads the configuration. `explicit` is the `--config` argument: a file named there must
 /// exist; the default path may be absent, which means every default.
 pub fn load(explicit: Option<&Path>) -> Result<Settings, UsageError> {
-    let path = explicit.unwrap_or(Path::new(DEFAULT_CONFIG_PATH));
+    load_from(explicit, Path::new(DEFAULT_CONFIG_PATH))
+}
+
+fn load_from(explicit: Option<&Path>, default: &Path) -> Result<Settings, UsageError> {
+    let path = explicit.unwrap_or(default);
     match std::fs::read_to_string(path) {
         Ok(text) => parse(&text, path),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && explicit.is_none() => parse("", path)
@@ -690,6 +694,22 @@ mod tests {
     fn missing_explicit_file_is_an_error_but_missing_default_is_not() {
         let e = load(Some(Path::new("/nonexistent/dtm.toml"))).unwrap_err();
         assert!(e.0.contains("/nonexistent/dtm.toml"));
+        let s = load_from(None, Path::new("/nonexistent/config.toml")).unwrap();
+        assert_eq!(
+            s,
+            Settings {
+                source: None,
+                ..p("").unwrap()
+            }
+        );
+        // A default path that exists but cannot be read is an error too.
+        let d = tempfile::tempdir().unwrap();
+        assert!(
+            load_from(None, d.path())
+                .unwrap_err()
+                .0
+                .contains(&d.path().display().to_string())
+        );
     }
 }
 

@@ -90,7 +90,7 @@ fn apply_issues_a_chain_openssl_verifies_with_the_right_extensions() {
 
 #[test]
 fn every_key_type_verifies() {
-    for kt in ["ecdsa-p384", "ed25519", "rsa-2048"] {
+    for kt in ["ecdsa-p384", "ed25519", "rsa-2048", "rsa-3072", "rsa-4096"] {
         let s = Sandbox::new(&format!(
             "[ca]\nkey_type = \"{kt}\"\n[server]\nkey_type = \"{kt}\"\n[clients]\nkey_type = \"{kt}\""
         ));

@@ -416,8 +416,21 @@ mod tests {
             "{dj}"
         );
         // The user's original is in the backup directory.
-        let backed = crate::files::mode_of(&d.path().join("b"));
-        assert!(backed.is_some());
+        let mut found = false;
+        let mut stack = vec![d.path().join("b")];
+        while let Some(dir) = stack.pop() {
+            for e in std::fs::read_dir(&dir).unwrap().flatten() {
+                if e.path().is_dir() {
+                    stack.push(e.path());
+                } else if e.file_name() == "daemon.json" {
+                    found |= std::fs::read_to_string(e.path()).unwrap() == "{\"debug\": true}";
+                }
+            }
+        }
+        assert!(
+            found,
+            "the original daemon.json is not in the backup directory"
+        );
     }
 
     #[tokio::test]
