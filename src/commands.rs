@@ -433,15 +433,7 @@ async fn check(ctx: &Ctx) -> Result<()> {
             );
             match ctx.plan(&h, SystemTime::now(), Force::default()) {
                 Ok((_, plan)) if plan.is_empty() => println!("ok: certificates up to date"),
-                Ok((_, plan)) => {
-                    println!("ok: apply would:");
-                    for a in &plan.actions {
-                        println!("  - {a}");
-                    }
-                    for w in &plan.warnings {
-                        println!("warning: {w}");
-                    }
-                }
+                Ok((_, plan)) => print_would(&plan.actions, &plan.warnings),
                 Err(e) => {
                     problems += 1;
                     println!("error: {e:#}");
@@ -750,15 +742,7 @@ async fn check_docker(ctx: &Ctx) -> usize {
     }
     match docker::plan::plan_configure(&obs, &ctx.settings) {
         Ok(p) if p.steps.is_empty() => println!("ok: Docker configuration up to date"),
-        Ok(p) => {
-            println!("ok: apply would:");
-            for s in &p.steps {
-                println!("  - {s}");
-            }
-            for w in &p.warnings {
-                println!("warning: {w}");
-            }
-        }
+        Ok(p) => print_would(&p.steps, &p.warnings),
         Err(e) => {
             problems += 1;
             println!("error: {e}");
@@ -798,4 +782,15 @@ fn generate_assets(dir: &Path) -> Result<()> {
         dir.display()
     );
     Ok(())
+}
+
+/// `check`'s report of what apply would do.
+fn print_would<T: std::fmt::Display>(items: &[T], warnings: &[String]) {
+    println!("ok: apply would:");
+    for i in items {
+        println!("  - {i}");
+    }
+    for w in warnings {
+        println!("warning: {w}");
+    }
 }
