@@ -13,10 +13,10 @@ cargo build --release --quiet
 bash "$M" up "$NAME" >/dev/null
 R=$(bash "$M" root "$NAME")
 cp target/release/docker-tls-manager "$R/usr/bin/"
-cp systemd/docker-tls-manager.service "$R/etc/systemd/system/"
+cp systemd/docker-tls-manager.service systemd/docker-tls-manager-prepare.service "$R/etc/systemd/system/"
 in_m() { DTM_MACHINE_QUIET=1 bash "$M" exec "$NAME" bash -c "$*"; }
 in_m 'systemctl daemon-reload && systemctl enable --now docker-tls-manager'
-sleep 20   # let the start-up converge and its follow-ups settle
+sleep 60   # let the start-up convergence and its follow-ups settle
 sample() {
     in_m 'P=$(systemctl show -p MainPID --value docker-tls-manager)
       cs=0; for t in /proc/$P/task/*; do v=$(awk "/^voluntary_ctxt_switches/ {print \$2}" $t/status); n=$(awk "/^nonvoluntary_ctxt_switches/ {print \$2}" $t/status); cs=$((cs+v+n)); done
