@@ -128,14 +128,10 @@ async fn converge(ctx: &Ctx, force: Force, dry_run: bool, pki_only: bool) -> Res
         let (_, plan) = ctx.plan(&host, now, force)?;
         print_plan(&plan, true);
         if ctx.settings.docker.manage && !pki_only {
-            let sd = Dbus::connect().await?;
-            let obs = docker::observe(
-                &ctx.settings,
-                &sd,
-                &UnixDocker::default(),
-                &docker::tls_probe(&ctx.settings),
-            )
-            .await?;
+            let obs = DockerSide::connect(&ctx.settings)
+                .await?
+                .observe(&ctx.settings)
+                .await?;
             let dplan = docker::plan::plan_configure(&obs, &ctx.settings)?;
             print_docker_plan(&dplan, true, plan.changes_server());
         }
@@ -218,28 +214,19 @@ pub async fn converge_once(
     if !ctx.settings.docker.manage || pki_only {
         return Ok(());
     }
-    let sd = Dbus::connect().await?;
-    let probe = docker::tls_probe(&ctx.settings);
-    let daemon = UnixDocker::default();
-    let obs = docker::observe(&ctx.settings, &sd, &daemon, &probe).await?;
+    let side = DockerSide::connect(&ctx.settings).await?;
+    let obs = side.observe(&ctx.settings).await?;
     let dplan = docker::plan::plan_configure(&obs, &ctx.settings)?;
     for w in &dplan.warnings {
         tracing::warn!("{w}");
     }
     out.docker = Some(dplan.clone());
-    let cx = docker::execute::ExecContext {
-        systemd: &sd,
-        probe: &probe,
-        daemon: &daemon,
-        previous_served: obs.served.clone(),
-        wanted: obs.wanted.clone(),
-        backup_dir: ctx.layout.backup_dir(),
-        also_restore: if plan.changes_server() {
-            before
-        } else {
-            vec![]
-        },
+    let also_restore = if plan.changes_server() {
+        before
+    } else {
+        vec![]
     };
+    let cx = side.exec_context(&obs, ctx.layout.backup_dir(), also_restore);
     docker::execute::execute(&dplan, &cx).await
 }
 
@@ -277,20 +264,10 @@ fn inject_fault(ctx: &Ctx) -> Result<()> {
 
 async fn deconfigure(ctx: &Ctx) -> Result<()> {
     let _lock = StateLock::acquire(&ctx.settings.paths.state_dir, LOCK_WAIT)?;
-    let sd = Dbus::connect().await?;
-    let probe = docker::tls_probe(&ctx.settings);
-    let daemon = UnixDocker::default();
-    let obs = docker::observe(&ctx.settings, &sd, &daemon, &probe).await?;
+    let side = DockerSide::connect(&ctx.settings).await?;
+    let obs = side.observe(&ctx.settings).await?;
     let dplan = docker::plan::plan_deconfigure(&obs, &ctx.settings)?;
-    let cx = docker::execute::ExecContext {
-        systemd: &sd,
-        probe: &probe,
-        daemon: &daemon,
-        previous_served: obs.served.clone(),
-        wanted: obs.wanted.clone(),
-        backup_dir: ctx.layout.backup_dir(),
-        also_restore: vec![],
-    };
+    let cx = side.exec_context(&obs, ctx.layout.backup_dir(), vec![]);
     docker::execute::execute(&dplan, &cx).await?;
     print_docker_plan(&dplan, false, false);
     println!(
@@ -385,9 +362,10 @@ async fn status_cmd(ctx: &Ctx, json: bool) -> Result<()> {
 async fn docker_status(ctx: &Ctx) -> status::DockerStatus {
     let mut st = status::DockerStatus::default();
     let result = async {
-        let sd = Dbus::connect().await?;
-        let probe = docker::tls_probe(&ctx.settings);
-        let obs = docker::observe(&ctx.settings, &sd, &UnixDocker::default(), &probe).await?;
+        let obs = DockerSide::connect(&ctx.settings)
+            .await?
+            .observe(&ctx.settings)
+            .await?;
         st.docker_service = obs.docker.active_state.clone();
         st.socket_unit = obs.socket.active_state.clone();
         st.serving_current_certificate =
@@ -696,16 +674,15 @@ fn client_files(ctx: &Ctx, name: &str) -> Result<ClientFiles> {
 
 /// The Docker part of `check`: what `apply` would run into. Returns the number of problems.
 async fn check_docker(ctx: &Ctx) -> usize {
-    let sd = match Dbus::connect().await {
-        Ok(sd) => sd,
+    let side = match DockerSide::connect(&ctx.settings).await {
+        Ok(side) => side,
         Err(e) => {
             println!("error: {e:#}");
             return 1;
         }
     };
     println!("ok: systemd reachable over D-Bus");
-    let probe = docker::tls_probe(&ctx.settings);
-    let obs = match docker::observe(&ctx.settings, &sd, &UnixDocker::default(), &probe).await {
+    let obs = match side.observe(&ctx.settings).await {
         Ok(o) => o,
         Err(e) => {
             println!("error: {e:#}");
@@ -792,5 +769,44 @@ fn print_would<T: std::fmt::Display>(items: &[T], warnings: &[String]) {
     }
     for w in warnings {
         println!("warning: {w}");
+    }
+}
+
+/// The real outside systems the Docker side talks to: systemd over D-Bus, dockerd's unix
+/// socket, and the mutual-TLS probe.
+struct DockerSide {
+    sd: Dbus,
+    probe: docker::probe::TlsProbe,
+    daemon: UnixDocker,
+}
+
+impl DockerSide {
+    async fn connect(settings: &Settings) -> Result<DockerSide> {
+        Ok(DockerSide {
+            sd: Dbus::connect().await?,
+            probe: docker::tls_probe(settings),
+            daemon: UnixDocker::default(),
+        })
+    }
+
+    async fn observe(&self, settings: &Settings) -> Result<docker::plan::Observed> {
+        docker::observe(settings, &self.sd, &self.daemon, &self.probe).await
+    }
+
+    fn exec_context(
+        &self,
+        obs: &docker::plan::Observed,
+        backup_dir: PathBuf,
+        also_restore: Vec<Snapshot>,
+    ) -> docker::execute::ExecContext<'_, Dbus, docker::probe::TlsProbe, UnixDocker> {
+        docker::execute::ExecContext {
+            systemd: &self.sd,
+            probe: &self.probe,
+            daemon: &self.daemon,
+            previous_served: obs.served.clone(),
+            wanted: obs.wanted.clone(),
+            backup_dir,
+            also_restore,
+        }
     }
 }
