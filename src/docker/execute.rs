@@ -378,25 +378,34 @@ mod tests {
         (d, s, obs, sd)
     }
 
+    fn live_restore_on() -> crate::docker::daemon::DaemonInfo {
+        crate::docker::daemon::DaemonInfo {
+            live_restore: true,
+            ..Default::default()
+        }
+    }
+
+    /// Runs a plan against the fakes; the probe sees the wanted certificate "fp".
+    async fn run(plan: &DockerPlan, sd: &Recorder, daemon: &FixedDaemon, dir: &Path) -> Result<()> {
+        let probe = FakeProbe("fp".into());
+        let cx = ExecContext {
+            systemd: sd,
+            probe: &probe,
+            daemon,
+            wanted: "fp".into(),
+            previous_served: None,
+            backup_dir: dir.join("b"),
+            also_restore: vec![],
+        };
+        execute(plan, &cx).await
+    }
+
     #[tokio::test]
     async fn fresh_host_calls_systemd_in_order() {
         let (d, s, obs, sd) = setup();
         let plan = plan_configure(&obs, &s).unwrap();
-        let probe = FakeProbe("fp".into());
-        let daemon = FixedDaemon(Some(crate::docker::daemon::DaemonInfo {
-            live_restore: true,
-            ..Default::default()
-        }));
-        let cx = ExecContext {
-            systemd: &sd,
-            probe: &probe,
-            daemon: &daemon,
-            wanted: "fp".into(),
-            previous_served: None,
-            backup_dir: d.path().join("b"),
-            also_restore: vec![],
-        };
-        execute(&plan, &cx).await.unwrap();
+        let daemon = FixedDaemon(Some(live_restore_on()));
+        run(&plan, &sd, &daemon, d.path()).await.unwrap();
         assert_eq!(
             sd.calls(),
             [
@@ -440,21 +449,11 @@ mod tests {
             .borrow_mut()
             .push("start docker-tcp.socket".into());
         let plan = plan_configure(&obs, &s).unwrap();
-        let probe = FakeProbe("fp".into());
-        let daemon = FixedDaemon(Some(crate::docker::daemon::DaemonInfo {
-            live_restore: true,
-            ..Default::default()
-        }));
-        let cx = ExecContext {
-            systemd: &sd,
-            probe: &probe,
-            daemon: &daemon,
-            wanted: "fp".into(),
-            previous_served: None,
-            backup_dir: d.path().join("b"),
-            also_restore: vec![],
-        };
-        let e = format!("{:#}", execute(&plan, &cx).await.unwrap_err());
+        let daemon = FixedDaemon(Some(live_restore_on()));
+        let e = format!(
+            "{:#}",
+            run(&plan, &sd, &daemon, d.path()).await.unwrap_err()
+        );
         assert!(
             e.contains("start docker-tcp.socket") && e.contains("restored"),
             "{e}"
@@ -502,18 +501,11 @@ mod tests {
             .borrow_mut()
             .push("enable docker-tcp.socket".into());
         let plan = plan_configure(&obs, &s).unwrap();
-        let probe = FakeProbe("fp".into());
         let daemon = FixedDaemon(obs.daemon.clone());
-        let cx = ExecContext {
-            systemd: &sd,
-            probe: &probe,
-            daemon: &daemon,
-            wanted: "fp".into(),
-            previous_served: None,
-            backup_dir: d.path().join("b"),
-            also_restore: vec![],
-        };
-        let e = format!("{:#}", execute(&plan, &cx).await.unwrap_err());
+        let e = format!(
+            "{:#}",
+            run(&plan, &sd, &daemon, d.path()).await.unwrap_err()
+        );
         assert!(e.contains("restored") && !e.contains("is running"), "{e}");
         assert!(
             !sd.calls().iter().any(|c| c.ends_with("docker.service")),
