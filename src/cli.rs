@@ -64,6 +64,17 @@ pub enum Command {
     /// Write the man page and shell completions into DIR (used to build the packages)
     #[command(hide = true)]
     GenerateAssets { dir: PathBuf },
+    /// Exit 0 only if dockerd will serve the TCP socket with mutual TLS (run by systemd
+    /// before docker-tcp.socket listens and before every start of dockerd)
+    #[command(hide = true)]
+    Guard {
+        /// The daemon.json dockerd reads
+        #[arg(long, value_name = "PATH")]
+        daemon_json: PathBuf,
+        /// Also require docker.service's drop-in with the guard (for the socket unit)
+        #[arg(long, value_name = "PATH")]
+        dropin: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand, Debug)]

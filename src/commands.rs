@@ -25,7 +25,7 @@ use crate::pki::layout::KEY_DIR_MODE;
 use crate::pki::plan::{self, Force, Plan};
 use crate::pki::{Layout, Slot, execute};
 use crate::status;
-use crate::systemd::Dbus;
+use crate::systemd::{Dbus, Systemd};
 
 /// How long a command waits for the state lock held by another invocation.
 const LOCK_WAIT: Duration = Duration::from_secs(60);
@@ -74,6 +74,19 @@ pub async fn run(cmd: Command, config_path: Option<&Path>) -> Result<()> {
     match cmd {
         Command::Run => return crate::service::run(config_path).await,
         Command::GenerateAssets { dir } => return generate_assets(&dir),
+        Command::Guard {
+            daemon_json,
+            dropin,
+        } => {
+            return docker::guard::check(&daemon_json, dropin.as_deref()).map_err(|e| {
+                anyhow::anyhow!(
+                    "guard: {}; {} is not served (Docker itself starts). `docker-tls-manager apply` \
+                     configures mutual TLS again; `docker-tls-manager deconfigure` removes the socket",
+                    e.0,
+                    docker::render::SOCKET_UNIT
+                )
+            });
+        }
         _ => {}
     }
     let ctx = Ctx::load(config_path)?;
@@ -85,11 +98,11 @@ pub async fn run(cmd: Command, config_path: Option<&Path>) -> Result<()> {
                 keep_sans: pki_only,
                 ..Force::default()
             };
-            converge(&ctx, force, dry_run, pki_only).await
+            converge(&ctx, force, dry_run, pki_only, Intent::Apply).await
         }
         Command::Renew { force, target } => {
             if !force {
-                return converge(&ctx, Force::default(), false, false).await;
+                return converge(&ctx, Force::default(), false, false, Intent::Maintain).await;
             }
             let f = match target {
                 Target::Server => Force {
@@ -110,18 +123,35 @@ pub async fn run(cmd: Command, config_path: Option<&Path>) -> Result<()> {
                     ..Force::default()
                 },
             };
-            converge(&ctx, f, false, false).await
+            converge(&ctx, f, false, false, Intent::Maintain).await
         }
         Command::Status { json } => status_cmd(&ctx, json).await,
         Command::Check => check(&ctx).await,
         Command::Client(c) => client(&ctx, c).await,
         Command::Deconfigure => deconfigure(&ctx).await,
-        Command::Run | Command::GenerateAssets { .. } => unreachable!("handled above"),
+        Command::Run | Command::GenerateAssets { .. } | Command::Guard { .. } => {
+            unreachable!("handled above")
+        }
     }
 }
 
+/// Whether a convergence may configure Docker again after `deconfigure`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Intent {
+    /// `apply`: the admin asks for TLS; clears a `deconfigure`.
+    Apply,
+    /// `renew`, the service: keep what is configured; after `deconfigure`, certificates only.
+    Maintain,
+}
+
 /// Brings the PKI to the wanted state, then Docker (when `[docker] manage`).
-async fn converge(ctx: &Ctx, force: Force, dry_run: bool, pki_only: bool) -> Result<()> {
+async fn converge(
+    ctx: &Ctx,
+    force: Force,
+    dry_run: bool,
+    pki_only: bool,
+    intent: Intent,
+) -> Result<()> {
     let host = HostIdentity::detect()?;
     let now = SystemTime::now();
     if dry_run {
@@ -138,7 +168,7 @@ async fn converge(ctx: &Ctx, force: Force, dry_run: bool, pki_only: bool) -> Res
         return Ok(());
     }
     let mut outcome = Outcome::default();
-    match converge_once(ctx, force, pki_only, &mut outcome).await {
+    match converge_once(ctx, force, pki_only, intent, &mut outcome).await {
         Err(e)
             if pki_only
                 && e.chain()
@@ -157,6 +187,11 @@ async fn converge(ctx: &Ctx, force: Force, dry_run: bool, pki_only: bool) -> Res
     if let Some(d) = &outcome.docker {
         print_docker_plan(d, false, false);
     }
+    if outcome.deconfigured {
+        println!(
+            "docker: left alone since `deconfigure`; `docker-tls-manager apply` configures mutual TLS again"
+        );
+    }
     Ok(())
 }
 
@@ -169,6 +204,8 @@ pub struct Outcome {
     pub pki_done: bool,
     /// The Docker plan, once made (`None` with `[docker] manage = false` or `--pki-only`).
     pub docker: Option<DockerPlan>,
+    /// Docker was left alone because the admin ran `deconfigure`.
+    pub deconfigured: bool,
 }
 
 /// One convergence under the state lock: the PKI, then Docker (verified, rolled back on
@@ -177,6 +214,7 @@ pub async fn converge_once(
     ctx: &Ctx,
     force: Force,
     pki_only: bool,
+    intent: Intent,
     out: &mut Outcome,
 ) -> Result<()> {
     let host = HostIdentity::detect()?;
@@ -214,6 +252,15 @@ pub async fn converge_once(
     if !ctx.settings.docker.manage || pki_only {
         return Ok(());
     }
+    let marker = docker::plan::deconfigured_path(&ctx.settings);
+    let deconfigured = marker.exists();
+    if deconfigured && intent == Intent::Maintain {
+        out.deconfigured = true;
+        tracing::info!(
+            "Docker left alone: `deconfigure` ran; `docker-tls-manager apply` configures it again"
+        );
+        return Ok(());
+    }
     let side = DockerSide::connect(&ctx.settings).await?;
     let obs = side.observe(&ctx.settings).await?;
     let dplan = docker::plan::plan_configure(&obs, &ctx.settings)?;
@@ -227,7 +274,13 @@ pub async fn converge_once(
         vec![]
     };
     let cx = side.exec_context(&obs, ctx.layout.backup_dir(), also_restore);
-    docker::execute::execute(&dplan, &cx).await
+    docker::execute::execute(&dplan, &cx).await?;
+    if deconfigured {
+        std::fs::remove_file(&marker)
+            .with_context(|| format!("cannot remove '{}'", marker.display()))?;
+        tracing::info!("configured again after `deconfigure`");
+    }
+    Ok(())
 }
 
 /// Temp files of an atomic write cut short (power loss, SIGKILL): safe to remove under the lock.
@@ -262,11 +315,26 @@ fn inject_fault(ctx: &Ctx) -> Result<()> {
     Ok(())
 }
 
+/// Puts Docker back as it was and records that the admin asked for it, so that neither the
+/// service nor `renew` configures Docker again until `apply`.
 async fn deconfigure(ctx: &Ctx) -> Result<()> {
     let _lock = StateLock::acquire(&ctx.settings.paths.state_dir, LOCK_WAIT)?;
     let side = DockerSide::connect(&ctx.settings).await?;
     let obs = side.observe(&ctx.settings).await?;
     let dplan = docker::plan::plan_deconfigure(&obs, &ctx.settings)?;
+    // Recorded first: a service converging right after (it watches the files removed below)
+    // must find it.
+    let marker = docker::plan::deconfigured_path(&ctx.settings);
+    ensure_dir(&ctx.settings.paths.state_dir, KEY_DIR_MODE)?;
+    atomic_write(
+        &marker,
+        format!(
+            "deconfigure ran at {}; `docker-tls-manager apply` configures Docker again\n",
+            humantime::format_rfc3339_seconds(SystemTime::now())
+        )
+        .as_bytes(),
+        0o600,
+    )?;
     let cx = side.exec_context(&obs, ctx.layout.backup_dir(), vec![]);
     docker::execute::execute(&dplan, &cx).await?;
     print_docker_plan(&dplan, false, false);
@@ -275,6 +343,24 @@ async fn deconfigure(ctx: &Ctx) -> Result<()> {
         ctx.settings.paths.cert_dir.display(),
         ctx.settings.paths.state_dir.display()
     );
+    let service = side
+        .sd
+        .unit(crate::service::SERVICE_UNIT)
+        .await
+        .unwrap_or_default();
+    if service.is_active() {
+        println!(
+            "{}: still running; it keeps the certificates renewed and leaves Docker alone until \
+             `docker-tls-manager apply` (stop it with `systemctl disable --now {}`)",
+            crate::service::SERVICE_UNIT,
+            crate::service::SERVICE_UNIT
+        );
+    } else {
+        println!(
+            "{}: not running; when it starts it leaves Docker alone until `docker-tls-manager apply`",
+            crate::service::SERVICE_UNIT
+        );
+    }
     Ok(())
 }
 
@@ -481,7 +567,7 @@ async fn client(ctx: &Ctx, cmd: ClientCommand) -> Result<()> {
                 ensure_dir(&ctx.layout.clients_dir(), KEY_DIR_MODE)?;
                 ensure_dir(&ctx.layout.client_dir(&name), KEY_DIR_MODE)?;
             }
-            converge(ctx, Force::default(), false, false).await?;
+            converge(ctx, Force::default(), false, false, Intent::Maintain).await?;
             println!(
                 "client '{name}' added: `docker-tls-manager client bundle {name}` hands it out"
             );

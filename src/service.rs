@@ -14,7 +14,7 @@ use sd_notify::NotifyState;
 use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
 
-use crate::commands::{Ctx, Outcome, converge_once};
+use crate::commands::{Ctx, Intent, Outcome, converge_once};
 use crate::config::DEFAULT_CONFIG_PATH;
 use crate::docker::plan::Step;
 use crate::files::{LockBusy, atomic_write};
@@ -23,6 +23,8 @@ use crate::pki::Slot;
 use crate::pki::plan::{Action, Force, policy_of, renewal_time};
 use crate::watch::{AddressWatcher, FileWatcher, Trigger, classify, watch_dirs};
 
+/// This service's unit.
+pub const SERVICE_UNIT: &str = "docker-tls-manager.service";
 /// The longest sleep: the wall clock is re-read at least this often (suspend, clock jumps).
 pub const RECHECK: Duration = Duration::from_secs(5 * 60);
 /// How often Docker is fully re-verified when nothing is due.
@@ -75,6 +77,8 @@ struct Worker {
     last_error: Option<String>,
     last_full: Option<Instant>,
     deferred: bool,
+    /// `deconfigure` ran: Docker is left alone until `apply`.
+    deconfigured: bool,
     warnings: BTreeSet<String>,
     refresh: mpsc::UnboundedSender<Vec<PathBuf>>,
     /// Content hash and mode of the watched files after the last convergence: an event whose
@@ -111,7 +115,7 @@ impl Worker {
         let ctx = self.ctx.clone();
         let mut task = tokio::spawn(async move {
             let mut out = Outcome::default();
-            let r = converge_once(&ctx, Force::default(), false, &mut out).await;
+            let r = converge_once(&ctx, Force::default(), false, Intent::Maintain, &mut out).await;
             (out, r)
         });
         let (out, result) = loop {
@@ -150,6 +154,7 @@ impl Worker {
         if let Some(d) = &out.docker {
             self.deferred = d.deferred;
         }
+        self.deconfigured = out.deconfigured;
         match result {
             Ok(()) => {
                 self.failures = 0;
@@ -257,6 +262,11 @@ impl Worker {
         };
         if self.deferred {
             status.push_str("; Docker restart deferred (containers running without live-restore)");
+        }
+        if self.deconfigured {
+            status.push_str(
+                "; Docker left alone since deconfigure (`docker-tls-manager apply` configures it again)",
+            );
         }
         if !self.warnings.is_empty() {
             status.push_str(&format!(
@@ -539,6 +549,7 @@ pub async fn run(config_path: Option<&Path>) -> Result<()> {
         last_error: None,
         last_full: None,
         deferred: false,
+        deconfigured: false,
         warnings: BTreeSet::new(),
         refresh: refresh_tx,
         known: BTreeMap::new(),

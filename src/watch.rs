@@ -239,7 +239,7 @@ mod tests {
         ));
         assert!(matches!(f("/u/docker-tcp.socket"), Some(Trigger::File(_))));
         assert!(matches!(
-            f("/u/docker.service.d/override.conf"),
+            f("/u/docker.service.d/docker-tls-manager.conf"),
             Some(Trigger::File(_))
         ));
         assert!(matches!(f("/d/daemon.json"), Some(Trigger::File(_))));

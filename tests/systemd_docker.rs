@@ -222,7 +222,7 @@ fn failures_roll_back_and_leave_docker_healthy() {
         "{err}"
     );
     assert_eq!(m.ok("systemctl is-active docker").trim(), "active");
-    m.ok("test ! -e /etc/systemd/system/docker-tcp.socket && test ! -e /etc/systemd/system/docker.service.d/override.conf");
+    m.ok("test ! -e /etc/systemd/system/docker-tcp.socket && test ! -e /etc/systemd/system/docker.service.d/docker-tls-manager.conf");
     m.ok("test ! -e /etc/docker/daemon.json || ! grep -q tlsverify /etc/docker/daemon.json");
     m.ok("docker version >/dev/null");
     m.ok("kill $(cat /tmp/nc.pid); sleep 0.3; docker-tls-manager apply");

@@ -18,6 +18,12 @@ use crate::systemd::{JobKind, Systemd};
 /// How long Docker gets to come up and serve TLS after a (re)start.
 pub const VERIFY_TIMEOUT: Duration = Duration::from_secs(90);
 
+/// How long dockerd gets to report live-restore on after SIGHUP.
+#[cfg(not(test))]
+const LIVE_RESTORE_TIMEOUT: Duration = Duration::from_secs(20);
+#[cfg(test)]
+const LIVE_RESTORE_TIMEOUT: Duration = Duration::from_millis(500);
+
 /// A file's content before the run (`None`: it did not exist), to restore on failure.
 #[derive(Clone, Debug)]
 pub struct Snapshot {
@@ -63,12 +69,13 @@ pub struct ExecContext<'a, S: Systemd, P: Prober, D: DockerDaemon> {
     pub also_restore: Vec<Snapshot>,
 }
 
-/// Whether a step acts on the running Docker (after it, a rollback must restart Docker).
+/// Whether a step acts on the running Docker (after it, a rollback must restart Docker). A
+/// reload (SIGHUP) does not: dockerd keeps running, and the only reloads we send switch
+/// live-restore on, which a rollback keeps.
 fn touches_docker(step: &Step) -> bool {
     matches!(
         step,
-        Step::ReloadDocker
-            | Step::StopDocker
+        Step::StopDocker
             | Step::StartDocker
             | Step::RestartDocker
             | Step::StartSocket
@@ -92,11 +99,43 @@ pub async fn execute<S: Systemd, P: Prober, D: DockerDaemon>(
     }
     let socket_before = cx.systemd.unit(SOCKET_UNIT).await.unwrap_or_default();
     let now = SystemTime::now();
+    let mut backed_up: Vec<PathBuf> = Vec::new();
     let mut docker_touched = false;
-    for step in &plan.steps {
+    for (i, step) in plan.steps.iter().enumerate() {
         info!(step = %step, "docker");
+        if *step == Step::Commit {
+            // Files written so far are the new baseline of the rollback.
+            for st in &plan.steps[..i] {
+                if let Step::Write { path, .. } | Step::Remove { path } = st {
+                    if let Some(s) = snapshots.iter_mut().find(|s| &s.path == path) {
+                        *s = Snapshot::take(path);
+                    }
+                }
+            }
+            continue;
+        }
         docker_touched |= touches_docker(step);
-        if let Err(e) = run_step(step, cx, now).await {
+        // Each file is backed up once per run, as it was before the run (a second write of
+        // the same file must not replace the backup of the user's original).
+        let backup_result = match step {
+            Step::Write { path, content, .. } if !backed_up.contains(path) => {
+                backed_up.push(path.clone());
+                if std::fs::read(path).is_ok_and(|old| old != content.as_bytes()) {
+                    backup(path, &cx.backup_dir, now).map(|_| ())
+                } else {
+                    Ok(())
+                }
+            }
+            Step::Remove { path } if !backed_up.contains(path) => {
+                backed_up.push(path.clone());
+                backup(path, &cx.backup_dir, now).map(|_| ())
+            }
+            _ => Ok(()),
+        };
+        if let Err(e) = match backup_result {
+            Ok(()) => run_step(step, cx).await,
+            Err(e) => Err(e),
+        } {
             error!("step '{step}' failed: {e:#}; rolling back");
             return match rollback(&snapshots, &socket_before, docker_touched, cx).await {
                 Ok(()) => Err(e.context(format!(
@@ -119,7 +158,6 @@ pub async fn execute<S: Systemd, P: Prober, D: DockerDaemon>(
 async fn run_step<S: Systemd, P: Prober, D: DockerDaemon>(
     step: &Step,
     cx: &ExecContext<'_, S, P, D>,
-    now: SystemTime,
 ) -> Result<()> {
     let sd = cx.systemd;
     match step {
@@ -128,9 +166,6 @@ async fn run_step<S: Systemd, P: Prober, D: DockerDaemon>(
             content,
             mode,
         } => {
-            if std::fs::read(path).is_ok_and(|old| old != content.as_bytes()) {
-                backup(path, &cx.backup_dir, now)?;
-            }
             if let Some(parent) = path.parent() {
                 if !parent.exists() {
                     ensure_dir(parent, 0o755)?;
@@ -139,7 +174,6 @@ async fn run_step<S: Systemd, P: Prober, D: DockerDaemon>(
             atomic_write(path, content.as_bytes(), *mode)
         }
         Step::Remove { path } => {
-            backup(path, &cx.backup_dir, now)?;
             match std::fs::remove_file(path) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                     return Err(e).with_context(|| format!("cannot remove '{}'", path.display()));
@@ -156,12 +190,13 @@ async fn run_step<S: Systemd, P: Prober, D: DockerDaemon>(
         Step::EnableSocket => sd.enable(SOCKET_UNIT).await,
         Step::DisableSocket => sd.disable(SOCKET_UNIT).await,
         Step::ReloadDocker => sd.job(JobKind::Reload, DOCKER_SERVICE).await,
+        Step::Commit => Ok(()),
         Step::StopDocker => sd.job(JobKind::Stop, DOCKER_SERVICE).await,
         Step::StartSocket => sd.job(JobKind::Start, SOCKET_UNIT).await,
         Step::RestartSocket => sd.job(JobKind::Restart, SOCKET_UNIT).await,
         Step::StopSocket => sd.job(JobKind::Stop, SOCKET_UNIT).await,
         Step::WaitLiveRestore => {
-            let deadline = Instant::now() + Duration::from_secs(20);
+            let deadline = Instant::now() + LIVE_RESTORE_TIMEOUT;
             loop {
                 if cx.daemon.info().await.is_ok_and(|i| i.live_restore) {
                     return Ok(());
@@ -372,6 +407,7 @@ mod tests {
             docker: docker.clone(),
             daemon: Some(Default::default()),
             wanted: "fp".into(),
+            guard_binary: "/usr/bin/docker-tls-manager".into(),
             ..Observed::default()
         };
         let sd = Recorder::default().with_unit(DOCKER_SERVICE, docker);
@@ -409,9 +445,9 @@ mod tests {
         assert_eq!(
             sd.calls(),
             [
+                "reload docker.service",
                 "enable docker-tcp.socket",
                 "reload",
-                "reload docker.service",
                 "stop docker.service",
                 "start docker-tcp.socket",
                 "reset-failed docker.service",
@@ -419,6 +455,12 @@ mod tests {
             ]
         );
         assert!(s.paths.systemd_dir.join("docker-tcp.socket").is_file());
+        assert!(
+            s.paths
+                .systemd_dir
+                .join("docker.service.d/docker-tls-manager.conf")
+                .is_file()
+        );
         let dj = std::fs::read_to_string(d.path().join("daemon.json")).unwrap();
         assert!(
             dj.contains("\"debug\": true") && dj.contains("tlsverify"),
@@ -442,6 +484,9 @@ mod tests {
         );
     }
 
+    /// Port 2376 taken by another program: the socket fails after Docker was stopped with
+    /// live-restore on. The rollback restores everything but live-restore: a dockerd started
+    /// without it would kill the containers that survived the stop.
     #[tokio::test]
     async fn failed_socket_start_rolls_everything_back_and_starts_docker() {
         let (d, s, obs, sd) = setup();
@@ -479,13 +524,42 @@ mod tests {
         assert!(
             !s.paths
                 .systemd_dir
-                .join("docker.service.d/override.conf")
+                .join("docker.service.d/docker-tls-manager.conf")
                 .exists()
         );
+        let dj: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(d.path().join("daemon.json")).unwrap())
+                .unwrap();
         assert_eq!(
-            std::fs::read_to_string(d.path().join("daemon.json")).unwrap(),
-            "{\"debug\": true}"
+            dj,
+            serde_json::json!({"debug": true, "live-restore": true}),
+            "live-restore must survive the rollback, the TLS keys must not"
         );
+        // deconfigure still knows live-restore was ours.
+        let owned = std::fs::read_to_string(s.paths.state_dir.join("docker-owned.json")).unwrap();
+        assert!(owned.contains("live-restore"), "{owned}");
+    }
+
+    /// dockerd never switches live-restore on after SIGHUP: nothing restarts Docker, and the
+    /// rollback leaves it running untouched.
+    #[tokio::test]
+    async fn live_restore_that_never_comes_on_stops_before_any_restart() {
+        let (d, s, obs, sd) = setup();
+        let plan = plan_configure(&obs, &s).unwrap();
+        let daemon = FixedDaemon(Some(Default::default()));
+        let e = format!(
+            "{:#}",
+            run(&plan, &sd, &daemon, d.path()).await.unwrap_err()
+        );
+        assert!(e.contains("live-restore"), "{e}");
+        assert!(
+            !sd.calls()
+                .iter()
+                .any(|c| c.contains("start") || c.contains("stop")),
+            "{:?}",
+            sd.calls()
+        );
+        assert!(!s.paths.systemd_dir.join("docker-tcp.socket").exists());
     }
 
     #[tokio::test]

@@ -4,6 +4,7 @@
 
 pub mod daemon;
 pub mod execute;
+pub mod guard;
 pub mod plan;
 pub mod probe;
 pub mod render;
@@ -100,6 +101,18 @@ pub fn expand_argv(argv: &[String], env: &BTreeMap<String, String>) -> Vec<Strin
     out
 }
 
+/// The path the units call the guard by: this program's own, as installed.
+pub fn guard_binary() -> std::path::PathBuf {
+    match std::env::current_exe() {
+        // Replaced under us (a package upgrade): the new file is at the same path.
+        Ok(p) => match p.to_string_lossy().strip_suffix(" (deleted)") {
+            Some(s) => s.into(),
+            None => p,
+        },
+        Err(_) => "/usr/bin/docker-tls-manager".into(),
+    }
+}
+
 /// Reads files, asks systemd and dockerd, and probes the TLS endpoint.
 pub async fn observe<S: Systemd, D: DockerDaemon, P: Prober>(
     settings: &Settings,
@@ -136,6 +149,8 @@ pub async fn observe<S: Systemd, D: DockerDaemon, P: Prober>(
     Ok(Observed {
         socket_file: std::fs::read_to_string(plan::socket_path(settings)).ok(),
         dropin_file: std::fs::read_to_string(plan::dropin_path(settings)).ok(),
+        legacy_dropin_file: std::fs::read_to_string(plan::legacy_dropin_path(settings)).ok(),
+        guard_binary: guard_binary(),
         daemon_json: std::fs::read_to_string(&daemon_json_path).ok(),
         daemon_json_path,
         daemon: if running {

@@ -11,7 +11,8 @@ use serde_json::{Map, Value};
 
 use super::daemon::DaemonInfo;
 use super::render::{
-    self, DOCKER_SERVICE, DaemonSettings, LIVE_RESTORE_KEY, SOCKET_UNIT, TLS_KEYS,
+    self, DOCKER_SERVICE, DaemonSettings, Guard, HEADER_FIRST_LINE, LIVE_RESTORE_KEY, SOCKET_UNIT,
+    TLS_KEYS,
 };
 use crate::config::{LiveRestore, Settings};
 use crate::error::UsageError;
@@ -36,6 +37,11 @@ pub struct Owned {
 pub struct Observed {
     pub socket_file: Option<String>,
     pub dropin_file: Option<String>,
+    /// `docker.service.d/override.conf`: ours if an earlier version wrote it (our header),
+    /// else the admin's (`systemctl edit docker`), left alone.
+    pub legacy_dropin_file: Option<String>,
+    /// The binary the units call as the guard (this program's own path).
+    pub guard_binary: PathBuf,
     /// The daemon.json dockerd reads (`--config-file` in ExecStart, else `[paths] daemon_json`).
     pub daemon_json_path: PathBuf,
     pub daemon_json: Option<String>,
@@ -66,6 +72,9 @@ pub enum Step {
     DisableSocket,
     /// SIGHUP to dockerd (ReloadUnit): applies live-restore without a restart.
     ReloadDocker,
+    /// What was written so far stays, whatever fails later: live-restore, once on, is never
+    /// switched off by a rollback (a dockerd started without it kills running containers).
+    Commit,
     /// Until dockerd's /info reports live-restore on.
     WaitLiveRestore,
     StopDocker,
@@ -89,6 +98,9 @@ impl fmt::Display for Step {
             Step::EnableSocket => write!(f, "enable {SOCKET_UNIT}"),
             Step::DisableSocket => write!(f, "disable {SOCKET_UNIT}"),
             Step::ReloadDocker => write!(f, "reload {DOCKER_SERVICE} (SIGHUP: live-restore)"),
+            Step::Commit => {
+                f.write_str("keep live-restore on from here, even if a later step fails")
+            }
             Step::WaitLiveRestore => f.write_str("wait until dockerd reports live-restore on"),
             Step::StopDocker => write!(f, "stop {DOCKER_SERVICE}"),
             Step::StartSocket => write!(f, "start {SOCKET_UNIT}"),
@@ -180,8 +192,49 @@ pub fn dropin_path(settings: &Settings) -> PathBuf {
         .join(render::DROPIN_NAME)
 }
 
+/// Where earlier versions wrote the drop-in (the name `systemctl edit` uses).
+pub fn legacy_dropin_path(settings: &Settings) -> PathBuf {
+    settings
+        .paths
+        .systemd_dir
+        .join("docker.service.d")
+        .join(render::LEGACY_DROPIN_NAME)
+}
+
+/// How our units call the guard, or a refusal when a path cannot go into a unit file as it is.
+fn guard(obs: &Observed, settings: &Settings) -> Result<Guard, UsageError> {
+    let g = Guard {
+        binary: obs.guard_binary.clone(),
+        daemon_json: obs.daemon_json_path.clone(),
+        dropin: dropin_path(settings),
+    };
+    for p in [&g.binary, &g.daemon_json, &g.dropin] {
+        if !render::is_plain_path(p) {
+            return Err(refuse(format!(
+                "'{}' goes into the guard command of {SOCKET_UNIT} and {DOCKER_SERVICE}'s drop-in, and \
+                 only absolute paths of letters, digits and / . _ - + are supported; move the file \
+                 (or install the binary) to such a path",
+                p.display()
+            )));
+        }
+    }
+    Ok(g)
+}
+
+/// Our own `override.conf` from an earlier version, to remove.
+fn legacy_ours(obs: &Observed) -> bool {
+    obs.legacy_dropin_file
+        .as_deref()
+        .is_some_and(|t| t.starts_with(HEADER_FIRST_LINE))
+}
+
 pub fn owned_path(settings: &Settings) -> PathBuf {
     settings.paths.state_dir.join("docker-owned.json")
+}
+
+/// Present after `deconfigure`: nothing but `apply` configures Docker again.
+pub fn deconfigured_path(settings: &Settings) -> PathBuf {
+    settings.paths.state_dir.join("deconfigured")
 }
 
 fn refuse(msg: String) -> UsageError {
@@ -267,6 +320,11 @@ fn check_conflicts(
 }
 
 /// Plans the configuration of Docker for mutual TLS on the socket unit.
+///
+/// Order of writes, so that a crash between any two leaves no state in which the TCP port is
+/// served without mutual TLS: daemon.json (TLS keys) first, then the drop-in (whose guard
+/// re-checks daemon.json at every start of dockerd), then the socket unit (whose guard
+/// refuses to listen unless both are in place).
 pub fn plan_configure(obs: &Observed, settings: &Settings) -> Result<DockerPlan, UsageError> {
     let layout = Layout::new(&settings.paths);
     let flags = obs
@@ -277,6 +335,7 @@ pub fn plan_configure(obs: &Observed, settings: &Settings) -> Result<DockerPlan,
         .unwrap_or_default();
     let existing = parse_daemon_json(&obs.daemon_json_path, obs.daemon_json.as_deref())?;
     check_conflicts(obs, &flags, &existing)?;
+    let guard = guard(obs, settings)?;
     let mut plan = DockerPlan::default();
 
     // live-restore: keeps containers running across the restart that new TLS material needs.
@@ -317,21 +376,24 @@ pub fn plan_configure(obs: &Observed, settings: &Settings) -> Result<DockerPlan,
         }
     }
 
-    let socket_content = render::socket_unit(&settings.docker.listen);
-    let dropin_content = render::dropin();
+    let socket_content = render::socket_unit(&settings.docker.listen, &guard);
+    let dropin_content = render::dropin(&guard);
     let socket_changed = obs.socket_file.as_deref() != Some(&socket_content);
     let dropin_changed = obs.dropin_file.as_deref() != Some(&dropin_content);
-    let units_changed = socket_changed || dropin_changed;
+    let legacy = legacy_ours(obs);
     let enable = obs.socket.unit_file_state != "enabled";
     let docker_active = obs.docker.is_active();
     let socket_active = obs.socket.is_active();
     let serving_current = obs.served.as_deref() == Some(obs.wanted.as_str());
+    // The drop-in alone needs no restart: its guard is read at dockerd's next start.
     let needs_restart =
-        docker_active && (units_changed || tls_changed || !serving_current || !socket_active);
+        docker_active && (socket_changed || tls_changed || !serving_current || !socket_active);
 
-    let effective_lr = flags.live_restore
-        || obs.daemon.as_ref().is_some_and(|d| d.live_restore)
-        || live_restore == Some(true);
+    // What the running dockerd does (its /info), never what a file says: daemon.json may say
+    // live-restore while dockerd never loaded it (edited, not reloaded).
+    let running_lr = obs.daemon.as_ref().is_some_and(|d| d.live_restore);
+    let switch_lr =
+        docker_active && live_restore == Some(true) && !running_lr && (needs_restart || lr_changed);
     let running = obs.daemon.as_ref().map_or(0, |d| d.containers_running);
     if needs_restart && obs.daemon.is_none() {
         // Docker runs but does not answer /info: whether containers would die is unknown.
@@ -340,7 +402,7 @@ pub fn plan_configure(obs: &Observed, settings: &Settings) -> Result<DockerPlan,
             "restart of {DOCKER_SERVICE} deferred: dockerd does not answer on its unix socket, so whether \
              containers would be killed is unknown; nothing was changed for Docker"
         ));
-    } else if needs_restart && running > 0 && !effective_lr {
+    } else if needs_restart && running > 0 && !running_lr && !switch_lr {
         plan.deferred = true;
         plan.warnings.push(format!(
             "restart of {DOCKER_SERVICE} deferred: {running} container(s) running and live-restore is off{}, so a \
@@ -354,7 +416,7 @@ pub fn plan_configure(obs: &Observed, settings: &Settings) -> Result<DockerPlan,
         return Ok(plan);
     }
 
-    // Files.
+    // The record of what we replaced, before the first change to daemon.json.
     if tls_changed || lr_changed {
         let mut owned = obs.owned.clone();
         if obs.owned.original.is_empty() {
@@ -375,11 +437,36 @@ pub fn plan_configure(obs: &Observed, settings: &Settings) -> Result<DockerPlan,
             });
         }
     }
-    if socket_changed {
+    // live-restore on first, on its own, kept from here on: the reload job ends when SIGHUP is
+    // sent, so wait until dockerd reports it on before anything can restart Docker.
+    let mut tls_written = !tls_changed && !lr_changed;
+    if switch_lr {
+        if lr_changed {
+            let mut with_lr = existing.clone();
+            with_lr.insert(LIVE_RESTORE_KEY.to_string(), Value::Bool(true));
+            if !tls_changed {
+                tls_written = true;
+            }
+            plan.steps.push(Step::Write {
+                path: obs.daemon_json_path.clone(),
+                content: render::render_json(&with_lr),
+                mode: 0o644,
+            });
+        }
+        plan.steps.push(Step::Commit);
+        plan.steps.push(Step::ReloadDocker);
+        plan.steps.push(Step::WaitLiveRestore);
+    }
+    if !tls_written {
         plan.steps.push(Step::Write {
-            path: socket_path(settings),
-            content: socket_content,
+            path: obs.daemon_json_path.clone(),
+            content: render::render_json(&merged),
             mode: 0o644,
+        });
+    }
+    if legacy {
+        plan.steps.push(Step::Remove {
+            path: legacy_dropin_path(settings),
         });
     }
     if dropin_changed {
@@ -389,24 +476,18 @@ pub fn plan_configure(obs: &Observed, settings: &Settings) -> Result<DockerPlan,
             mode: 0o644,
         });
     }
-    if tls_changed || lr_changed {
+    if socket_changed {
         plan.steps.push(Step::Write {
-            path: obs.daemon_json_path.clone(),
-            content: render::render_json(&merged),
+            path: socket_path(settings),
+            content: socket_content,
             mode: 0o644,
         });
     }
     if enable {
         plan.steps.push(Step::EnableSocket);
     }
-    if units_changed || enable {
+    if socket_changed || dropin_changed || legacy || enable {
         plan.steps.push(Step::DaemonReload);
-    }
-    // Switch live-restore on before the restart, so the restart keeps containers; the reload
-    // job ends when SIGHUP is sent, so wait until dockerd reports it on.
-    if lr_changed && live_restore == Some(true) && docker_active {
-        plan.steps.push(Step::ReloadDocker);
-        plan.steps.push(Step::WaitLiveRestore);
     }
     if needs_restart {
         if socket_changed || !socket_active {
@@ -446,31 +527,35 @@ fn restored_text(owned: &Owned, map: &Map<String, Value>) -> String {
 
 /// Plans putting Docker back as it was: socket unit and drop-in removed, our daemon.json keys
 /// restored, Docker restarted; certificates kept.
+///
+/// The socket goes first (disabled, stopped, its file removed, systemd reloaded), so that from
+/// then on no start of dockerd receives the TCP port; only then is Docker restarted (which
+/// closes the port the running dockerd still holds) and are the TLS keys taken out of
+/// daemon.json. A crash anywhere leaves either the socket guarded or no socket.
 pub fn plan_deconfigure(obs: &Observed, settings: &Settings) -> Result<DockerPlan, UsageError> {
     let existing = parse_daemon_json(&obs.daemon_json_path, obs.daemon_json.as_deref())?;
     let mut plan = DockerPlan::default();
-    let restore = |map: &mut Map<String, Value>, key: &str| match obs.owned.original.get(key) {
-        Some(Some(v)) => {
-            map.insert(key.to_string(), v.clone());
+    let mut final_map = existing.clone();
+    for k in TLS_KEYS.iter().chain([&LIVE_RESTORE_KEY]) {
+        match obs.owned.original.get(*k) {
+            Some(Some(v)) => {
+                final_map.insert(k.to_string(), v.clone());
+            }
+            Some(None) => {
+                final_map.remove(*k);
+            }
+            None => {}
         }
-        Some(None) => {
-            map.remove(key);
-        }
-        None => {}
-    };
-    // First pass: TLS keys back; live-restore stays until Docker has restarted.
-    let mut without_tls = existing.clone();
-    for k in TLS_KEYS {
-        restore(&mut without_tls, k);
     }
-    let mut final_map = without_tls.clone();
-    restore(&mut final_map, LIVE_RESTORE_KEY);
 
-    let socket_exists = obs.socket_file.is_some();
     if obs.socket.unit_file_state == "enabled" {
         plan.steps.push(Step::DisableSocket);
     }
-    if socket_exists {
+    let socket_was_active = obs.socket.is_active();
+    if socket_was_active {
+        plan.steps.push(Step::StopSocket);
+    }
+    if obs.socket_file.is_some() {
         plan.steps.push(Step::Remove {
             path: socket_path(settings),
         });
@@ -480,37 +565,32 @@ pub fn plan_deconfigure(obs: &Observed, settings: &Settings) -> Result<DockerPla
             path: dropin_path(settings),
         });
     }
-    if without_tls != existing {
-        plan.steps.push(Step::Write {
-            path: obs.daemon_json_path.clone(),
-            content: render::render_json(&without_tls),
-            mode: 0o644,
+    if legacy_ours(obs) {
+        plan.steps.push(Step::Remove {
+            path: legacy_dropin_path(settings),
         });
     }
-    if plan.steps.is_empty() && !obs.socket.is_active() {
-        return Ok(plan);
+    if !plan.steps.is_empty() {
+        plan.steps.push(Step::DaemonReload);
     }
-    plan.steps.push(Step::DaemonReload);
     let docker_active = obs.docker.is_active();
-    let running = obs.daemon.as_ref().map_or(0, |d| d.containers_running);
-    let lr = obs.daemon.as_ref().is_some_and(|d| d.live_restore);
-    if docker_active && running > 0 && !lr {
-        plan.deferred = true;
-        plan.warnings.push(format!(
-            "restart of {DOCKER_SERVICE} deferred: {running} container(s) running and live-restore is off; the TCP \
-             port stays open until Docker restarts (`systemctl stop docker docker-tcp.socket; systemctl start docker`)"
-        ));
-        return Ok(plan);
+    if docker_active && socket_was_active {
+        // The running dockerd still holds the port: a restart closes it.
+        let running = obs.daemon.as_ref().map_or(0, |d| d.containers_running);
+        let lr = obs.daemon.as_ref().is_some_and(|d| d.live_restore);
+        if running > 0 && !lr {
+            plan.deferred = true;
+            plan.warnings.push(format!(
+                "restart of {DOCKER_SERVICE} deferred: {running} container(s) running and live-restore is off; the \
+                 running dockerd keeps serving the TCP port (with mutual TLS) until it restarts, and no later start \
+                 of Docker gets it (`systemctl restart docker` closes it now, killing the containers)"
+            ));
+        } else {
+            plan.steps.push(Step::RestartDocker);
+            plan.steps.push(Step::VerifyClosed);
+        }
     }
-    if docker_active {
-        plan.steps.push(Step::StopDocker);
-        plan.steps.push(Step::StopSocket);
-        plan.steps.push(Step::StartDocker);
-    } else {
-        plan.steps.push(Step::StopSocket);
-    }
-    plan.steps.push(Step::VerifyClosed);
-    if final_map != without_tls {
+    if final_map != existing {
         if obs.owned.created_daemon_json && final_map.is_empty() {
             plan.steps.push(Step::Remove {
                 path: obs.daemon_json_path.clone(),
@@ -522,33 +602,36 @@ pub fn plan_deconfigure(obs: &Observed, settings: &Settings) -> Result<DockerPla
                 mode: 0o644,
             });
         }
-        if docker_active {
+        if docker_active && existing.get(LIVE_RESTORE_KEY) != final_map.get(LIVE_RESTORE_KEY) {
             plan.steps.push(Step::ReloadDocker);
         }
     } else if obs.owned.created_daemon_json && final_map.is_empty() && obs.daemon_json.is_some() {
         plan.steps.push(Step::Remove {
             path: obs.daemon_json_path.clone(),
         });
-    } else if without_tls != existing {
-        let text = restored_text(&obs.owned, &final_map);
-        if text != render::render_json(&final_map) {
+    } else if let Some(text) = obs.daemon_json.as_deref() {
+        // Same keys and values; put the user's own formatting back.
+        let restored = restored_text(&obs.owned, &final_map);
+        if !obs.owned.original.is_empty() && restored != text {
             plan.steps.push(Step::Write {
                 path: obs.daemon_json_path.clone(),
-                content: text,
+                content: restored,
                 mode: 0o644,
             });
         }
     }
-    plan.steps.push(Step::Remove {
-        path: owned_path(settings),
-    });
+    if !obs.owned.original.is_empty() || obs.owned.created_daemon_json {
+        plan.steps.push(Step::Remove {
+            path: owned_path(settings),
+        });
+    }
     Ok(plan)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::docker::render::{dropin, merge_daemon_json, render_json, socket_unit};
+    use crate::docker::render::{merge_daemon_json, render_json};
 
     fn settings(extra: &str) -> Settings {
         crate::config::parse(
@@ -583,23 +666,32 @@ mod tests {
             },
             daemon: Some(DaemonInfo::default()),
             wanted: "new".into(),
+            guard_binary: PathBuf::from("/usr/bin/docker-tls-manager"),
             ..Observed::default()
         }
+    }
+
+    fn written<'a>(p: &'a DockerPlan, name: &str) -> Vec<&'a str> {
+        p.steps
+            .iter()
+            .filter_map(|st| match st {
+                Step::Write { path, content, .. } if path.ends_with(name) => Some(content.as_str()),
+                _ => None,
+            })
+            .collect()
     }
 
     /// The same host after a successful apply.
     fn converged(s: &Settings) -> Observed {
         let mut o = stock();
-        o.socket_file = Some(socket_unit(&s.docker.listen));
-        o.dropin_file = Some(dropin());
         let p = plan_configure(&stock(), s).unwrap();
-        let dj = p.steps.iter().find_map(|st| match st {
-            Step::Write { path, content, .. } if path.ends_with("daemon.json") => {
-                Some(content.clone())
-            }
-            _ => None,
-        });
-        o.daemon_json = dj;
+        o.socket_file = written(&p, "docker-tcp.socket")
+            .last()
+            .map(|c| c.to_string());
+        o.dropin_file = written(&p, "docker-tls-manager.conf")
+            .last()
+            .map(|c| c.to_string());
+        o.daemon_json = written(&p, "daemon.json").last().map(|c| c.to_string());
         o.socket = UnitInfo {
             load_state: "loaded".into(),
             active_state: "active".into(),
@@ -638,13 +730,15 @@ mod tests {
             kinds(&p),
             [
                 "write docker-owned.json",
-                "write docker-tcp.socket",
-                "write override.conf",
                 "write daemon.json",
-                "EnableSocket",
-                "DaemonReload",
+                "Commit",
                 "ReloadDocker",
                 "WaitLiveRestore",
+                "write daemon.json",
+                "write docker-tls-manager.conf",
+                "write docker-tcp.socket",
+                "EnableSocket",
+                "DaemonReload",
                 "StopDocker",
                 "StartSocket",
                 "StartDocker",
@@ -652,6 +746,116 @@ mod tests {
             ]
         );
         assert!(!p.deferred);
+        // live-restore alone first (kept by any rollback), then the TLS keys.
+        let dj = written(&p, "daemon.json");
+        assert!(
+            dj[0].contains("live-restore") && !dj[0].contains("tls"),
+            "{}",
+            dj[0]
+        );
+        assert!(dj[1].contains("\"tlsverify\": true"), "{}", dj[1]);
+        // Both units call the guard on the daemon.json dockerd reads.
+        for unit in [
+            written(&p, "docker-tcp.socket")[0],
+            written(&p, "docker-tls-manager.conf")[0],
+        ] {
+            assert!(
+                unit.contains(
+                    "ExecStartPre=/usr/bin/docker-tls-manager guard --daemon-json /d/daemon.json"
+                ) || unit.contains(
+                    "ExecStartPre=/bin/sh -c '/usr/bin/docker-tls-manager guard --daemon-json /d/daemon.json"
+                ),
+                "{unit}"
+            );
+        }
+    }
+
+    /// A crash between any two writes must never leave a socket unit without the TLS keys
+    /// in daemon.json and the drop-in that re-checks them: daemon.json, drop-in, socket.
+    #[test]
+    fn writes_come_in_the_order_that_keeps_the_port_guarded() {
+        let s = settings("");
+        for o in [stock(), {
+            let mut o = stock();
+            o.daemon = Some(DaemonInfo {
+                live_restore: true,
+                ..DaemonInfo::default()
+            });
+            o
+        }] {
+            let k = kinds(&plan_configure(&o, &s).unwrap());
+            let pos = |n: &str| k.iter().rposition(|x| x == n).unwrap();
+            assert!(pos("write daemon.json") < pos("write docker-tls-manager.conf"));
+            assert!(pos("write docker-tls-manager.conf") < pos("write docker-tcp.socket"));
+        }
+    }
+
+    /// daemon.json already says live-restore, but the running dockerd never loaded it: the
+    /// decision follows dockerd's /info, so it is reloaded before the restart.
+    #[test]
+    fn live_restore_in_the_file_but_not_in_dockerd_is_reloaded_before_the_restart() {
+        let s = settings("");
+        let mut o = converged(&s);
+        o.served = Some("old".into());
+        o.daemon = Some(DaemonInfo {
+            live_restore: false,
+            containers_running: 2,
+            ..DaemonInfo::default()
+        });
+        assert!(
+            o.daemon_json
+                .as_deref()
+                .unwrap()
+                .contains("\"live-restore\": true")
+        );
+        let p = plan_configure(&o, &s).unwrap();
+        assert!(!p.deferred);
+        assert_eq!(
+            kinds(&p),
+            [
+                "Commit",
+                "ReloadDocker",
+                "WaitLiveRestore",
+                "RestartDocker",
+                "VerifyTls"
+            ]
+        );
+        // With live_restore = "off", the same host defers instead of killing containers.
+        let p = plan_configure(&o, &settings("[docker]\nlive_restore = \"off\"")).unwrap();
+        assert!(p.deferred, "{:?}", kinds(&p));
+    }
+
+    #[test]
+    fn our_old_override_conf_is_removed_the_admins_is_left_alone() {
+        let s = settings("");
+        let mut o = converged(&s);
+        o.legacy_dropin_file = Some(format!("{HEADER_FIRST_LINE}: ...\n[Unit]\n"));
+        assert_eq!(
+            kinds(&plan_configure(&o, &s).unwrap()),
+            ["remove override.conf", "DaemonReload", "VerifyTls"]
+        );
+        o.legacy_dropin_file = Some("[Service]\nEnvironment=HTTP_PROXY=x\n".into());
+        assert_eq!(plan_configure(&o, &s).unwrap(), DockerPlan::default());
+    }
+
+    #[test]
+    fn a_dropin_deleted_by_hand_is_put_back_without_a_restart() {
+        let s = settings("");
+        let mut o = converged(&s);
+        o.dropin_file = None;
+        assert_eq!(
+            kinds(&plan_configure(&o, &s).unwrap()),
+            ["write docker-tls-manager.conf", "DaemonReload", "VerifyTls"]
+        );
+    }
+
+    #[test]
+    fn paths_that_cannot_go_into_a_unit_are_refused() {
+        let s = settings("");
+        let mut o = stock();
+        o.guard_binary = PathBuf::from("/opt/my tools/docker-tls-manager");
+        let e = plan_configure(&o, &s).unwrap_err().0;
+        assert!(e.contains("/opt/my tools") && e.contains("guard"), "{e}");
     }
 
     #[test]
@@ -886,29 +1090,51 @@ mod tests {
             kinds(&p),
             [
                 "DisableSocket",
-                "remove docker-tcp.socket",
-                "remove override.conf",
-                "write daemon.json",
-                "DaemonReload",
-                "StopDocker",
                 "StopSocket",
-                "StartDocker",
+                "remove docker-tcp.socket",
+                "remove docker-tls-manager.conf",
+                "DaemonReload",
+                "RestartDocker",
                 "VerifyClosed",
                 "write daemon.json",
                 "ReloadDocker",
                 "remove docker-owned.json"
             ]
         );
-        // The first write keeps live-restore for the restart; the last is the user's text.
-        let writes: Vec<&String> = p
-            .steps
-            .iter()
-            .filter_map(|st| match st {
-                Step::Write { content, .. } => Some(content),
-                _ => None,
-            })
-            .collect();
-        assert!(writes[0].contains("live-restore") && !writes[0].contains("tls"));
-        assert_eq!(writes[1], "{\"debug\": true}");
+        // The TLS keys leave daemon.json only once no dockerd can get the socket; the user's
+        // own text comes back byte for byte.
+        assert_eq!(written(&p, "daemon.json"), ["{\"debug\": true}"]);
+    }
+
+    /// Containers without live-restore: the restart is deferred, but the socket is stopped and
+    /// its unit removed first, so no later start of dockerd gets the port, TLS keys or not.
+    #[test]
+    fn deferred_deconfigure_never_leaves_a_socket_for_a_dockerd_without_tls() {
+        let s = settings("");
+        let mut o = converged(&s);
+        o.owned.original = TLS_KEYS.iter().map(|k| (k.to_string(), None)).collect();
+        o.daemon = Some(DaemonInfo {
+            containers_running: 1,
+            ..DaemonInfo::default()
+        });
+        let p = plan_deconfigure(&o, &s).unwrap();
+        assert!(p.deferred);
+        let k = kinds(&p);
+        assert_eq!(
+            &k[..5],
+            [
+                "DisableSocket",
+                "StopSocket",
+                "remove docker-tcp.socket",
+                "remove docker-tls-manager.conf",
+                "DaemonReload"
+            ]
+        );
+        assert!(!k.iter().any(|x| x.contains("RestartDocker")), "{k:?}");
+        assert!(
+            k.iter().position(|x| x == "write daemon.json")
+                > k.iter().position(|x| x == "DaemonReload"),
+            "{k:?}"
+        );
     }
 }

@@ -1,6 +1,8 @@
 //! Renderers: the socket unit, the docker.service drop-in and the merged daemon.json, as pure
 //! functions returning strings (checked against golden files under `tests/fixtures/`).
 
+use std::path::{Path, PathBuf};
+
 use serde_json::{Map, Value};
 
 use crate::config::Listen;
@@ -9,17 +11,58 @@ use crate::config::Listen;
 pub const SOCKET_UNIT: &str = "docker-tcp.socket";
 /// The Docker service the socket feeds.
 pub const DOCKER_SERVICE: &str = "docker.service";
-/// File name of the drop-in under `docker.service.d/`.
-pub const DROPIN_NAME: &str = "override.conf";
+/// File name of our drop-in under `docker.service.d/`. Not `override.conf`: that is the file
+/// `systemctl edit docker` writes, the admin's own.
+pub const DROPIN_NAME: &str = "docker-tls-manager.conf";
+/// The drop-in name of earlier versions: removed when it carries our header.
+pub const LEGACY_DROPIN_NAME: &str = "override.conf";
+
+/// The first line of every file we render, by which we recognise our own.
+pub const HEADER_FIRST_LINE: &str = "# Written by docker-tls-manager";
 
 const HEADER: &str = "# Written by docker-tls-manager: edits here are put back on the next apply.\n\
 # Change /etc/docker-tls-manager/config.toml instead; `docker-tls-manager deconfigure` removes it.\n";
 
+/// How the units call the guard (`docker-tls-manager guard`): our binary, the daemon.json
+/// dockerd reads, and our drop-in (which the socket requires). Paths are plain (checked by the
+/// planner), so they need no quoting in a unit file or a shell command.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Guard {
+    pub binary: PathBuf,
+    pub daemon_json: PathBuf,
+    pub dropin: PathBuf,
+}
+
+impl Guard {
+    fn command(&self) -> String {
+        format!(
+            "{} guard --daemon-json {}",
+            self.binary.display(),
+            self.daemon_json.display()
+        )
+    }
+}
+
+/// Whether a path can be written into a unit file and a shell command as it is.
+pub fn is_plain_path(p: &Path) -> bool {
+    let s = p.to_string_lossy();
+    s.starts_with('/')
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '/' | '.' | '_' | '-' | '+'))
+}
+
 /// `docker-tcp.socket`: systemd holds the TCP listener(s), so clients queue rather than being
-/// refused while docker.service restarts.
-pub fn socket_unit(listen: &[Listen]) -> String {
+/// refused while docker.service restarts. It listens only if the guard passes: daemon.json
+/// turns on mutual TLS and the drop-in that re-checks at every dockerd start is in place.
+pub fn socket_unit(listen: &[Listen], guard: &Guard) -> String {
     let mut s = String::from(HEADER);
     s.push_str("[Unit]\nDescription=Docker API over TCP with mutual TLS (docker-tls-manager)\n\n[Socket]\n");
+    s.push_str("# Never listen unless dockerd will serve this socket with mutual TLS.\n");
+    s.push_str(&format!(
+        "ExecStartPre={} --dropin {}\n",
+        guard.command(),
+        guard.dropin.display()
+    ));
     for l in listen {
         s.push_str(&format!("ListenStream={}\n", l.spec));
     }
@@ -27,11 +70,18 @@ pub fn socket_unit(listen: &[Listen]) -> String {
     s
 }
 
-/// `docker.service.d/override.conf`: docker.service pulls in the TCP socket and starts after
-/// it, so systemd hands dockerd the listener (dockerd wraps TCP listeners from `-H fd://` in TLS).
-pub fn dropin() -> String {
+/// docker.service's drop-in: docker.service pulls in the TCP socket and starts after it, so
+/// systemd hands dockerd the listener (dockerd wraps TCP listeners from `-H fd://` in TLS).
+/// Before every start of dockerd the guard runs; if daemon.json no longer turns on mutual TLS,
+/// or our binary is gone, the socket is stopped so dockerd never gets it in plain HTTP.
+pub fn dropin(guard: &Guard) -> String {
     let mut s = String::from(HEADER);
-    s.push_str("[Unit]\nWants=docker-tcp.socket\nAfter=docker-tcp.socket\n");
+    s.push_str("[Unit]\nWants=docker-tcp.socket\nAfter=docker-tcp.socket\n\n[Service]\n");
+    s.push_str("# Never hand dockerd the TCP socket unless it will serve it with mutual TLS.\n");
+    s.push_str(&format!(
+        "ExecStartPre=/bin/sh -c '{} || exec /bin/systemctl stop {SOCKET_UNIT}'\n",
+        guard.command()
+    ));
     s
 }
 
@@ -109,18 +159,40 @@ mod tests {
             .collect()
     }
 
+    fn guard() -> Guard {
+        Guard {
+            binary: "/usr/bin/docker-tls-manager".into(),
+            daemon_json: "/etc/docker/daemon.json".into(),
+            dropin: "/etc/systemd/system/docker.service.d/docker-tls-manager.conf".into(),
+        }
+    }
+
     #[test]
     fn socket_unit_golden() {
-        golden("docker-tcp.socket", &socket_unit(&listen(&["2376"])));
+        golden(
+            "docker-tcp.socket",
+            &socket_unit(&listen(&["2376"]), &guard()),
+        );
         golden(
             "docker-tcp-two.socket",
-            &socket_unit(&listen(&["192.0.2.1:2376", "[::1]:2377"])),
+            &socket_unit(&listen(&["192.0.2.1:2376", "[::1]:2377"]), &guard()),
         );
     }
 
     #[test]
     fn dropin_golden() {
-        golden("override.conf", &dropin());
+        golden("docker-tls-manager.conf", &dropin(&guard()));
+    }
+
+    #[test]
+    fn plain_paths() {
+        assert!(is_plain_path(Path::new("/etc/docker/daemon.json")));
+        assert!(is_plain_path(Path::new(
+            "/usr/local/bin/docker-tls-manager"
+        )));
+        for bad in ["etc/x", "/a b", "/a'b", "/a$b", "/a%b", "/a\\b", "/a;b"] {
+            assert!(!is_plain_path(Path::new(bad)), "{bad}");
+        }
     }
 
     fn wanted(lr: Option<bool>) -> DaemonSettings {
