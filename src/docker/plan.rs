@@ -221,6 +221,13 @@ fn guard(obs: &Observed, settings: &Settings) -> Result<Guard, UsageError> {
     Ok(g)
 }
 
+/// A socket unit without comments and `ExecStartPre=`: what it listens on and for whom.
+fn listening_part(unit: &str) -> Vec<&str> {
+    unit.lines()
+        .filter(|l| !l.starts_with('#') && !l.starts_with("ExecStartPre="))
+        .collect()
+}
+
 /// Our own `override.conf` from an earlier version, to remove.
 fn legacy_ours(obs: &Observed) -> bool {
     obs.legacy_dropin_file
@@ -379,6 +386,9 @@ pub fn plan_configure(obs: &Observed, settings: &Settings) -> Result<DockerPlan,
     let socket_content = render::socket_unit(&settings.docker.listen, &guard);
     let dropin_content = render::dropin(&guard);
     let socket_changed = obs.socket_file.as_deref() != Some(&socket_content);
+    // Only what the socket listens on needs it re-opened; its guard is read at its next start.
+    let socket_relisten =
+        obs.socket_file.as_deref().map(listening_part) != Some(listening_part(&socket_content));
     let dropin_changed = obs.dropin_file.as_deref() != Some(&dropin_content);
     let legacy = legacy_ours(obs);
     let enable = obs.socket.unit_file_state != "enabled";
@@ -387,7 +397,7 @@ pub fn plan_configure(obs: &Observed, settings: &Settings) -> Result<DockerPlan,
     let serving_current = obs.served.as_deref() == Some(obs.wanted.as_str());
     // The drop-in alone needs no restart: its guard is read at dockerd's next start.
     let needs_restart =
-        docker_active && (socket_changed || tls_changed || !serving_current || !socket_active);
+        docker_active && (socket_relisten || tls_changed || !serving_current || !socket_active);
 
     // What the running dockerd does (its /info), never what a file says: daemon.json may say
     // live-restore while dockerd never loaded it (edited, not reloaded).
@@ -490,7 +500,7 @@ pub fn plan_configure(obs: &Observed, settings: &Settings) -> Result<DockerPlan,
         plan.steps.push(Step::DaemonReload);
     }
     if needs_restart {
-        if socket_changed || !socket_active {
+        if socket_relisten || !socket_active {
             // systemd hands a service the sockets that exist when it starts: stop, socket, start.
             plan.steps.push(Step::StopDocker);
             plan.steps.push(if socket_active {
@@ -836,6 +846,24 @@ mod tests {
         );
         o.legacy_dropin_file = Some("[Service]\nEnvironment=HTTP_PROXY=x\n".into());
         assert_eq!(plan_configure(&o, &s).unwrap(), DockerPlan::default());
+    }
+
+    /// An upgrade from a version without the guard, or another path of the binary: the units
+    /// are rewritten, and neither Docker nor the socket restarts (clients are never refused).
+    #[test]
+    fn a_new_guard_line_needs_no_restart() {
+        let s = settings("");
+        let mut o = converged(&s);
+        o.guard_binary = PathBuf::from("/usr/local/bin/docker-tls-manager");
+        assert_eq!(
+            kinds(&plan_configure(&o, &s).unwrap()),
+            [
+                "write docker-tls-manager.conf",
+                "write docker-tcp.socket",
+                "DaemonReload",
+                "VerifyTls"
+            ]
+        );
     }
 
     #[test]

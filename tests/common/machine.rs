@@ -97,6 +97,8 @@ impl Machine {
             )
             .unwrap();
         }
+        // One binary, as on a real host: commands and the service write the same guard path.
+        let _ = std::fs::remove_file(self.root.join("usr/local/bin/docker-tls-manager"));
         std::fs::create_dir_all(self.root.join("etc/docker-tls-manager")).unwrap();
         std::fs::write(self.root.join("etc/docker-tls-manager/config.toml"), config).unwrap();
         self.ok("systemctl daemon-reload");
