@@ -2,7 +2,7 @@
 # The main job, end to end, as a user lives it: build the .deb, then on a stock Docker host (a
 # throwaway systemd + dockerd machine with Debian's docker.io) install it, enable the service,
 # look at the status, hand a client its bundle, use docker over TLS, rotate the server
-# certificate under a polling client, uninstall. Prints each step and its result.
+# certificate under a polling client, an admin's rewrite of daemon.json, uninstall. Prints each step and its result.
 #   sudo bash scripts/demo.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -55,8 +55,14 @@ in_m 'C=/var/lib/docker-tls-manager/clients/admin; P=$(docker inspect -f {{.Stat
     echo "poller: $ok ok, $fail failed" ) & sleep 1; DTM_LOG=warn docker-tls-manager renew --force server; wait
   echo "container web pid $P -> $(docker inspect -f {{.State.Pid}} web)"'
 
-step "apt remove docker-tls-manager   (the CA, certificates and Docker's TLS setup stay)"
-in_m 'apt-get remove -y docker-tls-manager 2>&1 | tail -1; systemctl restart docker; echo "docker: $(systemctl is-active docker)"'
-nsenter -t "$LEADER" -n env DOCKER_HOST=tcp://localhost:2376 DOCKER_TLS_VERIFY=1 DOCKER_CERT_PATH="$CLIENT_DIR" \
-    docker version --format 'after remove: client {{.Client.Version}} -> server {{.Server.Version}} over mutual TLS: OK'
+step "someone rewrites daemon.json without the TLS keys and restarts Docker"
+in_m 'cp /etc/docker/daemon.json /root/dj; printf "{\"live-restore\": true}\n" > /etc/docker/daemon.json; systemctl restart docker
+  echo "docker: $(systemctl is-active docker); plain http://localhost:2376: $(curl -s --max-time 3 http://127.0.0.1:2376/_ping || echo "refused (curl exit $?)")"
+  journalctl -u docker --no-pager | grep -o "guard: .*tlsverify[^,;]*" | tail -1
+  for i in $(seq 60); do systemctl is-active -q docker-tcp.socket && break; sleep 0.5; done
+  echo "the service put the keys back: $(grep -c tls /etc/docker/daemon.json) TLS keys; port: $(systemctl is-active docker-tcp.socket)"
+  echo "container web pid $(docker inspect -f {{.State.Pid}} web)"'
+
+step "apt remove docker-tls-manager   (Docker put back as it was; the CA and certificates stay)"
+in_m 'apt-get remove -y docker-tls-manager 2>&1 | grep -E "docker-tls-manager:|Removing" ; echo "docker: $(systemctl is-active docker); port 2376: $(curl -s --max-time 3 http://127.0.0.1:2376/_ping || echo "closed (curl exit $?)")"; echo "container web pid $(docker inspect -f {{.State.Pid}} web)"'
 step "done"

@@ -1,4 +1,14 @@
-# %systemd_preun equivalent: on erase ($1 = 0), stop and disable the service.
+# %systemd_preun equivalent: on erase ($1 = 0), stop and disable the service, then put Docker
+# back as it was (see packaging/debian/prerm: nothing would renew the certificates once the
+# package is gone). The CA and the certificates are kept.
 if [ "$1" -eq 0 ]; then
     systemctl --no-reload disable --now docker-tls-manager.service docker-tls-manager-prepare.service >/dev/null 2>&1 || :
+    if [ -d /run/systemd/system ] && [ -e /etc/systemd/system/docker-tcp.socket ]; then
+        if docker-tls-manager deconfigure >/dev/null 2>&1; then
+            echo "docker-tls-manager: Docker's TCP port closed (deconfigure); CA and certificates kept" >&2
+        else
+            echo "docker-tls-manager: deconfigure failed; Docker's TCP port closes at its next restart" >&2
+        fi
+        rm -f /var/lib/docker-tls-manager/deconfigured
+    fi
 fi

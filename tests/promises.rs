@@ -1,0 +1,166 @@
+//! The promises when things go wrong (issue 9), each tried the way an admin on a bad day or an
+//! attacker would, in a real systemd + dockerd machine: never plain TCP, never a killed
+//! container, deconfigure sticks.
+
+mod common;
+
+use common::machine::{ENV, Machine};
+use common::text;
+use std::time::{Duration, Instant};
+
+/// Plain HTTP on 2376 must never answer; returns curl's exit code (7: refused).
+fn plain_never_answers(m: &Machine, when: &str) -> i32 {
+    let o = m.sh("curl -s --max-time 5 http://127.0.0.1:2376/_ping");
+    assert_ne!(
+        text(&o.stdout).trim(),
+        "OK",
+        "{when}: Docker's API served in PLAIN HTTP on 2376"
+    );
+    o.status.code().unwrap_or(-1)
+}
+
+fn pid_of(m: &Machine, c: &str) -> String {
+    m.ok(&format!("docker inspect -f '{{{{.State.Pid}}}}' {c}"))
+}
+
+#[test]
+fn daemon_json_rewritten_without_tls_closes_the_port_instead_of_serving_plain() {
+    let m = Machine::up("plain");
+    m.ok("docker-tls-manager apply");
+    m.ok("docker run -d --network none --name c1 dtm-busybox /bin/sleep 100000");
+    let pid = pid_of(&m, "c1");
+
+    // Config management templates daemon.json without our keys, then Docker restarts.
+    m.ok("printf '{\"live-restore\": true, \"log-level\": \"info\"}\\n' > /etc/docker/daemon.json");
+    m.ok("systemctl restart docker");
+    assert_eq!(m.ok("systemctl is-active docker").trim(), "active");
+    assert_eq!(
+        plain_never_answers(&m, "after daemon.json lost its TLS keys"),
+        7,
+        "the port should be closed"
+    );
+    let log = m.ok("journalctl -u docker --no-pager | grep 'guard:' | tail -1");
+    assert!(
+        log.contains("tlsverify") && log.contains("docker-tls-manager apply"),
+        "{log}"
+    );
+    assert_eq!(pid_of(&m, "c1"), pid, "container restarted");
+    m.ok("docker version >/dev/null");
+
+    // The same at boot: the socket itself refuses to listen while daemon.json is unsafe.
+    m.ok("systemctl stop docker docker-tcp.socket");
+    let o = m.sh("systemctl start docker-tcp.socket");
+    assert!(
+        !o.status.success(),
+        "the socket started with daemon.json unsafe"
+    );
+    m.ok("systemctl start docker");
+    plain_never_answers(&m, "socket started without TLS in daemon.json");
+
+    m.ok("docker-tls-manager apply");
+    m.ok(&format!("{ENV} docker version >/dev/null"));
+
+    // Our binary gone (package removed, units left behind): closed, Docker still starts.
+    m.ok("mv /usr/local/bin/docker-tls-manager /root/dtm");
+    m.ok("printf '{\"live-restore\": true}\\n' > /etc/docker/daemon.json && systemctl restart docker");
+    assert_eq!(m.ok("systemctl is-active docker").trim(), "active");
+    assert_eq!(plain_never_answers(&m, "binary removed"), 7);
+    assert_eq!(pid_of(&m, "c1"), pid, "container restarted");
+    m.ok("mv /root/dtm /usr/local/bin/docker-tls-manager");
+
+    // apply brings mutual TLS back, without killing the container.
+    m.ok("docker-tls-manager apply");
+    m.ok(&format!("{ENV} docker version >/dev/null"));
+    plain_never_answers(&m, "after apply");
+    assert_eq!(pid_of(&m, "c1"), pid, "container restarted");
+}
+
+#[test]
+fn failed_first_apply_with_the_port_taken_keeps_containers_running() {
+    let m = Machine::up("taken");
+    m.ok("docker run -d --network none --name c1 dtm-busybox /bin/sleep 100000");
+    let pid = pid_of(&m, "c1");
+    m.ok("busybox nc -l -p 2376 >/dev/null 2>&1 & echo $! > /tmp/nc.pid; sleep 0.5");
+    let o = m.sh("docker-tls-manager apply");
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    assert!(text(&o.stderr).contains("restored"), "{}", text(&o.stderr));
+    assert_eq!(m.ok("systemctl is-active docker").trim(), "active");
+    assert_eq!(
+        m.ok("docker inspect -f '{{.State.Running}}' c1").trim(),
+        "true",
+        "the rollback killed the container"
+    );
+    assert_eq!(pid_of(&m, "c1"), pid, "container restarted");
+    // live-restore stays on (it is what kept the container); the TLS keys are gone.
+    let dj = m.ok("cat /etc/docker/daemon.json");
+    assert!(
+        dj.contains("\"live-restore\": true") && !dj.contains("tls"),
+        "{dj}"
+    );
+    m.ok("test ! -e /etc/systemd/system/docker-tcp.socket");
+    // Once the port is free, apply completes, and the container still runs.
+    m.ok("kill $(cat /tmp/nc.pid); sleep 0.3; docker-tls-manager apply");
+    m.ok(&format!("{ENV} docker version >/dev/null"));
+    assert_eq!(pid_of(&m, "c1"), pid, "container restarted");
+    // deconfigure puts the user's daemon.json back as it was before the first attempt.
+    m.ok("docker-tls-manager deconfigure");
+    m.ok("test ! -e /etc/docker/daemon.json");
+    assert_eq!(pid_of(&m, "c1"), pid, "container restarted");
+}
+
+#[test]
+fn live_restore_in_daemon_json_that_dockerd_never_loaded_keeps_containers() {
+    let m = Machine::up("lrfile");
+    m.ok("docker run -d --network none --name c1 dtm-busybox /bin/sleep 100000");
+    let pid = pid_of(&m, "c1");
+    // Edited, not reloaded: the file says live-restore, the running dockerd does not.
+    m.ok("printf '{\"live-restore\": true}\\n' > /etc/docker/daemon.json");
+    assert_eq!(
+        m.ok("docker info --format '{{.LiveRestoreEnabled}}'")
+            .trim(),
+        "false"
+    );
+    let out = m.ok("docker-tls-manager apply");
+    assert!(out.contains("reload docker.service"), "{out}");
+    assert_eq!(pid_of(&m, "c1"), pid, "container killed by the restart");
+    m.ok(&format!("{ENV} docker version >/dev/null"));
+}
+
+#[test]
+fn deconfigure_sticks_while_the_service_runs_until_apply() {
+    let m = Machine::up("stick");
+    m.install_service("");
+    m.ok("systemctl enable --now docker-tls-manager");
+    m.ok(&format!("{ENV} docker version >/dev/null"));
+    m.ok("docker run -d --network none --name c1 dtm-busybox /bin/sleep 100000");
+    let pid = pid_of(&m, "c1");
+
+    let out = m.ok("docker-tls-manager deconfigure");
+    assert!(
+        out.contains("docker-tls-manager.service: still running")
+            && out.contains("docker-tls-manager apply"),
+        "{out}"
+    );
+    // The service watches the files deconfigure removed: it must leave them removed.
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(8) {
+        m.ok("test ! -e /etc/systemd/system/docker-tcp.socket");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert_eq!(plain_never_answers(&m, "after deconfigure"), 7);
+    let status = m.ok("systemctl show -p StatusText --value docker-tls-manager");
+    assert!(status.contains("deconfigure"), "{status}");
+    // Also across a restart of the service (and so a reboot).
+    m.ok("systemctl restart docker-tls-manager; sleep 2");
+    m.ok("test ! -e /etc/systemd/system/docker-tcp.socket && ! grep -qs tlsverify /etc/docker/daemon.json");
+    assert_eq!(plain_never_answers(&m, "after the service restarted"), 7);
+    // renew keeps certificates, leaves Docker alone.
+    let out = m.ok("docker-tls-manager renew");
+    assert!(out.contains("left alone"), "{out}");
+    m.ok("test ! -e /etc/systemd/system/docker-tcp.socket");
+    // apply is the admin asking again.
+    m.ok("docker-tls-manager apply");
+    m.ok(&format!("{ENV} docker version >/dev/null"));
+    m.ok("test ! -e /var/lib/docker-tls-manager/deconfigured");
+    assert_eq!(pid_of(&m, "c1"), pid, "container restarted");
+}
