@@ -28,7 +28,7 @@ use crate::status;
 use crate::systemd::{Dbus, Systemd};
 
 /// How long a command waits for the state lock held by another invocation.
-const LOCK_WAIT: Duration = Duration::from_secs(60);
+pub const LOCK_WAIT: Duration = Duration::from_secs(60);
 
 #[derive(Clone)]
 pub struct Ctx {

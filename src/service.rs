@@ -316,24 +316,21 @@ impl Worker {
     /// After a timer wake-up: converge if something is due, a retry is due, a deferred restart
     /// waits, or a full check is due; otherwise only the wall clock was re-read.
     async fn on_timer(&mut self) {
-        let due_retry = self.retry_at.is_some_and(|r| Instant::now() >= r);
-        let full = self.last_full.is_none_or(|t| t.elapsed() >= FULL_CHECK) || self.deferred;
-        let pki_due = match crate::host::HostIdentity::detect()
-            .and_then(|h| self.ctx.plan(&h, SystemTime::now(), Force::default()))
-        {
-            Ok((_, plan)) => !plan.is_empty(),
-            Err(_) => true,
-        };
-        if due_retry || pki_due || full {
-            let why = if pki_due {
-                "renewal due"
-            } else if due_retry {
-                "retry"
-            } else if self.deferred {
-                "deferred Docker restart"
-            } else {
-                "periodic check"
+        let pki_due = self.retry_at.is_none()
+            && match crate::host::HostIdentity::detect()
+                .and_then(|h| self.ctx.plan(&h, SystemTime::now(), Force::default()))
+            {
+                Ok((_, plan)) => !plan.is_empty(),
+                Err(_) => true,
             };
+        let full_due = self.last_full.is_none_or(|t| t.elapsed() >= FULL_CHECK);
+        if let Some(why) = timer_decision(
+            self.retry_at,
+            Instant::now(),
+            pki_due,
+            full_due,
+            self.deferred,
+        ) {
             self.converge(why).await;
         }
     }
@@ -516,6 +513,30 @@ async fn signal_task(
     }
 }
 
+/// Whether a timer wake-up converges, and why. After a failure only the retry time counts:
+/// a renewal that keeps failing (each attempt restarting Docker twice, with the rollback) is
+/// retried with backoff, never at every wake-up because it is still due.
+pub fn timer_decision(
+    retry_at: Option<Instant>,
+    now: Instant,
+    pki_due: bool,
+    full_due: bool,
+    deferred: bool,
+) -> Option<&'static str> {
+    if let Some(r) = retry_at {
+        return (now >= r).then_some("retry");
+    }
+    if pki_due {
+        Some("renewal due")
+    } else if deferred {
+        Some("deferred Docker restart")
+    } else if full_due {
+        Some("periodic check")
+    } else {
+        None
+    }
+}
+
 fn ended(name: &str, r: Result<Result<String>, tokio::task::JoinError>) -> bool {
     match r {
         Ok(Ok(why)) => {
@@ -594,6 +615,49 @@ pub async fn run(config_path: Option<&Path>) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `systemctl stop` (and `apt remove`) waits for the convergence in flight: killing it in
+    /// the middle of a rollback would leave Docker stopped.
+    #[test]
+    fn the_unit_waits_for_the_longest_convergence_on_stop() {
+        let unit = include_str!("../systemd/docker-tls-manager.service");
+        let stop = unit
+            .lines()
+            .find_map(|l| l.strip_prefix("TimeoutStopSec="))
+            .expect("TimeoutStopSec= in the unit");
+        let stop = humantime::parse_duration(stop).unwrap();
+        // Lock wait; stop, socket, start jobs; verification; rollback: restart job, start
+        // job, verification.
+        let worst = crate::commands::LOCK_WAIT
+            + crate::systemd::JOB_TIMEOUT * 5
+            + crate::docker::execute::VERIFY_TIMEOUT * 2;
+        assert!(stop >= worst, "TimeoutStopSec={stop:?} < {worst:?}");
+    }
+
+    #[test]
+    fn a_pending_retry_is_not_bypassed_by_a_due_renewal() {
+        let now = Instant::now();
+        let later = now + Duration::from_secs(600);
+        // A failed renewal is still due: only the retry time brings the next attempt.
+        assert_eq!(timer_decision(Some(later), now, true, true, true), None);
+        assert_eq!(
+            timer_decision(Some(now), now, true, false, false),
+            Some("retry")
+        );
+        assert_eq!(
+            timer_decision(None, now, true, false, false),
+            Some("renewal due")
+        );
+        assert_eq!(
+            timer_decision(None, now, false, false, true),
+            Some("deferred Docker restart")
+        );
+        assert_eq!(
+            timer_decision(None, now, false, true, false),
+            Some("periodic check")
+        );
+        assert_eq!(timer_decision(None, now, false, false, false), None);
+    }
 
     #[test]
     fn backoff_grows_caps_and_jitters() {
