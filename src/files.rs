@@ -3,7 +3,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
@@ -23,47 +23,114 @@ pub enum WriteOutcome {
 /// Writes `data` to `path` atomically with `mode`: a new temp file in the same directory
 /// (random name, created exclusively, never through a symlink), mode set before any byte is
 /// written, fsync, rename over `path`, fsync of the directory. The temp file is removed on
-/// error, so `path` is either the old or the new content, never a mix.
+/// error, so `path` is either the old or the new content, never a mix. For our own files
+/// (keys keep their 0600 whatever was there); a symlink at `path` is replaced.
 pub fn atomic_write(path: &Path, data: &[u8], mode: u32) -> Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    write_via_temp(path, data, mode, None)
+        .with_context(|| format!("failed to write '{}'", path.display()))
+}
+
+/// [`atomic_write`] for a file that belongs to the user (daemon.json): a symlink at `path` is
+/// followed to its final target, which is replaced in its own directory so the link stays;
+/// an existing file keeps its mode and owner; a new one gets `default_mode`.
+pub fn atomic_write_preserving(path: &Path, data: &[u8], default_mode: u32) -> Result<()> {
     let result = (|| -> Result<()> {
-        let mut tmp = tempfile::Builder::new()
-            .prefix(TEMP_PREFIX)
-            .permissions(fs::Permissions::from_mode(0o600))
-            .tempfile_in(dir)
-            .with_context(|| format!("cannot create a temp file in '{}'", dir.display()))?;
-        // Exactly `mode`, whatever the umask.
-        tmp.as_file()
-            .set_permissions(fs::Permissions::from_mode(mode))?;
-        tmp.write_all(data).context("cannot write the temp file")?;
-        tmp.as_file()
-            .sync_all()
-            .context("cannot fsync the temp file")?;
-        // On error the NamedTempFile is dropped, which removes it.
-        tmp.persist(path)
-            .map_err(|e| e.error)
-            .context("cannot rename the temp file into place")?;
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .with_context(|| format!("cannot fsync directory '{}'", dir.display()))?;
-        Ok(())
+        let target = final_target(path)?;
+        let (mode, owner) = match fs::metadata(&target) {
+            Ok(m) => (m.permissions().mode() & 0o7777, Some((m.uid(), m.gid()))),
+            Err(e) if e.kind() == ErrorKind::NotFound => (default_mode, None),
+            Err(e) => {
+                return Err(e).with_context(|| format!("cannot inspect '{}'", target.display()));
+            }
+        };
+        let r = write_via_temp(&target, data, mode, owner);
+        if target != path {
+            r.with_context(|| format!("it is a symlink to '{}'", target.display()))
+        } else {
+            r
+        }
     })();
     result.with_context(|| format!("failed to write '{}'", path.display()))
 }
 
+/// The file that replacing `path` must replace: `path` itself, or the final target of the
+/// symlink(s) at `path` (which need not exist yet).
+fn final_target(path: &Path) -> Result<PathBuf> {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => {}
+        _ => return Ok(path.to_path_buf()),
+    }
+    match fs::canonicalize(path) {
+        Ok(p) => return Ok(p),
+        Err(e) if e.kind() == ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(e).with_context(|| format!("cannot resolve symlink '{}'", path.display()));
+        }
+    }
+    // A dangling link: follow it by hand to the missing file it names.
+    let mut p = path.to_path_buf();
+    for _ in 0..40 {
+        match fs::symlink_metadata(&p) {
+            Ok(m) if m.file_type().is_symlink() => {
+                let to = fs::read_link(&p)
+                    .with_context(|| format!("cannot read symlink '{}'", p.display()))?;
+                // `join` keeps an absolute `to` as it is.
+                p = p.parent().unwrap_or(Path::new("/")).join(to);
+            }
+            _ => return Ok(p),
+        }
+    }
+    bail!("too many levels of symlinks at '{}'", path.display())
+}
+
+/// The one write: temp file created exclusively beside `path`, owner (if given) then mode set
+/// on its descriptor before any byte is written, fsync, rename, fsync of the directory.
+fn write_via_temp(path: &Path, data: &[u8], mode: u32, owner: Option<(u32, u32)>) -> Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut tmp = tempfile::Builder::new()
+        .prefix(TEMP_PREFIX)
+        .permissions(fs::Permissions::from_mode(0o600))
+        .tempfile_in(dir)
+        .with_context(|| format!("cannot create a temp file in '{}'", dir.display()))?;
+    if let Some((uid, gid)) = owner {
+        let m = tmp.as_file().metadata()?;
+        // Only when it differs, so that a run without root can still write its own files.
+        // Before the mode: chown clears setuid/setgid bits.
+        if (m.uid(), m.gid()) != (uid, gid) {
+            std::os::unix::fs::fchown(tmp.as_file(), Some(uid), Some(gid))
+                .with_context(|| format!("cannot give the temp file owner {uid}:{gid}"))?;
+        }
+    }
+    // Exactly `mode`, whatever the umask.
+    tmp.as_file()
+        .set_permissions(fs::Permissions::from_mode(mode))?;
+    tmp.write_all(data).context("cannot write the temp file")?;
+    tmp.as_file()
+        .sync_all()
+        .context("cannot fsync the temp file")?;
+    // On error the NamedTempFile is dropped, which removes it.
+    tmp.persist(path)
+        .map_err(|e| e.error)
+        .context("cannot rename the temp file into place")?;
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("cannot fsync directory '{}'", dir.display()))?;
+    Ok(())
+}
+
 /// Writes only when the bytes differ (or the mode does); reports what it did.
 pub fn write_if_changed(path: &Path, data: &[u8], mode: u32) -> Result<WriteOutcome> {
-    if let Ok(old) = fs::read(path) {
-        if old == data {
-            let cur = fs::metadata(path)?.permissions().mode() & 0o7777;
-            if cur != mode {
-                set_mode(path, mode)?;
-            }
-            return Ok(WriteOutcome::Unchanged);
+    if let Ok(old) = fs::read(path)
+        && old == data
+    {
+        let cur = fs::metadata(path)?.permissions().mode() & 0o7777;
+        if cur != mode {
+            set_mode(path, mode)?;
         }
+        return Ok(WriteOutcome::Unchanged);
     }
     atomic_write(path, data, mode)?;
     Ok(WriteOutcome::Written)
@@ -244,6 +311,104 @@ mod tests {
         atomic_write(&d.path().join("out"), b"secret key", 0o600).unwrap();
         assert_eq!(fs::read(&victim).unwrap(), b"precious");
         assert_eq!(fs::read(d.path().join("out")).unwrap(), b"secret key");
+    }
+
+    #[test]
+    fn preserving_write_keeps_a_symlink_and_updates_its_target() {
+        let d = tempfile::tempdir().unwrap();
+        fs::create_dir(d.path().join("daemon.d")).unwrap();
+        let target = d.path().join("daemon.d/main.json");
+        fs::write(&target, b"{}").unwrap();
+        let link = d.path().join("daemon.json");
+        std::os::unix::fs::symlink("daemon.d/main.json", &link).unwrap();
+        atomic_write_preserving(&link, b"{\"a\": 1}", 0o644).unwrap();
+        assert!(
+            fs::symlink_metadata(&link)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+        assert_eq!(
+            fs::read_link(&link).unwrap(),
+            Path::new("daemon.d/main.json")
+        );
+        assert_eq!(fs::read(&target).unwrap(), b"{\"a\": 1}");
+        // The temp file was made beside the target, and is gone.
+        for dir in [d.path(), &d.path().join("daemon.d")] {
+            for e in fs::read_dir(dir).unwrap() {
+                let name = e.unwrap().file_name();
+                assert!(!name.to_string_lossy().starts_with(TEMP_PREFIX), "{name:?}");
+            }
+        }
+        // A chain of links, and a dangling link: the final target is written, the links stay.
+        let link2 = d.path().join("link2");
+        std::os::unix::fs::symlink(&link, &link2).unwrap();
+        atomic_write_preserving(&link2, b"two", 0o644).unwrap();
+        assert_eq!(fs::read(&target).unwrap(), b"two");
+        assert!(
+            fs::symlink_metadata(&link2)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+        let dangling = d.path().join("dangling");
+        std::os::unix::fs::symlink("daemon.d/new.json", &dangling).unwrap();
+        atomic_write_preserving(&dangling, b"new", 0o640).unwrap();
+        assert!(
+            fs::symlink_metadata(&dangling)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+        assert_eq!(
+            fs::read(d.path().join("daemon.d/new.json")).unwrap(),
+            b"new"
+        );
+        assert_eq!(mode_of(&d.path().join("daemon.d/new.json")), Some(0o640));
+    }
+
+    #[test]
+    fn preserving_write_keeps_mode_and_owner() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("daemon.json");
+        fs::write(&p, b"old").unwrap();
+        set_mode(&p, 0o640).unwrap();
+        // uid 0 gid 4 (adm on Debian) when run as root; otherwise our own ids.
+        let (uid, gid) = if unsafe { libc::geteuid() } == 0 {
+            (0, 4)
+        } else {
+            let m = fs::metadata(&p).unwrap();
+            (m.uid(), m.gid())
+        };
+        std::os::unix::fs::chown(&p, Some(uid), Some(gid)).unwrap();
+        atomic_write_preserving(&p, b"new", 0o644).unwrap();
+        let m = fs::metadata(&p).unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"new");
+        assert_eq!(m.permissions().mode() & 0o7777, 0o640);
+        assert_eq!((m.uid(), m.gid()), (uid, gid));
+        // A new file gets the default mode.
+        let q = d.path().join("fresh.json");
+        atomic_write_preserving(&q, b"x", 0o644).unwrap();
+        assert_eq!(mode_of(&q), Some(0o644));
+        // Keys keep their forced mode with the plain helper.
+        atomic_write(&p, b"key", 0o600).unwrap();
+        assert_eq!(mode_of(&p), Some(0o600));
+    }
+
+    #[test]
+    fn preserving_write_never_follows_a_planted_symlink() {
+        let d = tempfile::tempdir().unwrap();
+        let victim = d.path().join("victim");
+        fs::write(&victim, b"precious").unwrap();
+        for i in 0..50 {
+            std::os::unix::fs::symlink(&victim, d.path().join(format!("{TEMP_PREFIX}{i}")))
+                .unwrap();
+        }
+        let out = d.path().join("out");
+        fs::write(&out, b"old").unwrap();
+        atomic_write_preserving(&out, b"new", 0o644).unwrap();
+        assert_eq!(fs::read(&victim).unwrap(), b"precious");
+        assert_eq!(fs::read(&out).unwrap(), b"new");
     }
 
     #[test]

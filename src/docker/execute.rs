@@ -12,7 +12,7 @@ use super::daemon::DockerDaemon;
 use super::plan::{DockerPlan, Step};
 use super::probe::Prober;
 use super::render::{DOCKER_SERVICE, SOCKET_UNIT};
-use crate::files::{atomic_write, backup, ensure_dir};
+use crate::files::{atomic_write_preserving, backup, ensure_dir};
 use crate::systemd::{JobKind, Systemd};
 
 /// How long Docker gets to come up and serve TLS after a (re)start.
@@ -37,7 +37,7 @@ impl Snapshot {
 
     fn restore(&self) -> Result<()> {
         match &self.content {
-            Some(c) => atomic_write(&self.path, c, self.mode),
+            Some(c) => atomic_write_preserving(&self.path, c, self.mode),
             None => match std::fs::remove_file(&self.path) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                     Err(e).with_context(|| format!("cannot remove '{}'", self.path.display()))
@@ -136,7 +136,7 @@ async fn run_step<S: Systemd, P: Prober, D: DockerDaemon>(
                     ensure_dir(parent, 0o755)?;
                 }
             }
-            atomic_write(path, content.as_bytes(), *mode)
+            atomic_write_preserving(path, content.as_bytes(), *mode)
         }
         Step::Remove { path } => {
             backup(path, &cx.backup_dir, now)?;
@@ -484,6 +484,73 @@ mod tests {
         );
         assert_eq!(
             std::fs::read_to_string(d.path().join("daemon.json")).unwrap(),
+            "{\"debug\": true}"
+        );
+    }
+
+    /// daemon.json as config management leaves it: a link into daemon.d, mode 0640, group 4.
+    fn link_daemon_json(d: &Path) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::create_dir(d.join("daemon.d")).unwrap();
+        let target = d.join("daemon.d/main.json");
+        std::fs::rename(d.join("daemon.json"), &target).unwrap();
+        std::os::unix::fs::symlink("daemon.d/main.json", d.join("daemon.json")).unwrap();
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o640)).unwrap();
+        if unsafe { libc::geteuid() } == 0 {
+            std::os::unix::fs::chown(&target, Some(0), Some(4)).unwrap();
+        }
+        target
+    }
+
+    fn assert_link_kept(d: &Path, target: &Path) {
+        use std::os::unix::fs::MetadataExt;
+        let link = d.join("daemon.json");
+        assert!(
+            std::fs::symlink_metadata(&link)
+                .unwrap()
+                .file_type()
+                .is_symlink(),
+            "daemon.json was replaced by a plain file"
+        );
+        assert_eq!(
+            std::fs::read_link(&link).unwrap(),
+            Path::new("daemon.d/main.json")
+        );
+        let m = std::fs::metadata(target).unwrap();
+        assert_eq!(crate::files::mode_of(target), Some(0o640));
+        if unsafe { libc::geteuid() } == 0 {
+            assert_eq!((m.uid(), m.gid()), (0, 4));
+        }
+    }
+
+    #[tokio::test]
+    async fn writing_daemon_json_keeps_its_link_mode_and_owner() {
+        let (d, s, obs, sd) = setup();
+        let target = link_daemon_json(d.path());
+        let plan = plan_configure(&obs, &s).unwrap();
+        let daemon = FixedDaemon(Some(live_restore_on()));
+        run(&plan, &sd, &daemon, d.path()).await.unwrap();
+        assert_link_kept(d.path(), &target);
+        let dj = std::fs::read_to_string(&target).unwrap();
+        assert!(
+            dj.contains("\"debug\": true") && dj.contains("tlsverify"),
+            "{dj}"
+        );
+    }
+
+    #[tokio::test]
+    async fn rollback_of_daemon_json_keeps_its_link_mode_and_owner() {
+        let (d, s, obs, sd) = setup();
+        let target = link_daemon_json(d.path());
+        sd.failing
+            .borrow_mut()
+            .push("start docker-tcp.socket".into());
+        let plan = plan_configure(&obs, &s).unwrap();
+        let daemon = FixedDaemon(Some(live_restore_on()));
+        assert!(run(&plan, &sd, &daemon, d.path()).await.is_err());
+        assert_link_kept(d.path(), &target);
+        assert_eq!(
+            std::fs::read_to_string(&target).unwrap(),
             "{\"debug\": true}"
         );
     }
