@@ -18,7 +18,7 @@ use crate::docker::{
     plan::{DockerPlan, Step},
 };
 use crate::error::UsageError;
-use crate::files::{StateLock, atomic_write, backup, ensure_dir};
+use crate::files::{Backups, StateLock, atomic_write, backup, ensure_dir};
 use crate::host::HostIdentity;
 use crate::pki::inspect::{self, DiskState};
 use crate::pki::layout::KEY_DIR_MODE;
@@ -41,6 +41,14 @@ impl Ctx {
         let settings = config::load(config_path)?;
         let layout = Layout::new(&settings.paths);
         Ok(Ctx { settings, layout })
+    }
+
+    /// Where backups go, and their retention.
+    pub fn backups(&self) -> Backups {
+        Backups {
+            dir: self.layout.backup_dir(),
+            retention: self.settings.backup,
+        }
     }
 
     /// Clients from the config and those added with `client add`.
@@ -536,7 +544,7 @@ async fn client(ctx: &Ctx, cmd: ClientCommand) -> Result<()> {
                 .map(|i| i.not_after);
             let now = SystemTime::now();
             for entry in std::fs::read_dir(&dir)? {
-                backup(&entry?.path(), &ctx.layout.backup_dir(), now)?;
+                backup(&entry?.path(), &ctx.backups(), now)?;
             }
             std::fs::remove_dir_all(&dir)
                 .with_context(|| format!("cannot remove '{}'", dir.display()))?;
@@ -819,6 +827,7 @@ struct DockerSide {
     sd: Dbus,
     probe: docker::probe::TlsProbe,
     daemon: UnixDocker,
+    backup_retention: config::BackupSettings,
 }
 
 impl DockerSide {
@@ -827,6 +836,7 @@ impl DockerSide {
             sd: Dbus::connect().await?,
             probe: docker::tls_probe(settings),
             daemon: UnixDocker::default(),
+            backup_retention: settings.backup,
         })
     }
 
@@ -846,7 +856,10 @@ impl DockerSide {
             daemon: &self.daemon,
             previous_served: obs.served.clone(),
             wanted: obs.wanted.clone(),
-            backup_dir,
+            backups: Backups {
+                dir: backup_dir,
+                retention: self.backup_retention,
+            },
             also_restore,
         }
     }

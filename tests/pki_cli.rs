@@ -573,3 +573,41 @@ fn bundle_refuses_a_key_that_does_not_match_its_certificate() {
     s.ok(&["client", "bundle", "admin", "-o", "b.tar.gz", "--host", "h"]);
     assert!(s.path("b.tar.gz").is_file());
 }
+
+#[test]
+fn backups_keep_at_most_keep_copies_per_file() {
+    let s = Sandbox::new("[backup]\nkeep = 2");
+    s.ok(&["apply"]);
+    for _ in 0..4 {
+        s.ok(&["renew", "--force", "all"]);
+    }
+    // backup/STAMP/PATH: count the copies of each PATH.
+    let root = s.path("state/backup");
+    let mut copies = std::collections::BTreeMap::<std::path::PathBuf, usize>::new();
+    for stamp in std::fs::read_dir(&root).unwrap().flatten() {
+        for (p, _, _) in snapshot(&stamp.path()) {
+            if p.is_file() {
+                let rel = p.strip_prefix(stamp.path()).unwrap().to_path_buf();
+                *copies.entry(rel).or_default() += 1;
+            }
+        }
+    }
+    assert!(!copies.is_empty(), "nothing was backed up");
+    for (rel, n) in &copies {
+        assert!(*n <= 2, "{n} copies of {}", rel.display());
+    }
+    // Renewed four times: exactly the two newest copies of the old server key remain.
+    let server_key = copies
+        .iter()
+        .find(|(rel, _)| rel.ends_with("certs/server-key.pem"))
+        .map(|(_, n)| *n);
+    assert_eq!(server_key, Some(2), "{copies:?}");
+    // The current key is not among them: the copies are older keys.
+    let current = std::fs::read(s.path("certs/server-key.pem")).unwrap();
+    assert!(
+        snapshot(&root)
+            .iter()
+            .filter(|(p, _, _)| p.ends_with("server-key.pem"))
+            .all(|(_, _, d)| *d != current)
+    );
+}

@@ -12,7 +12,7 @@ use super::daemon::DockerDaemon;
 use super::plan::{DockerPlan, Step};
 use super::probe::Prober;
 use super::render::{DOCKER_SERVICE, SOCKET_UNIT};
-use crate::files::{atomic_write_preserving, backup, ensure_dir};
+use crate::files::{Backups, atomic_write_preserving, backup, ensure_dir};
 use crate::systemd::{JobKind, Systemd};
 
 /// How long Docker gets to come up and serve TLS after a (re)start.
@@ -57,7 +57,7 @@ pub struct ExecContext<'a, S: Systemd, P: Prober, D: DockerDaemon> {
     pub wanted: String,
     /// SHA-256 of what Docker served before, if it served TLS: checked again after a rollback.
     pub previous_served: Option<String>,
-    pub backup_dir: PathBuf,
+    pub backups: Backups,
     /// Files changed before this plan (the PKI files Docker and the probe read) to restore on
     /// failure.
     pub also_restore: Vec<Snapshot>,
@@ -129,7 +129,7 @@ async fn run_step<S: Systemd, P: Prober, D: DockerDaemon>(
             mode,
         } => {
             if std::fs::read(path).is_ok_and(|old| old != content.as_bytes()) {
-                backup(path, &cx.backup_dir, now)?;
+                backup(path, &cx.backups, now)?;
             }
             if let Some(parent) = path.parent() {
                 if !parent.exists() {
@@ -139,7 +139,7 @@ async fn run_step<S: Systemd, P: Prober, D: DockerDaemon>(
             atomic_write_preserving(path, content.as_bytes(), *mode)
         }
         Step::Remove { path } => {
-            backup(path, &cx.backup_dir, now)?;
+            backup(path, &cx.backups, now)?;
             match std::fs::remove_file(path) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                     return Err(e).with_context(|| format!("cannot remove '{}'", path.display()));
@@ -394,7 +394,12 @@ mod tests {
             daemon,
             wanted: "fp".into(),
             previous_served: None,
-            backup_dir: dir.join("b"),
+            backups: Backups {
+                dir: dir.join("b"),
+                retention: crate::config::parse("", Path::new("t.toml"))
+                    .unwrap()
+                    .backup,
+            },
             also_restore: vec![],
         };
         execute(plan, &cx).await
