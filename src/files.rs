@@ -479,6 +479,7 @@ mod tests {
         fs::write(&p, b"old").unwrap();
         set_mode(&p, 0o640).unwrap();
         // uid 0 gid 4 (adm on Debian) when run as root; otherwise our own ids.
+        // SAFETY: geteuid has no preconditions and cannot fail.
         let (uid, gid) = if unsafe { libc::geteuid() } == 0 {
             (0, 4)
         } else {

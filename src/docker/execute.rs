@@ -501,6 +501,7 @@ mod tests {
         std::fs::rename(d.join("daemon.json"), &target).unwrap();
         std::os::unix::fs::symlink("daemon.d/main.json", d.join("daemon.json")).unwrap();
         std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o640)).unwrap();
+        // SAFETY: geteuid has no preconditions and cannot fail.
         if unsafe { libc::geteuid() } == 0 {
             std::os::unix::fs::chown(&target, Some(0), Some(4)).unwrap();
         }
@@ -523,6 +524,7 @@ mod tests {
         );
         let m = std::fs::metadata(target).unwrap();
         assert_eq!(crate::files::mode_of(target), Some(0o640));
+        // SAFETY: geteuid has no preconditions and cannot fail.
         if unsafe { libc::geteuid() } == 0 {
             assert_eq!((m.uid(), m.gid()), (0, 4));
         }
