@@ -1,16 +1,69 @@
 //! Client bundles: a tar.gz of `ca.pem`, `cert.pem`, `key.pem` (for `~/.docker`,
 //! `DOCKER_CERT_PATH` and Portainer's three upload fields), and the archive format that
-//! `docker context import` reads (`meta.json` plus `tls/docker/*.pem`).
+//! `docker context import` reads (`meta.json` plus `tls/docker/*.pem`), and the check that
+//! the three files belong together before they go out.
+
+use std::time::SystemTime;
 
 use anyhow::Result;
 use flate2::Compression;
 use flate2::write::GzEncoder;
+
+use crate::pki::inspect;
 
 /// The three PEM files of a client identity.
 pub struct ClientFiles {
     pub ca: Vec<u8>,
     pub cert: Vec<u8>,
     pub key: Vec<u8>,
+}
+
+/// Why a client's three files must not go out together.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unfit {
+    CertUnreadable(String),
+    KeyUnreadable(String),
+    /// The key is not the certificate's (e.g. read halfway through a renewal).
+    KeyMismatch,
+    /// The certificate is not signed by the CA Docker trusts now.
+    NotSignedByCa,
+    /// The CA copy in the bundle is not the current CA certificate.
+    StaleCaCopy,
+    Expired(SystemTime),
+    NotYetValid(SystemTime),
+}
+
+/// Checks that `files` form a working identity against `current_ca` (the CA certificate
+/// Docker trusts) at `now`: the key is the certificate's, the certificate is signed by the
+/// current CA and valid now, and the CA copy is the current one.
+pub fn check(files: &ClientFiles, current_ca: &[u8], now: SystemTime) -> Result<(), Unfit> {
+    let cert = inspect::first_cert_der(&files.cert)
+        .and_then(|der| inspect::cert_info(&der))
+        .map_err(Unfit::CertUnreadable)?;
+    let key = std::str::from_utf8(&files.key)
+        .map_err(|e| e.to_string())
+        .and_then(|t| rcgen::KeyPair::from_pem(t).map_err(|e| e.to_string()))
+        .map_err(|e| {
+            Unfit::KeyUnreadable(format!("not an unencrypted PKCS#8 PEM private key ({e})"))
+        })?;
+    if key.public_key_raw() != cert.public_key.as_slice() {
+        return Err(Unfit::KeyMismatch);
+    }
+    let signed = inspect::first_cert_der(current_ca)
+        .is_ok_and(|ca| inspect::verify_signed_by(&cert.der, &ca));
+    if !signed {
+        return Err(Unfit::NotSignedByCa);
+    }
+    if files.ca != current_ca {
+        return Err(Unfit::StaleCaCopy);
+    }
+    if now >= cert.not_after {
+        return Err(Unfit::Expired(cert.not_after));
+    }
+    if now < cert.not_before {
+        return Err(Unfit::NotYetValid(cert.not_before));
+    }
+    Ok(())
 }
 
 fn append(
@@ -110,6 +163,77 @@ mod tests {
                 ("key.pem".into(), 0o600, "KEY".into())
             ]
         );
+    }
+
+    /// A CA and a client identity it signed, valid for a day from `now`.
+    fn identity(now: SystemTime) -> (Vec<u8>, ClientFiles) {
+        use crate::config::KeyType;
+        use crate::pki::issue;
+        let day = std::time::Duration::from_secs(86400);
+        let ca_key = issue::generate_key(KeyType::EcdsaP256).unwrap();
+        let ca = issue::ca_params("ca", now, day * 10)
+            .self_signed(&ca_key)
+            .unwrap()
+            .pem();
+        let key = issue::generate_key(KeyType::EcdsaP256).unwrap();
+        let params = issue::leaf_params(issue::Leaf::Client, "c", now, day).unwrap();
+        let cert = issue::sign(&params, &key, &ca, ca_key).unwrap();
+        let files = ClientFiles {
+            ca: ca.clone().into_bytes(),
+            cert: cert.into_bytes(),
+            key: key.serialize_pem().into_bytes(),
+        };
+        (ca.into_bytes(), files)
+    }
+
+    #[test]
+    fn check_finds_what_keeps_an_identity_from_working() {
+        let now = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000);
+        let (ca, files) = identity(now);
+        assert_eq!(check(&files, &ca, now), Ok(()));
+        let (other_ca, other) = identity(now);
+        let swapped = ClientFiles {
+            key: other.key.clone(),
+            ..identity_clone(&files)
+        };
+        assert_eq!(check(&swapped, &ca, now), Err(Unfit::KeyMismatch));
+        assert_eq!(check(&other, &ca, now), Err(Unfit::NotSignedByCa));
+        let stale = ClientFiles {
+            ca: other_ca,
+            ..identity_clone(&files)
+        };
+        assert_eq!(check(&stale, &ca, now), Err(Unfit::StaleCaCopy));
+        let later = now + std::time::Duration::from_secs(2 * 86400);
+        assert!(matches!(check(&files, &ca, later), Err(Unfit::Expired(_))));
+        let earlier = now - std::time::Duration::from_secs(86400);
+        assert!(matches!(
+            check(&files, &ca, earlier),
+            Err(Unfit::NotYetValid(_))
+        ));
+        let garbled = ClientFiles {
+            key: b"garbage".to_vec(),
+            ..identity_clone(&files)
+        };
+        assert!(matches!(
+            check(&garbled, &ca, now),
+            Err(Unfit::KeyUnreadable(_))
+        ));
+        let garbled = ClientFiles {
+            cert: b"garbage".to_vec(),
+            ..identity_clone(&files)
+        };
+        assert!(matches!(
+            check(&garbled, &ca, now),
+            Err(Unfit::CertUnreadable(_))
+        ));
+    }
+
+    fn identity_clone(f: &ClientFiles) -> ClientFiles {
+        ClientFiles {
+            ca: f.ca.clone(),
+            cert: f.cert.clone(),
+            key: f.key.clone(),
+        }
     }
 
     #[test]

@@ -18,7 +18,7 @@ use crate::docker::{
     plan::{DockerPlan, Step},
 };
 use crate::error::UsageError;
-use crate::files::{StateLock, atomic_write, backup, ensure_dir};
+use crate::files::{Backups, StateLock, atomic_write, backup, ensure_dir};
 use crate::host::HostIdentity;
 use crate::pki::inspect::{self, DiskState};
 use crate::pki::layout::KEY_DIR_MODE;
@@ -41,6 +41,14 @@ impl Ctx {
         let settings = config::load(config_path)?;
         let layout = Layout::new(&settings.paths);
         Ok(Ctx { settings, layout })
+    }
+
+    /// Where backups go, and their retention.
+    pub fn backups(&self) -> Backups {
+        Backups {
+            dir: self.layout.backup_dir(),
+            retention: self.settings.backup,
+        }
     }
 
     /// Clients from the config and those added with `client add`.
@@ -622,7 +630,7 @@ async fn client(ctx: &Ctx, cmd: ClientCommand) -> Result<()> {
                 .map(|i| i.not_after);
             let now = SystemTime::now();
             for entry in std::fs::read_dir(&dir)? {
-                backup(&entry?.path(), &ctx.layout.backup_dir(), now)?;
+                backup(&entry?.path(), &ctx.backups(), now)?;
             }
             std::fs::remove_dir_all(&dir)
                 .with_context(|| format!("cannot remove '{}'", dir.display()))?;
@@ -645,6 +653,9 @@ async fn client(ctx: &Ctx, cmd: ClientCommand) -> Result<()> {
             format,
             host,
         } => {
+            known_client(ctx, &name)?;
+            // Under the lock: never a key and a certificate from either side of a renewal.
+            let _lock = StateLock::acquire(&ctx.settings.paths.state_dir, LOCK_WAIT)?;
             let files = client_files(ctx, &name)?;
             let host = client_host(host)?;
             let port = ctx.settings.docker.listen[0].port;
@@ -676,6 +687,8 @@ async fn client(ctx: &Ctx, cmd: ClientCommand) -> Result<()> {
             Ok(())
         }
         ClientCommand::Env { name, host } => {
+            known_client(ctx, &name)?;
+            let _lock = StateLock::acquire(&ctx.settings.paths.state_dir, LOCK_WAIT)?;
             client_files(ctx, &name)?;
             let host = client_host(host)?;
             let port = ctx.settings.docker.listen[0].port;
@@ -724,8 +737,8 @@ fn client_host(given: Option<String>) -> Result<String> {
     }
 }
 
-/// A client's three files, checked to be present and parseable.
-fn client_files(ctx: &Ctx, name: &str) -> Result<ClientFiles> {
+/// A valid name of a client in the config or on disk.
+fn known_client(ctx: &Ctx, name: &str) -> Result<()> {
     config::validate_client_name(name).map_err(UsageError)?;
     if !ctx.client_names().iter().any(|n| n == name) {
         return Err(UsageError(format!(
@@ -733,6 +746,13 @@ fn client_files(ctx: &Ctx, name: &str) -> Result<ClientFiles> {
         ))
         .into());
     }
+    Ok(())
+}
+
+/// A client's three files, checked to work together ([`bundle::check`]). Call it under the
+/// state lock, so a renewal cannot run between the reads.
+fn client_files(ctx: &Ctx, name: &str) -> Result<ClientFiles> {
+    known_client(ctx, name)?;
     let slot = Slot::Client(name.to_string());
     let (cert, key) = ctx.layout.cert_and_key(&slot);
     let ca = ctx.layout.ca_copy(&slot).expect("clients have a CA copy");
@@ -749,13 +769,42 @@ fn client_files(ctx: &Ctx, name: &str) -> Result<ClientFiles> {
         cert: read(&cert)?,
         key: read(&key)?,
     };
-    inspect::first_cert_der(&files.cert).map_err(|e| {
-        anyhow::anyhow!(
-            "'{}': {e}; run `docker-tls-manager apply` to repair it",
+    let current = ctx.layout.ca_cert();
+    let current_ca = read(&current)?;
+    let why = match bundle::check(&files, &current_ca, SystemTime::now()) {
+        Ok(()) => return Ok(files),
+        Err(bundle::Unfit::CertUnreadable(e)) => format!("'{}': {e}", cert.display()),
+        Err(bundle::Unfit::KeyUnreadable(e)) => format!("'{}': {e}", key.display()),
+        Err(bundle::Unfit::KeyMismatch) => format!(
+            "the key '{}' does not match the certificate '{}'",
+            key.display(),
             cert.display()
-        )
-    })?;
-    Ok(files)
+        ),
+        Err(bundle::Unfit::NotSignedByCa) => format!(
+            "the certificate '{}' is not signed by the current CA '{}'",
+            cert.display(),
+            current.display()
+        ),
+        Err(bundle::Unfit::StaleCaCopy) => format!(
+            "'{}' is not the current CA certificate '{}' (the certificate '{}' is)",
+            ca.display(),
+            current.display(),
+            cert.display()
+        ),
+        Err(bundle::Unfit::Expired(t)) => format!(
+            "the certificate '{}' expired at {}",
+            cert.display(),
+            humantime::format_rfc3339_seconds(t)
+        ),
+        Err(bundle::Unfit::NotYetValid(t)) => format!(
+            "the certificate '{}' is not valid before {}",
+            cert.display(),
+            humantime::format_rfc3339_seconds(t)
+        ),
+    };
+    bail!(
+        "client '{name}' cannot be handed out: {why}; nothing written: `docker-tls-manager apply` repairs it"
+    )
 }
 
 /// The Docker part of `check`: what `apply` would run into. Returns the number of problems.
@@ -864,6 +913,7 @@ struct DockerSide {
     sd: Dbus,
     probe: docker::probe::TlsProbe,
     daemon: UnixDocker,
+    backup_retention: config::BackupSettings,
 }
 
 impl DockerSide {
@@ -872,6 +922,7 @@ impl DockerSide {
             sd: Dbus::connect().await?,
             probe: docker::tls_probe(settings),
             daemon: UnixDocker::default(),
+            backup_retention: settings.backup,
         })
     }
 
@@ -891,7 +942,10 @@ impl DockerSide {
             daemon: &self.daemon,
             previous_served: obs.served.clone(),
             wanted: obs.wanted.clone(),
-            backup_dir,
+            backups: Backups {
+                dir: backup_dir,
+                retention: self.backup_retention,
+            },
             also_restore,
         }
     }

@@ -5,6 +5,7 @@
 use std::collections::BTreeSet;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -29,6 +30,10 @@ pub const DEFAULT_CLIENT_NAMES: &[&str] = &["admin"];
 pub const DEFAULT_LISTEN: &[&str] = &["2376"];
 /// Where node_exporter's textfile collector looks on Debian (prometheus-node-exporter).
 pub const DEFAULT_METRICS_FILE: &str = "/var/lib/prometheus/node-exporter/docker-tls-manager.prom";
+/// Backups kept of each replaced file (`[backup] keep`).
+pub const DEFAULT_BACKUP_KEEP: u32 = 5;
+/// Age beyond which backups are removed (`[backup] keep_for`), the newest of a file excepted.
+pub const DEFAULT_BACKUP_KEEP_FOR: &str = "90d";
 /// The shortest validity accepted for any certificate.
 pub const MIN_VALIDITY: Duration = Duration::from_secs(60);
 
@@ -136,6 +141,16 @@ pub struct ServiceSettings {
     pub metrics_file: Option<PathBuf>,
 }
 
+/// Retention of the copies in `state_dir/backup/`, applied per original file after each
+/// backup of it. The newest copy of a file is never removed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BackupSettings {
+    /// At most this many copies of each file (default 5).
+    pub keep: NonZeroU32,
+    /// Copies older than this are removed (default 90 days).
+    pub keep_for: Duration,
+}
+
 /// The validated configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Settings {
@@ -147,6 +162,7 @@ pub struct Settings {
     pub clients: ClientSettings,
     pub docker: DockerSettings,
     pub service: ServiceSettings,
+    pub backup: BackupSettings,
 }
 
 // ---- The file as written: every key optional, unknown keys rejected. ----
@@ -166,6 +182,15 @@ struct RawConfig {
     docker: RawDocker,
     #[serde(default)]
     service: RawService,
+    #[serde(default)]
+    backup: RawBackup,
+}
+
+#[derive(Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+struct RawBackup {
+    keep: Option<i64>,
+    keep_for: Option<String>,
 }
 
 #[derive(Deserialize, Default, Debug)]
@@ -492,6 +517,30 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Settings, UsageError> {
     };
     let service = ServiceSettings { metrics_file };
 
+    let keep = raw.backup.keep.unwrap_or(DEFAULT_BACKUP_KEEP.into());
+    let keep = u32::try_from(keep)
+        .ok()
+        .and_then(NonZeroU32::new)
+        .ok_or_else(|| {
+            bad(
+                "[backup] keep",
+                format!(
+                    "{keep} is not a number of copies from 1 up (the newest copy of a file is always kept)"
+                ),
+            )
+        })?;
+    let keep_for = raw
+        .backup
+        .keep_for
+        .unwrap_or_else(|| DEFAULT_BACKUP_KEEP_FOR.to_string());
+    let keep_for = humantime::parse_duration(&keep_for).map_err(|e| {
+        bad(
+            "[backup] keep_for",
+            format!("'{keep_for}' is not a duration ({e}); write e.g. \"90d\", \"1y\""),
+        )
+    })?;
+    let backup = BackupSettings { keep, keep_for };
+
     Ok(Settings {
         source: Some(path.to_path_buf()),
         paths,
@@ -500,6 +549,7 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Settings, UsageError> {
         clients,
         docker,
         service,
+        backup,
     })
 }
 
@@ -584,6 +634,8 @@ mod tests {
             s.service.metrics_file,
             Some(PathBuf::from(DEFAULT_METRICS_FILE))
         );
+        assert_eq!(s.backup.keep.get(), 5);
+        assert_eq!(s.backup.keep_for, Duration::from_secs(90 * 86400));
         assert_eq!(
             p("[service]\nmetrics_file = \"\"")
                 .unwrap()
@@ -613,6 +665,8 @@ mod tests {
             "listen",
             "live_restore",
             "metrics_file",
+            "keep",
+            "keep_for",
         ] {
             assert!(
                 c.lines().any(|l| l.starts_with(&format!("# {key} = "))),
@@ -661,6 +715,10 @@ mod tests {
             ("[clients]\nnames = [\"../etc\"]", "[clients] names"),
             ("[clients]\nnames = [\"a\", \"a\"]", "[clients] names"),
             ("[paths]\ncert_dir = \"relative\"", "[paths] cert_dir"),
+            ("[backup]\nkeep = 0", "[backup] keep"),
+            ("[backup]\nkeep = -3", "[backup] keep"),
+            ("[backup]\nkeep = 5000000000", "[backup] keep"),
+            ("[backup]\nkeep_for = \"forever\"", "[backup] keep_for"),
         ];
         for (text, key) in cases {
             let m = err(text);
@@ -727,6 +785,9 @@ mod fuzz {
         "[clients]",
         "[docker]",
         "[service]",
+        "[backup]",
+        "keep",
+        "keep_for",
         "cert_dir",
         "state_dir",
         "key_type",

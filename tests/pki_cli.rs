@@ -520,3 +520,94 @@ fn check_reports_and_changes_nothing() {
     );
     assert_eq!(before, snapshot(s.dir.path()));
 }
+
+#[test]
+fn bundle_refuses_a_key_that_does_not_match_its_certificate() {
+    let s = Sandbox::new("");
+    s.ok(&["apply"]);
+    s.ok(&["client", "add", "other"]);
+    let refused = |s: &Sandbox, what: &str| {
+        let o = s.run(&["client", "bundle", "admin", "-o", "b.tar.gz", "--host", "h"]);
+        let err = text(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{what}: {err}");
+        assert!(
+            err.contains(&s.path("state/clients/admin/cert.pem").display().to_string())
+                && err.contains("docker-tls-manager apply"),
+            "{what}: {err}"
+        );
+        assert!(!s.path("b.tar.gz").exists(), "{what}: a bundle was written");
+        assert!(
+            !s.path("state/clients/admin/handed-out.json").exists(),
+            "{what}: recorded as handed out"
+        );
+        err
+    };
+    // A new key beside an old certificate (a renewal caught halfway).
+    let admin_key = std::fs::read(s.path("state/clients/admin/key.pem")).unwrap();
+    std::fs::copy(
+        s.path("state/clients/other/key.pem"),
+        s.path("state/clients/admin/key.pem"),
+    )
+    .unwrap();
+    let err = refused(&s, "swapped key");
+    assert!(
+        err.contains(&s.path("state/clients/admin/key.pem").display().to_string())
+            && err.contains("does not match"),
+        "{err}"
+    );
+    std::fs::write(s.path("state/clients/admin/key.pem"), admin_key).unwrap();
+    // A matching pair from another CA.
+    let foreign = Sandbox::new("");
+    foreign.ok(&["apply"]);
+    for f in ["cert.pem", "key.pem"] {
+        std::fs::copy(
+            foreign.path(&format!("state/clients/admin/{f}")),
+            s.path(&format!("state/clients/admin/{f}")),
+        )
+        .unwrap();
+    }
+    let err = refused(&s, "another CA");
+    assert!(err.contains("not signed by the current CA"), "{err}");
+    // Repaired by apply, the bundle goes out.
+    s.ok(&["apply"]);
+    s.ok(&["client", "bundle", "admin", "-o", "b.tar.gz", "--host", "h"]);
+    assert!(s.path("b.tar.gz").is_file());
+}
+
+#[test]
+fn backups_keep_at_most_keep_copies_per_file() {
+    let s = Sandbox::new("[backup]\nkeep = 2");
+    s.ok(&["apply"]);
+    for _ in 0..4 {
+        s.ok(&["renew", "--force", "all"]);
+    }
+    // backup/STAMP/PATH: count the copies of each PATH.
+    let root = s.path("state/backup");
+    let mut copies = std::collections::BTreeMap::<std::path::PathBuf, usize>::new();
+    for stamp in std::fs::read_dir(&root).unwrap().flatten() {
+        for (p, _, _) in snapshot(&stamp.path()) {
+            if p.is_file() {
+                let rel = p.strip_prefix(stamp.path()).unwrap().to_path_buf();
+                *copies.entry(rel).or_default() += 1;
+            }
+        }
+    }
+    assert!(!copies.is_empty(), "nothing was backed up");
+    for (rel, n) in &copies {
+        assert!(*n <= 2, "{n} copies of {}", rel.display());
+    }
+    // Renewed four times: exactly the two newest copies of the old server key remain.
+    let server_key = copies
+        .iter()
+        .find(|(rel, _)| rel.ends_with("certs/server-key.pem"))
+        .map(|(_, n)| *n);
+    assert_eq!(server_key, Some(2), "{copies:?}");
+    // The current key is not among them: the copies are older keys.
+    let current = std::fs::read(s.path("certs/server-key.pem")).unwrap();
+    assert!(
+        snapshot(&root)
+            .iter()
+            .filter(|(p, _, _)| p.ends_with("server-key.pem"))
+            .all(|(_, _, d)| *d != current)
+    );
+}

@@ -12,7 +12,7 @@ use super::daemon::DockerDaemon;
 use super::plan::{DockerPlan, Step};
 use super::probe::Prober;
 use super::render::{DOCKER_SERVICE, SOCKET_UNIT};
-use crate::files::{atomic_write, backup, ensure_dir};
+use crate::files::{Backups, atomic_write_preserving, backup, ensure_dir};
 use crate::systemd::{JobKind, Systemd};
 
 /// How long Docker gets to come up and serve TLS after a (re)start.
@@ -43,7 +43,7 @@ impl Snapshot {
 
     fn restore(&self) -> Result<()> {
         match &self.content {
-            Some(c) => atomic_write(&self.path, c, self.mode),
+            Some(c) => atomic_write_preserving(&self.path, c, self.mode),
             None => match std::fs::remove_file(&self.path) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                     Err(e).with_context(|| format!("cannot remove '{}'", self.path.display()))
@@ -63,7 +63,7 @@ pub struct ExecContext<'a, S: Systemd, P: Prober, D: DockerDaemon> {
     pub wanted: String,
     /// SHA-256 of what Docker served before, if it served TLS: checked again after a rollback.
     pub previous_served: Option<String>,
-    pub backup_dir: PathBuf,
+    pub backups: Backups,
     /// Files changed before this plan (the PKI files Docker and the probe read) to restore on
     /// failure.
     pub also_restore: Vec<Snapshot>,
@@ -121,14 +121,14 @@ pub async fn execute<S: Systemd, P: Prober, D: DockerDaemon>(
             Step::Write { path, content, .. } if !backed_up.contains(path) => {
                 backed_up.push(path.clone());
                 if std::fs::read(path).is_ok_and(|old| old != content.as_bytes()) {
-                    backup(path, &cx.backup_dir, now).map(|_| ())
+                    backup(path, &cx.backups, now).map(|_| ())
                 } else {
                     Ok(())
                 }
             }
             Step::Remove { path } if !backed_up.contains(path) => {
                 backed_up.push(path.clone());
-                backup(path, &cx.backup_dir, now).map(|_| ())
+                backup(path, &cx.backups, now).map(|_| ())
             }
             _ => Ok(()),
         };
@@ -171,7 +171,7 @@ async fn run_step<S: Systemd, P: Prober, D: DockerDaemon>(
                     ensure_dir(parent, 0o755)?;
                 }
             }
-            atomic_write(path, content.as_bytes(), *mode)
+            atomic_write_preserving(path, content.as_bytes(), *mode)
         }
         Step::Remove { path } => {
             match std::fs::remove_file(path) {
@@ -430,7 +430,12 @@ mod tests {
             daemon,
             wanted: "fp".into(),
             previous_served: None,
-            backup_dir: dir.join("b"),
+            backups: Backups {
+                dir: dir.join("b"),
+                retention: crate::config::parse("", Path::new("t.toml"))
+                    .unwrap()
+                    .backup,
+            },
             also_restore: vec![],
         };
         execute(plan, &cx).await
@@ -560,6 +565,75 @@ mod tests {
             sd.calls()
         );
         assert!(!s.paths.systemd_dir.join("docker-tcp.socket").exists());
+    }
+
+    /// daemon.json as config management leaves it: a link into daemon.d, mode 0640, group 4.
+    fn link_daemon_json(d: &Path) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::create_dir(d.join("daemon.d")).unwrap();
+        let target = d.join("daemon.d/main.json");
+        std::fs::rename(d.join("daemon.json"), &target).unwrap();
+        std::os::unix::fs::symlink("daemon.d/main.json", d.join("daemon.json")).unwrap();
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o640)).unwrap();
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        if unsafe { libc::geteuid() } == 0 {
+            std::os::unix::fs::chown(&target, Some(0), Some(4)).unwrap();
+        }
+        target
+    }
+
+    fn assert_link_kept(d: &Path, target: &Path) {
+        use std::os::unix::fs::MetadataExt;
+        let link = d.join("daemon.json");
+        assert!(
+            std::fs::symlink_metadata(&link)
+                .unwrap()
+                .file_type()
+                .is_symlink(),
+            "daemon.json was replaced by a plain file"
+        );
+        assert_eq!(
+            std::fs::read_link(&link).unwrap(),
+            Path::new("daemon.d/main.json")
+        );
+        let m = std::fs::metadata(target).unwrap();
+        assert_eq!(crate::files::mode_of(target), Some(0o640));
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        if unsafe { libc::geteuid() } == 0 {
+            assert_eq!((m.uid(), m.gid()), (0, 4));
+        }
+    }
+
+    #[tokio::test]
+    async fn writing_daemon_json_keeps_its_link_mode_and_owner() {
+        let (d, s, obs, sd) = setup();
+        let target = link_daemon_json(d.path());
+        let plan = plan_configure(&obs, &s).unwrap();
+        let daemon = FixedDaemon(Some(live_restore_on()));
+        run(&plan, &sd, &daemon, d.path()).await.unwrap();
+        assert_link_kept(d.path(), &target);
+        let dj = std::fs::read_to_string(&target).unwrap();
+        assert!(
+            dj.contains("\"debug\": true") && dj.contains("tlsverify"),
+            "{dj}"
+        );
+    }
+
+    #[tokio::test]
+    async fn rollback_of_daemon_json_keeps_its_link_mode_and_owner() {
+        let (d, s, obs, sd) = setup();
+        let target = link_daemon_json(d.path());
+        sd.failing
+            .borrow_mut()
+            .push("start docker-tcp.socket".into());
+        let plan = plan_configure(&obs, &s).unwrap();
+        let daemon = FixedDaemon(Some(live_restore_on()));
+        assert!(run(&plan, &sd, &daemon, d.path()).await.is_err());
+        assert_link_kept(d.path(), &target);
+        // Back as before the TLS keys, live-restore kept (see the test above).
+        let dj: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&target).unwrap()).unwrap();
+        assert_eq!(dj, serde_json::json!({"debug": true, "live-restore": true}));
     }
 
     #[tokio::test]

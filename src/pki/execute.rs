@@ -13,7 +13,7 @@ use super::layout::{CERT_MODE, KEY_DIR_MODE, KEY_MODE};
 use super::plan::{Action, Plan, common_name, policy_of, server_sans};
 use super::{Layout, Slot};
 use crate::config::Settings;
-use crate::files::{atomic_write, backup, ensure_dir, set_mode, write_if_changed};
+use crate::files::{Backups, atomic_write, backup, ensure_dir, set_mode, write_if_changed};
 use crate::host::HostIdentity;
 
 /// Runs every action of `plan` in order. Stops at the first error; what was written until then
@@ -25,16 +25,22 @@ pub fn execute(
     host: &HostIdentity,
     now: SystemTime,
 ) -> Result<()> {
+    let backups = Backups {
+        dir: layout.backup_dir(),
+        retention: settings.backup,
+    };
     for action in &plan.actions {
         info!(action = %action, "pki");
         match action {
-            Action::IssueCa { new_key, .. } => issue_ca(layout, settings, host, now, *new_key)?,
-            Action::Issue { slot, .. } => issue_leaf(layout, settings, host, now, slot)?,
+            Action::IssueCa { new_key, .. } => {
+                issue_ca(layout, &backups, settings, host, now, *new_key)?
+            }
+            Action::Issue { slot, .. } => issue_leaf(layout, &backups, settings, host, now, slot)?,
             Action::CopyCa { slot } => {
                 let ca_pem =
                     std::fs::read(layout.ca_cert()).context("cannot read the CA certificate")?;
                 let copy = layout.ca_copy(slot).expect("only clients have a CA copy");
-                replace(layout, &copy, &ca_pem, CERT_MODE, now)?;
+                replace(&backups, &copy, &ca_pem, CERT_MODE, now)?;
             }
             Action::FixMode { path, mode, .. } => set_mode(path, *mode)?,
         }
@@ -43,9 +49,9 @@ pub fn execute(
 }
 
 /// Backs up `path` if its content changes, then writes it atomically.
-fn replace(layout: &Layout, path: &Path, data: &[u8], mode: u32, now: SystemTime) -> Result<()> {
+fn replace(backups: &Backups, path: &Path, data: &[u8], mode: u32, now: SystemTime) -> Result<()> {
     if std::fs::read(path).is_ok_and(|old| old != data) {
-        backup(path, &layout.backup_dir(), now)?;
+        backup(path, backups, now)?;
     }
     write_if_changed(path, data, mode)?;
     Ok(())
@@ -68,6 +74,7 @@ fn read_ca_key(layout: &Layout) -> Result<rcgen::KeyPair> {
 
 fn issue_ca(
     layout: &Layout,
+    backups: &Backups,
     settings: &Settings,
     host: &HostIdentity,
     now: SystemTime,
@@ -78,7 +85,7 @@ fn issue_ca(
     let key = if new_key {
         let key = issue::generate_key(settings.ca.key_type)?;
         let path = layout.ca_key();
-        backup(&path, &layout.backup_dir(), now)?;
+        backup(&path, backups, now)?;
         atomic_write(&path, key.serialize_pem().as_bytes(), KEY_MODE)?;
         key
     } else {
@@ -89,7 +96,7 @@ fn issue_ca(
         .self_signed(&key)
         .context("cannot self-sign the CA certificate")?;
     replace(
-        layout,
+        backups,
         &layout.ca_cert(),
         cert.pem().as_bytes(),
         CERT_MODE,
@@ -99,6 +106,7 @@ fn issue_ca(
 
 fn issue_leaf(
     layout: &Layout,
+    backups: &Backups,
     settings: &Settings,
     host: &HostIdentity,
     now: SystemTime,
@@ -117,11 +125,11 @@ fn issue_leaf(
         std::fs::read_to_string(layout.ca_cert()).context("cannot read the CA certificate")?;
     let cert_pem = issue::sign(&params, &key, &ca_pem, read_ca_key(layout)?)?;
     let (cert_path, key_path) = layout.cert_and_key(slot);
-    backup(&key_path, &layout.backup_dir(), now)?;
+    backup(&key_path, backups, now)?;
     atomic_write(&key_path, key.serialize_pem().as_bytes(), KEY_MODE)?;
-    replace(layout, &cert_path, cert_pem.as_bytes(), CERT_MODE, now)?;
+    replace(backups, &cert_path, cert_pem.as_bytes(), CERT_MODE, now)?;
     if let Some(copy) = layout.ca_copy(slot) {
-        replace(layout, &copy, ca_pem.as_bytes(), CERT_MODE, now)?;
+        replace(backups, &copy, ca_pem.as_bytes(), CERT_MODE, now)?;
     }
     Ok(())
 }
