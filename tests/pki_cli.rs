@@ -258,6 +258,12 @@ fn bad_configs_exit_2_name_key_and_file_and_write_nothing() {
     let cases = [
         ("[server]\nrenew_before = \"100d\"", "[server] renew_before"),
         ("[clients]\nvalidity = \"30s\"", "[clients] validity"),
+        // Used to pass validation, then panic when issuing (beyond year 9999).
+        ("[ca]\nvalidity = \"10000y\"", "[ca] validity"),
+        (
+            "[server]\nvalidity = \"1h\"\nrenew_before = \"59m30s\"",
+            "[server] renew_before",
+        ),
         (
             "[server]\nip_addresses = [\"not-an-ip\"]",
             "[server] ip_addresses",
