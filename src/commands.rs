@@ -341,8 +341,8 @@ async fn status_cmd(ctx: &Ctx, json: bool) -> Result<()> {
     let plan = match plan::plan(&disk, &ctx.settings, &host, now, Force::default()) {
         Ok(p) => p,
         Err(e) => Plan {
-            actions: vec![],
             warnings: vec![format!("{e:#}")],
+            ..Plan::default()
         },
     };
     let handed = status::handed_out_warnings(&ctx.layout, &ctx.client_names(), &ctx.settings, now);

@@ -5,9 +5,10 @@
 use std::path::Path;
 use std::time::SystemTime;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use tracing::info;
 
+use super::inspect::{CaName, CaRecord, cert_info, read_cert_info};
 use super::issue::{self, Leaf};
 use super::layout::{CERT_MODE, KEY_DIR_MODE, KEY_MODE};
 use super::plan::{Action, Plan, common_name, policy_of, server_sans};
@@ -28,7 +29,14 @@ pub fn execute(
     for action in &plan.actions {
         info!(action = %action, "pki");
         match action {
-            Action::IssueCa { new_key, .. } => issue_ca(layout, settings, host, now, *new_key)?,
+            Action::IssueCa { new_key, .. } => issue_ca(
+                layout,
+                settings,
+                host,
+                now,
+                *new_key,
+                plan.ca_subject.as_ref(),
+            )?,
             Action::Issue { slot, .. } => issue_leaf(layout, settings, host, now, slot)?,
             Action::CopyCa { slot } => {
                 let ca_pem =
@@ -36,6 +44,7 @@ pub fn execute(
                 let copy = layout.ca_copy(slot).expect("only clients have a CA copy");
                 replace(layout, &copy, &ca_pem, CERT_MODE, now)?;
             }
+            Action::RecordCaSubject => record_ca_subject(layout)?,
             Action::FixMode { path, mode, .. } => set_mode(path, *mode)?,
         }
     }
@@ -66,12 +75,25 @@ fn read_ca_key(layout: &Layout) -> Result<rcgen::KeyPair> {
         .with_context(|| format!("cannot parse the CA key '{}'", path.display()))
 }
 
+/// Writes `state_dir/ca-subject.json` from the CA certificate on disk.
+fn record_ca_subject(layout: &Layout) -> Result<()> {
+    let path = layout.ca_cert();
+    let info = read_cert_info(&path)
+        .with_context(|| format!("cannot read the CA certificate '{}'", path.display()))?;
+    let json = serde_json::to_vec_pretty(&CaRecord::of(&info))?;
+    write_if_changed(&layout.ca_subject_record(), &json, KEY_MODE)?;
+    Ok(())
+}
+
+/// Self-signs the CA: with a new key (named after the host), or re-signing the existing key
+/// under `name` when given: the same subject bytes and subject key identifier.
 fn issue_ca(
     layout: &Layout,
     settings: &Settings,
     host: &HostIdentity,
     now: SystemTime,
     new_key: bool,
+    name: Option<&CaName>,
 ) -> Result<()> {
     ensure_key_dirs(layout, &Slot::Ca)?;
     ensure_dir(&layout.cert_dir, KEY_DIR_MODE)?;
@@ -84,17 +106,38 @@ fn issue_ca(
     } else {
         read_ca_key(layout)?
     };
-    let params = issue::ca_params(&common_name(&Slot::Ca, host), now, settings.ca.validity);
+    let mut params = issue::ca_params(&common_name(&Slot::Ca, host), now, settings.ca.validity);
+    let name = if new_key { None } else { name };
+    if let Some(name) = name {
+        params.distinguished_name = issue::distinguished_name(&name.subject_der)?;
+        if let Some(id) = &name.key_id {
+            params.key_identifier_method = rcgen::KeyIdMethod::PreSpecified(id.clone());
+        }
+    }
     let cert = params
         .self_signed(&key)
         .context("cannot self-sign the CA certificate")?;
+    if let Some(name) = name {
+        let info = cert_info(cert.der()).map_err(anyhow::Error::msg)?;
+        if info.subject_der != name.subject_der
+            || (name.key_id.is_some() && info.subject_key_id != name.key_id)
+        {
+            bail!(
+                "cannot reproduce the CA's subject '{}' exactly; the CA is left as it is. Run \
+                 `docker-tls-manager renew --force ca` to make a new CA, then hand every client \
+                 a new bundle",
+                info.subject
+            );
+        }
+    }
     replace(
         layout,
         &layout.ca_cert(),
         cert.pem().as_bytes(),
         CERT_MODE,
         now,
-    )
+    )?;
+    record_ca_subject(layout)
 }
 
 fn issue_leaf(

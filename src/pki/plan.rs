@@ -9,7 +9,7 @@ use std::time::SystemTime;
 
 use anyhow::{Result, bail};
 
-use super::inspect::{CertState, DiskState, KeyState, San, SlotObservation};
+use super::inspect::{CaName, CaRecord, CertState, DiskState, KeyState, San, SlotObservation};
 use super::{PROBE_CN, Slot};
 use crate::config::{CertPolicy, KeyType, Settings};
 use crate::host::HostIdentity;
@@ -106,6 +106,8 @@ pub enum Action {
     Issue { slot: Slot, reason: Reason },
     /// Refresh a client's copy of the CA certificate.
     CopyCa { slot: Slot },
+    /// Record the CA's subject (`state_dir/ca-subject.json`), missing or stale.
+    RecordCaSubject,
     /// Set the mode of a file or directory.
     FixMode {
         path: PathBuf,
@@ -127,6 +129,7 @@ impl fmt::Display for Action {
             } => write!(f, "re-sign CA with its existing key: {reason}"),
             Action::Issue { slot, reason } => write!(f, "issue {slot} certificate: {reason}"),
             Action::CopyCa { slot } => write!(f, "refresh the CA copy of {slot}"),
+            Action::RecordCaSubject => f.write_str("record the CA subject"),
             Action::FixMode { path, mode, found } => {
                 write!(f, "chmod {mode:o} '{}' (was {found:o})", path.display())
             }
@@ -139,6 +142,8 @@ impl fmt::Display for Action {
 pub struct Plan {
     pub actions: Vec<Action>,
     pub warnings: Vec<String>,
+    /// The name a re-signed CA keeps; `None`: a new CA, named after the host.
+    pub ca_subject: Option<CaName>,
 }
 
 impl Plan {
@@ -319,9 +324,29 @@ pub fn plan(
         )
     );
     let ca_changes = ca_action.is_some();
+    if let (Some(Action::IssueCa { new_key: false, .. }), KeyState::Readable { public_key }) =
+        (&ca_action, &ca.key)
+    {
+        p.ca_subject = kept_ca_subject(disk, public_key);
+        if p.ca_subject.is_none() {
+            p.warnings.push(
+                "the CA's subject is found neither in ca.pem, nor in the record, nor in any \
+                 certificate it signed: the CA is re-signed under a new name, and bundles handed \
+                 out before must be handed out again"
+                    .into(),
+            );
+        }
+    }
     match ca_action {
         Some(a) => p.actions.push(a),
-        None => mode_fixes(ca, &mut p.actions),
+        None => {
+            if let CertState::Present(info) = &ca.cert
+                && disk.ca_record.as_ref() != Some(&CaRecord::of(info))
+            {
+                p.actions.push(Action::RecordCaSubject);
+            }
+            mode_fixes(ca, &mut p.actions)
+        }
     }
     if matches!(ca_action_new_key(&p), Some(true)) && !matches!(ca.cert, CertState::Missing) {
         p.warnings.push(
@@ -342,6 +367,14 @@ pub fn plan(
             Slot::Client(_) => force.clients,
             _ => false,
         };
+        // A CA re-signed under its name and key still verifies what it signed before.
+        let signed = obs.signed_by_ca
+            || (!ca_new_key
+                && obs.signed_by_ca_key
+                && obs.info().zip(p.ca_subject.as_ref()).is_some_and(|(i, n)| {
+                    i.issuer_der == n.subject_der
+                        && (i.authority_key_id.is_none() || i.authority_key_id == n.key_id)
+                }));
         let reason = leaf_reason(
             obs,
             slot,
@@ -351,6 +384,7 @@ pub fn plan(
             now,
             ca_new_key,
             forced,
+            signed,
         );
         match reason {
             Some(reason) => p.actions.push(Action::Issue {
@@ -370,6 +404,27 @@ pub fn plan(
     Ok(p)
 }
 
+/// The name (subject and key identifier) a CA re-signed with its existing key keeps: Go
+/// (dockerd, the docker CLI) finds a certificate's issuer by comparing names byte for byte,
+/// and OpenSSL also compares key identifiers, so a CA renamed under the same key would orphan
+/// every leaf and bundle. Taken from ca.pem when it holds this key, else from the record
+/// written with it, else from what a leaf signed by this key names as its issuer; never from
+/// the current hostname, which may have changed since the CA was made.
+fn kept_ca_subject(disk: &DiskState, ca_public_key: &[u8]) -> Option<CaName> {
+    if let CertState::Present(info) = &disk.get(&Slot::Ca).cert
+        && info.public_key == ca_public_key
+    {
+        return Some(CaName {
+            subject_der: info.subject_der.clone(),
+            key_id: info.subject_key_id.clone(),
+        });
+    }
+    disk.ca_record
+        .as_ref()
+        .and_then(|r| r.name_for(ca_public_key))
+        .or_else(|| disk.ca_key_issuers.first().cloned())
+}
+
 #[allow(clippy::too_many_arguments)]
 fn leaf_reason(
     obs: &SlotObservation,
@@ -380,6 +435,7 @@ fn leaf_reason(
     now: SystemTime,
     ca_new_key: bool,
     forced: bool,
+    signed_by_ca: bool,
 ) -> Option<Reason> {
     if matches!(obs.cert, CertState::Missing) {
         return Some(Reason::Missing);
@@ -403,7 +459,7 @@ fn leaf_reason(
         }
         KeyState::Readable { .. } => {}
     }
-    if !obs.signed_by_ca {
+    if !signed_by_ca {
         return Some(Reason::NotSignedByCa);
     }
     let is_server = *slot == Slot::Server;
@@ -819,6 +875,113 @@ mod tests {
             &crate::pki::inspect::first_cert_der(&server).unwrap(),
             &der
         ));
+    }
+
+    fn cert_der(path: &Path) -> Vec<u8> {
+        crate::pki::inspect::first_cert_der(&std::fs::read(path).unwrap()).unwrap()
+    }
+
+    fn subject_der(path: &Path) -> Vec<u8> {
+        crate::pki::inspect::cert_info(&cert_der(path))
+            .unwrap()
+            .subject_der
+    }
+
+    fn renamed(f: &mut Fixture) {
+        f.host.hostname = "renamed".into();
+        f.host.fqdn = Some("renamed.example.org".into());
+    }
+
+    #[test]
+    fn ca_renewed_after_a_host_rename_keeps_its_subject() {
+        let mut f = Fixture::new().issued();
+        let subject = subject_der(&f.layout.ca_cert());
+        let admin = f.layout.cert_and_key(&Slot::Client("admin".into())).0;
+        let leaf_before = cert_der(&admin);
+        renamed(&mut f);
+        // The rename alone reissues the server certificate (its CN and SANs), not the CA.
+        let r = reasons(&f.plan_at(f.t0, Force::default()));
+        assert!(
+            matches!(&r[..], [(s, Reason::WrongUsage(_))] if s == "server"),
+            "{r:?}"
+        );
+        let later = f.t0 + 9 * 365 * DAY + 200 * DAY;
+        let p = f.plan_at(later, Force::default());
+        assert!(
+            matches!(
+                p.actions[0],
+                Action::IssueCa {
+                    new_key: false,
+                    reason: Reason::Due { .. }
+                }
+            ),
+            "{p:?}"
+        );
+        execute(&p, &f.layout, &f.settings, &f.host, later).unwrap();
+        assert_eq!(subject_der(&f.layout.ca_cert()), subject);
+        assert!(crate::pki::inspect::verify_signed_by(
+            &leaf_before,
+            &cert_der(&f.layout.ca_cert())
+        ));
+    }
+
+    #[test]
+    fn lost_ca_certificate_after_a_rename_gets_its_original_subject_back() {
+        let mut f = Fixture::new().issued();
+        let subject = subject_der(&f.layout.ca_cert());
+        let admin = f.layout.cert_and_key(&Slot::Client("admin".into())).0;
+        let leaf_before = std::fs::read(&admin).unwrap();
+        renamed(&mut f);
+        f.converge(f.t0);
+        // From the record written with the CA; then, without it, from the leaves' issuer.
+        for lose_record in [false, true] {
+            std::fs::remove_file(f.layout.ca_cert()).unwrap();
+            if lose_record {
+                std::fs::remove_file(f.layout.ca_subject_record()).unwrap();
+            }
+            let p = f.plan_at(f.t0, Force::default());
+            assert_eq!(
+                p.ca_subject.as_ref().map(|n| &n.subject_der),
+                Some(&subject),
+                "{p:?}"
+            );
+            f.converge(f.t0);
+            assert_eq!(subject_der(&f.layout.ca_cert()), subject);
+            // The client kept its certificate, and it verifies with the re-signed CA.
+            assert_eq!(std::fs::read(&admin).unwrap(), leaf_before);
+            assert!(crate::pki::inspect::verify_signed_by(
+                &cert_der(&admin),
+                &cert_der(&f.layout.ca_cert())
+            ));
+        }
+        // A new key may take a new name.
+        let p = f.plan_at(
+            f.t0,
+            Force {
+                ca: true,
+                ..Force::default()
+            },
+        );
+        execute(&p, &f.layout, &f.settings, &f.host, f.t0).unwrap();
+        let info = crate::pki::inspect::read_cert_info(&f.layout.ca_cert()).unwrap();
+        assert!(info.common_name.ends_with("renamed"), "{}", info.subject);
+    }
+
+    #[test]
+    fn missing_ca_subject_record_is_written() {
+        let f = Fixture::new().issued();
+        let record = std::fs::read(f.layout.ca_subject_record()).unwrap();
+        std::fs::remove_file(f.layout.ca_subject_record()).unwrap();
+        assert_eq!(
+            f.plan_at(f.t0, Force::default()).actions,
+            vec![Action::RecordCaSubject]
+        );
+        f.converge(f.t0);
+        assert_eq!(std::fs::read(f.layout.ca_subject_record()).unwrap(), record);
+        assert_eq!(
+            crate::files::mode_of(&f.layout.ca_subject_record()),
+            Some(0o600)
+        );
     }
 
     #[test]
