@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use anyhow::{Result, bail};
 
@@ -50,6 +50,11 @@ pub enum Reason {
     Expired {
         not_after: SystemTime,
     },
+    /// Issued while the clock was ahead: not valid yet, and would stay so until the clock
+    /// catches up.
+    NotYetValid {
+        not_before: SystemTime,
+    },
     Forced,
 }
 
@@ -92,6 +97,11 @@ impl fmt::Display for Reason {
             Reason::CaReplaced => f.write_str("the CA gets a new key"),
             Reason::Due { not_after } => write!(f, "due for renewal (expires {})", t(not_after)),
             Reason::Expired { not_after } => write!(f, "expired at {}", t(not_after)),
+            Reason::NotYetValid { not_before } => write!(
+                f,
+                "not valid before {} (issued while the clock was ahead)",
+                t(not_before)
+            ),
             Reason::Forced => f.write_str("forced"),
         }
     }
@@ -215,6 +225,14 @@ pub fn common_name(slot: &Slot, host: &HostIdentity) -> String {
     }
 }
 
+/// How far in the future a `not_before` may lie before the certificate is reissued (our own
+/// are backdated by `issue::BACKDATE`; this covers small clock steps).
+pub const NOT_BEFORE_TOLERANCE: Duration = Duration::from_secs(5 * 60);
+
+fn not_yet_valid(not_before: SystemTime, now: SystemTime) -> Option<Reason> {
+    (not_before > now + NOT_BEFORE_TOLERANCE).then_some(Reason::NotYetValid { not_before })
+}
+
 fn due(not_after: SystemTime, policy: &CertPolicy, now: SystemTime) -> Option<Reason> {
     if now >= not_after {
         Some(Reason::Expired { not_after })
@@ -297,7 +315,8 @@ pub fn plan(
                                     settings.ca.key_type
                                 ));
                             }
-                            due(info.not_after, &settings.ca, now)
+                            not_yet_valid(info.not_before, now)
+                                .or_else(|| due(info.not_after, &settings.ca, now))
                         }
                     }
                 }
@@ -497,7 +516,7 @@ fn leaf_reason(
             wanted: policy.key_type,
         });
     }
-    due(info.not_after, policy, now)
+    not_yet_valid(info.not_before, now).or_else(|| due(info.not_after, policy, now))
 }
 
 #[cfg(test)]
@@ -506,7 +525,6 @@ mod tests {
     use crate::pki::inspect::inspect;
     use crate::pki::{Layout, execute::execute};
     use std::path::Path;
-    use std::time::Duration;
 
     const DAY: Duration = Duration::from_secs(86_400);
 
@@ -982,6 +1000,34 @@ mod tests {
             crate::files::mode_of(&f.layout.ca_subject_record()),
             Some(0o600)
         );
+    }
+
+    #[test]
+    fn certificates_issued_while_the_clock_was_ahead_are_repaired() {
+        let f = Fixture::new();
+        // Issued at t0 + 2 days, then the clock went back to t0.
+        f.converge(f.t0 + 2 * DAY);
+        let subject = subject_der(&f.layout.ca_cert());
+        let key = std::fs::read(f.layout.ca_key()).unwrap();
+        let p = f.plan_at(f.t0, Force::default());
+        let r = reasons(&p);
+        assert_eq!(r.len(), 3, "{r:?}");
+        assert!(
+            r.iter()
+                .all(|(_, r)| matches!(r, Reason::NotYetValid { .. })),
+            "{r:?}"
+        );
+        assert!(matches!(
+            p.actions[0],
+            Action::IssueCa { new_key: false, .. }
+        ));
+        f.converge(f.t0);
+        assert_eq!(std::fs::read(f.layout.ca_key()).unwrap(), key);
+        assert_eq!(subject_der(&f.layout.ca_cert()), subject);
+        // A few minutes ahead is within the tolerance.
+        let g = Fixture::new();
+        g.converge(g.t0 + Duration::from_secs(4 * 60));
+        assert!(g.plan_at(g.t0, Force::default()).is_empty());
     }
 
     #[test]
