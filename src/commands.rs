@@ -402,7 +402,7 @@ async fn check(ctx: &Ctx) -> Result<()> {
             println!(
                 "ok: host {} (FQDN {}), addresses: {}",
                 h.hostname,
-                h.fqdn.as_deref().unwrap_or("none"),
+                h.fqdn,
                 h.addresses
                     .iter()
                     .map(|a| a.to_string())
@@ -633,7 +633,7 @@ fn client_host(given: Option<String>) -> Result<String> {
         Some(h) => Ok(h),
         None => {
             let h = HostIdentity::detect()?;
-            Ok(h.fqdn.unwrap_or(h.hostname))
+            Ok(h.fqdn.name().map_or(h.hostname.clone(), str::to_string))
         }
     }
 }

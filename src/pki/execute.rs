@@ -2,16 +2,17 @@
 //! through the atomic-write helper with its mode. Keys are written before their certificate so
 //! an interrupted run leaves a pair the planner sees as mismatched and repairs.
 
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::SystemTime;
 
 use anyhow::{Context, Result, bail};
 use tracing::info;
 
-use super::inspect::{CaName, CaRecord, cert_info, read_cert_info};
+use super::inspect::{CaName, CaRecord, San, cert_info, read_cert_info};
 use super::issue::{self, Leaf};
 use super::layout::{CERT_MODE, KEY_DIR_MODE, KEY_MODE};
-use super::plan::{Action, Plan, common_name, policy_of, server_sans};
+use super::plan::{Action, Plan, common_name, policy_of};
 use super::{Layout, Slot};
 use crate::config::Settings;
 use crate::files::{atomic_write, backup, ensure_dir, set_mode, write_if_changed};
@@ -37,7 +38,9 @@ pub fn execute(
                 *new_key,
                 plan.ca_subject.as_ref(),
             )?,
-            Action::Issue { slot, .. } => issue_leaf(layout, settings, host, now, slot)?,
+            Action::Issue { slot, .. } => {
+                issue_leaf(layout, settings, host, now, slot, &plan.server_sans)?
+            }
             Action::CopyCa { slot } => {
                 let ca_pem =
                     std::fs::read(layout.ca_cert()).context("cannot read the CA certificate")?;
@@ -146,12 +149,12 @@ fn issue_leaf(
     host: &HostIdentity,
     now: SystemTime,
     slot: &Slot,
+    sans: &BTreeSet<San>,
 ) -> Result<()> {
     ensure_key_dirs(layout, slot)?;
     let policy = policy_of(settings, slot);
-    let sans = server_sans(settings, host);
     let leaf = match slot {
-        Slot::Server => Leaf::Server { sans: &sans },
+        Slot::Server => Leaf::Server { sans },
         _ => Leaf::Client,
     };
     let params = issue::leaf_params(leaf, &common_name(slot, host), now, policy.validity)?;

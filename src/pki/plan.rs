@@ -12,7 +12,7 @@ use anyhow::{Result, bail};
 use super::inspect::{CaName, CaRecord, CertState, DiskState, KeyState, San, SlotObservation};
 use super::{PROBE_CN, Slot};
 use crate::config::{CertPolicy, KeyType, Settings};
-use crate::host::HostIdentity;
+use crate::host::{Fqdn, HostIdentity};
 
 /// Certificates to reissue even if they are fine (`renew --force`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -154,6 +154,8 @@ pub struct Plan {
     pub warnings: Vec<String>,
     /// The name a re-signed CA keeps; `None`: a new CA, named after the host.
     pub ca_subject: Option<CaName>,
+    /// The SANs a server certificate issued by this plan gets.
+    pub server_sans: BTreeSet<San>,
 }
 
 impl Plan {
@@ -179,7 +181,7 @@ impl Plan {
 pub fn server_sans(settings: &Settings, host: &HostIdentity) -> BTreeSet<San> {
     let mut sans = BTreeSet::new();
     sans.insert(San::Dns(host.hostname.clone()));
-    if let Some(f) = &host.fqdn {
+    if let Fqdn::Name(f) = &host.fqdn {
         sans.insert(San::Dns(f.clone()));
     }
     sans.insert(San::Dns("localhost".into()));
@@ -196,6 +198,55 @@ pub fn server_sans(settings: &Settings, host: &HostIdentity) -> BTreeSet<San> {
             .map(|d| San::Dns(d.to_ascii_lowercase())),
     );
     sans.extend(settings.server.ip_addresses.iter().copied().map(San::Ip));
+    sans
+}
+
+/// The SANs the server certificate must carry, given what is on disk: the host's
+/// ([`server_sans`]), plus, from the current certificate when the CA key signed it:
+/// - its FQDN when the lookup failed (unknown is not gone): its DNS names with a dot other
+///   than the hostname and the configured `dns_names`;
+/// - with `keep_sans` (`apply --pki-only` at boot, before the network is up), all of its SANs.
+///   SAN differences alone then reissue nothing, and a certificate reissued for another reason
+///   (expired, key mismatch, ...) gets the union of its old SANs and the current ones rather
+///   than the current ones only: at boot those may lack addresses not configured yet, and
+///   clients that reached Docker by them must keep working. The service, once the network is
+///   up, converges without `keep_sans` and drops what is gone.
+pub fn wanted_server_sans(
+    disk: &DiskState,
+    settings: &Settings,
+    host: &HostIdentity,
+    keep_sans: bool,
+) -> BTreeSet<San> {
+    let mut sans = server_sans(settings, host);
+    let current = disk
+        .slots
+        .get(&Slot::Server)
+        .filter(|o| o.signed_by_ca || o.signed_by_ca_key)
+        .and_then(|o| o.info())
+        .map(|i| &i.sans);
+    let Some(current) = current else {
+        return sans;
+    };
+    if matches!(host.fqdn, Fqdn::LookupFailed(_)) {
+        let configured: BTreeSet<String> = settings
+            .server
+            .dns_names
+            .iter()
+            .map(|d| d.to_ascii_lowercase())
+            .collect();
+        sans.extend(
+            current
+                .iter()
+                .filter(|s| {
+                    matches!(s, San::Dns(d) if d.contains('.') && *d != host.hostname
+                        && !configured.contains(d))
+                })
+                .cloned(),
+        );
+    }
+    if keep_sans {
+        sans.extend(current.iter().cloned());
+    }
     sans
 }
 
@@ -375,7 +426,8 @@ pub fn plan(
     }
 
     // Leaves: server, probe, clients.
-    let wanted_sans = server_sans(settings, host);
+    let wanted_sans = wanted_server_sans(disk, settings, host, force.keep_sans);
+    p.server_sans = wanted_sans.clone();
     for (slot, obs) in &disk.slots {
         if *slot == Slot::Ca {
             continue;
@@ -404,6 +456,7 @@ pub fn plan(
             ca_new_key,
             forced,
             signed,
+            force.keep_sans,
         );
         match reason {
             Some(reason) => p.actions.push(Action::Issue {
@@ -455,6 +508,7 @@ fn leaf_reason(
     ca_new_key: bool,
     forced: bool,
     signed_by_ca: bool,
+    keep_sans: bool,
 ) -> Option<Reason> {
     if matches!(obs.cert, CertState::Missing) {
         return Some(Reason::Missing);
@@ -504,7 +558,7 @@ fn leaf_reason(
             info.common_name
         )));
     }
-    if is_server && info.sans != *wanted_sans {
+    if is_server && !keep_sans && info.sans != *wanted_sans {
         return Some(Reason::SansChanged {
             added: wanted_sans.difference(&info.sans).cloned().collect(),
             removed: info.sans.difference(wanted_sans).cloned().collect(),
@@ -547,7 +601,7 @@ mod tests {
     fn host() -> HostIdentity {
         HostIdentity {
             hostname: "dock1".into(),
-            fqdn: Some("dock1.example.net".into()),
+            fqdn: Fqdn::Name("dock1.example.net".into()),
             addresses: ["192.0.2.10".parse().unwrap()].into(),
         }
     }
@@ -907,7 +961,7 @@ mod tests {
 
     fn renamed(f: &mut Fixture) {
         f.host.hostname = "renamed".into();
-        f.host.fqdn = Some("renamed.example.org".into());
+        f.host.fqdn = Fqdn::Name("renamed.example.org".into());
     }
 
     #[test]
@@ -1028,6 +1082,66 @@ mod tests {
         let g = Fixture::new();
         g.converge(g.t0 + Duration::from_secs(4 * 60));
         assert!(g.plan_at(g.t0, Force::default()).is_empty());
+    }
+
+    fn server_sans_on_disk(f: &Fixture) -> BTreeSet<San> {
+        crate::pki::inspect::read_cert_info(&f.server_files().0)
+            .unwrap()
+            .sans
+    }
+
+    #[test]
+    fn keep_sans_ignores_san_changes_and_keeps_old_sans_when_reissuing() {
+        let mut f = Fixture::new().issued();
+        let old: IpAddr = "192.0.2.10".parse().unwrap();
+        let new: IpAddr = "192.0.2.55".parse().unwrap();
+        f.host.addresses = [new].into();
+        let keep = Force {
+            keep_sans: true,
+            ..Force::default()
+        };
+        assert!(f.plan_at(f.t0, keep).is_empty());
+        assert!(!f.plan_at(f.t0, Force::default()).is_empty());
+        // Due for another reason: reissued with the union of the old and the current SANs.
+        let later = f.t0 + 61 * DAY;
+        let p = f.plan_at(later, keep);
+        assert!(
+            matches!(&reasons(&p)[..], [(s, Reason::Due { .. })] if s == "server"),
+            "{p:?}"
+        );
+        execute(&p, &f.layout, &f.settings, &f.host, later).unwrap();
+        let sans = server_sans_on_disk(&f);
+        assert!(
+            sans.contains(&San::Ip(old)) && sans.contains(&San::Ip(new)),
+            "{sans:?}"
+        );
+        // Without keep_sans (the service, later), what is gone is dropped.
+        f.converge(later);
+        assert!(!server_sans_on_disk(&f).contains(&San::Ip(old)));
+    }
+
+    #[test]
+    fn failed_fqdn_lookup_keeps_the_fqdn_san() {
+        let mut f = Fixture::new().issued();
+        let fqdn = San::Dns("dock1.example.net".into());
+        f.host.fqdn = Fqdn::LookupFailed("Temporary failure in name resolution".into());
+        assert!(f.plan_at(f.t0, Force::default()).is_empty());
+        // Another change reissues the certificate: the FQDN stays.
+        f.host.addresses.insert("192.0.2.55".parse().unwrap());
+        let r = reasons(&f.plan_at(f.t0, Force::default()));
+        assert!(
+            matches!(&r[..], [(_, Reason::SansChanged { removed, .. })] if removed.is_empty()),
+            "{r:?}"
+        );
+        f.converge(f.t0);
+        assert!(server_sans_on_disk(&f).contains(&fqdn));
+        // An answer saying there is no FQDN removes it.
+        f.host.fqdn = Fqdn::None;
+        let r = reasons(&f.plan_at(f.t0, Force::default()));
+        assert!(
+            matches!(&r[..], [(_, Reason::SansChanged { removed, .. })] if *removed == vec![fqdn.clone()]),
+            "{r:?}"
+        );
     }
 
     #[test]
