@@ -435,8 +435,8 @@ async fn status_cmd(ctx: &Ctx, json: bool) -> Result<()> {
     let plan = match plan::plan(&disk, &ctx.settings, &host, now, Force::default()) {
         Ok(p) => p,
         Err(e) => Plan {
-            actions: vec![],
             warnings: vec![format!("{e:#}")],
+            ..Plan::default()
         },
     };
     let handed = status::handed_out_warnings(&ctx.layout, &ctx.client_names(), &ctx.settings, now);
@@ -496,7 +496,7 @@ async fn check(ctx: &Ctx) -> Result<()> {
             println!(
                 "ok: host {} (FQDN {}), addresses: {}",
                 h.hostname,
-                h.fqdn.as_deref().unwrap_or("none"),
+                h.fqdn,
                 h.addresses
                     .iter()
                     .map(|a| a.to_string())
@@ -732,7 +732,7 @@ fn client_host(given: Option<String>) -> Result<String> {
         Some(h) => Ok(h),
         None => {
             let h = HostIdentity::detect()?;
-            Ok(h.fqdn.unwrap_or(h.hostname))
+            Ok(h.fqdn.name().map_or(h.hostname.clone(), str::to_string))
         }
     }
 }

@@ -36,6 +36,17 @@ pub const DEFAULT_BACKUP_KEEP: u32 = 5;
 pub const DEFAULT_BACKUP_KEEP_FOR: &str = "90d";
 /// The shortest validity accepted for any certificate.
 pub const MIN_VALIDITY: Duration = Duration::from_secs(60);
+/// The longest validity accepted for the CA: 100 years. Far beyond any sane CA lifetime, and
+/// far inside what X.509 (GeneralizedTime), rcgen and `time` (year 9999) can encode.
+pub const MAX_CA_VALIDITY: Duration = Duration::from_secs(100 * YEAR_SECS);
+/// The longest validity accepted for the server and client certificates: 10 years.
+pub const MAX_LEAF_VALIDITY: Duration = Duration::from_secs(10 * YEAR_SECS);
+/// A year as humantime counts it ("1y" = 365.25 days), so "100y" and "10y" are accepted.
+const YEAR_SECS: u64 = 31_557_600;
+/// The shortest time between issuing a certificate and renewing it (`validity -
+/// renew_before`), so a misconfiguration cannot make the service renew in a tight loop. One
+/// minute rather than more: the machine tests watch a renewal happen with `validity = "3m"`.
+pub const MIN_RENEWAL_INTERVAL: Duration = Duration::from_secs(60);
 
 /// The algorithm and size of a private key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -349,7 +360,8 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Settings, UsageError> {
     let policy = |section: &str,
                   raw: RawCert,
                   validity: &str,
-                  renew_before: &str|
+                  renew_before: &str,
+                  max_validity: Duration|
      -> Result<CertPolicy, UsageError> {
         let key_type = match raw.key_type {
             None => DEFAULT_KEY_TYPE,
@@ -383,6 +395,16 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Settings, UsageError> {
                 ),
             ));
         }
+        if validity > max_validity {
+            return Err(bad(
+                &format!("[{section}] validity"),
+                format!(
+                    "{} is over the maximum of {}; write a shorter duration",
+                    humantime::format_duration(validity),
+                    humantime::format_duration(max_validity)
+                ),
+            ));
+        }
         if renew >= validity {
             return Err(bad(
                 &format!("[{section}] renew_before"),
@@ -393,6 +415,19 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Settings, UsageError> {
                 ),
             ));
         }
+        if validity - renew < MIN_RENEWAL_INTERVAL {
+            return Err(bad(
+                &format!("[{section}] renew_before"),
+                format!(
+                    "{} leaves {} between issuance and renewal (validity {}); the minimum is {}: \
+                     shorten renew_before or lengthen validity",
+                    humantime::format_duration(renew),
+                    humantime::format_duration(validity - renew),
+                    humantime::format_duration(validity),
+                    humantime::format_duration(MIN_RENEWAL_INTERVAL)
+                ),
+            ));
+        }
         Ok(CertPolicy {
             key_type,
             validity,
@@ -400,7 +435,13 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Settings, UsageError> {
         })
     };
 
-    let ca = policy("ca", raw.ca, DEFAULT_CA_VALIDITY, DEFAULT_CA_RENEW_BEFORE)?;
+    let ca = policy(
+        "ca",
+        raw.ca,
+        DEFAULT_CA_VALIDITY,
+        DEFAULT_CA_RENEW_BEFORE,
+        MAX_CA_VALIDITY,
+    )?;
     let s = raw.server;
     let server_policy = policy(
         "server",
@@ -411,6 +452,7 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Settings, UsageError> {
         },
         DEFAULT_SERVER_VALIDITY,
         DEFAULT_SERVER_RENEW_BEFORE,
+        MAX_LEAF_VALIDITY,
     )?;
     let dns_names = s.dns_names.unwrap_or_default();
     for name in &dns_names {
@@ -449,6 +491,7 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Settings, UsageError> {
         },
         DEFAULT_CLIENT_VALIDITY,
         DEFAULT_CLIENT_RENEW_BEFORE,
+        MAX_LEAF_VALIDITY,
     )?;
     let names = c
         .names
@@ -725,6 +768,47 @@ mod tests {
             assert!(m.contains(key), "{text:?}: {m}");
             assert!(m.contains("/etc/x/config.toml"), "{m}");
         }
+    }
+
+    #[test]
+    fn validity_and_renew_before_are_bounded() {
+        // 10000y used to pass validation and then panic when the certificate's not_after was
+        // converted for rcgen (time's OffsetDateTime ends at year 9999).
+        for (text, key, hint) in [
+            ("[ca]\nvalidity = \"10000y\"", "[ca] validity", "maximum"),
+            ("[ca]\nvalidity = \"101y\"", "[ca] validity", "maximum"),
+            (
+                "[server]\nvalidity = \"11y\"",
+                "[server] validity",
+                "maximum",
+            ),
+            (
+                "[clients]\nvalidity = \"10000y\"",
+                "[clients] validity",
+                "maximum",
+            ),
+            (
+                "[server]\nvalidity = \"10m\"\nrenew_before = \"9m30s\"",
+                "[server] renew_before",
+                "shorten renew_before",
+            ),
+            (
+                "[clients]\nvalidity = \"1d\"\nrenew_before = \"1d\"",
+                "[clients] renew_before",
+                "shorter than validity",
+            ),
+        ] {
+            let m = err(text);
+            assert!(
+                m.contains(key) && m.contains(hint) && m.contains("/etc/x/config.toml"),
+                "{text:?}: {m}"
+            );
+        }
+        let s = p("[ca]\nvalidity = \"100y\"\n[server]\nvalidity = \"10y\"\n\
+                   [clients]\nvalidity = \"3m\"\nrenew_before = \"2m\"")
+        .unwrap();
+        assert_eq!(s.ca.validity, MAX_CA_VALIDITY);
+        assert_eq!(s.server.policy.validity, MAX_LEAF_VALIDITY);
     }
 
     #[test]

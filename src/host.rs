@@ -7,11 +7,43 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use anyhow::{Result, bail};
 
+/// What the resolver says about the host's fully qualified name.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Fqdn {
+    /// The canonical name, with a dot, other than the hostname and `localhost`.
+    Name(String),
+    /// The lookup answered: there is no FQDN.
+    #[default]
+    None,
+    /// The lookup failed (no network or DNS yet): whether there is one is unknown, which the
+    /// planner must not take for "gone".
+    LookupFailed(String),
+}
+
+impl Fqdn {
+    pub fn name(&self) -> Option<&str> {
+        match self {
+            Fqdn::Name(n) => Some(n),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Fqdn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Fqdn::Name(n) => f.write_str(n),
+            Fqdn::None => f.write_str("none"),
+            Fqdn::LookupFailed(e) => write!(f, "unknown, the lookup failed: {e}"),
+        }
+    }
+}
+
 /// Names and addresses the server certificate must cover.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct HostIdentity {
     pub hostname: String,
-    pub fqdn: Option<String>,
+    pub fqdn: Fqdn,
     /// Non-loopback, non-link-local addresses of the host's interfaces.
     pub addresses: BTreeSet<IpAddr>,
 }
@@ -20,7 +52,10 @@ impl HostIdentity {
     /// Reads the identity of the machine this runs on.
     pub fn detect() -> Result<HostIdentity> {
         let hostname = hostname()?;
-        let fqdn = fqdn(&hostname).filter(|f| f != &hostname && f != "localhost");
+        let fqdn = match fqdn(&hostname) {
+            Fqdn::Name(f) if f == hostname || f == "localhost" => Fqdn::None,
+            f => f,
+        };
         Ok(HostIdentity {
             hostname,
             fqdn,
@@ -46,9 +81,13 @@ fn hostname() -> Result<String> {
     Ok(name.to_ascii_lowercase())
 }
 
-/// The canonical name of `hostname` from the resolver (getaddrinfo with AI_CANONNAME).
-fn fqdn(hostname: &str) -> Option<String> {
-    let node = CString::new(hostname).ok()?;
+/// The canonical name of `hostname` from the resolver (getaddrinfo with AI_CANONNAME). "No
+/// such name" is an answer (no FQDN); any other failure (EAI_AGAIN when DNS is unreachable at
+/// boot, EAI_FAIL, EAI_SYSTEM, ...) is not.
+fn fqdn(hostname: &str) -> Fqdn {
+    let Ok(node) = CString::new(hostname) else {
+        return Fqdn::None;
+    };
     // SAFETY: zeroed addrinfo is a valid "no hints" value; fields set below.
     let mut hints: libc::addrinfo = unsafe { std::mem::zeroed() };
     hints.ai_flags = libc::AI_CANONNAME;
@@ -57,7 +96,7 @@ fn fqdn(hostname: &str) -> Option<String> {
     // SAFETY: valid C strings and out-pointer; freed below.
     let rc = unsafe { libc::getaddrinfo(node.as_ptr(), std::ptr::null(), &hints, &mut res) };
     if rc != 0 || res.is_null() {
-        return None;
+        return lookup_error(rc);
     }
     // SAFETY: res is a valid list from getaddrinfo until freeaddrinfo.
     let name = unsafe {
@@ -67,7 +106,23 @@ fn fqdn(hostname: &str) -> Option<String> {
         libc::freeaddrinfo(res);
         n
     };
-    name.filter(|n| n.contains('.'))
+    match name.filter(|n| n.contains('.')) {
+        Some(n) => Fqdn::Name(n),
+        None => Fqdn::None,
+    }
+}
+
+/// glibc's and musl's "name exists but has no address"; not in the libc crate for Linux.
+const EAI_NODATA: i32 = -5;
+
+/// What a getaddrinfo error code means for the FQDN.
+fn lookup_error(rc: i32) -> Fqdn {
+    if rc == libc::EAI_NONAME || rc == EAI_NODATA {
+        return Fqdn::None;
+    }
+    // SAFETY: gai_strerror returns a static NUL-terminated string for any code.
+    let msg = unsafe { CStr::from_ptr(libc::gai_strerror(rc)) };
+    Fqdn::LookupFailed(msg.to_string_lossy().into_owned())
 }
 
 /// Whether an address belongs in the certificate automatically (loopbacks are added
@@ -141,6 +196,19 @@ mod tests {
         let h = HostIdentity::detect().unwrap();
         assert!(!h.hostname.is_empty());
         assert!(h.addresses.iter().all(is_public_candidate));
+    }
+
+    #[test]
+    fn lookup_errors_are_unknown_but_no_such_name_is_an_answer() {
+        assert_eq!(lookup_error(libc::EAI_NONAME), Fqdn::None);
+        assert!(matches!(
+            lookup_error(libc::EAI_AGAIN),
+            Fqdn::LookupFailed(_)
+        ));
+        assert!(matches!(
+            lookup_error(libc::EAI_FAIL),
+            Fqdn::LookupFailed(_)
+        ));
     }
 
     #[test]

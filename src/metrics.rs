@@ -98,9 +98,7 @@ mod tests {
 
     #[test]
     fn renders_textfile_format() {
-        let disk = DiskState {
-            slots: Default::default(),
-        };
+        let disk = DiskState::default();
         let m = Metrics {
             last_renewal: LastRun {
                 at: Some(UNIX_EPOCH + std::time::Duration::from_secs(1700000000)),

@@ -213,8 +213,8 @@ impl Worker {
         let Ok(host) = crate::host::HostIdentity::detect() else {
             return true;
         };
-        let wanted = crate::pki::plan::server_sans(&self.ctx.settings, &host);
         let disk = self.ctx.inspect();
+        let wanted = crate::pki::plan::wanted_server_sans(&disk, &self.ctx.settings, &host, false);
         disk.get(&Slot::Server)
             .info()
             .is_none_or(|i| i.sans != wanted)

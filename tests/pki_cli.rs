@@ -258,6 +258,12 @@ fn bad_configs_exit_2_name_key_and_file_and_write_nothing() {
     let cases = [
         ("[server]\nrenew_before = \"100d\"", "[server] renew_before"),
         ("[clients]\nvalidity = \"30s\"", "[clients] validity"),
+        // Used to pass validation, then panic when issuing (beyond year 9999).
+        ("[ca]\nvalidity = \"10000y\"", "[ca] validity"),
+        (
+            "[server]\nvalidity = \"1h\"\nrenew_before = \"59m30s\"",
+            "[server] renew_before",
+        ),
         (
             "[server]\nip_addresses = [\"not-an-ip\"]",
             "[server] ip_addresses",
@@ -610,4 +616,88 @@ fn backups_keep_at_most_keep_copies_per_file() {
             .filter(|(p, _, _)| p.ends_with("server-key.pem"))
             .all(|(_, _, d)| *d != current)
     );
+}
+
+fn openssl_subject(path: &std::path::Path) -> String {
+    let o = tool("openssl")
+        .args(["x509", "-noout", "-subject", "-nameopt", "RFC2253", "-in"])
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    text(&o.stdout)
+}
+
+fn openssl_verify(ca: &std::path::Path, leaf: &std::path::Path) {
+    let o = tool("openssl")
+        .arg("verify")
+        .arg("-CAfile")
+        .arg(ca)
+        .arg(leaf)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "{}: {}",
+        leaf.display(),
+        text(&o.stderr)
+    );
+}
+
+#[test]
+fn the_ca_keeps_its_subject_when_renewed_or_resigned_after_a_host_rename() {
+    let s = Sandbox::new("");
+    s.ok(&["apply"]);
+    // A CA made when the host had another name: the same key, re-signed by openssl under the
+    // old name; the next apply reissues the leaves under it.
+    let ca = s.path("certs/ca.pem");
+    let o = tool("openssl")
+        .args(["req", "-x509", "-new", "-key"])
+        .arg(s.path("state/ca-key.pem"))
+        .args([
+            "-subj",
+            "/O=docker-tls-manager/CN=docker-tls-manager CA for old-name",
+            "-days",
+            "3650",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE,pathlen:0",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign,digitalSignature",
+            "-out",
+        ])
+        .arg(&ca)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    s.ok(&["apply"]);
+    let subject = openssl_subject(&ca);
+    assert!(subject.contains("old-name"), "{subject}");
+    let admin = s.path("state/clients/admin/cert.pem");
+    let admin_before = std::fs::read(&admin).unwrap();
+    openssl_verify(&ca, &admin);
+
+    // ca.pem lost: re-created from the record, then (record lost too) from the leaves.
+    for lose in ["certs/ca.pem", "state/ca-subject.json"] {
+        std::fs::remove_file(&ca).unwrap();
+        let _ = std::fs::remove_file(s.path(lose));
+        let out = s.ok(&["apply"]);
+        assert!(out.contains("re-sign CA"), "{out}");
+        assert_eq!(openssl_subject(&ca), subject);
+        assert_eq!(std::fs::read(&admin).unwrap(), admin_before);
+        openssl_verify(&ca, &admin);
+    }
+
+    // Routine renewal (made due by a longer renew_before): same subject, the old leaf verifies.
+    let body = std::fs::read_to_string(&s.config).unwrap();
+    std::fs::write(
+        &s.config,
+        format!("[ca]\nvalidity = \"20y\"\nrenew_before = \"15y\"\n{body}"),
+    )
+    .unwrap();
+    let ca_before = std::fs::read(&ca).unwrap();
+    let out = s.ok(&["apply"]);
+    assert!(out.contains("re-sign CA"), "{out}");
+    assert_ne!(std::fs::read(&ca).unwrap(), ca_before);
+    assert_eq!(openssl_subject(&ca), subject);
+    openssl_verify(&ca, &admin);
 }

@@ -2,15 +2,17 @@
 //! through the atomic-write helper with its mode. Keys are written before their certificate so
 //! an interrupted run leaves a pair the planner sees as mismatched and repairs.
 
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::SystemTime;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use tracing::info;
 
+use super::inspect::{CaName, CaRecord, San, cert_info, read_cert_info};
 use super::issue::{self, Leaf};
 use super::layout::{CERT_MODE, KEY_DIR_MODE, KEY_MODE};
-use super::plan::{Action, Plan, common_name, policy_of, server_sans};
+use super::plan::{Action, Plan, common_name, policy_of};
 use super::{Layout, Slot};
 use crate::config::Settings;
 use crate::files::{Backups, atomic_write, backup, ensure_dir, set_mode, write_if_changed};
@@ -32,16 +34,31 @@ pub fn execute(
     for action in &plan.actions {
         info!(action = %action, "pki");
         match action {
-            Action::IssueCa { new_key, .. } => {
-                issue_ca(layout, &backups, settings, host, now, *new_key)?
-            }
-            Action::Issue { slot, .. } => issue_leaf(layout, &backups, settings, host, now, slot)?,
+            Action::IssueCa { new_key, .. } => issue_ca(
+                layout,
+                &backups,
+                settings,
+                host,
+                now,
+                *new_key,
+                plan.ca_subject.as_ref(),
+            )?,
+            Action::Issue { slot, .. } => issue_leaf(
+                layout,
+                &backups,
+                settings,
+                host,
+                now,
+                slot,
+                &plan.server_sans,
+            )?,
             Action::CopyCa { slot } => {
                 let ca_pem =
                     std::fs::read(layout.ca_cert()).context("cannot read the CA certificate")?;
                 let copy = layout.ca_copy(slot).expect("only clients have a CA copy");
                 replace(&backups, &copy, &ca_pem, CERT_MODE, now)?;
             }
+            Action::RecordCaSubject => record_ca_subject(layout)?,
             Action::FixMode { path, mode, .. } => set_mode(path, *mode)?,
         }
     }
@@ -72,6 +89,18 @@ fn read_ca_key(layout: &Layout) -> Result<rcgen::KeyPair> {
         .with_context(|| format!("cannot parse the CA key '{}'", path.display()))
 }
 
+/// Writes `state_dir/ca-subject.json` from the CA certificate on disk.
+fn record_ca_subject(layout: &Layout) -> Result<()> {
+    let path = layout.ca_cert();
+    let info = read_cert_info(&path)
+        .with_context(|| format!("cannot read the CA certificate '{}'", path.display()))?;
+    let json = serde_json::to_vec_pretty(&CaRecord::of(&info))?;
+    write_if_changed(&layout.ca_subject_record(), &json, KEY_MODE)?;
+    Ok(())
+}
+
+/// Self-signs the CA: with a new key (named after the host), or re-signing the existing key
+/// under `name` when given: the same subject bytes and subject key identifier.
 fn issue_ca(
     layout: &Layout,
     backups: &Backups,
@@ -79,6 +108,7 @@ fn issue_ca(
     host: &HostIdentity,
     now: SystemTime,
     new_key: bool,
+    name: Option<&CaName>,
 ) -> Result<()> {
     ensure_key_dirs(layout, &Slot::Ca)?;
     ensure_dir(&layout.cert_dir, KEY_DIR_MODE)?;
@@ -91,17 +121,38 @@ fn issue_ca(
     } else {
         read_ca_key(layout)?
     };
-    let params = issue::ca_params(&common_name(&Slot::Ca, host), now, settings.ca.validity);
+    let mut params = issue::ca_params(&common_name(&Slot::Ca, host), now, settings.ca.validity);
+    let name = if new_key { None } else { name };
+    if let Some(name) = name {
+        params.distinguished_name = issue::distinguished_name(&name.subject_der)?;
+        if let Some(id) = &name.key_id {
+            params.key_identifier_method = rcgen::KeyIdMethod::PreSpecified(id.clone());
+        }
+    }
     let cert = params
         .self_signed(&key)
         .context("cannot self-sign the CA certificate")?;
+    if let Some(name) = name {
+        let info = cert_info(cert.der()).map_err(anyhow::Error::msg)?;
+        if info.subject_der != name.subject_der
+            || (name.key_id.is_some() && info.subject_key_id != name.key_id)
+        {
+            bail!(
+                "cannot reproduce the CA's subject '{}' exactly; the CA is left as it is. Run \
+                 `docker-tls-manager renew --force ca` to make a new CA, then hand every client \
+                 a new bundle",
+                info.subject
+            );
+        }
+    }
     replace(
         backups,
         &layout.ca_cert(),
         cert.pem().as_bytes(),
         CERT_MODE,
         now,
-    )
+    )?;
+    record_ca_subject(layout)
 }
 
 fn issue_leaf(
@@ -111,12 +162,12 @@ fn issue_leaf(
     host: &HostIdentity,
     now: SystemTime,
     slot: &Slot,
+    sans: &BTreeSet<San>,
 ) -> Result<()> {
     ensure_key_dirs(layout, slot)?;
     let policy = policy_of(settings, slot);
-    let sans = server_sans(settings, host);
     let leaf = match slot {
-        Slot::Server => Leaf::Server { sans: &sans },
+        Slot::Server => Leaf::Server { sans },
         _ => Leaf::Client,
     };
     let params = issue::leaf_params(leaf, &common_name(slot, host), now, policy.validity)?;

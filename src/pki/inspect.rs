@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
-use x509_parser::extensions::GeneralName;
+use x509_parser::extensions::{GeneralName, ParsedExtension};
 use x509_parser::oid_registry::OID_SIG_ED25519;
 use x509_parser::prelude::{FromDer, X509Certificate};
 use x509_parser::public_key::PublicKey;
@@ -38,6 +38,13 @@ impl fmt::Display for San {
 #[derive(Clone, Debug)]
 pub struct CertInfo {
     pub subject: String,
+    /// The subject and issuer names as encoded (DER), compared byte for byte as Go does.
+    pub subject_der: Vec<u8>,
+    pub issuer_der: Vec<u8>,
+    /// Subject and authority key identifiers: OpenSSL only takes a CA as a leaf's issuer if
+    /// its subject key identifier equals the leaf's authority key identifier.
+    pub subject_key_id: Option<Vec<u8>>,
+    pub authority_key_id: Option<Vec<u8>>,
     pub common_name: String,
     pub sans: BTreeSet<San>,
     /// Colon-separated hex, as openssl prints it.
@@ -83,6 +90,8 @@ pub struct SlotObservation {
     pub key: KeyState,
     /// The certificate's signature verifies with the current CA certificate's key.
     pub signed_by_ca: bool,
+    /// A leaf's signature verifies with the CA key file (whatever ca.pem holds).
+    pub signed_by_ca_key: bool,
     /// Files and directories whose mode differs from what it must be: (path, wanted, found).
     pub wrong_modes: Vec<(PathBuf, u32, u32)>,
     /// For clients: their copy of the CA certificate equals the current one.
@@ -99,9 +108,64 @@ impl SlotObservation {
 }
 
 /// Everything the planner needs to know about the disk.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct DiskState {
     pub slots: BTreeMap<Slot, SlotObservation>,
+    /// The CA subject recorded when the CA certificate was last written.
+    pub ca_record: Option<CaRecord>,
+    /// Issuers named by the leaves on disk whose signature verifies with the CA key file: what
+    /// the CA's name was, should ca.pem and the record be lost.
+    pub ca_key_issuers: Vec<CaName>,
+}
+
+/// What a leaf names its issuer by, and so what a re-signed CA must keep.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CaName {
+    /// The DER-encoded subject Name.
+    pub subject_der: Vec<u8>,
+    /// The subject key identifier, if the CA has one.
+    pub key_id: Option<Vec<u8>>,
+}
+
+/// `state_dir/ca-subject.json`: the CA's subject (exact DER) and the public key it belongs to,
+/// so a CA re-signed without its certificate keeps the name every leaf and bundle names as
+/// issuer.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CaRecord {
+    /// For humans only.
+    pub subject: String,
+    /// Hex of the DER-encoded Name.
+    pub subject_der: String,
+    /// Hex of the subject key identifier, if any.
+    #[serde(default)]
+    pub key_id: Option<String>,
+    /// Hex of the raw public key of the CA key (as in [`CertInfo::public_key`]).
+    pub public_key: String,
+}
+
+impl CaRecord {
+    pub fn of(info: &CertInfo) -> CaRecord {
+        CaRecord {
+            subject: info.subject.clone(),
+            subject_der: hex::encode(&info.subject_der),
+            key_id: info.subject_key_id.as_ref().map(hex::encode),
+            public_key: hex::encode(&info.public_key),
+        }
+    }
+
+    /// The recorded name, if it belongs to the key `public_key`.
+    pub fn name_for(&self, public_key: &[u8]) -> Option<CaName> {
+        if hex::decode(&self.public_key).ok()? != public_key {
+            return None;
+        }
+        Some(CaName {
+            subject_der: hex::decode(&self.subject_der).ok()?,
+            key_id: match &self.key_id {
+                Some(k) => Some(hex::decode(k).ok()?),
+                None => None,
+            },
+        })
+    }
 }
 
 impl DiskState {
@@ -119,12 +183,66 @@ pub fn inspect(layout: &Layout, clients: &[String], probe: bool) -> DiskState {
     }
     let ca_pem = std::fs::read(layout.ca_cert()).ok();
     let ca_der = ca_pem.as_deref().and_then(|p| first_cert_der(p).ok());
+    let spki = ca_key_spki(layout);
     let mut out = BTreeMap::new();
     for slot in slots {
-        let obs = observe(layout, &slot, ca_der.as_deref(), ca_pem.as_deref());
+        let mut obs = observe(layout, &slot, ca_der.as_deref(), ca_pem.as_deref());
+        obs.signed_by_ca_key = slot != Slot::Ca
+            && matches!((&obs.cert, &spki), (CertState::Present(i), Some(k)) if signed_with_key(&i.der, k));
         out.insert(slot, obs);
     }
-    DiskState { slots: out }
+    let ca_record = std::fs::read(layout.ca_subject_record())
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    DiskState {
+        ca_key_issuers: ca_key_issuers(layout, &out, spki.as_deref()),
+        slots: out,
+        ca_record,
+    }
+}
+
+/// The SubjectPublicKeyInfo (DER) of the CA key file, if it can be read.
+fn ca_key_spki(layout: &Layout) -> Option<Vec<u8>> {
+    let text = std::fs::read_to_string(layout.ca_key()).ok()?;
+    let key = rcgen::KeyPair::from_pem(&text).ok()?;
+    Some(rcgen::PublicKeyData::subject_public_key_info(&key))
+}
+
+/// Whether `cert_der`'s signature verifies with the public key `spki_der`.
+fn signed_with_key(cert_der: &[u8], spki_der: &[u8]) -> bool {
+    let (Ok((_, cert)), Ok((_, spki))) = (
+        X509Certificate::from_der(cert_der),
+        x509_parser::x509::SubjectPublicKeyInfo::from_der(spki_der),
+    ) else {
+        return false;
+    };
+    cert.verify_signature(Some(&spki)).is_ok()
+}
+
+/// Issuer names of the leaves on disk signed with the CA key (the probe's too, inspected or
+/// not).
+fn ca_key_issuers(
+    layout: &Layout,
+    slots: &BTreeMap<Slot, SlotObservation>,
+    ca_key_spki: Option<&[u8]>,
+) -> Vec<CaName> {
+    let issuer = |i: &CertInfo| CaName {
+        subject_der: i.issuer_der.clone(),
+        key_id: i.authority_key_id.clone(),
+    };
+    let mut issuers: Vec<CaName> = slots
+        .values()
+        .filter(|o| o.signed_by_ca_key)
+        .filter_map(|o| o.info().map(issuer))
+        .collect();
+    if let (false, Some(spki)) = (slots.contains_key(&Slot::Probe), ca_key_spki)
+        && let Some(i) = read_cert_info(&layout.cert_and_key(&Slot::Probe).0)
+        && signed_with_key(&i.der, spki)
+    {
+        issuers.push(issuer(&i));
+    }
+    issuers.dedup();
+    issuers
 }
 
 fn observe(
@@ -175,6 +293,7 @@ fn observe(
         cert,
         key,
         signed_by_ca,
+        signed_by_ca_key: false,
         wrong_modes,
         ca_copy_current,
     }
@@ -254,6 +373,17 @@ pub fn cert_info(der: &[u8]) -> Result<CertInfo, String> {
         ),
         _ => (false, false),
     };
+    let mut subject_key_id = None;
+    let mut authority_key_id = None;
+    for ext in x.extensions() {
+        match ext.parsed_extension() {
+            ParsedExtension::SubjectKeyIdentifier(k) => subject_key_id = Some(k.0.to_vec()),
+            ParsedExtension::AuthorityKeyIdentifier(a) => {
+                authority_key_id = a.key_identifier.as_ref().map(|k| k.0.to_vec());
+            }
+            _ => {}
+        }
+    }
     let spki = x.public_key();
     let key_type = if spki.algorithm.algorithm == OID_SIG_ED25519 {
         Some(KeyType::Ed25519)
@@ -275,6 +405,10 @@ pub fn cert_info(der: &[u8]) -> Result<CertInfo, String> {
     };
     Ok(CertInfo {
         subject: x.subject().to_string(),
+        subject_der: x.subject().as_raw().to_vec(),
+        issuer_der: x.issuer().as_raw().to_vec(),
+        subject_key_id,
+        authority_key_id,
         common_name,
         sans,
         serial: x.raw_serial_as_string(),

@@ -7,8 +7,10 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result};
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, RsaKeySize, SanType, SerialNumber,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, DnValue,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, RsaKeySize, SanType,
+    SerialNumber,
+    string::{BmpString, UniversalString},
 };
 
 use super::inspect::San;
@@ -61,6 +63,50 @@ pub fn ca_params(cn: &str, now: SystemTime, validity: Duration) -> CertificatePa
         KeyUsagePurpose::DigitalSignature,
     ];
     p
+}
+
+/// The rcgen form of a DER-encoded X.509 Name, keeping the order, the attribute types and the
+/// string types, so the name rcgen writes back is the same bytes. Fails on what rcgen cannot
+/// write: an RDN with several attributes, the same attribute type twice, other string types.
+pub fn distinguished_name(der: &[u8]) -> Result<DistinguishedName> {
+    use x509_parser::der_parser::asn1_rs::Tag;
+    use x509_parser::prelude::FromDer;
+
+    let (_, name) = x509_parser::x509::X509Name::from_der(der)
+        .map_err(|e| anyhow::anyhow!("not a valid X.509 name: {e}"))?;
+    let unsupported = || anyhow::anyhow!("the name '{name}' cannot be written back by rcgen");
+    let mut dn = DistinguishedName::new();
+    for rdn in name.iter() {
+        let [attr] = rdn.iter().collect::<Vec<_>>()[..] else {
+            return Err(unsupported());
+        };
+        let oid: Vec<u64> = attr.attr_type().iter().ok_or_else(unsupported)?.collect();
+        let ty = DnType::from_oid(&oid);
+        if dn.get(&ty).is_some() {
+            return Err(unsupported());
+        }
+        let data = attr.attr_value().data;
+        let text = || std::str::from_utf8(data).map_err(|_| unsupported());
+        let value = match attr.attr_value().header.tag() {
+            Tag::Utf8String => DnValue::Utf8String(text()?.to_owned()),
+            Tag::PrintableString => {
+                DnValue::PrintableString(text()?.try_into().map_err(|_| unsupported())?)
+            }
+            Tag::Ia5String => DnValue::Ia5String(text()?.try_into().map_err(|_| unsupported())?),
+            Tag::T61String => {
+                DnValue::TeletexString(text()?.try_into().map_err(|_| unsupported())?)
+            }
+            Tag::BmpString => DnValue::BmpString(
+                BmpString::from_utf16be(data.to_vec()).map_err(|_| unsupported())?,
+            ),
+            Tag::UniversalString => DnValue::UniversalString(
+                UniversalString::from_utf32be(data.to_vec()).map_err(|_| unsupported())?,
+            ),
+            _ => return Err(unsupported()),
+        };
+        dn.push(ty, value);
+    }
+    Ok(dn)
 }
 
 /// What a leaf certificate is for.

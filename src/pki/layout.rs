@@ -32,6 +32,10 @@ impl Layout {
     pub fn ca_key(&self) -> PathBuf {
         self.state_dir.join("ca-key.pem")
     }
+    /// The CA's subject, recorded so the CA keeps it for life (see `inspect::CaRecord`).
+    pub fn ca_subject_record(&self) -> PathBuf {
+        self.state_dir.join("ca-subject.json")
+    }
     pub fn clients_dir(&self) -> PathBuf {
         self.state_dir.join("clients")
     }

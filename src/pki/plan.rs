@@ -5,14 +5,14 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use anyhow::{Result, bail};
 
-use super::inspect::{CertState, DiskState, KeyState, San, SlotObservation};
+use super::inspect::{CaName, CaRecord, CertState, DiskState, KeyState, San, SlotObservation};
 use super::{PROBE_CN, Slot};
 use crate::config::{CertPolicy, KeyType, Settings};
-use crate::host::HostIdentity;
+use crate::host::{Fqdn, HostIdentity};
 
 /// Certificates to reissue even if they are fine (`renew --force`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -49,6 +49,11 @@ pub enum Reason {
     },
     Expired {
         not_after: SystemTime,
+    },
+    /// Issued while the clock was ahead: not valid yet, and would stay so until the clock
+    /// catches up.
+    NotYetValid {
+        not_before: SystemTime,
     },
     Forced,
 }
@@ -92,6 +97,11 @@ impl fmt::Display for Reason {
             Reason::CaReplaced => f.write_str("the CA gets a new key"),
             Reason::Due { not_after } => write!(f, "due for renewal (expires {})", t(not_after)),
             Reason::Expired { not_after } => write!(f, "expired at {}", t(not_after)),
+            Reason::NotYetValid { not_before } => write!(
+                f,
+                "not valid before {} (issued while the clock was ahead)",
+                t(not_before)
+            ),
             Reason::Forced => f.write_str("forced"),
         }
     }
@@ -106,6 +116,8 @@ pub enum Action {
     Issue { slot: Slot, reason: Reason },
     /// Refresh a client's copy of the CA certificate.
     CopyCa { slot: Slot },
+    /// Record the CA's subject (`state_dir/ca-subject.json`), missing or stale.
+    RecordCaSubject,
     /// Set the mode of a file or directory.
     FixMode {
         path: PathBuf,
@@ -127,6 +139,7 @@ impl fmt::Display for Action {
             } => write!(f, "re-sign CA with its existing key: {reason}"),
             Action::Issue { slot, reason } => write!(f, "issue {slot} certificate: {reason}"),
             Action::CopyCa { slot } => write!(f, "refresh the CA copy of {slot}"),
+            Action::RecordCaSubject => f.write_str("record the CA subject"),
             Action::FixMode { path, mode, found } => {
                 write!(f, "chmod {mode:o} '{}' (was {found:o})", path.display())
             }
@@ -139,6 +152,10 @@ impl fmt::Display for Action {
 pub struct Plan {
     pub actions: Vec<Action>,
     pub warnings: Vec<String>,
+    /// The name a re-signed CA keeps; `None`: a new CA, named after the host.
+    pub ca_subject: Option<CaName>,
+    /// The SANs a server certificate issued by this plan gets.
+    pub server_sans: BTreeSet<San>,
 }
 
 impl Plan {
@@ -164,7 +181,7 @@ impl Plan {
 pub fn server_sans(settings: &Settings, host: &HostIdentity) -> BTreeSet<San> {
     let mut sans = BTreeSet::new();
     sans.insert(San::Dns(host.hostname.clone()));
-    if let Some(f) = &host.fqdn {
+    if let Fqdn::Name(f) = &host.fqdn {
         sans.insert(San::Dns(f.clone()));
     }
     sans.insert(San::Dns("localhost".into()));
@@ -181,6 +198,55 @@ pub fn server_sans(settings: &Settings, host: &HostIdentity) -> BTreeSet<San> {
             .map(|d| San::Dns(d.to_ascii_lowercase())),
     );
     sans.extend(settings.server.ip_addresses.iter().copied().map(San::Ip));
+    sans
+}
+
+/// The SANs the server certificate must carry, given what is on disk: the host's
+/// ([`server_sans`]), plus, from the current certificate when the CA key signed it:
+/// - its FQDN when the lookup failed (unknown is not gone): its DNS names with a dot other
+///   than the hostname and the configured `dns_names`;
+/// - with `keep_sans` (`apply --pki-only` at boot, before the network is up), all of its SANs.
+///   SAN differences alone then reissue nothing, and a certificate reissued for another reason
+///   (expired, key mismatch, ...) gets the union of its old SANs and the current ones rather
+///   than the current ones only: at boot those may lack addresses not configured yet, and
+///   clients that reached Docker by them must keep working. The service, once the network is
+///   up, converges without `keep_sans` and drops what is gone.
+pub fn wanted_server_sans(
+    disk: &DiskState,
+    settings: &Settings,
+    host: &HostIdentity,
+    keep_sans: bool,
+) -> BTreeSet<San> {
+    let mut sans = server_sans(settings, host);
+    let current = disk
+        .slots
+        .get(&Slot::Server)
+        .filter(|o| o.signed_by_ca || o.signed_by_ca_key)
+        .and_then(|o| o.info())
+        .map(|i| &i.sans);
+    let Some(current) = current else {
+        return sans;
+    };
+    if matches!(host.fqdn, Fqdn::LookupFailed(_)) {
+        let configured: BTreeSet<String> = settings
+            .server
+            .dns_names
+            .iter()
+            .map(|d| d.to_ascii_lowercase())
+            .collect();
+        sans.extend(
+            current
+                .iter()
+                .filter(|s| {
+                    matches!(s, San::Dns(d) if d.contains('.') && *d != host.hostname
+                        && !configured.contains(d))
+                })
+                .cloned(),
+        );
+    }
+    if keep_sans {
+        sans.extend(current.iter().cloned());
+    }
     sans
 }
 
@@ -208,6 +274,14 @@ pub fn common_name(slot: &Slot, host: &HostIdentity) -> String {
         Slot::Client(n) => n.clone(),
         Slot::Probe => PROBE_CN.to_string(),
     }
+}
+
+/// How far in the future a `not_before` may lie before the certificate is reissued (our own
+/// are backdated by `issue::BACKDATE`; this covers small clock steps).
+pub const NOT_BEFORE_TOLERANCE: Duration = Duration::from_secs(5 * 60);
+
+fn not_yet_valid(not_before: SystemTime, now: SystemTime) -> Option<Reason> {
+    (not_before > now + NOT_BEFORE_TOLERANCE).then_some(Reason::NotYetValid { not_before })
 }
 
 fn due(not_after: SystemTime, policy: &CertPolicy, now: SystemTime) -> Option<Reason> {
@@ -292,7 +366,8 @@ pub fn plan(
                                     settings.ca.key_type
                                 ));
                             }
-                            due(info.not_after, &settings.ca, now)
+                            not_yet_valid(info.not_before, now)
+                                .or_else(|| due(info.not_after, &settings.ca, now))
                         }
                     }
                 }
@@ -319,9 +394,29 @@ pub fn plan(
         )
     );
     let ca_changes = ca_action.is_some();
+    if let (Some(Action::IssueCa { new_key: false, .. }), KeyState::Readable { public_key }) =
+        (&ca_action, &ca.key)
+    {
+        p.ca_subject = kept_ca_subject(disk, public_key);
+        if p.ca_subject.is_none() {
+            p.warnings.push(
+                "the CA's subject is found neither in ca.pem, nor in the record, nor in any \
+                 certificate it signed: the CA is re-signed under a new name, and bundles handed \
+                 out before must be handed out again"
+                    .into(),
+            );
+        }
+    }
     match ca_action {
         Some(a) => p.actions.push(a),
-        None => mode_fixes(ca, &mut p.actions),
+        None => {
+            if let CertState::Present(info) = &ca.cert
+                && disk.ca_record.as_ref() != Some(&CaRecord::of(info))
+            {
+                p.actions.push(Action::RecordCaSubject);
+            }
+            mode_fixes(ca, &mut p.actions)
+        }
     }
     if matches!(ca_action_new_key(&p), Some(true)) && !matches!(ca.cert, CertState::Missing) {
         p.warnings.push(
@@ -331,7 +426,8 @@ pub fn plan(
     }
 
     // Leaves: server, probe, clients.
-    let wanted_sans = server_sans(settings, host);
+    let wanted_sans = wanted_server_sans(disk, settings, host, force.keep_sans);
+    p.server_sans = wanted_sans.clone();
     for (slot, obs) in &disk.slots {
         if *slot == Slot::Ca {
             continue;
@@ -342,6 +438,14 @@ pub fn plan(
             Slot::Client(_) => force.clients,
             _ => false,
         };
+        // A CA re-signed under its name and key still verifies what it signed before.
+        let signed = obs.signed_by_ca
+            || (!ca_new_key
+                && obs.signed_by_ca_key
+                && obs.info().zip(p.ca_subject.as_ref()).is_some_and(|(i, n)| {
+                    i.issuer_der == n.subject_der
+                        && (i.authority_key_id.is_none() || i.authority_key_id == n.key_id)
+                }));
         let reason = leaf_reason(
             obs,
             slot,
@@ -351,6 +455,8 @@ pub fn plan(
             now,
             ca_new_key,
             forced,
+            signed,
+            force.keep_sans,
         );
         match reason {
             Some(reason) => p.actions.push(Action::Issue {
@@ -370,6 +476,27 @@ pub fn plan(
     Ok(p)
 }
 
+/// The name (subject and key identifier) a CA re-signed with its existing key keeps: Go
+/// (dockerd, the docker CLI) finds a certificate's issuer by comparing names byte for byte,
+/// and OpenSSL also compares key identifiers, so a CA renamed under the same key would orphan
+/// every leaf and bundle. Taken from ca.pem when it holds this key, else from the record
+/// written with it, else from what a leaf signed by this key names as its issuer; never from
+/// the current hostname, which may have changed since the CA was made.
+fn kept_ca_subject(disk: &DiskState, ca_public_key: &[u8]) -> Option<CaName> {
+    if let CertState::Present(info) = &disk.get(&Slot::Ca).cert
+        && info.public_key == ca_public_key
+    {
+        return Some(CaName {
+            subject_der: info.subject_der.clone(),
+            key_id: info.subject_key_id.clone(),
+        });
+    }
+    disk.ca_record
+        .as_ref()
+        .and_then(|r| r.name_for(ca_public_key))
+        .or_else(|| disk.ca_key_issuers.first().cloned())
+}
+
 #[allow(clippy::too_many_arguments)]
 fn leaf_reason(
     obs: &SlotObservation,
@@ -380,6 +507,8 @@ fn leaf_reason(
     now: SystemTime,
     ca_new_key: bool,
     forced: bool,
+    signed_by_ca: bool,
+    keep_sans: bool,
 ) -> Option<Reason> {
     if matches!(obs.cert, CertState::Missing) {
         return Some(Reason::Missing);
@@ -403,7 +532,7 @@ fn leaf_reason(
         }
         KeyState::Readable { .. } => {}
     }
-    if !obs.signed_by_ca {
+    if !signed_by_ca {
         return Some(Reason::NotSignedByCa);
     }
     let is_server = *slot == Slot::Server;
@@ -429,7 +558,7 @@ fn leaf_reason(
             info.common_name
         )));
     }
-    if is_server && info.sans != *wanted_sans {
+    if is_server && !keep_sans && info.sans != *wanted_sans {
         return Some(Reason::SansChanged {
             added: wanted_sans.difference(&info.sans).cloned().collect(),
             removed: info.sans.difference(wanted_sans).cloned().collect(),
@@ -441,7 +570,7 @@ fn leaf_reason(
             wanted: policy.key_type,
         });
     }
-    due(info.not_after, policy, now)
+    not_yet_valid(info.not_before, now).or_else(|| due(info.not_after, policy, now))
 }
 
 #[cfg(test)]
@@ -450,7 +579,6 @@ mod tests {
     use crate::pki::inspect::inspect;
     use crate::pki::{Layout, execute::execute};
     use std::path::Path;
-    use std::time::Duration;
 
     const DAY: Duration = Duration::from_secs(86_400);
 
@@ -473,7 +601,7 @@ mod tests {
     fn host() -> HostIdentity {
         HostIdentity {
             hostname: "dock1".into(),
-            fqdn: Some("dock1.example.net".into()),
+            fqdn: Fqdn::Name("dock1.example.net".into()),
             addresses: ["192.0.2.10".parse().unwrap()].into(),
         }
     }
@@ -819,6 +947,201 @@ mod tests {
             &crate::pki::inspect::first_cert_der(&server).unwrap(),
             &der
         ));
+    }
+
+    fn cert_der(path: &Path) -> Vec<u8> {
+        crate::pki::inspect::first_cert_der(&std::fs::read(path).unwrap()).unwrap()
+    }
+
+    fn subject_der(path: &Path) -> Vec<u8> {
+        crate::pki::inspect::cert_info(&cert_der(path))
+            .unwrap()
+            .subject_der
+    }
+
+    fn renamed(f: &mut Fixture) {
+        f.host.hostname = "renamed".into();
+        f.host.fqdn = Fqdn::Name("renamed.example.org".into());
+    }
+
+    #[test]
+    fn ca_renewed_after_a_host_rename_keeps_its_subject() {
+        let mut f = Fixture::new().issued();
+        let subject = subject_der(&f.layout.ca_cert());
+        let admin = f.layout.cert_and_key(&Slot::Client("admin".into())).0;
+        let leaf_before = cert_der(&admin);
+        renamed(&mut f);
+        // The rename alone reissues the server certificate (its CN and SANs), not the CA.
+        let r = reasons(&f.plan_at(f.t0, Force::default()));
+        assert!(
+            matches!(&r[..], [(s, Reason::WrongUsage(_))] if s == "server"),
+            "{r:?}"
+        );
+        let later = f.t0 + 9 * 365 * DAY + 200 * DAY;
+        let p = f.plan_at(later, Force::default());
+        assert!(
+            matches!(
+                p.actions[0],
+                Action::IssueCa {
+                    new_key: false,
+                    reason: Reason::Due { .. }
+                }
+            ),
+            "{p:?}"
+        );
+        execute(&p, &f.layout, &f.settings, &f.host, later).unwrap();
+        assert_eq!(subject_der(&f.layout.ca_cert()), subject);
+        assert!(crate::pki::inspect::verify_signed_by(
+            &leaf_before,
+            &cert_der(&f.layout.ca_cert())
+        ));
+    }
+
+    #[test]
+    fn lost_ca_certificate_after_a_rename_gets_its_original_subject_back() {
+        let mut f = Fixture::new().issued();
+        let subject = subject_der(&f.layout.ca_cert());
+        let admin = f.layout.cert_and_key(&Slot::Client("admin".into())).0;
+        let leaf_before = std::fs::read(&admin).unwrap();
+        renamed(&mut f);
+        f.converge(f.t0);
+        // From the record written with the CA; then, without it, from the leaves' issuer.
+        for lose_record in [false, true] {
+            std::fs::remove_file(f.layout.ca_cert()).unwrap();
+            if lose_record {
+                std::fs::remove_file(f.layout.ca_subject_record()).unwrap();
+            }
+            let p = f.plan_at(f.t0, Force::default());
+            assert_eq!(
+                p.ca_subject.as_ref().map(|n| &n.subject_der),
+                Some(&subject),
+                "{p:?}"
+            );
+            f.converge(f.t0);
+            assert_eq!(subject_der(&f.layout.ca_cert()), subject);
+            // The client kept its certificate, and it verifies with the re-signed CA.
+            assert_eq!(std::fs::read(&admin).unwrap(), leaf_before);
+            assert!(crate::pki::inspect::verify_signed_by(
+                &cert_der(&admin),
+                &cert_der(&f.layout.ca_cert())
+            ));
+        }
+        // A new key may take a new name.
+        let p = f.plan_at(
+            f.t0,
+            Force {
+                ca: true,
+                ..Force::default()
+            },
+        );
+        execute(&p, &f.layout, &f.settings, &f.host, f.t0).unwrap();
+        let info = crate::pki::inspect::read_cert_info(&f.layout.ca_cert()).unwrap();
+        assert!(info.common_name.ends_with("renamed"), "{}", info.subject);
+    }
+
+    #[test]
+    fn missing_ca_subject_record_is_written() {
+        let f = Fixture::new().issued();
+        let record = std::fs::read(f.layout.ca_subject_record()).unwrap();
+        std::fs::remove_file(f.layout.ca_subject_record()).unwrap();
+        assert_eq!(
+            f.plan_at(f.t0, Force::default()).actions,
+            vec![Action::RecordCaSubject]
+        );
+        f.converge(f.t0);
+        assert_eq!(std::fs::read(f.layout.ca_subject_record()).unwrap(), record);
+        assert_eq!(
+            crate::files::mode_of(&f.layout.ca_subject_record()),
+            Some(0o600)
+        );
+    }
+
+    #[test]
+    fn certificates_issued_while_the_clock_was_ahead_are_repaired() {
+        let f = Fixture::new();
+        // Issued at t0 + 2 days, then the clock went back to t0.
+        f.converge(f.t0 + 2 * DAY);
+        let subject = subject_der(&f.layout.ca_cert());
+        let key = std::fs::read(f.layout.ca_key()).unwrap();
+        let p = f.plan_at(f.t0, Force::default());
+        let r = reasons(&p);
+        assert_eq!(r.len(), 3, "{r:?}");
+        assert!(
+            r.iter()
+                .all(|(_, r)| matches!(r, Reason::NotYetValid { .. })),
+            "{r:?}"
+        );
+        assert!(matches!(
+            p.actions[0],
+            Action::IssueCa { new_key: false, .. }
+        ));
+        f.converge(f.t0);
+        assert_eq!(std::fs::read(f.layout.ca_key()).unwrap(), key);
+        assert_eq!(subject_der(&f.layout.ca_cert()), subject);
+        // A few minutes ahead is within the tolerance.
+        let g = Fixture::new();
+        g.converge(g.t0 + Duration::from_secs(4 * 60));
+        assert!(g.plan_at(g.t0, Force::default()).is_empty());
+    }
+
+    fn server_sans_on_disk(f: &Fixture) -> BTreeSet<San> {
+        crate::pki::inspect::read_cert_info(&f.server_files().0)
+            .unwrap()
+            .sans
+    }
+
+    #[test]
+    fn keep_sans_ignores_san_changes_and_keeps_old_sans_when_reissuing() {
+        let mut f = Fixture::new().issued();
+        let old: IpAddr = "192.0.2.10".parse().unwrap();
+        let new: IpAddr = "192.0.2.55".parse().unwrap();
+        f.host.addresses = [new].into();
+        let keep = Force {
+            keep_sans: true,
+            ..Force::default()
+        };
+        assert!(f.plan_at(f.t0, keep).is_empty());
+        assert!(!f.plan_at(f.t0, Force::default()).is_empty());
+        // Due for another reason: reissued with the union of the old and the current SANs.
+        let later = f.t0 + 61 * DAY;
+        let p = f.plan_at(later, keep);
+        assert!(
+            matches!(&reasons(&p)[..], [(s, Reason::Due { .. })] if s == "server"),
+            "{p:?}"
+        );
+        execute(&p, &f.layout, &f.settings, &f.host, later).unwrap();
+        let sans = server_sans_on_disk(&f);
+        assert!(
+            sans.contains(&San::Ip(old)) && sans.contains(&San::Ip(new)),
+            "{sans:?}"
+        );
+        // Without keep_sans (the service, later), what is gone is dropped.
+        f.converge(later);
+        assert!(!server_sans_on_disk(&f).contains(&San::Ip(old)));
+    }
+
+    #[test]
+    fn failed_fqdn_lookup_keeps_the_fqdn_san() {
+        let mut f = Fixture::new().issued();
+        let fqdn = San::Dns("dock1.example.net".into());
+        f.host.fqdn = Fqdn::LookupFailed("Temporary failure in name resolution".into());
+        assert!(f.plan_at(f.t0, Force::default()).is_empty());
+        // Another change reissues the certificate: the FQDN stays.
+        f.host.addresses.insert("192.0.2.55".parse().unwrap());
+        let r = reasons(&f.plan_at(f.t0, Force::default()));
+        assert!(
+            matches!(&r[..], [(_, Reason::SansChanged { removed, .. })] if removed.is_empty()),
+            "{r:?}"
+        );
+        f.converge(f.t0);
+        assert!(server_sans_on_disk(&f).contains(&fqdn));
+        // An answer saying there is no FQDN removes it.
+        f.host.fqdn = Fqdn::None;
+        let r = reasons(&f.plan_at(f.t0, Force::default()));
+        assert!(
+            matches!(&r[..], [(_, Reason::SansChanged { removed, .. })] if *removed == vec![fqdn.clone()]),
+            "{r:?}"
+        );
     }
 
     #[test]
