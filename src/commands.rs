@@ -232,7 +232,31 @@ pub async fn converge_once(
     let wait = if pki_only { Duration::ZERO } else { LOCK_WAIT };
     let _lock = StateLock::acquire_async(&ctx.settings.paths.state_dir, wait).await?;
     remove_stale_temps(ctx);
-    let (_, plan) = ctx.plan(&host, now, force)?;
+    let (_, mut plan) = ctx.plan(&host, now, force)?;
+    let marker = docker::plan::deconfigured_path(&ctx.settings);
+    let deconfigured = marker.exists();
+    let configure_docker =
+        ctx.settings.docker.manage && !pki_only && !(deconfigured && intent == Intent::Maintain);
+    // A new server certificate or CA needs a Docker restart. If that restart would be
+    // deferred (containers without live-restore), the renewal waits too: whoever restarts
+    // Docker next must not load material nobody verified. Repairs do not wait.
+    let mut held_back = None;
+    if configure_docker && plan.changes_server() {
+        match DockerSide::connect(&ctx.settings).await {
+            Ok(side) => {
+                let mut obs = side.observe(&ctx.settings).await?;
+                obs.wanted = "(the certificate this run would issue)".into();
+                let dplan = docker::plan::plan_configure(&obs, &ctx.settings)?;
+                if dplan.deferred {
+                    if let Some(p) = plan.without_server_changes() {
+                        held_back = Some(dplan);
+                        plan = p;
+                    }
+                }
+            }
+            Err(e) => tracing::debug!("cannot look at Docker before issuing: {e:#}"),
+        }
+    }
     // What Docker reads, as it was: restored if Docker cannot start with the new files.
     let (server_cert, server_key) = ctx.layout.cert_and_key(&Slot::Server);
     let (probe_cert, probe_key) = ctx.layout.cert_and_key(&Slot::Probe);
@@ -257,12 +281,21 @@ pub async fn converge_once(
     execute::execute(&plan, &ctx.layout, &ctx.settings, &host, now)?;
     out.pki_done = true;
     inject_fault(ctx)?;
+    if let Some(mut d) = held_back {
+        d.warnings.push(
+            "the new server certificate waits for that restart; Docker keeps serving the current one"
+                .into(),
+        );
+        for w in &d.warnings {
+            tracing::warn!("{w}");
+        }
+        out.docker = Some(d);
+        return Ok(());
+    }
     if !ctx.settings.docker.manage || pki_only {
         return Ok(());
     }
-    let marker = docker::plan::deconfigured_path(&ctx.settings);
-    let deconfigured = marker.exists();
-    if deconfigured && intent == Intent::Maintain {
+    if !configure_docker {
         out.deconfigured = true;
         tracing::info!(
             "Docker left alone: `deconfigure` ran; `docker-tls-manager apply` configures it again"
@@ -373,7 +406,9 @@ async fn deconfigure(ctx: &Ctx) -> Result<()> {
 }
 
 fn print_docker_plan(plan: &DockerPlan, dry_run: bool, server_changes: bool) {
-    if plan.steps.is_empty() && !server_changes {
+    if plan.deferred && plan.steps.is_empty() {
+        println!("docker: restart deferred, nothing changed for Docker");
+    } else if plan.steps.is_empty() && !server_changes {
         println!("docker: up to date, nothing to do");
     } else {
         println!(
@@ -499,7 +534,18 @@ async fn check(ctx: &Ctx) -> Result<()> {
                 h.fqdn,
                 h.addresses
                     .iter()
-                    .map(|a| a.to_string())
+                    .map(|(ip, o)| {
+                        let f = &ctx.settings.server.address_filter;
+                        if !ctx.settings.server.auto_addresses {
+                            format!("{ip} ({}, not used: auto_addresses = false)", o.interface)
+                        } else if f.admits(ip, &o.interface, o.temporary) {
+                            format!("{ip} ({})", o.interface)
+                        } else if o.temporary {
+                            format!("{ip} ({}, temporary: left out)", o.interface)
+                        } else {
+                            format!("{ip} ({}, left out by [server] settings)", o.interface)
+                        }
+                    })
                     .collect::<Vec<_>>()
                     .join(", ")
             );

@@ -131,6 +131,113 @@ pub struct ServerSettings {
     pub dns_names: Vec<String>,
     pub ip_addresses: Vec<IpAddr>,
     pub auto_addresses: bool,
+    /// Which of the host's addresses `auto_addresses` takes.
+    pub address_filter: AddressFilter,
+}
+
+/// Interfaces whose addresses change by themselves (container networks, VPN tunnels) are
+/// left out by default: each change would reissue the certificate and restart Docker.
+pub const DEFAULT_EXCLUDE_INTERFACES: [&str; 15] = [
+    "cni*",
+    "flannel*",
+    "cali*",
+    "cilium*",
+    "vxlan*",
+    "kube-*",
+    "weave*",
+    "virbr*",
+    "lxcbr*",
+    "lxc*",
+    "podman*",
+    "tun*",
+    "tap*",
+    "tailscale*",
+    "zt*",
+];
+
+/// Which host addresses go into the server certificate with `auto_addresses` (Docker's own
+/// bridges never do). Interface patterns match a name exactly, or by prefix with a final `*`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AddressFilter {
+    /// `[server] interfaces`: only these interfaces (empty: all).
+    pub interfaces: Vec<String>,
+    /// `[server] exclude_interfaces`.
+    pub exclude_interfaces: Vec<String>,
+    /// `[server] exclude_addresses`: addresses or networks (CIDR), e.g. a keepalived VIP.
+    pub exclude_addresses: Vec<(IpAddr, u8)>,
+    /// `[server] temporary_addresses`: IPv6 privacy addresses, which rotate daily.
+    pub temporary_addresses: bool,
+}
+
+impl Default for AddressFilter {
+    fn default() -> Self {
+        AddressFilter {
+            interfaces: vec![],
+            exclude_interfaces: DEFAULT_EXCLUDE_INTERFACES
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            exclude_addresses: vec![],
+            temporary_addresses: false,
+        }
+    }
+}
+
+fn pattern_matches(pattern: &str, name: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => name.starts_with(prefix),
+        None => pattern == name,
+    }
+}
+
+/// Whether `ip` lies in `net/len`.
+pub fn in_network(ip: &IpAddr, net: &IpAddr, len: u8) -> bool {
+    match (ip, net) {
+        (IpAddr::V4(a), IpAddr::V4(n)) => {
+            let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
+            u32::from(*a) & mask == u32::from(*n) & mask
+        }
+        (IpAddr::V6(a), IpAddr::V6(n)) => {
+            let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
+            u128::from(*a) & mask == u128::from(*n) & mask
+        }
+        _ => false,
+    }
+}
+
+impl AddressFilter {
+    /// Whether an address found on `interface` belongs in the certificate.
+    pub fn admits(&self, ip: &IpAddr, interface: &str, temporary: bool) -> bool {
+        (self.interfaces.is_empty()
+            || self
+                .interfaces
+                .iter()
+                .any(|p| pattern_matches(p, interface)))
+            && !self
+                .exclude_interfaces
+                .iter()
+                .any(|p| pattern_matches(p, interface))
+            && !self
+                .exclude_addresses
+                .iter()
+                .any(|(n, l)| in_network(ip, n, *l))
+            && (self.temporary_addresses || !temporary)
+    }
+}
+
+/// Parses `ADDRESS` or `ADDRESS/LEN`.
+fn parse_network(s: &str) -> Option<(IpAddr, u8)> {
+    let (addr, len) = match s.split_once('/') {
+        Some((a, l)) => (a, Some(l)),
+        None => (s, None),
+    };
+    let ip: IpAddr = addr.parse().ok()?;
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    let len = match len {
+        Some(l) => l.parse::<u8>().ok().filter(|l| *l <= max)?,
+        None => max,
+    };
+    Some((ip, len))
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -236,6 +343,10 @@ struct RawServer {
     dns_names: Option<Vec<String>>,
     ip_addresses: Option<Vec<String>>,
     auto_addresses: Option<bool>,
+    interfaces: Option<Vec<String>>,
+    exclude_interfaces: Option<Vec<String>>,
+    exclude_addresses: Option<Vec<String>>,
+    temporary_addresses: Option<bool>,
 }
 
 #[derive(Deserialize, Default, Debug)]
@@ -474,11 +585,48 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Settings, UsageError> {
             )
         })?);
     }
+    let defaults = AddressFilter::default();
+    let check_patterns = |key: &str, list: Option<Vec<String>>, default: Vec<String>| {
+        let list = list.unwrap_or(default);
+        for p in &list {
+            let name = p.strip_suffix('*').unwrap_or(p);
+            if name.is_empty() && p != "*" || name.len() > 15 || name.contains(['/', '*', ' ']) {
+                return Err(bad(
+                    key,
+                    format!(
+                        "'{p}' is not an interface name or a prefix ending in '*' (at most 15 characters, no '/' or spaces)"
+                    ),
+                ));
+            }
+        }
+        Ok(list)
+    };
+    let interfaces = check_patterns("[server] interfaces", s.interfaces, defaults.interfaces)?;
+    let exclude_interfaces = check_patterns(
+        "[server] exclude_interfaces",
+        s.exclude_interfaces,
+        defaults.exclude_interfaces,
+    )?;
+    let mut exclude_addresses = Vec::new();
+    for a in s.exclude_addresses.unwrap_or_default() {
+        exclude_addresses.push(parse_network(&a).ok_or_else(|| {
+            bad(
+                "[server] exclude_addresses",
+                format!("'{a}' is not an address or network (ADDRESS or ADDRESS/PREFIXLEN)"),
+            )
+        })?);
+    }
     let server = ServerSettings {
         policy: server_policy,
         dns_names,
         ip_addresses,
         auto_addresses: s.auto_addresses.unwrap_or(true),
+        address_filter: AddressFilter {
+            interfaces,
+            exclude_interfaces,
+            exclude_addresses,
+            temporary_addresses: s.temporary_addresses.unwrap_or(false),
+        },
     };
 
     let c = raw.clients;
@@ -648,6 +796,52 @@ mod tests {
     }
 
     #[test]
+    fn address_filter_patterns_networks_and_bad_values() {
+        let f = AddressFilter::default();
+        assert!(f.admits(&"192.0.2.1".parse().unwrap(), "eth0", false));
+        assert!(!f.admits(&"2001:db8::1".parse().unwrap(), "eth0", true));
+        assert!(!f.admits(&"10.244.0.1".parse().unwrap(), "cni0", false));
+        assert!(in_network(
+            &"10.1.2.3".parse().unwrap(),
+            &"10.0.0.0".parse().unwrap(),
+            8
+        ));
+        assert!(!in_network(
+            &"11.1.2.3".parse().unwrap(),
+            &"10.0.0.0".parse().unwrap(),
+            8
+        ));
+        assert!(in_network(
+            &"2001:db8::1".parse().unwrap(),
+            &"2001:db8::".parse().unwrap(),
+            32
+        ));
+        assert!(in_network(
+            &"192.0.2.7".parse().unwrap(),
+            &"0.0.0.0".parse().unwrap(),
+            0
+        ));
+        for (toml, key) in [
+            (
+                "[server]\nexclude_addresses = [\"10.0.0.0/33\"]",
+                "exclude_addresses",
+            ),
+            (
+                "[server]\nexclude_addresses = [\"nope\"]",
+                "exclude_addresses",
+            ),
+            ("[server]\ninterfaces = [\"eth/0\"]", "interfaces"),
+            (
+                "[server]\nexclude_interfaces = [\"averyveryverylongname0\"]",
+                "exclude_interfaces",
+            ),
+        ] {
+            let e = parse(toml, Path::new("c.toml")).unwrap_err().0;
+            assert!(e.contains(key) && e.contains("c.toml"), "{e}");
+        }
+    }
+
+    #[test]
     fn empty_file_gives_documented_defaults() {
         let s = p("").unwrap();
         assert_eq!(s.paths.cert_dir, PathBuf::from("/etc/docker/tls"));
@@ -703,6 +897,10 @@ mod tests {
             "dns_names",
             "ip_addresses",
             "auto_addresses",
+            "interfaces",
+            "exclude_interfaces",
+            "exclude_addresses",
+            "temporary_addresses",
             "names",
             "manage",
             "listen",

@@ -1,7 +1,7 @@
 //! The host's identity as clients see it: hostname, FQDN and network addresses, which become
 //! the server certificate's subject alternative names.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::{CStr, CString};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -44,8 +44,17 @@ impl std::fmt::Display for Fqdn {
 pub struct HostIdentity {
     pub hostname: String,
     pub fqdn: Fqdn,
-    /// Non-loopback, non-link-local addresses of the host's interfaces.
-    pub addresses: BTreeSet<IpAddr>,
+    /// Non-loopback, non-link-local addresses of the host's interfaces (Docker's own bridges
+    /// excepted), with where each was found; `[server]` settings choose among them.
+    pub addresses: BTreeMap<IpAddr, AddressOrigin>,
+}
+
+/// Where a host address was found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AddressOrigin {
+    pub interface: String,
+    /// An IPv6 temporary (privacy) address, replaced every day or so (RFC 8981).
+    pub temporary: bool,
 }
 
 impl HostIdentity {
@@ -148,8 +157,25 @@ pub fn is_docker_interface(name: &str) -> bool {
             && name[3..].chars().all(|c| c.is_ascii_hexdigit()))
 }
 
-fn addresses() -> Result<BTreeSet<IpAddr>> {
-    let mut out = BTreeSet::new();
+/// IPv6 addresses flagged temporary (`IFA_F_TEMPORARY`) in /proc/net/if_inet6, whose lines
+/// read `ADDRESS IFINDEX PREFIXLEN SCOPE FLAGS NAME`, all hexadecimal but the name.
+pub fn temporary_ipv6(if_inet6: &str) -> BTreeSet<Ipv6Addr> {
+    const IFA_F_TEMPORARY: u32 = 0x01;
+    if_inet6
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let flags = u32::from_str_radix(f.get(4)?, 16).ok()?;
+            let hex = u128::from_str_radix(f.first()?, 16).ok()?;
+            (flags & IFA_F_TEMPORARY != 0).then(|| Ipv6Addr::from(hex))
+        })
+        .collect()
+}
+
+fn addresses() -> Result<BTreeMap<IpAddr, AddressOrigin>> {
+    let temporary =
+        temporary_ipv6(&std::fs::read_to_string("/proc/net/if_inet6").unwrap_or_default());
+    let mut out = BTreeMap::new();
     let mut ifap: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs fills a list we free with freeifaddrs.
     if unsafe { libc::getifaddrs(&mut ifap) } != 0 {
@@ -177,7 +203,14 @@ fn addresses() -> Result<BTreeSet<IpAddr>> {
                 }
             };
             if let Some(ip) = ip.filter(is_public_candidate) {
-                out.insert(ip);
+                let temporary = matches!(ip, IpAddr::V6(v6) if temporary.contains(&v6));
+                out.insert(
+                    ip,
+                    AddressOrigin {
+                        interface: ifname.to_string(),
+                        temporary,
+                    },
+                );
             }
         }
         cur = ifa.ifa_next;
@@ -195,7 +228,17 @@ mod tests {
     fn detect_has_a_hostname_and_no_loopback() {
         let h = HostIdentity::detect().unwrap();
         assert!(!h.hostname.is_empty());
-        assert!(h.addresses.iter().all(is_public_candidate));
+        assert!(h.addresses.keys().all(is_public_candidate));
+    }
+
+    #[test]
+    fn temporary_ipv6_addresses_from_proc() {
+        let text = "20010db8000000000000000000000005 02 40 00 00     eth0\n\
+                    20010db800000000a1b2c3d4e5f60718 02 40 00 01     eth0\n\
+                    fe800000000000000000000000000001 02 40 20 80     eth0\n";
+        let t = temporary_ipv6(text);
+        assert_eq!(t.len(), 1);
+        assert!(t.contains(&"2001:db8::a1b2:c3d4:e5f6:718".parse().unwrap()));
     }
 
     #[test]

@@ -164,3 +164,30 @@ fn deconfigure_sticks_while_the_service_runs_until_apply() {
     m.ok("test ! -e /var/lib/docker-tls-manager/deconfigured");
     assert_eq!(pid_of(&m, "c1"), pid, "container restarted");
 }
+
+#[test]
+fn a_deferred_restart_holds_back_the_new_server_certificate() {
+    let m = Machine::up("hold");
+    m.ok("mkdir -p /etc/docker-tls-manager && printf '[docker]\\nlive_restore = \"off\"\\n' > /etc/docker-tls-manager/config.toml");
+    m.ok("docker-tls-manager apply");
+    m.ok("docker run -d --network none --name c1 dtm-busybox /bin/sleep 100000");
+    let pid = pid_of(&m, "c1");
+    let on_disk = common::machine::fingerprint_on_disk(&m);
+    let out = m.ok("docker-tls-manager renew --force server 2>&1");
+    assert!(
+        out.contains("deferred") && out.contains("waits for that restart"),
+        "{out}"
+    );
+    // Nothing Docker would load at its next restart changed: whoever restarts it next gets
+    // the verified certificate.
+    assert_eq!(common::machine::fingerprint_on_disk(&m), on_disk);
+    assert_eq!(common::machine::fingerprint_served(&m), on_disk);
+    assert_eq!(pid_of(&m, "c1"), pid, "container killed");
+    // Once the containers are gone, the renewal goes through.
+    m.ok("docker rm -f c1 >/dev/null && docker-tls-manager renew --force server");
+    assert_ne!(common::machine::fingerprint_on_disk(&m), on_disk);
+    assert_eq!(
+        common::machine::fingerprint_served(&m),
+        common::machine::fingerprint_on_disk(&m)
+    );
+}

@@ -163,6 +163,58 @@ impl Plan {
         self.actions.is_empty()
     }
 
+    /// This plan without what Docker would load at its next restart (the server certificate,
+    /// the CA), for when that restart is deferred: whoever restarts Docker next must not load
+    /// material that was never verified. `None` when that cannot wait: a repair (a file
+    /// missing, broken, expired or not from the CA), since the files on disk do not work.
+    /// Without a CA change, client certificates and the rest go ahead.
+    pub fn without_server_changes(&self) -> Option<Plan> {
+        let can_wait = |r: &Reason| {
+            matches!(
+                r,
+                Reason::Due { .. }
+                    | Reason::Forced
+                    | Reason::CaReplaced
+                    | Reason::SansChanged { .. }
+                    | Reason::KeyTypeChanged { .. }
+            )
+        };
+        let mut ca_changes = false;
+        for a in &self.actions {
+            match a {
+                Action::IssueCa { reason, .. } => {
+                    if !can_wait(reason) {
+                        return None;
+                    }
+                    ca_changes = true;
+                }
+                Action::Issue {
+                    slot: Slot::Server,
+                    reason,
+                } if !can_wait(reason) => return None,
+                _ => {}
+            }
+        }
+        let actions = self
+            .actions
+            .iter()
+            .filter(|a| match a {
+                Action::IssueCa { .. } => false,
+                Action::Issue {
+                    slot: Slot::Server, ..
+                } => false,
+                // Leaves and CA copies depend on the CA they would be issued under.
+                Action::Issue { .. } | Action::CopyCa { .. } => !ca_changes,
+                Action::RecordCaSubject | Action::FixMode { .. } => true,
+            })
+            .cloned()
+            .collect();
+        Some(Plan {
+            actions,
+            ..self.clone()
+        })
+    }
+
     /// Whether the certificate or key Docker serves changes.
     pub fn changes_server(&self) -> bool {
         self.actions.iter().any(|a| {
@@ -188,7 +240,13 @@ pub fn server_sans(settings: &Settings, host: &HostIdentity) -> BTreeSet<San> {
     sans.insert(San::Ip(IpAddr::V4(Ipv4Addr::LOCALHOST)));
     sans.insert(San::Ip(IpAddr::V6(Ipv6Addr::LOCALHOST)));
     if settings.server.auto_addresses {
-        sans.extend(host.addresses.iter().copied().map(San::Ip));
+        let filter = &settings.server.address_filter;
+        sans.extend(
+            host.addresses
+                .iter()
+                .filter(|(ip, o)| filter.admits(ip, &o.interface, o.temporary))
+                .map(|(ip, _)| San::Ip(*ip)),
+        );
     }
     sans.extend(
         settings
@@ -598,11 +656,21 @@ mod tests {
         crate::config::parse(&text, Path::new("test.toml")).unwrap()
     }
 
+    fn eth0(ip: &str) -> (IpAddr, crate::host::AddressOrigin) {
+        (
+            ip.parse().unwrap(),
+            crate::host::AddressOrigin {
+                interface: "eth0".into(),
+                temporary: false,
+            },
+        )
+    }
+
     fn host() -> HostIdentity {
         HostIdentity {
             hostname: "dock1".into(),
             fqdn: Fqdn::Name("dock1.example.net".into()),
-            addresses: ["192.0.2.10".parse().unwrap()].into(),
+            addresses: [eth0("192.0.2.10")].into(),
         }
     }
 
@@ -639,6 +707,88 @@ mod tests {
         fn server_files(&self) -> (std::path::PathBuf, std::path::PathBuf) {
             self.layout.cert_and_key(&Slot::Server)
         }
+    }
+
+    /// Temporary IPv6 addresses, container and VPN interfaces and excluded addresses (a
+    /// keepalived VIP) never reach the SANs by default: each change would restart Docker.
+    #[test]
+    fn churning_addresses_stay_out_of_the_sans() {
+        let f = Fixture::new();
+        let mut host = host();
+        let o = |i: &str, t: bool| crate::host::AddressOrigin {
+            interface: i.into(),
+            temporary: t,
+        };
+        host.addresses
+            .insert("2001:db8::5".parse().unwrap(), o("eth0", false));
+        host.addresses
+            .insert("2001:db8::a1b2:c3d4".parse().unwrap(), o("eth0", true));
+        host.addresses
+            .insert("10.244.0.1".parse().unwrap(), o("cni0", false));
+        host.addresses
+            .insert("10.8.0.2".parse().unwrap(), o("tun0", false));
+        host.addresses
+            .insert("192.0.2.100".parse().unwrap(), o("eth0", false));
+        let ips = |s: &Settings| -> Vec<String> {
+            server_sans(s, &host)
+                .into_iter()
+                .filter_map(|x| match x {
+                    San::Ip(ip) if !ip.is_loopback() => Some(ip.to_string()),
+                    _ => None,
+                })
+                .collect()
+        };
+        assert_eq!(
+            ips(&f.settings),
+            ["192.0.2.10", "192.0.2.100", "2001:db8::5"]
+        );
+        let s = settings_for(
+            f._dir.path(),
+            "[server]\nexclude_addresses = [\"192.0.2.100\"]\ntemporary_addresses = true\ninterfaces = [\"eth*\"]",
+        );
+        assert_eq!(
+            ips(&s),
+            ["192.0.2.10", "2001:db8::5", "2001:db8::a1b2:c3d4"]
+        );
+    }
+
+    #[test]
+    fn a_deferred_restart_holds_back_renewals_not_repairs() {
+        let f = Fixture::new();
+        f.converge(f.t0);
+        // Forced server and clients: the server waits, the clients go ahead.
+        let p = f.plan_at(
+            f.t0,
+            Force {
+                server: true,
+                clients: true,
+                ..Force::default()
+            },
+        );
+        let held = p.without_server_changes().unwrap();
+        assert!(!held.changes_server());
+        assert!(reasons(&held).iter().all(|(s, _)| s != "server"));
+        assert!(
+            reasons(&held).iter().any(|(s, _)| s.contains("admin")),
+            "{:?}",
+            reasons(&held)
+        );
+        // A new CA key: nothing issued under it until Docker can take it.
+        let p = f.plan_at(
+            f.t0,
+            Force {
+                ca: true,
+                ..Force::default()
+            },
+        );
+        assert!(reasons(&p.without_server_changes().unwrap()).is_empty());
+        // A missing server key is a repair: it cannot wait.
+        std::fs::remove_file(f.server_files().1).unwrap();
+        assert!(
+            f.plan_at(f.t0, Force::default())
+                .without_server_changes()
+                .is_none()
+        );
     }
 
     fn reasons(p: &Plan) -> Vec<(String, Reason)> {
@@ -823,7 +973,7 @@ mod tests {
     #[test]
     fn new_address_changes_sans() {
         let mut f = Fixture::new().issued();
-        f.host.addresses.insert("192.0.2.55".parse().unwrap());
+        f.host.addresses.extend([eth0("192.0.2.55")]);
         let r = reasons(&f.plan_at(f.t0, Force::default()));
         assert_eq!(
             r,
@@ -1095,7 +1245,7 @@ mod tests {
         let mut f = Fixture::new().issued();
         let old: IpAddr = "192.0.2.10".parse().unwrap();
         let new: IpAddr = "192.0.2.55".parse().unwrap();
-        f.host.addresses = [new].into();
+        f.host.addresses = [(new, crate::host::AddressOrigin::default())].into();
         let keep = Force {
             keep_sans: true,
             ..Force::default()
@@ -1127,7 +1277,7 @@ mod tests {
         f.host.fqdn = Fqdn::LookupFailed("Temporary failure in name resolution".into());
         assert!(f.plan_at(f.t0, Force::default()).is_empty());
         // Another change reissues the certificate: the FQDN stays.
-        f.host.addresses.insert("192.0.2.55".parse().unwrap());
+        f.host.addresses.extend([eth0("192.0.2.55")]);
         let r = reasons(&f.plan_at(f.t0, Force::default()));
         assert!(
             matches!(&r[..], [(_, Reason::SansChanged { removed, .. })] if removed.is_empty()),
