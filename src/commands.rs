@@ -500,6 +500,7 @@ async fn docker_status(ctx: &Ctx) -> status::DockerStatus {
         st.serving_current_certificate =
             obs.served.is_some() && obs.served.as_deref() == Some(obs.wanted.as_str());
         st.served_sha256 = obs.served.clone();
+        st.deconfigured = docker::plan::deconfigured_path(&ctx.settings).exists();
         match docker::plan::plan_configure(&obs, &ctx.settings) {
             Ok(p) => {
                 st.restart_deferred = p.deferred;

@@ -44,6 +44,8 @@ pub struct DockerStatus {
     pub served_sha256: Option<String>,
     /// Containers run without live-restore, so the restart new certificates need waits.
     pub restart_deferred: bool,
+    /// `deconfigure` ran: Docker is left alone until `apply`.
+    pub deconfigured: bool,
     /// What apply would do.
     pub pending: Vec<String>,
     pub warnings: Vec<String>,
@@ -210,6 +212,12 @@ pub fn render_text(r: &Report) -> String {
                 "no"
             }
         );
+        if d.deconfigured {
+            let _ = writeln!(
+                s,
+                "  deconfigured: the service leaves Docker alone until `docker-tls-manager apply`"
+            );
+        }
         if d.restart_deferred {
             let _ = writeln!(
                 s,

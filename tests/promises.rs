@@ -150,6 +150,8 @@ fn deconfigure_sticks_while_the_service_runs_until_apply() {
     assert_eq!(plain_never_answers(&m, "after deconfigure"), 7);
     let status = m.ok("systemctl show -p StatusText --value docker-tls-manager");
     assert!(status.contains("deconfigure"), "{status}");
+    let st = m.ok("docker-tls-manager status");
+    assert!(st.contains("deconfigured:"), "{st}");
     // Also across a restart of the service (and so a reboot).
     m.ok("systemctl restart docker-tls-manager; sleep 2");
     m.ok("test ! -e /etc/systemd/system/docker-tcp.socket && ! grep -qs tlsverify /etc/docker/daemon.json");
