@@ -363,8 +363,11 @@ async fn deconfigure(ctx: &Ctx) -> Result<()> {
     let side = DockerSide::connect(&ctx.settings).await?;
     let obs = side.observe(&ctx.settings).await?;
     let dplan = docker::plan::plan_deconfigure(&obs, &ctx.settings)?;
-    // Recorded first: a service converging right after (it watches the files removed below)
-    // must find it.
+    let cx = side.exec_context(&obs, ctx.layout.backup_dir(), vec![]);
+    docker::execute::execute(&dplan, &cx).await?;
+    // Recorded before the lock is released: a service waiting for it (it watches the files
+    // just removed) finds the record. Not on failure: the rollback restored the configuration,
+    // which the service then keeps.
     let marker = docker::plan::deconfigured_path(&ctx.settings);
     ensure_dir(&ctx.settings.paths.state_dir, KEY_DIR_MODE)?;
     atomic_write(
@@ -376,8 +379,6 @@ async fn deconfigure(ctx: &Ctx) -> Result<()> {
         .as_bytes(),
         0o600,
     )?;
-    let cx = side.exec_context(&obs, ctx.layout.backup_dir(), vec![]);
-    docker::execute::execute(&dplan, &cx).await?;
     print_docker_plan(&dplan, false, false);
     println!(
         "certificates kept in '{}' and '{}'",

@@ -118,11 +118,8 @@ fn deb_install_enable_restart_upgrade_remove_purge() {
     let c1 = m.ok("docker inspect -f '{{.State.Pid}}' c1");
     let o = m.sh("apt-get remove -y docker-tls-manager");
     assert!(o.status.success(), "{}", text(&o.stderr));
-    assert!(
-        text(&o.stderr).contains("port closed"),
-        "{}",
-        text(&o.stderr)
-    );
+    let said = text(&o.stdout) + &text(&o.stderr);
+    assert!(said.contains("port closed"), "{said}");
     assert_eq!(
         text(&m.sh("systemctl is-active docker-tls-manager").stdout).trim(),
         "inactive"

@@ -193,3 +193,27 @@ fn a_deferred_restart_holds_back_the_new_server_certificate() {
         common::machine::fingerprint_on_disk(&m)
     );
 }
+
+/// A local client socket-activates Docker while it is stopped (as in the middle of apply's
+/// stop, socket, start): the drop-in is loaded before the stop, so that start pulls in the TCP
+/// socket first and dockerd gets it with TLS; the apply that follows only verifies.
+#[test]
+fn socket_activation_while_docker_is_stopped_still_brings_up_mutual_tls() {
+    let m = Machine::up("activate");
+    m.ok("docker-tls-manager apply");
+    m.ok("systemctl stop docker docker-tcp.socket");
+    assert_eq!(
+        m.sh("systemctl is-active docker-tcp.socket").status.code(),
+        Some(3)
+    );
+    // docker.socket (unix) activates docker.service.
+    m.ok("docker version >/dev/null");
+    assert_eq!(
+        m.ok("systemctl is-active docker-tcp.socket").trim(),
+        "active"
+    );
+    m.ok(&format!("{ENV} docker version >/dev/null"));
+    plain_never_answers(&m, "after socket activation");
+    let out = m.ok("docker-tls-manager apply");
+    assert!(out.contains("docker: up to date"), "{out}");
+}
