@@ -247,11 +247,11 @@ pub async fn converge_once(
                 let mut obs = side.observe(&ctx.settings).await?;
                 obs.wanted = "(the certificate this run would issue)".into();
                 let dplan = docker::plan::plan_configure(&obs, &ctx.settings)?;
-                if dplan.deferred {
-                    if let Some(p) = plan.without_server_changes() {
-                        held_back = Some(dplan);
-                        plan = p;
-                    }
+                if dplan.deferred
+                    && let Some(p) = plan.without_server_changes()
+                {
+                    held_back = Some(dplan);
+                    plan = p;
                 }
             }
             Err(e) => tracing::debug!("cannot look at Docker before issuing: {e:#}"),

@@ -229,14 +229,14 @@ impl Worker {
         }
         if let Some(path) = &self.ctx.settings.service.metrics_file {
             // Written where node_exporter's textfile collector looks, if it is installed.
-            if path.parent().is_some_and(|d| d.is_dir()) {
-                if let Err(e) = atomic_write(
+            if path.parent().is_some_and(|d| d.is_dir())
+                && let Err(e) = atomic_write(
                     path,
                     metrics::render(&disk, &self.metrics).as_bytes(),
                     0o644,
-                ) {
-                    warn!("cannot write metrics: {e:#}");
-                }
+                )
+            {
+                warn!("cannot write metrics: {e:#}");
             }
         }
         let warnings: BTreeSet<String> = crate::status::handed_out_warnings(

@@ -91,10 +91,10 @@ pub async fn execute<S: Systemd, P: Prober, D: DockerDaemon>(
 ) -> Result<()> {
     let mut snapshots: Vec<Snapshot> = cx.also_restore.clone();
     for step in &plan.steps {
-        if let Step::Write { path, .. } | Step::Remove { path } = step {
-            if !snapshots.iter().any(|s| &s.path == path) {
-                snapshots.push(Snapshot::take(path));
-            }
+        if let Step::Write { path, .. } | Step::Remove { path } = step
+            && !snapshots.iter().any(|s| &s.path == path)
+        {
+            snapshots.push(Snapshot::take(path));
         }
     }
     let socket_before = cx.systemd.unit(SOCKET_UNIT).await.unwrap_or_default();
@@ -106,10 +106,10 @@ pub async fn execute<S: Systemd, P: Prober, D: DockerDaemon>(
         if *step == Step::Commit {
             // Files written so far are the new baseline of the rollback.
             for st in &plan.steps[..i] {
-                if let Step::Write { path, .. } | Step::Remove { path } = st {
-                    if let Some(s) = snapshots.iter_mut().find(|s| &s.path == path) {
-                        *s = Snapshot::take(path);
-                    }
+                if let Step::Write { path, .. } | Step::Remove { path } = st
+                    && let Some(s) = snapshots.iter_mut().find(|s| &s.path == path)
+                {
+                    *s = Snapshot::take(path);
                 }
             }
             continue;
@@ -166,10 +166,10 @@ async fn run_step<S: Systemd, P: Prober, D: DockerDaemon>(
             content,
             mode,
         } => {
-            if let Some(parent) = path.parent() {
-                if !parent.exists() {
-                    ensure_dir(parent, 0o755)?;
-                }
+            if let Some(parent) = path.parent()
+                && !parent.exists()
+            {
+                ensure_dir(parent, 0o755)?;
             }
             atomic_write_preserving(path, content.as_bytes(), *mode)
         }

@@ -74,16 +74,15 @@ pub fn unit_environment(unit: &crate::systemd::UnitInfo) -> BTreeMap<String, Str
 pub fn expand_argv(argv: &[String], env: &BTreeMap<String, String>) -> Vec<String> {
     let mut out = Vec::new();
     for (i, arg) in argv.iter().enumerate() {
-        if i > 0 {
-            if let Some(name) = arg
+        if i > 0
+            && let Some(name) = arg
                 .strip_prefix('$')
                 .filter(|n| !n.starts_with('{') && !n.is_empty())
-            {
-                if let Some(v) = env.get(name) {
-                    out.extend(v.split_whitespace().map(String::from));
-                }
-                continue;
+        {
+            if let Some(v) = env.get(name) {
+                out.extend(v.split_whitespace().map(String::from));
             }
+            continue;
         }
         let mut word = arg.clone();
         while let Some(start) = word.find("${") {

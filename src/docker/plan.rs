@@ -373,13 +373,13 @@ pub fn plan_configure(obs: &Observed, settings: &Settings) -> Result<DockerPlan,
     let tls_changed = TLS_KEYS.iter().any(|k| differs(k));
     let lr_changed = differs(LIVE_RESTORE_KEY);
     for (k, v) in wanted.entries() {
-        if let Some(old) = existing.get(k).filter(|old| **old != v) {
-            if !obs.owned.original.contains_key(k) {
-                plan.warnings.push(format!(
+        if let Some(old) = existing.get(k).filter(|old| **old != v)
+            && !obs.owned.original.contains_key(k)
+        {
+            plan.warnings.push(format!(
                     "'{}' had \"{k}\": {old}; replaced by {v} (the old value is restored by deconfigure)",
                     obs.daemon_json_path.display()
                 ));
-            }
         }
     }
 

@@ -267,10 +267,10 @@ fn observe(
     };
     let mut wrong_modes = Vec::new();
     let mut check = |p: &Path, want: u32| {
-        if let Some(have) = mode_of(p) {
-            if have != want {
-                wrong_modes.push((p.to_path_buf(), want, have));
-            }
+        if let Some(have) = mode_of(p)
+            && have != want
+        {
+            wrong_modes.push((p.to_path_buf(), want, have));
         }
     };
     for d in layout.key_dirs(slot) {

@@ -522,10 +522,10 @@ pub fn plan(
                 reason,
             }),
             None => {
-                if ca_changes || !obs.ca_copy_current {
-                    if matches!(slot, Slot::Client(_) | Slot::Probe) {
-                        p.actions.push(Action::CopyCa { slot: slot.clone() });
-                    }
+                if (ca_changes || !obs.ca_copy_current)
+                    && matches!(slot, Slot::Client(_) | Slot::Probe)
+                {
+                    p.actions.push(Action::CopyCa { slot: slot.clone() });
                 }
                 mode_fixes(obs, &mut p.actions);
             }
