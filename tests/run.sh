@@ -16,6 +16,10 @@ echo "== cargo deny: licenses, sources, bans (the advisory database is on GitHub
 command -v cargo-deny > /dev/null || cargo install --locked cargo-deny
 cargo deny check licenses sources bans
 
+echo "== cargo fmt --check, cargo clippy (warnings are errors)"
+cargo fmt --check
+cargo clippy --locked --all-targets -- -D warnings
+
 echo "== harness self-test: systemd + dockerd machine"
 bash tests/machine/selftest.sh dtm-selftest-$$
 
