@@ -68,12 +68,18 @@ pub enum Command {
     /// before docker-tcp.socket listens and before every start of dockerd)
     #[command(hide = true)]
     Guard {
-        /// The daemon.json dockerd reads
+        /// The CA certificate daemon.json must name as tlscacert
+        #[arg(long, value_name = "PATH")]
+        ca: PathBuf,
+        /// The daemon.json dockerd reads (without --config-file in its ExecStart)
         #[arg(long, value_name = "PATH")]
         daemon_json: PathBuf,
-        /// Also require docker.service's drop-in with the guard (for the socket unit)
+        /// Ask systemd which daemon.json docker.service's ExecStart really gives dockerd
+        #[arg(long)]
+        effective: bool,
+        /// Files that must be ours and present (the drop-in and the guard unit)
         #[arg(long, value_name = "PATH")]
-        dropin: Option<PathBuf>,
+        require: Vec<PathBuf>,
     },
 }
 

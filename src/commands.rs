@@ -83,10 +83,19 @@ pub async fn run(cmd: Command, config_path: Option<&Path>) -> Result<()> {
         Command::Run => return crate::service::run(config_path).await,
         Command::GenerateAssets { dir } => return generate_assets(&dir),
         Command::Guard {
+            ca,
             daemon_json,
-            dropin,
+            effective,
+            require,
         } => {
-            return docker::guard::check(&daemon_json, dropin.as_deref()).map_err(|e| {
+            let path = if effective {
+                docker::guard::effective_daemon_json(&daemon_json)
+                    .await
+                    .context("guard: cannot tell which daemon.json dockerd will read")?
+            } else {
+                daemon_json
+            };
+            return docker::guard::check(&path, &ca, &require).map_err(|e| {
                 anyhow::anyhow!(
                     "guard: {}; {} is not served (Docker itself starts). `docker-tls-manager apply` \
                      configures mutual TLS again; `docker-tls-manager deconfigure` removes the socket",
@@ -242,11 +251,16 @@ pub async fn converge_once(
     // Docker next must not load material nobody verified. Repairs do not wait.
     let mut held_back = None;
     if configure_docker && plan.changes_server() {
-        match DockerSide::connect(&ctx.settings).await {
-            Ok(side) => {
-                let mut obs = side.observe(&ctx.settings).await?;
-                obs.wanted = "(the certificate this run would issue)".into();
-                let dplan = docker::plan::plan_configure(&obs, &ctx.settings)?;
+        // Best effort: whatever stops this look (no bus, a refused setup) is reported by the
+        // Docker step below, after the certificates.
+        let look = async {
+            let side = DockerSide::connect(&ctx.settings).await?;
+            let mut obs = side.observe(&ctx.settings).await?;
+            obs.wanted = "(the certificate this run would issue)".into();
+            anyhow::Ok(docker::plan::plan_configure(&obs, &ctx.settings)?)
+        };
+        match look.await {
+            Ok(dplan) => {
                 if dplan.deferred
                     && let Some(p) = plan.without_server_changes()
                 {
@@ -282,10 +296,17 @@ pub async fn converge_once(
     out.pki_done = true;
     inject_fault(ctx)?;
     if let Some(mut d) = held_back {
-        d.warnings.push(
-            "the new server certificate waits for that restart; Docker keeps serving the current one"
-                .into(),
-        );
+        let expires = ctx
+            .inspect()
+            .get(&Slot::Server)
+            .info()
+            .map(|i| humantime::format_rfc3339_seconds(i.not_after).to_string())
+            .unwrap_or_else(|| "?".into());
+        d.warnings.push(format!(
+            "the new server certificate waits for that restart; Docker keeps serving the current one, \
+             which expires at {expires}: Docker must restart before then (stop the containers, or \
+             enable live-restore), or clients will be refused"
+        ));
         for w in &d.warnings {
             tracing::warn!("{w}");
         }
@@ -363,12 +384,11 @@ async fn deconfigure(ctx: &Ctx) -> Result<()> {
     let side = DockerSide::connect(&ctx.settings).await?;
     let obs = side.observe(&ctx.settings).await?;
     let dplan = docker::plan::plan_deconfigure(&obs, &ctx.settings)?;
-    let cx = side.exec_context(&obs, ctx.layout.backup_dir(), vec![]);
-    docker::execute::execute(&dplan, &cx).await?;
-    // Recorded before the lock is released: a service waiting for it (it watches the files
-    // just removed) finds the record. Not on failure: the rollback restored the configuration,
-    // which the service then keeps.
+    // Recorded before anything changes: a crash halfway must not let the service (which
+    // watches the files removed below) configure Docker again at the next boot. Taken back
+    // if the run fails: the rollback restored the configuration, which the service keeps.
     let marker = docker::plan::deconfigured_path(&ctx.settings);
+    let had_marker = marker.exists();
     ensure_dir(&ctx.settings.paths.state_dir, KEY_DIR_MODE)?;
     atomic_write(
         &marker,
@@ -379,6 +399,13 @@ async fn deconfigure(ctx: &Ctx) -> Result<()> {
         .as_bytes(),
         0o600,
     )?;
+    let cx = side.exec_context(&obs, ctx.layout.backup_dir(), vec![]);
+    if let Err(e) = docker::execute::execute(&dplan, &cx).await {
+        if !had_marker {
+            let _ = std::fs::remove_file(&marker);
+        }
+        return Err(e);
+    }
     print_docker_plan(&dplan, false, false);
     println!(
         "certificates kept in '{}' and '{}'",

@@ -13,7 +13,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::config::Settings;
-use crate::docker::plan::{dropin_path, socket_path};
+use crate::docker::plan::{dropin_path, guard_unit_path, socket_path};
 use crate::files::TEMP_PREFIX;
 use crate::pki::Layout;
 
@@ -46,6 +46,7 @@ pub fn classify(settings: &Settings, config: &Path, path: &Path) -> Option<Trigg
         || (pem && parent == layout.state_dir.join("probe"))
         || path == socket_path(settings)
         || path == dropin_path(settings)
+        || path == guard_unit_path(settings)
         || path == settings.paths.daemon_json;
     ours.then(|| Trigger::File(path.to_path_buf()))
 }

@@ -39,13 +39,18 @@ fn daemon_json_rewritten_without_tls_closes_the_port_instead_of_serving_plain() 
         7,
         "the port should be closed"
     );
-    let log = m.ok("journalctl -u docker --no-pager | grep 'guard:' | tail -1");
+    let log = m.ok("journalctl -u docker-tls-manager-guard --no-pager | grep 'guard:' | tail -1");
     assert!(
         log.contains("tlsverify") && log.contains("docker-tls-manager apply"),
         "{log}"
     );
     assert_eq!(pid_of(&m, "c1"), pid, "container restarted");
     m.ok("docker version >/dev/null");
+    // However often Docker restarts: no rate limit lets one start through unguarded.
+    for i in 0..8 {
+        m.ok("systemctl reset-failed docker; systemctl start docker-tcp.socket 2>/dev/null; systemctl restart docker");
+        plain_never_answers(&m, &format!("restart {i} in a burst"));
+    }
 
     // The same at boot: the socket itself refuses to listen while daemon.json is unsafe.
     m.ok("systemctl stop docker docker-tcp.socket");
@@ -73,6 +78,42 @@ fn daemon_json_rewritten_without_tls_closes_the_port_instead_of_serving_plain() 
     m.ok(&format!("{ENV} docker version >/dev/null"));
     plain_never_answers(&m, "after apply");
     assert_eq!(pid_of(&m, "c1"), pid, "container restarted");
+
+    // Config management points dockerd at another daemon.json (--config-file in DOCKER_OPTS):
+    // the guard asks systemd which file dockerd really reads.
+    m.ok("echo '{\"live-restore\": true, \"log-level\": \"info\"}' > /etc/docker/cm.json && echo 'DOCKER_OPTS=\"--config-file=/etc/docker/cm.json\"' > /etc/default/docker && systemctl restart docker");
+    assert_eq!(m.ok("systemctl is-active docker").trim(), "active");
+    assert_eq!(plain_never_answers(&m, "--config-file moved"), 7);
+    m.ok("rm /etc/default/docker && systemctl restart docker && docker-tls-manager apply");
+    m.ok(&format!("{ENV} docker version >/dev/null"));
+
+    // Another drop-in resets ExecStartPre= (ours is a dependency, which it cannot reset), then
+    // daemon.json loses its keys.
+    m.ok("printf '[Service]\\nExecStartPre=\\n' > /etc/systemd/system/docker.service.d/zz-local.conf && systemctl daemon-reload");
+    m.ok("printf '{\"live-restore\": true}\\n' > /etc/docker/daemon.json && systemctl restart docker");
+    assert_eq!(
+        plain_never_answers(&m, "ExecStartPre= reset by another drop-in"),
+        7
+    );
+    // A CA other than ours (the system bundle): not mutual TLS with our clients only.
+    m.ok("rm /etc/systemd/system/docker.service.d/zz-local.conf && systemctl daemon-reload && docker-tls-manager apply");
+    m.ok("sed -i 's#/etc/docker/tls/ca.pem#/etc/ssl/certs/ca-certificates.crt#' /etc/docker/daemon.json && systemctl restart docker");
+    assert_eq!(plain_never_answers(&m, "another CA"), 7);
+    assert_eq!(pid_of(&m, "c1"), pid, "container restarted");
+}
+
+/// A refused Docker setup (here `hosts` in daemon.json) is reported, but does not stop the
+/// certificates from being renewed.
+#[test]
+fn a_refused_docker_setup_does_not_block_certificate_renewals() {
+    let m = Machine::up("refusedpki");
+    m.ok("docker-tls-manager apply");
+    let client = "openssl x509 -in /var/lib/docker-tls-manager/clients/admin/cert.pem -noout -fingerprint -sha256";
+    let before = m.ok(client);
+    m.ok("printf '{\"hosts\": [\"unix:///run/docker.sock\"]}' > /etc/docker/daemon.json");
+    let o = m.sh("docker-tls-manager renew --force all");
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));
+    assert_ne!(m.ok(client), before, "client certificate not renewed");
 }
 
 #[test]

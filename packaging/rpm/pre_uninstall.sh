@@ -4,10 +4,13 @@
 if [ "$1" -eq 0 ]; then
     systemctl --no-reload disable --now docker-tls-manager.service docker-tls-manager-prepare.service >/dev/null 2>&1 || :
     if [ -d /run/systemd/system ] && [ -e /etc/systemd/system/docker-tcp.socket ]; then
-        if docker-tls-manager deconfigure >/dev/null 2>&1; then
-            echo "docker-tls-manager: Docker's TCP port closed (deconfigure); CA and certificates kept" >&2
+        if out=$(docker-tls-manager deconfigure 2>&1); then
+            case $out in
+                *deferred*) echo "docker-tls-manager: containers run without live-restore, so Docker was not restarted: the running dockerd keeps serving port 2376 with mutual TLS until it restarts; no later start of Docker gets the port. CA and certificates kept" >&2 ;;
+                *) echo "docker-tls-manager: Docker's TCP port closed (deconfigure); CA and certificates kept in /var/lib/docker-tls-manager and /etc/docker/tls" >&2 ;;
+            esac
         else
-            echo "docker-tls-manager: deconfigure failed; Docker's TCP port closes at its next restart" >&2
+            echo "docker-tls-manager: deconfigure failed ($(echo "$out" | tail -n 1)); Docker's TCP port closes at its next restart" >&2
         fi
         rm -f /var/lib/docker-tls-manager/deconfigured
     fi

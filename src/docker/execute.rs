@@ -191,9 +191,31 @@ async fn run_step<S: Systemd, P: Prober, D: DockerDaemon>(
         Step::DisableSocket => sd.disable(SOCKET_UNIT).await,
         Step::ReloadDocker => sd.job(JobKind::Reload, DOCKER_SERVICE).await,
         Step::Commit => Ok(()),
+        Step::CheckContainers => {
+            let i = cx
+                .daemon
+                .info()
+                .await
+                .context("dockerd does not answer /info, so whether a restart kills containers is unknown; not restarting it")?;
+            if i.containers_running > 0 && !i.live_restore {
+                bail!(
+                    "{} container(s) run now and live-restore is off: a restart would kill them; not restarting \
+                     {DOCKER_SERVICE} (run apply again once they are stopped, or enable live-restore)",
+                    i.containers_running
+                );
+            }
+            Ok(())
+        }
         Step::StopDocker => sd.job(JobKind::Stop, DOCKER_SERVICE).await,
-        Step::StartSocket => sd.job(JobKind::Start, SOCKET_UNIT).await,
-        Step::RestartSocket => sd.job(JobKind::Restart, SOCKET_UNIT).await,
+        // A socket the guard kept closed may have hit its start limit meanwhile.
+        Step::StartSocket => {
+            let _ = sd.reset_failed(SOCKET_UNIT).await;
+            sd.job(JobKind::Start, SOCKET_UNIT).await
+        }
+        Step::RestartSocket => {
+            let _ = sd.reset_failed(SOCKET_UNIT).await;
+            sd.job(JobKind::Restart, SOCKET_UNIT).await
+        }
         Step::StopSocket => sd.job(JobKind::Stop, SOCKET_UNIT).await,
         Step::WaitLiveRestore => {
             let deadline = Instant::now() + LIVE_RESTORE_TIMEOUT;
@@ -312,7 +334,12 @@ async fn rollback<S: Systemd, P: Prober, D: DockerDaemon>(
             failed.push(s.path.display().to_string());
         }
     }
-    if socket_before.unit_file_state != "enabled" {
+    // The socket's enablement as it was (a failed deconfigure had disabled it).
+    if socket_before.unit_file_state == "enabled" {
+        if let Err(e) = sd.enable(SOCKET_UNIT).await {
+            error!("rollback: cannot enable {SOCKET_UNIT} again: {e:#}");
+        }
+    } else {
         let _ = sd.disable(SOCKET_UNIT).await;
     }
     sd.reload().await?;
@@ -454,6 +481,7 @@ mod tests {
                 "enable docker-tcp.socket",
                 "reload",
                 "stop docker.service",
+                "reset-failed docker-tcp.socket",
                 "start docker-tcp.socket",
                 "reset-failed docker.service",
                 "start docker.service"
@@ -634,6 +662,31 @@ mod tests {
         let dj: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(&target).unwrap()).unwrap();
         assert_eq!(dj, serde_json::json!({"debug": true, "live-restore": true}));
+    }
+
+    /// A container started after the plan was made, with live-restore off: nothing restarts
+    /// Docker, not even the rollback.
+    #[tokio::test]
+    async fn a_container_started_since_planning_is_never_killed() {
+        let (d, s, mut obs, sd) = setup();
+        obs.daemon = Some(live_restore_on());
+        let plan = plan_configure(&obs, &s).unwrap();
+        let daemon = FixedDaemon(Some(crate::docker::daemon::DaemonInfo {
+            containers_running: 1,
+            ..Default::default()
+        }));
+        let e = format!(
+            "{:#}",
+            run(&plan, &sd, &daemon, d.path()).await.unwrap_err()
+        );
+        assert!(e.contains("would kill"), "{e}");
+        assert!(
+            !sd.calls()
+                .iter()
+                .any(|c| c.contains("docker.service") && !c.starts_with("reload")),
+            "{:?}",
+            sd.calls()
+        );
     }
 
     #[tokio::test]

@@ -1,23 +1,30 @@
-//! The guard: the check systemd runs before dockerd starts (`ExecStartPre=` in our drop-in) and
-//! before `docker-tcp.socket` listens (its own `ExecStartPre=`). It answers one question
-//! without reading our configuration or taking the state lock: will the dockerd that receives
-//! the TCP socket serve it with mutual TLS? When the answer is no (daemon.json rewritten without
-//! our keys, a certificate file gone, a crash between two writes, our binary removed), the
-//! socket is not served: the socket unit fails to start, or the drop-in's shell stops it before
-//! dockerd starts. Docker itself always starts; only port 2376 stays closed.
+//! The guard: the check systemd runs before `docker-tcp.socket` listens (its `ExecStartPre=`)
+//! and before every start of dockerd (the oneshot `docker-tls-manager-guard.service`, which
+//! our drop-in makes docker.service want and wait for). It answers one question without our
+//! configuration or the state lock: will the dockerd that receives the TCP socket serve it with
+//! mutual TLS, verifying clients against our CA? When the answer is no (daemon.json rewritten
+//! without our keys or moved by a new `--config-file`, a crash between two writes, our binary
+//! removed), the socket is not served: the socket unit fails to start, or the guard unit's
+//! shell stops it before dockerd starts. Docker itself always starts; only the port stays
+//! closed. Missing certificate files are not the guard's business: dockerd refuses to start
+//! with TLS settings it cannot load (it never falls back to plain), and the repair unit
+//! ordered before docker.service restores them.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
+use anyhow::{Context, Result};
 use serde_json::{Map, Value};
+
+use super::render::HEADER_FIRST_LINE;
 
 /// Why the TCP socket must not be served, in words for the journal.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Unsafe(pub String);
 
-/// Checks that `daemon_json` (the file dockerd reads) turns on mutual TLS with files that
-/// exist, and, when given, that docker.service's drop-in carries this guard (so that a later
-/// rewrite of daemon.json is caught at the next start of dockerd too).
-pub fn check(daemon_json: &Path, dropin: Option<&Path>) -> Result<(), Unsafe> {
+/// Checks that `daemon_json` (the file dockerd reads) turns on client verification against
+/// `ca`, with a certificate and key named, and that each of `require` (our drop-in and guard
+/// unit, for the socket) is one of our files (not removed, not masked).
+pub fn check(daemon_json: &Path, ca: &Path, require: &[PathBuf]) -> Result<(), Unsafe> {
     let text = std::fs::read_to_string(daemon_json).map_err(|e| {
         Unsafe(format!(
             "cannot read '{}' ({e}), so dockerd would serve the TCP socket without TLS",
@@ -30,49 +37,45 @@ pub fn check(daemon_json: &Path, dropin: Option<&Path>) -> Result<(), Unsafe> {
             daemon_json.display()
         ))
     })?;
+    let shown = |k: &str| map.get(k).map_or("nothing".to_string(), |v| v.to_string());
     if map.get("tlsverify") != Some(&Value::Bool(true)) {
         return Err(Unsafe(format!(
             "'{}' does not set \"tlsverify\": true (found {}), so dockerd would serve the TCP socket \
              without verifying clients",
             daemon_json.display(),
-            map.get("tlsverify")
-                .map_or("nothing".to_string(), |v| v.to_string())
+            shown("tlsverify")
         )));
     }
-    for key in ["tlscacert", "tlscert", "tlskey"] {
-        let file = match map.get(key) {
-            Some(Value::String(s)) if !s.is_empty() => Path::new(s),
-            other => {
-                return Err(Unsafe(format!(
-                    "'{}' has no usable \"{key}\" (found {})",
-                    daemon_json.display(),
-                    other.map_or("nothing".to_string(), |v| v.to_string())
-                )));
-            }
-        };
-        match std::fs::metadata(file) {
-            Ok(m) if m.is_file() && m.len() > 0 => {}
-            Ok(_) => {
-                return Err(Unsafe(format!(
-                    "\"{key}\" names '{}', which is empty or not a file",
-                    file.display()
-                )));
-            }
-            Err(e) => {
-                return Err(Unsafe(format!("\"{key}\" names '{}': {e}", file.display())));
-            }
+    if map.get("tlscacert").and_then(Value::as_str) != Some(&*ca.to_string_lossy()) {
+        return Err(Unsafe(format!(
+            "'{}' has \"tlscacert\": {}, not our CA '{}', so dockerd would let in clients we never \
+             issued",
+            daemon_json.display(),
+            shown("tlscacert"),
+            ca.display()
+        )));
+    }
+    for key in ["tlscert", "tlskey"] {
+        if map
+            .get(key)
+            .and_then(Value::as_str)
+            .is_none_or(|s| s.is_empty())
+        {
+            return Err(Unsafe(format!(
+                "'{}' has no usable \"{key}\" (found {})",
+                daemon_json.display(),
+                shown(key)
+            )));
         }
     }
-    if let Some(dropin) = dropin {
-        let has_guard = std::fs::read_to_string(dropin).is_ok_and(|t| {
-            t.lines()
-                .any(|l| l.starts_with("ExecStartPre=") && l.contains(" guard "))
-        });
-        if !has_guard {
+    for file in require {
+        let ours = std::fs::symlink_metadata(file).is_ok_and(|m| m.is_file())
+            && std::fs::read_to_string(file).is_ok_and(|t| t.starts_with(HEADER_FIRST_LINE));
+        if !ours {
             return Err(Unsafe(format!(
-                "docker.service's drop-in '{}' is missing or lacks the guard, so a later change to '{}' \
-                 would go unchecked when dockerd restarts",
-                dropin.display(),
+                "'{}' is missing, masked or not ours, so a later change to '{}' would go unchecked \
+                 when dockerd restarts",
+                file.display(),
                 daemon_json.display()
             )));
         }
@@ -80,79 +83,121 @@ pub fn check(daemon_json: &Path, dropin: Option<&Path>) -> Result<(), Unsafe> {
     Ok(())
 }
 
+/// The daemon.json docker.service's ExecStart really gives dockerd now: `--config-file` in
+/// ExecStart (with `$DOCKER_OPTS` and the like expanded as systemd does), else `default`.
+/// Asked of systemd over D-Bus; only from the guard unit, which runs after the bus is up.
+pub async fn effective_daemon_json(default: &Path) -> Result<PathBuf> {
+    use crate::systemd::Systemd;
+    let sd = crate::systemd::Dbus::connect().await?;
+    let mut docker = sd
+        .unit(super::render::DOCKER_SERVICE)
+        .await
+        .context("cannot read docker.service's ExecStart from systemd")?;
+    let env = super::unit_environment(&docker);
+    docker.exec_start = docker
+        .exec_start
+        .iter()
+        .map(|argv| super::expand_argv(argv, &env))
+        .collect();
+    Ok(docker
+        .exec_start
+        .first()
+        .and_then(|argv| super::plan::parse_dockerd_flags(argv).config_file)
+        .unwrap_or_else(|| default.to_path_buf()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn setup() -> (tempfile::TempDir, std::path::PathBuf) {
-        let d = tempfile::tempdir().unwrap();
-        for f in ["ca.pem", "cert.pem", "key.pem"] {
-            std::fs::write(d.path().join(f), "x").unwrap();
-        }
-        let dj = d.path().join("daemon.json");
-        (d, dj)
-    }
+    const CA: &str = "/etc/docker/tls/ca.pem";
 
-    fn tls_json(dir: &Path) -> String {
+    fn tls_json() -> String {
         format!(
-            r#"{{"debug": true, "tlsverify": true, "tlscacert": "{0}/ca.pem", "tlscert": "{0}/cert.pem", "tlskey": "{0}/key.pem"}}"#,
-            dir.display()
+            r#"{{"debug": true, "tlsverify": true, "tlscacert": "{CA}", "tlscert": "/c/cert.pem", "tlskey": "/c/key.pem"}}"#
         )
     }
 
+    fn setup(json: &str) -> (tempfile::TempDir, PathBuf) {
+        let d = tempfile::tempdir().unwrap();
+        let dj = d.path().join("daemon.json");
+        std::fs::write(&dj, json).unwrap();
+        (d, dj)
+    }
+
     #[test]
-    fn mutual_tls_with_files_passes() {
-        let (d, dj) = setup();
-        std::fs::write(&dj, tls_json(d.path())).unwrap();
-        assert_eq!(check(&dj, None), Ok(()));
+    fn mutual_tls_with_our_ca_passes() {
+        let (_d, dj) = setup(&tls_json());
+        assert_eq!(check(&dj, Path::new(CA), &[]), Ok(()));
     }
 
     #[test]
     fn rewritten_without_tls_keys_fails() {
-        let (_d, dj) = setup();
-        std::fs::write(&dj, r#"{"log-driver": "journald"}"#).unwrap();
-        let e = check(&dj, None).unwrap_err().0;
+        let (_d, dj) = setup(r#"{"log-driver": "journald"}"#);
+        let e = check(&dj, Path::new(CA), &[]).unwrap_err().0;
         assert!(e.contains("tlsverify"), "{e}");
     }
 
     #[test]
-    fn missing_unparsable_false_and_missing_files_fail() {
-        let (d, dj) = setup();
-        assert!(check(&dj, None).unwrap_err().0.contains("cannot read"));
-        std::fs::write(&dj, "{not json").unwrap();
-        assert!(
-            check(&dj, None)
-                .unwrap_err()
-                .0
-                .contains("not a JSON object")
-        );
-        std::fs::write(
-            &dj,
-            tls_json(d.path()).replace("\"tlsverify\": true", "\"tlsverify\": false"),
-        )
-        .unwrap();
-        assert!(check(&dj, None).unwrap_err().0.contains("false"));
-        std::fs::write(&dj, tls_json(d.path())).unwrap();
-        std::fs::remove_file(d.path().join("key.pem")).unwrap();
-        let e = check(&dj, None).unwrap_err().0;
-        assert!(e.contains("tlskey") && e.contains("key.pem"), "{e}");
-        std::fs::write(d.path().join("key.pem"), "").unwrap();
-        assert!(check(&dj, None).unwrap_err().0.contains("empty"));
+    fn missing_unparsable_false_string_and_bom_fail() {
+        let d = tempfile::tempdir().unwrap();
+        let dj = d.path().join("daemon.json");
+        let ca = Path::new(CA);
+        assert!(check(&dj, ca, &[]).unwrap_err().0.contains("cannot read"));
+        for bad in [
+            "{not json".to_string(),
+            tls_json().replace("\"tlsverify\": true", "\"tlsverify\": false"),
+            tls_json().replace("\"tlsverify\": true", "\"tlsverify\": \"true\""),
+            format!("\u{feff}{}", tls_json()),
+            tls_json().replace("\"tlskey\": \"/c/key.pem\"", "\"tlskey\": \"\""),
+        ] {
+            std::fs::write(&dj, &bad).unwrap();
+            assert!(check(&dj, ca, &[]).is_err(), "passed: {bad}");
+        }
+    }
+
+    /// Any CA but ours lets in clients we never issued: the system bundle, say.
+    #[test]
+    fn another_ca_fails() {
+        let (_d, dj) = setup(&tls_json().replace(CA, "/etc/ssl/certs/ca-certificates.crt"));
+        let e = check(&dj, Path::new(CA), &[]).unwrap_err().0;
+        assert!(e.contains("not our CA"), "{e}");
+    }
+
+    /// Duplicate keys: serde_json keeps the last, as Go's encoding/json does (checked against
+    /// dockerd 20.10 in both orders).
+    #[test]
+    fn duplicate_keys_are_read_as_dockerd_reads_them() {
+        let (_d, dj) = setup(&tls_json().replace("{", "{\"tlsverify\": false, "));
+        assert_eq!(check(&dj, Path::new(CA), &[]), Ok(()));
+        let (_d, dj) = setup(&tls_json().replace("}", ", \"tlsverify\": false}"));
+        assert!(check(&dj, Path::new(CA), &[]).is_err());
     }
 
     #[test]
-    fn the_socket_also_needs_the_dropin_with_the_guard() {
-        let (d, dj) = setup();
-        std::fs::write(&dj, tls_json(d.path())).unwrap();
-        let dropin = d.path().join("docker-tls-manager.conf");
-        assert!(check(&dj, Some(&dropin)).unwrap_err().0.contains("drop-in"));
-        std::fs::write(&dropin, "[Unit]\nWants=docker-tcp.socket\n").unwrap();
-        assert!(check(&dj, Some(&dropin)).is_err());
-        std::fs::write(
-            &dropin,
-            "[Service]\nExecStartPre=/bin/sh -c '/usr/bin/docker-tls-manager guard --daemon-json /x || exit 0'\n",
-        )
-        .unwrap();
-        assert_eq!(check(&dj, Some(&dropin)), Ok(()));
+    fn the_socket_also_needs_our_dropin_and_guard_unit() {
+        let (d, dj) = setup(&tls_json());
+        let unit = d.path().join("docker-tls-manager-guard.service");
+        let ca = Path::new(CA);
+        assert!(
+            check(&dj, ca, std::slice::from_ref(&unit))
+                .unwrap_err()
+                .0
+                .contains("missing")
+        );
+        std::fs::write(&unit, "[Unit]\n").unwrap();
+        assert!(
+            check(&dj, ca, std::slice::from_ref(&unit)).is_err(),
+            "not ours"
+        );
+        std::fs::remove_file(&unit).unwrap();
+        std::os::unix::fs::symlink("/dev/null", &unit).unwrap();
+        assert!(
+            check(&dj, ca, std::slice::from_ref(&unit)).is_err(),
+            "masked"
+        );
+        std::fs::remove_file(&unit).unwrap();
+        std::fs::write(&unit, format!("{HEADER_FIRST_LINE}: ...\n")).unwrap();
+        assert_eq!(check(&dj, ca, &[unit]), Ok(()));
     }
 }

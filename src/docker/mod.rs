@@ -112,6 +112,58 @@ pub fn guard_binary() -> std::path::PathBuf {
     }
 }
 
+/// Why systemd must not run `path` as root: it, or a directory above it, is not root's, or
+/// others may write it (whoever can replace the file would run code as root).
+pub fn unsafe_for_root(path: &std::path::Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let mut p = Some(path);
+    while let Some(cur) = p {
+        match std::fs::metadata(cur) {
+            Ok(m) if m.uid() != 0 => {
+                return Some(format!(
+                    "'{}' belongs to uid {}, not root",
+                    cur.display(),
+                    m.uid()
+                ));
+            }
+            Ok(m) if m.mode() & 0o022 != 0 => {
+                return Some(format!(
+                    "'{}' is writable by group or others (mode {:o})",
+                    cur.display(),
+                    m.mode() & 0o7777
+                ));
+            }
+            Ok(_) => {}
+            Err(e) => return Some(format!("'{}' cannot be read: {e}", cur.display())),
+        }
+        p = cur.parent();
+    }
+    None
+}
+
+#[cfg(test)]
+mod unsafe_tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn binaries_others_could_replace_are_refused() {
+        assert_eq!(unsafe_for_root(std::path::Path::new("/bin/sh")), None);
+        let d = tempfile::tempdir().unwrap();
+        let bin = d.path().join("docker-tls-manager");
+        std::fs::write(&bin, "x").unwrap();
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o757)).unwrap();
+        assert!(unsafe_for_root(&bin).unwrap().contains("writable"));
+        // /tmp itself is writable by all.
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert!(unsafe_for_root(&bin).is_some());
+        std::os::unix::fs::chown(&bin, Some(1000), None).unwrap();
+        std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let e = unsafe_for_root(&bin).unwrap();
+        assert!(e.contains("uid 1000") || e.contains("writable"), "{e}");
+    }
+}
+
 /// Reads files, asks systemd and dockerd, and probes the TLS endpoint.
 pub async fn observe<S: Systemd, D: DockerDaemon, P: Prober>(
     settings: &Settings,
@@ -149,6 +201,8 @@ pub async fn observe<S: Systemd, D: DockerDaemon, P: Prober>(
         socket_file: std::fs::read_to_string(plan::socket_path(settings)).ok(),
         dropin_file: std::fs::read_to_string(plan::dropin_path(settings)).ok(),
         legacy_dropin_file: std::fs::read_to_string(plan::legacy_dropin_path(settings)).ok(),
+        guard_unit_file: std::fs::read_to_string(plan::guard_unit_path(settings)).ok(),
+        guard_binary_problem: unsafe_for_root(&guard_binary()),
         guard_binary: guard_binary(),
         daemon_json: std::fs::read_to_string(&daemon_json_path).ok(),
         daemon_json_path,

@@ -40,8 +40,12 @@ pub struct Observed {
     /// `docker.service.d/override.conf`: ours if an earlier version wrote it (our header),
     /// else the admin's (`systemctl edit docker`), left alone.
     pub legacy_dropin_file: Option<String>,
+    /// `docker-tls-manager-guard.service`, ours.
+    pub guard_unit_file: Option<String>,
     /// The binary the units call as the guard (this program's own path).
     pub guard_binary: PathBuf,
+    /// Why that binary must not be called by systemd as root (someone else could replace it).
+    pub guard_binary_problem: Option<String>,
     /// The daemon.json dockerd reads (`--config-file` in ExecStart, else `[paths] daemon_json`).
     pub daemon_json_path: PathBuf,
     pub daemon_json: Option<String>,
@@ -77,6 +81,9 @@ pub enum Step {
     Commit,
     /// Until dockerd's /info reports live-restore on.
     WaitLiveRestore,
+    /// Right before a stop or restart: dockerd's /info again, so that a container started
+    /// since the plan was made is not killed (none running, or live-restore on).
+    CheckContainers,
     StopDocker,
     StartSocket,
     RestartSocket,
@@ -102,6 +109,9 @@ impl fmt::Display for Step {
                 f.write_str("keep live-restore on from here, even if a later step fails")
             }
             Step::WaitLiveRestore => f.write_str("wait until dockerd reports live-restore on"),
+            Step::CheckContainers => {
+                f.write_str("check again that no running container would be killed")
+            }
             Step::StopDocker => write!(f, "stop {DOCKER_SERVICE}"),
             Step::StartSocket => write!(f, "start {SOCKET_UNIT}"),
             Step::RestartSocket => write!(f, "restart {SOCKET_UNIT}"),
@@ -192,6 +202,11 @@ pub fn dropin_path(settings: &Settings) -> PathBuf {
         .join(render::DROPIN_NAME)
 }
 
+/// The guard unit docker.service waits for.
+pub fn guard_unit_path(settings: &Settings) -> PathBuf {
+    settings.paths.systemd_dir.join(render::GUARD_UNIT)
+}
+
 /// Where earlier versions wrote the drop-in (the name `systemctl edit` uses).
 pub fn legacy_dropin_path(settings: &Settings) -> PathBuf {
     settings
@@ -203,12 +218,22 @@ pub fn legacy_dropin_path(settings: &Settings) -> PathBuf {
 
 /// How our units call the guard, or a refusal when a path cannot go into a unit file as it is.
 fn guard(obs: &Observed, settings: &Settings) -> Result<Guard, UsageError> {
+    if let Some(problem) = &obs.guard_binary_problem {
+        return Err(refuse(format!(
+            "systemd would run '{}' as root before every start of Docker, but {problem}; install \
+             the package (/usr/bin/docker-tls-manager) or copy the binary to a root-owned \
+             directory such as /usr/local/bin, and run it from there",
+            obs.guard_binary.display()
+        )));
+    }
     let g = Guard {
         binary: obs.guard_binary.clone(),
+        ca: Layout::new(&settings.paths).ca_cert(),
         daemon_json: obs.daemon_json_path.clone(),
         dropin: dropin_path(settings),
+        guard_unit: guard_unit_path(settings),
     };
-    for p in [&g.binary, &g.daemon_json, &g.dropin] {
+    for p in [&g.binary, &g.ca, &g.daemon_json, &g.dropin, &g.guard_unit] {
         if !render::is_plain_path(p) {
             return Err(refuse(format!(
                 "'{}' goes into the guard command of {SOCKET_UNIT} and {DOCKER_SERVICE}'s drop-in, and \
@@ -384,7 +409,9 @@ pub fn plan_configure(obs: &Observed, settings: &Settings) -> Result<DockerPlan,
     }
 
     let socket_content = render::socket_unit(&settings.docker.listen, &guard);
-    let dropin_content = render::dropin(&guard);
+    let dropin_content = render::dropin();
+    let guard_unit_content = render::guard_unit(&guard);
+    let guard_unit_changed = obs.guard_unit_file.as_deref() != Some(&guard_unit_content);
     let socket_changed = obs.socket_file.as_deref() != Some(&socket_content);
     // Only what the socket listens on needs it re-opened; its guard is read at its next start.
     let socket_relisten =
@@ -479,6 +506,13 @@ pub fn plan_configure(obs: &Observed, settings: &Settings) -> Result<DockerPlan,
             path: legacy_dropin_path(settings),
         });
     }
+    if guard_unit_changed {
+        plan.steps.push(Step::Write {
+            path: guard_unit_path(settings),
+            content: guard_unit_content,
+            mode: 0o644,
+        });
+    }
     if dropin_changed {
         plan.steps.push(Step::Write {
             path: dropin_path(settings),
@@ -496,12 +530,13 @@ pub fn plan_configure(obs: &Observed, settings: &Settings) -> Result<DockerPlan,
     if enable {
         plan.steps.push(Step::EnableSocket);
     }
-    if socket_changed || dropin_changed || legacy || enable {
+    if socket_changed || dropin_changed || guard_unit_changed || legacy || enable {
         plan.steps.push(Step::DaemonReload);
     }
     if needs_restart {
         if socket_relisten || !socket_active {
             // systemd hands a service the sockets that exist when it starts: stop, socket, start.
+            plan.steps.push(Step::CheckContainers);
             plan.steps.push(Step::StopDocker);
             plan.steps.push(if socket_active {
                 Step::RestartSocket
@@ -511,6 +546,7 @@ pub fn plan_configure(obs: &Observed, settings: &Settings) -> Result<DockerPlan,
             plan.steps.push(Step::StartDocker);
         } else {
             // Certificates only: the socket stays open and clients queue during the restart.
+            plan.steps.push(Step::CheckContainers);
             plan.steps.push(Step::RestartDocker);
         }
     } else if !docker_active {
@@ -580,6 +616,11 @@ pub fn plan_deconfigure(obs: &Observed, settings: &Settings) -> Result<DockerPla
             path: legacy_dropin_path(settings),
         });
     }
+    if obs.guard_unit_file.is_some() {
+        plan.steps.push(Step::Remove {
+            path: guard_unit_path(settings),
+        });
+    }
     if !plan.steps.is_empty() {
         plan.steps.push(Step::DaemonReload);
     }
@@ -596,6 +637,7 @@ pub fn plan_deconfigure(obs: &Observed, settings: &Settings) -> Result<DockerPla
                  of Docker gets it (`systemctl restart docker` closes it now, killing the containers)"
             ));
         } else {
+            plan.steps.push(Step::CheckContainers);
             plan.steps.push(Step::RestartDocker);
             plan.steps.push(Step::VerifyClosed);
         }
@@ -702,6 +744,9 @@ mod tests {
             .last()
             .map(|c| c.to_string());
         o.daemon_json = written(&p, "daemon.json").last().map(|c| c.to_string());
+        o.guard_unit_file = written(&p, "docker-tls-manager-guard.service")
+            .last()
+            .map(|c| c.to_string());
         o.socket = UnitInfo {
             load_state: "loaded".into(),
             active_state: "active".into(),
@@ -745,10 +790,12 @@ mod tests {
                 "ReloadDocker",
                 "WaitLiveRestore",
                 "write daemon.json",
+                "write docker-tls-manager-guard.service",
                 "write docker-tls-manager.conf",
                 "write docker-tcp.socket",
                 "EnableSocket",
                 "DaemonReload",
+                "CheckContainers",
                 "StopDocker",
                 "StartSocket",
                 "StartDocker",
@@ -764,20 +811,17 @@ mod tests {
             dj[0]
         );
         assert!(dj[1].contains("\"tlsverify\": true"), "{}", dj[1]);
-        // Both units call the guard on the daemon.json dockerd reads.
-        for unit in [
-            written(&p, "docker-tcp.socket")[0],
-            written(&p, "docker-tls-manager.conf")[0],
-        ] {
-            assert!(
-                unit.contains(
-                    "ExecStartPre=/usr/bin/docker-tls-manager guard --daemon-json /d/daemon.json"
-                ) || unit.contains(
-                    "ExecStartPre=/bin/sh -c '/usr/bin/docker-tls-manager guard --daemon-json /d/daemon.json"
-                ),
-                "{unit}"
-            );
-        }
+        // The socket and the guard unit check the daemon.json dockerd reads, for our CA.
+        let socket = written(&p, "docker-tcp.socket")[0];
+        assert!(
+            socket.contains("ExecStartPre=/usr/bin/docker-tls-manager guard --ca /c/ca.pem --daemon-json /d/daemon.json --require /u/docker.service.d/docker-tls-manager.conf --require /u/docker-tls-manager-guard.service"),
+            "{socket}"
+        );
+        let unit = written(&p, "docker-tls-manager-guard.service")[0];
+        assert!(
+            unit.contains("/usr/bin/docker-tls-manager guard --ca /c/ca.pem --daemon-json /d/daemon.json --effective"),
+            "{unit}"
+        );
     }
 
     /// A crash between any two writes must never leave a socket unit without the TLS keys
@@ -795,7 +839,11 @@ mod tests {
         }] {
             let k = kinds(&plan_configure(&o, &s).unwrap());
             let pos = |n: &str| k.iter().rposition(|x| x == n).unwrap();
-            assert!(pos("write daemon.json") < pos("write docker-tls-manager.conf"));
+            assert!(pos("write daemon.json") < pos("write docker-tls-manager-guard.service"));
+            assert!(
+                pos("write docker-tls-manager-guard.service")
+                    < pos("write docker-tls-manager.conf")
+            );
             assert!(pos("write docker-tls-manager.conf") < pos("write docker-tcp.socket"));
         }
     }
@@ -826,6 +874,7 @@ mod tests {
                 "Commit",
                 "ReloadDocker",
                 "WaitLiveRestore",
+                "CheckContainers",
                 "RestartDocker",
                 "VerifyTls"
             ]
@@ -858,7 +907,7 @@ mod tests {
         assert_eq!(
             kinds(&plan_configure(&o, &s).unwrap()),
             [
-                "write docker-tls-manager.conf",
+                "write docker-tls-manager-guard.service",
                 "write docker-tcp.socket",
                 "DaemonReload",
                 "VerifyTls"
@@ -874,6 +923,17 @@ mod tests {
         assert_eq!(
             kinds(&plan_configure(&o, &s).unwrap()),
             ["write docker-tls-manager.conf", "DaemonReload", "VerifyTls"]
+        );
+        // The same for the guard unit, and a masked one (a link to /dev/null reads empty).
+        let mut o = converged(&s);
+        o.guard_unit_file = Some(String::new());
+        assert_eq!(
+            kinds(&plan_configure(&o, &s).unwrap()),
+            [
+                "write docker-tls-manager-guard.service",
+                "DaemonReload",
+                "VerifyTls"
+            ]
         );
     }
 
@@ -902,7 +962,7 @@ mod tests {
         o.served = Some("old".into());
         assert_eq!(
             kinds(&plan_configure(&o, &s).unwrap()),
-            ["RestartDocker", "VerifyTls"]
+            ["CheckContainers", "RestartDocker", "VerifyTls"]
         );
     }
 
@@ -915,6 +975,7 @@ mod tests {
             [
                 "write docker-tcp.socket",
                 "DaemonReload",
+                "CheckContainers",
                 "StopDocker",
                 "RestartSocket",
                 "StartDocker",
@@ -1121,7 +1182,9 @@ mod tests {
                 "StopSocket",
                 "remove docker-tcp.socket",
                 "remove docker-tls-manager.conf",
+                "remove docker-tls-manager-guard.service",
                 "DaemonReload",
+                "CheckContainers",
                 "RestartDocker",
                 "VerifyClosed",
                 "write daemon.json",
@@ -1149,12 +1212,13 @@ mod tests {
         assert!(p.deferred);
         let k = kinds(&p);
         assert_eq!(
-            &k[..5],
+            &k[..6],
             [
                 "DisableSocket",
                 "StopSocket",
                 "remove docker-tcp.socket",
                 "remove docker-tls-manager.conf",
+                "remove docker-tls-manager-guard.service",
                 "DaemonReload"
             ]
         );

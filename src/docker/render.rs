@@ -23,21 +23,28 @@ pub const HEADER_FIRST_LINE: &str = "# Written by docker-tls-manager";
 const HEADER: &str = "# Written by docker-tls-manager: edits here are put back on the next apply.\n\
 # Change /etc/docker-tls-manager/config.toml instead; `docker-tls-manager deconfigure` removes it.\n";
 
-/// How the units call the guard (`docker-tls-manager guard`): our binary, the daemon.json
-/// dockerd reads, and our drop-in (which the socket requires). Paths are plain (checked by the
-/// planner), so they need no quoting in a unit file or a shell command.
+/// The oneshot docker.service pulls in before every start of dockerd: the guard.
+pub const GUARD_UNIT: &str = "docker-tls-manager-guard.service";
+
+/// How the units call the guard (`docker-tls-manager guard`): our binary, the CA daemon.json
+/// must name, the daemon.json dockerd reads by default, and the files the socket requires (our
+/// drop-in and guard unit). Paths are plain (checked by the planner), so they need no quoting
+/// in a unit file or a shell command.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Guard {
     pub binary: PathBuf,
+    pub ca: PathBuf,
     pub daemon_json: PathBuf,
     pub dropin: PathBuf,
+    pub guard_unit: PathBuf,
 }
 
 impl Guard {
     fn command(&self) -> String {
         format!(
-            "{} guard --daemon-json {}",
+            "{} guard --ca {} --daemon-json {}",
             self.binary.display(),
+            self.ca.display(),
             self.daemon_json.display()
         )
     }
@@ -53,15 +60,17 @@ pub fn is_plain_path(p: &Path) -> bool {
 
 /// `docker-tcp.socket`: systemd holds the TCP listener(s), so clients queue rather than being
 /// refused while docker.service restarts. It listens only if the guard passes: daemon.json
-/// turns on mutual TLS and the drop-in that re-checks at every dockerd start is in place.
+/// turns on mutual TLS with our CA, and the drop-in and guard unit that re-check at every start
+/// of dockerd are in place. (No D-Bus here: sockets start before the bus at boot.)
 pub fn socket_unit(listen: &[Listen], guard: &Guard) -> String {
     let mut s = String::from(HEADER);
     s.push_str("[Unit]\nDescription=Docker API over TCP with mutual TLS (docker-tls-manager)\n\n[Socket]\n");
     s.push_str("# Never listen unless dockerd will serve this socket with mutual TLS.\n");
     s.push_str(&format!(
-        "ExecStartPre={} --dropin {}\n",
+        "ExecStartPre={} --require {} --require {}\n",
         guard.command(),
-        guard.dropin.display()
+        guard.dropin.display(),
+        guard.guard_unit.display()
     ));
     for l in listen {
         s.push_str(&format!("ListenStream={}\n", l.spec));
@@ -71,15 +80,30 @@ pub fn socket_unit(listen: &[Listen], guard: &Guard) -> String {
 }
 
 /// docker.service's drop-in: docker.service pulls in the TCP socket and starts after it, so
-/// systemd hands dockerd the listener (dockerd wraps TCP listeners from `-H fd://` in TLS).
-/// Before every start of dockerd the guard runs; if daemon.json no longer turns on mutual TLS,
-/// or our binary is gone, the socket is stopped so dockerd never gets it in plain HTTP.
-pub fn dropin(guard: &Guard) -> String {
+/// systemd hands dockerd the listener (dockerd wraps TCP listeners from `-H fd://` in TLS); and
+/// before every start of dockerd, the guard unit. A dependency, not an `ExecStartPre=`: another
+/// drop-in can reset `ExecStartPre=`, not `Wants=`.
+pub fn dropin() -> String {
     let mut s = String::from(HEADER);
-    s.push_str("[Unit]\nWants=docker-tcp.socket\nAfter=docker-tcp.socket\n\n[Service]\n");
-    s.push_str("# Never hand dockerd the TCP socket unless it will serve it with mutual TLS.\n");
     s.push_str(&format!(
-        "ExecStartPre=/bin/sh -c '{} || exec /bin/systemctl stop {SOCKET_UNIT}'\n",
+        "[Unit]\nWants={SOCKET_UNIT} {GUARD_UNIT}\nAfter={SOCKET_UNIT} {GUARD_UNIT}\n"
+    ));
+    s
+}
+
+/// The guard unit: before every start of dockerd (restarts by anyone, crash restarts), checks
+/// the daemon.json that docker.service's ExecStart really gives dockerd (asked of systemd, so
+/// a `--config-file` added later counts); if it no longer turns on mutual TLS with our CA, or
+/// our binary is gone, the socket is stopped, so dockerd never gets the port in plain HTTP.
+/// Docker still starts.
+pub fn guard_unit(guard: &Guard) -> String {
+    let mut s = String::from(HEADER);
+    s.push_str(&format!(
+        "[Unit]\nDescription=Keep Docker's TCP socket closed unless dockerd serves it with mutual TLS (docker-tls-manager)\n\
+         Before=docker.service\n\
+         # Runs at every start of dockerd, however often: a rate limit would let one through.\n\
+         StartLimitIntervalSec=0\n\n[Service]\nType=oneshot\n\
+         ExecStart=/bin/sh -c '{} --effective || exec /bin/systemctl stop {SOCKET_UNIT}'\n",
         guard.command()
     ));
     s
@@ -162,8 +186,10 @@ mod tests {
     fn guard() -> Guard {
         Guard {
             binary: "/usr/bin/docker-tls-manager".into(),
+            ca: "/etc/docker/tls/ca.pem".into(),
             daemon_json: "/etc/docker/daemon.json".into(),
             dropin: "/etc/systemd/system/docker.service.d/docker-tls-manager.conf".into(),
+            guard_unit: "/etc/systemd/system/docker-tls-manager-guard.service".into(),
         }
     }
 
@@ -181,7 +207,8 @@ mod tests {
 
     #[test]
     fn dropin_golden() {
-        golden("docker-tls-manager.conf", &dropin(&guard()));
+        golden("docker-tls-manager.conf", &dropin());
+        golden("docker-tls-manager-guard.service", &guard_unit(&guard()));
     }
 
     #[test]

@@ -167,7 +167,7 @@ impl Plan {
     /// the CA), for when that restart is deferred: whoever restarts Docker next must not load
     /// material that was never verified. `None` when that cannot wait: a repair (a file
     /// missing, broken, expired or not from the CA), since the files on disk do not work.
-    /// Without a CA change, client certificates and the rest go ahead.
+    /// Without a new CA key, client certificates and the rest go ahead.
     pub fn without_server_changes(&self) -> Option<Plan> {
         let can_wait = |r: &Reason| {
             matches!(
@@ -182,11 +182,13 @@ impl Plan {
         let mut ca_changes = false;
         for a in &self.actions {
             match a {
-                Action::IssueCa { reason, .. } => {
+                Action::IssueCa { reason, new_key } => {
                     if !can_wait(reason) {
                         return None;
                     }
-                    ca_changes = true;
+                    // Re-signed with the same key and name, the CA still verifies what its
+                    // key signs: only a new key holds the leaves back.
+                    ca_changes |= *new_key;
                 }
                 Action::Issue {
                     slot: Slot::Server,
