@@ -258,3 +258,37 @@ fn socket_activation_while_docker_is_stopped_still_brings_up_mutual_tls() {
     let out = m.ok("docker-tls-manager apply");
     assert!(out.contains("docker: up to date"), "{out}");
 }
+
+/// The host is renamed: the service sees the new name (no `ProtectHostname=`) and reissues the
+/// server certificate; then ca.pem is lost and re-signed: it keeps its subject, so a bundle
+/// handed out before the rename still works with the docker CLI.
+#[test]
+fn a_host_rename_keeps_every_bundle_working() {
+    let m = Machine::up("rename");
+    m.install_service("");
+    m.ok("systemctl enable --now docker-tls-manager");
+    m.ok("docker-tls-manager client bundle admin -o /tmp/b.tar.gz --host localhost && mkdir /tmp/old && tar -xzf /tmp/b.tar.gz -C /tmp/old");
+    let old = "DOCKER_HOST=tcp://localhost:2376 DOCKER_TLS_VERIFY=1 DOCKER_CERT_PATH=/tmp/old";
+    let subject = m.ok("openssl x509 -in /etc/docker/tls/ca.pem -noout -subject");
+    m.ok("hostname renamed-host && systemctl reload docker-tls-manager");
+    let t0 = Instant::now();
+    while !m
+        .sh("openssl x509 -in /etc/docker/tls/server-cert.pem -noout -ext subjectAltName | grep -q renamed-host")
+        .status
+        .success()
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "the service did not follow the rename"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    m.ok("rm /etc/docker/tls/ca.pem && docker-tls-manager apply");
+    assert_eq!(
+        m.ok("openssl x509 -in /etc/docker/tls/ca.pem -noout -subject"),
+        subject,
+        "the CA changed its name"
+    );
+    m.ok(&format!("{old} docker version >/dev/null"));
+    m.ok("openssl verify -CAfile /etc/docker/tls/ca.pem /tmp/old/cert.pem");
+}
