@@ -97,6 +97,21 @@ valid_leader() { # PID NAME: PID is NAME's systemd (own mount namespace, NAME's 
     fi
 }
 
+find_leader() { # NAME NSPAWN_PID: print the machine's PID 1 (systemd) once it runs
+    local name=$1 np=$2 p
+    for p in $(pgrep -P "$np" 2>/dev/null || true); do
+        valid_leader "$p" "$name" && { echo "$p"; return 0; }
+    done
+    # Seen once after `boot`: PID 1 running but not found as nspawn's child. Fall back to the
+    # systemd that is PID 1 of its own PID namespace inside this machine's cgroup.
+    [[ -n $(cgroup_dirs "$name") ]] || return 1
+    for p in $(pgrep -x systemd 2>/dev/null || true); do
+        valid_leader "$p" "$name" || continue
+        [[ $(awk '/^NSpid:/ { print $NF }' "/proc/$p/status" 2>/dev/null) == 1 ]] && { echo "$p"; return 0; }
+    done
+    return 1
+}
+
 leader_pid() { # print the live leader of NAME or fail
     local d p
     d=$(mdir "$1")
@@ -385,12 +400,16 @@ launch_and_wait() {
     }
     # the machine's PID 1 is nspawn's child running systemd
     while :; do
-        for p in $(pgrep -P "$np" 2>/dev/null || true); do
-            valid_leader "$p" "$name" && leader=$p && break
-        done
+        leader=$(find_leader "$name" "$np" || true)
         [[ -n $leader ]] && break
         kill -0 "$np" 2>/dev/null || fail_boot "systemd-nspawn exited during boot"
-        (($(date +%s) < deadline)) || fail_boot "no systemd inside after ${BOOT_TIMEOUT}s"
+        if (($(date +%s) >= deadline)); then
+            local c
+            for c in $(pgrep -P "$np" 2>/dev/null || true); do
+                warn "child $c of nspawn $np: comm '$(cat /proc/$c/comm 2>/dev/null)', cgroup '$(tr '\n' ' ' </proc/$c/cgroup 2>/dev/null)'"
+            done
+            fail_boot "no systemd inside after ${BOOT_TIMEOUT}s"
+        fi
         sleep 0.05
     done
     echo "$leader" >"$d/leader"
