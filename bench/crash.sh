@@ -56,7 +56,7 @@ power_loss() {
     local NAME=$NAME-pl   # in_m sees this one (dynamic scope)
     bash "$M" up "$NAME" > /dev/null
     cp "$BIN" "$(bash "$M" root "$NAME")/usr/local/bin/"
-    local tls=0 closed=0 plain=0 down=0 other=0 i ms cmd r
+    local tls=0 closed=0 plain=0 down=0 other=0 landed=0 i ms cmd r
     for i in $(seq "$TRIALS"); do
         if ((i % 2)); then
             cmd=apply   # a stock host: no PKI, no units, no daemon.json keys
@@ -68,7 +68,8 @@ power_loss() {
         fi
         in_m 'systemctl reset-failed docker.service docker-tcp.socket 2>/dev/null; docker rm -f c1 >/dev/null 2>&1; docker run -d --network none --name c1 dtm-busybox /bin/sleep 100000 > /dev/null'
         ms=$(( RANDOM % 1500 ))
-        in_m "DTM_LOG=off docker-tls-manager $cmd > /dev/null 2>&1 & p=\$!; sleep $(printf '%d.%03d' $((ms / 1000)) $((ms % 1000))); kill -9 \$p 2>/dev/null; wait \$p 2>/dev/null; true"
+        r=$(in_m "DTM_LOG=off docker-tls-manager $cmd > /dev/null 2>&1 & p=\$!; sleep $(printf '%d.%03d' $((ms / 1000)) $((ms % 1000))); kill -9 \$p 2>/dev/null && echo landed; wait \$p 2>/dev/null; true")
+        [[ $r == *landed* ]] && landed=$((landed + 1))
         DTM_MACHINE_QUIET=1 bash "$M" powerfail "$NAME"
         DTM_MACHINE_QUIET=1 DTM_MACHINE_TIMEOUT=30 bash "$M" boot "$NAME" > /dev/null 2>&1 || true
         # nothing of ours has run since the boot: look
@@ -88,7 +89,7 @@ power_loss() {
         in_m 'systemctl reset-failed docker.service docker-tcp.socket 2>/dev/null; DTM_LOG=off docker-tls-manager apply > /dev/null 2>&1' \
             || echo "trial $i ($cmd killed at ${ms} ms): apply after the boot failed"
     done
-    echo "Power loss: $((tls + closed))/$TRIALS booted with Docker active and 2376 closed or mutual TLS ($tls mutual TLS, $closed closed); plain HTTP $plain, Docker down $down, other $other"
+    echo "Power loss: $((tls + closed))/$TRIALS booted with Docker active and 2376 closed or mutual TLS ($tls mutual TLS, $closed closed); plain HTTP $plain, Docker down $down, other $other; $landed kills landed before the command ended"
     bash "$M" down "$NAME" > /dev/null 2>&1 || true
 }
 if [[ $ONLY == --power-loss-only ]]; then
