@@ -6,12 +6,23 @@
 #  2. Docker (a throwaway systemd + dockerd machine): `renew --force server` killed after
 #     0-1500 ms (during issuance, file writes, the restart job or the verification); then
 #     `apply` must leave Docker serving the certificate on disk over mutual TLS, no temp files.
-#   sudo bash bench/crash.sh [TRIALS]   (default 50)
+#  3. Power loss (the same kind of machine): `apply` on a stock host (odd trials) or `renew
+#     --force server` on a configured one (even trials) killed after 0-1500 ms, then the
+#     machine loses power (machine.sh powerfail: SIGKILL to nspawn and the machine's systemd,
+#     no shutdown) and boots again (machine.sh boot) with nothing of ours run by hand: Docker
+#     must be active and port 2376 closed or mutual TLS, never plain HTTP. The overlay's upper
+#     dir is on the host's file system, so unsynced writes survive: this is "a crash at a
+#     random point, then a cold boot"; durability is the atomic-write helper's fsyncs' job.
+#   sudo bash bench/crash.sh [TRIALS] [--power-loss-only]   (default 50)
+#   DTM_BENCH_PROFILE=debug uses a debug build (default release); CARGO_TARGET_DIR is honoured.
 set -euo pipefail
 TRIALS=${1:-50}
+ONLY=${2:-}
 cd "$(dirname "$0")/.."
-cargo build --release --quiet
-BIN=$PWD/target/release/docker-tls-manager
+PROFILE=${DTM_BENCH_PROFILE:-release}
+TARGET=${CARGO_TARGET_DIR:-$PWD/target}
+if [[ $PROFILE == release ]]; then cargo build --release --quiet; else cargo build --quiet; fi
+BIN=$TARGET/$PROFILE/docker-tls-manager
 D=$(mktemp -d)
 M=tests/machine/machine.sh
 NAME=dtm-crash-$$
@@ -39,6 +50,54 @@ complete() {     # every file parses: nothing half-written
         esac
     done
 }
+in_m() { DTM_MACHINE_QUIET=1 bash "$M" exec "$NAME" bash -c "$*"; }
+
+power_loss() {
+    local NAME=$NAME-pl   # in_m sees this one (dynamic scope)
+    bash "$M" up "$NAME" > /dev/null
+    cp "$BIN" "$(bash "$M" root "$NAME")/usr/local/bin/"
+    local tls=0 closed=0 plain=0 down=0 other=0 landed=0 i ms cmd r
+    for i in $(seq "$TRIALS"); do
+        if ((i % 2)); then
+            cmd=apply   # a stock host: no PKI, no units, no daemon.json keys
+            in_m 'DTM_LOG=off docker-tls-manager deconfigure > /dev/null 2>&1; rm -rf /etc/docker/tls /var/lib/docker-tls-manager
+                  [ ! -e /etc/systemd/system/docker-tcp.socket ] && [ ! -e /etc/docker/daemon.json ]' || { echo "trial $i: not back to stock"; exit 1; }
+        else
+            cmd='renew --force server'
+            in_m 'DTM_LOG=off docker-tls-manager apply > /dev/null' || { echo "trial $i: apply failed before the trial"; exit 1; }
+        fi
+        in_m 'systemctl reset-failed docker.service docker-tcp.socket 2>/dev/null; docker rm -f c1 >/dev/null 2>&1; docker run -d --network none --name c1 dtm-busybox /bin/sleep 100000 > /dev/null'
+        ms=$(( RANDOM % 1500 ))
+        r=$(in_m "DTM_LOG=off docker-tls-manager $cmd > /dev/null 2>&1 & p=\$!; sleep $(printf '%d.%03d' $((ms / 1000)) $((ms % 1000))); kill -9 \$p 2>/dev/null && echo landed; wait \$p 2>/dev/null; true")
+        [[ $r == *landed* ]] && landed=$((landed + 1))
+        DTM_MACHINE_QUIET=1 bash "$M" powerfail "$NAME"
+        DTM_MACHINE_QUIET=1 DTM_MACHINE_TIMEOUT=30 bash "$M" boot "$NAME" > /dev/null 2>&1 || true
+        # nothing of ours has run since the boot: look
+        r=$(in_m 'C=/var/lib/docker-tls-manager/clients/admin
+            [ "$(curl -s --max-time 10 http://127.0.0.1:2376/_ping)" = OK ] && echo PLAIN
+            systemctl is-active docker.service > /dev/null || echo docker-down
+            if timeout 5 bash -c "exec 3<>/dev/tcp/127.0.0.1/2376" 2>/dev/null; then
+                [ "$(curl -s --max-time 20 --cacert $C/ca.pem --cert $C/cert.pem --key $C/key.pem https://127.0.0.1:2376/_ping)" = OK ] && echo tls || echo other
+            else echo closed; fi' 2>&1 || echo "exec-failed")
+        case $r in
+            *PLAIN*) plain=$((plain + 1)); echo "trial $i ($cmd killed at ${ms} ms): PLAIN HTTP SERVED: $r" ;;
+            *docker-down*) down=$((down + 1)); echo "trial $i ($cmd killed at ${ms} ms): docker not active after boot: $r" ;;
+            tls) tls=$((tls + 1)) ;;
+            closed) closed=$((closed + 1)) ;;
+            *) other=$((other + 1)); echo "trial $i ($cmd killed at ${ms} ms): $r" ;;
+        esac
+        in_m 'systemctl reset-failed docker.service docker-tcp.socket 2>/dev/null; DTM_LOG=off docker-tls-manager apply > /dev/null 2>&1' \
+            || echo "trial $i ($cmd killed at ${ms} ms): apply after the boot failed"
+    done
+    echo "Power loss: $((tls + closed))/$TRIALS booted with Docker active and 2376 closed or mutual TLS ($tls mutual TLS, $closed closed); plain HTTP $plain, Docker down $down, other $other; $landed kills landed before the command ended"
+    bash "$M" down "$NAME" > /dev/null 2>&1 || true
+}
+if [[ $ONLY == --power-loss-only ]]; then
+    trap 'rm -rf "$D"; bash "$M" down "$NAME-pl" >/dev/null 2>&1 || true' EXIT
+    power_loss
+    exit 0
+fi
+
 pki_ok=0; interrupted=0
 for i in $(seq "$TRIALS"); do
     DTM_LOG=off "$BIN" --config "$D/c.toml" renew --force all > /dev/null 2>&1 & pid=$!
@@ -52,7 +111,6 @@ echo "PKI: $pki_ok/$TRIALS consistent after the next apply ($interrupted kills l
 
 bash "$M" up "$NAME" > /dev/null
 cp "$BIN" "$(bash "$M" root "$NAME")/usr/local/bin/"
-in_m() { DTM_MACHINE_QUIET=1 bash "$M" exec "$NAME" bash -c "$*"; }
 in_m 'DTM_LOG=off docker-tls-manager apply > /dev/null; docker run -d --network none --name c1 dtm-busybox /bin/sleep 100000 > /dev/null'
 pid0=$(in_m "docker inspect -f '{{.State.Pid}}' c1")
 docker_ok=0
@@ -68,3 +126,6 @@ for i in $(seq "$TRIALS"); do
 done
 pid1=$(in_m "docker inspect -f '{{.State.Pid}}' c1")
 echo "Docker: $docker_ok/$TRIALS healthy and serving the certificate on disk after the next apply; container pid $pid0 -> $pid1"
+bash "$M" down "$NAME" > /dev/null 2>&1 || true
+trap 'rm -rf "$D"; bash "$M" down "$NAME-pl" >/dev/null 2>&1 || true' EXIT
+power_loss

@@ -104,6 +104,51 @@ impl Machine {
         self.ok("systemctl daemon-reload");
     }
 
+    /// Pulls the plug: SIGKILL to the machine's systemd-nspawn and its systemd (no shutdown),
+    /// the overlay unmounted, its upper dir kept (`machine.sh powerfail`). Note: the upper dir
+    /// lives on the host's file system, so writes not yet fsynced are NOT lost here; durability
+    /// rests on the atomic-write helper's fsyncs, this is "a crash, then a cold boot".
+    pub fn power_fail(&self) {
+        let o = Command::new("bash")
+            .arg(script())
+            .args(["powerfail", &self.name])
+            .env("DTM_MACHINE_QUIET", "1")
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "powerfail {} failed:\n{}\n{}",
+            self.name,
+            text(&o.stdout),
+            text(&o.stderr)
+        );
+    }
+
+    /// Boots the machine again on the same upper dir (`machine.sh boot`), with nothing of ours
+    /// run by hand; returns the script's output, Err when systemd or dockerd did not come up
+    /// (the machine is then left running, if it runs, for a look).
+    pub fn boot(&self) -> Result<String, String> {
+        let o = Command::new("bash")
+            .arg(script())
+            .args(["boot", &self.name])
+            .env("DTM_MACHINE_QUIET", "1")
+            // systemd is up in ~2 s, dockerd a few s later: 30 s means it will not come
+            .env("DTM_MACHINE_TIMEOUT", "30")
+            .output()
+            .unwrap();
+        if o.status.success() {
+            Ok(text(&o.stdout))
+        } else {
+            Err(format!("{}\n{}", text(&o.stdout), text(&o.stderr)))
+        }
+    }
+
+    /// `power_fail` then `boot`.
+    pub fn power_fail_and_boot(&self) -> Result<String, String> {
+        self.power_fail();
+        self.boot()
+    }
+
     pub fn main_pid(&self) -> String {
         self.ok("systemctl show -p MainPID --value docker.service")
             .trim()

@@ -11,6 +11,10 @@
 #   machine.sh root NAME          print the host path of NAME's root (copy files in there)
 #   machine.sh leader NAME        print the host PID of NAME's systemd (for nsenter -t PID -n)
 #   machine.sh status NAME        exit 0 if NAME is up
+#   machine.sh powerfail NAME     pull the plug: SIGKILL nspawn and the machine's systemd (no
+#                              shutdown), unmount the overlay, keep its upper dir
+#   machine.sh boot NAME          boot a machine again after powerfail, on the same upper dir
+#                              (no first-boot setup, no image import); wait for systemd + dockerd
 #   machine.sh down NAME          power off and clean up (idempotent)
 #   machine.sh down-all           down every machine under the base dir
 #
@@ -91,6 +95,21 @@ valid_leader() { # PID NAME: PID is NAME's systemd (own mount namespace, NAME's 
     if [[ -n $(cgroup_dirs "$name") ]]; then
         grep -q "/dtm-machine-$name/" "/proc/$p/cgroup" 2>/dev/null || return 1
     fi
+}
+
+find_leader() { # NAME NSPAWN_PID: print the machine's PID 1 (systemd) once it runs
+    local name=$1 np=$2 p
+    for p in $(pgrep -P "$np" 2>/dev/null || true); do
+        valid_leader "$p" "$name" && { echo "$p"; return 0; }
+    done
+    # Seen once after `boot`: PID 1 running but not found as nspawn's child. Fall back to the
+    # systemd that is PID 1 of its own PID namespace inside this machine's cgroup.
+    [[ -n $(cgroup_dirs "$name") ]] || return 1
+    for p in $(pgrep -x systemd 2>/dev/null || true); do
+        valid_leader "$p" "$name" || continue
+        [[ $(awk '/^NSpid:/ { print $NF }' "/proc/$p/status" 2>/dev/null) == 1 ]] && { echo "$p"; return 0; }
+    done
+    return 1
 }
 
 leader_pid() { # print the live leader of NAME or fail
@@ -222,7 +241,7 @@ do_down() {
         rmdir "$d/$sub" 2>/dev/null || die "$d/$sub is not empty after unmount; leaving $d alone"
     done
     rm -rf --one-file-system "$d/up" "$d/work" "$d/img"
-    rm -f "$d/console.log" "$d/leader" "$d/nspawn.pid" "$d/started"
+    rm -f "$d/console.log" "$d/leader" "$d/nspawn.pid" "$d/started" "$d/binds" "$d/powerfail"
     rmdir "$d" 2>/dev/null || rm -rf --one-file-system "$d"
     rm -f "/run/systemd/nspawn/propagate/$name" 2>/dev/null || rmdir "/run/systemd/nspawn/propagate/$name" 2>/dev/null || true
     return 0
@@ -289,60 +308,34 @@ probe_container() {
     [[ $running == true ]] || die "probe container is not running (inspect said: $running)"
 }
 
-cmd_up() {
-    [[ $# -ge 1 ]] || usage
-    local name=$1
-    shift
-    check_name "$name"
-    need_root
-    local -a binds=()
-    while (($#)); do
-        case $1 in
-            --bind | --bind-ro)
-                [[ $# -ge 2 ]] || die "$1 needs a PATH"
-                [[ $2 == /* && -d $2 ]] || die "$1 $2: not an absolute path to a directory"
-                binds+=("$1=$2")
-                shift 2
-                ;;
-            *) die "up: unknown option '$1'" ;;
-        esac
-    done
-    local c
-    for c in systemd-nspawn nsenter setsid findmnt mountpoint flock timeout tar "$DOCKER" /usr/sbin/dockerd; do
-        command -v "$c" >/dev/null || die "'$c' not found (apt-get install systemd-container docker.io util-linux)"
-    done
-    [[ -d /run/systemd/system ]] && [[ $(cat /proc/1/comm) == systemd ]] && [[ -z ${DTM_MACHINE_ALLOW_HOST_SYSTEMD:-} ]] \
-        && warn "the host runs systemd as PID 1; this harness was written for hosts without it"
-
-    lock "$name"
+mount_overlay() { # NAME: bind / as the lower dir and mount the overlay on root (upper dir kept)
     local d
-    d=$(mdir "$name")
-    if [[ -d $d ]]; then
-        if leader_pid "$name" >/dev/null; then
-            die "machine '$name' is already up (run: $PROG down $name)"
-        fi
-        log "removing stale machine dir $d"
-        do_down "$name"
-    fi
-    local t0
-    t0=$(now)
+    d=$(mdir "$1")
     mkdir -p "$d"/{lower,up,work,root}
     mount --bind / "$d/lower" || die "mount --bind / $d/lower failed"
     if ! mount -t overlay overlay -o "lowerdir=$d/lower,upperdir=$d/up,workdir=$d/work" "$d/root"; then
         umount "$d/lower" || true
         die "overlay mount on $d/root failed"
     fi
-    # Everything below writes into the overlay's upper dir only.
-    : >"$d/root/etc/machine-id"
-    echo "$name" >"$d/root/etc/hostname"
-    local u
-    for u in $MASK_UNITS; do
-        ln -sfn /dev/null "$d/root/etc/systemd/system/$u"
-    done
-    # Leftovers of the host's own runtime state mean nothing inside (nspawn mounts a tmpfs
-    # on /run anyway); a stale docker pid file would only confuse.
-    rm -f "$d/root/var/run/docker.pid" 2>/dev/null || true
+}
 
+check_tools() {
+    local c
+    for c in systemd-nspawn nsenter setsid findmnt mountpoint flock timeout tar "$DOCKER" /usr/sbin/dockerd; do
+        command -v "$c" >/dev/null || die "'$c' not found (apt-get install systemd-container docker.io util-linux)"
+    done
+    [[ -d /run/systemd/system ]] && [[ $(cat /proc/1/comm) == systemd ]] && [[ -z ${DTM_MACHINE_ALLOW_HOST_SYSTEMD:-} ]] \
+        && warn "the host runs systemd as PID 1; this harness was written for hosts without it"
+    return 0
+}
+
+# launch_and_wait NAME MODE: start systemd-nspawn on the mounted overlay (with the binds saved
+# in $d/binds), wait for systemd and dockerd. MODE "up" (first boot: a failure takes the machine
+# down) or "boot" (a boot after `powerfail`: a failure leaves the machine as it is, running if
+# systemd runs, so that a test can look at it; `down` removes it). Sets LEADER, NSPAWN, STATE, DV.
+launch_and_wait() {
+    local name=$1 mode=$2 d
+    d=$(mdir "$name")
     # Give this machine's nspawn a cgroup of its own (it creates payload/ and supervisor/
     # beside itself: two machines in one cgroup would collide).
     local cg
@@ -353,7 +346,9 @@ cmd_up() {
     local -a nspawn_args=(-D "$d/root" --register=no --keep-unit --private-network -b -M "$name"
         --capability=all "--system-call-filter=add_key keyctl request_key bpf")
     local b
-    for b in "${binds[@]}"; do nspawn_args+=("$b"); done
+    if [[ -r $d/binds ]]; then
+        while IFS= read -r b; do [[ -n $b ]] && nspawn_args+=("$b"); done <"$d/binds"
+    fi
 
     (
         cd "$d"
@@ -364,7 +359,7 @@ cmd_up() {
             fd=${fd##*/}
             ((fd > 2)) && eval "exec $fd>&-" 2>/dev/null || true
         done
-        exec setsid systemd-nspawn "${nspawn_args[@]}" </dev/null >"$d/console.log" 2>&1
+        exec setsid systemd-nspawn "${nspawn_args[@]}" </dev/null >>"$d/console.log" 2>&1
     ) &
     local np=$! i leader=""
     # In a non-interactive shell the subshell is no process-group leader, so setsid execs
@@ -382,7 +377,7 @@ cmd_up() {
     done
     if ! is_nspawn_pid "$np"; then
         console_tail "$name"
-        do_down "$name" || true
+        [[ $mode == up ]] && { do_down "$name" || true; }
         die "systemd-nspawn for '$name' did not start"
     fi
     echo "$np" >"$d/nspawn.pid"
@@ -391,7 +386,9 @@ cmd_up() {
     deadline=$(($(date +%s) + BOOT_TIMEOUT))
     fail_boot() {
         console_tail "$name"
-        if [[ -n ${DTM_MACHINE_KEEP_FAILED:-} ]]; then
+        if [[ $mode == boot ]]; then
+            warn "leaving '$name' as it is for a look; '$PROG down $name' removes it"
+        elif [[ -n ${DTM_MACHINE_KEEP_FAILED:-} ]]; then
             warn "DTM_MACHINE_KEEP_FAILED set: leaving '$name' for a look; '$PROG down $name' removes it"
         else
             warn "taking the failed machine '$name' down (set DTM_MACHINE_KEEP_FAILED=1 to keep it)"
@@ -403,12 +400,16 @@ cmd_up() {
     }
     # the machine's PID 1 is nspawn's child running systemd
     while :; do
-        for p in $(pgrep -P "$np" 2>/dev/null || true); do
-            valid_leader "$p" "$name" && leader=$p && break
-        done
+        leader=$(find_leader "$name" "$np" || true)
         [[ -n $leader ]] && break
         kill -0 "$np" 2>/dev/null || fail_boot "systemd-nspawn exited during boot"
-        (($(date +%s) < deadline)) || fail_boot "no systemd inside after ${BOOT_TIMEOUT}s"
+        if (($(date +%s) >= deadline)); then
+            local c
+            for c in $(pgrep -P "$np" 2>/dev/null || true); do
+                warn "child $c of nspawn $np: comm '$(cat /proc/$c/comm 2>/dev/null)', cgroup '$(tr '\n' ' ' </proc/$c/cgroup 2>/dev/null)'"
+            done
+            fail_boot "no systemd inside after ${BOOT_TIMEOUT}s"
+        fi
         sleep 0.05
     done
     echo "$leader" >"$d/leader"
@@ -449,12 +450,124 @@ cmd_up() {
     fi
     in_machine "$leader" ip -o -4 addr show dev lo | grep -q '127\.0\.0\.1' \
         || in_machine "$leader" ip addr add 127.0.0.1/8 dev lo || true
+    LEADER=$leader NSPAWN=$np STATE=$state DV=$dv
+}
 
-    build_image "$name" "$leader"
-    probe_container "$leader"
+cmd_up() {
+    [[ $# -ge 1 ]] || usage
+    local name=$1
+    shift
+    check_name "$name"
+    need_root
+    local -a binds=()
+    while (($#)); do
+        case $1 in
+            --bind | --bind-ro)
+                [[ $# -ge 2 ]] || die "$1 needs a PATH"
+                [[ $2 == /* && -d $2 ]] || die "$1 $2: not an absolute path to a directory"
+                binds+=("$1=$2")
+                shift 2
+                ;;
+            *) die "up: unknown option '$1'" ;;
+        esac
+    done
+    check_tools
+
+    lock "$name"
+    local d
+    d=$(mdir "$name")
+    if [[ -d $d ]]; then
+        if leader_pid "$name" >/dev/null; then
+            die "machine '$name' is already up (run: $PROG down $name)"
+        fi
+        log "removing stale machine dir $d"
+        do_down "$name"
+    fi
+    local t0
+    t0=$(now)
+    mount_overlay "$name"
+    # Everything below writes into the overlay's upper dir only.
+    : >"$d/root/etc/machine-id"
+    echo "$name" >"$d/root/etc/hostname"
+    local u
+    for u in $MASK_UNITS; do
+        ln -sfn /dev/null "$d/root/etc/systemd/system/$u"
+    done
+    # Leftovers of the host's own runtime state mean nothing inside (nspawn mounts a tmpfs
+    # on /run anyway); a stale docker pid file would only confuse.
+    rm -f "$d/root/var/run/docker.pid" 2>/dev/null || true
+    # remembered for `boot` after `powerfail`
+    : >"$d/binds"
+    local b
+    for b in "${binds[@]}"; do echo "$b" >>"$d/binds"; done
+    : >"$d/console.log"
+
+    local LEADER NSPAWN STATE DV
+    launch_and_wait "$name" up
+    build_image "$name" "$LEADER"
+    probe_container "$LEADER"
     date +%s >"$d/started"
-    echo "machine $name up in $(elapsed "$t0")s: leader pid $leader, root $d/root," \
-        "systemd $state, dockerd $dv, image $IMAGE ok, container probe ok"
+    echo "machine $name up in $(elapsed "$t0")s: leader pid $LEADER, root $d/root," \
+        "systemd $STATE, dockerd $DV, image $IMAGE ok, container probe ok"
+}
+
+# ------------------------------------------------------------------------ powerfail, boot
+#
+# A power loss as far as the machine can tell: its systemd-nspawn and its PID 1 get SIGKILL
+# (no shutdown: no unit is stopped, nothing is unmounted or synced from inside, every process
+# of the machine dies at once), then the overlay is unmounted, keeping its upper dir. `boot`
+# starts the same machine again on the same upper dir, like switching the power back on.
+#
+# What this does NOT simulate: losing writes still in the page cache. The upper dir is on the
+# host's file system and the host's kernel keeps running, so every write() that returned
+# before the kill is there after `boot`, fsynced or not. The trial is therefore "a crash at
+# any point, then a cold boot with nothing run by hand"; that a file is complete and durable
+# after a real power loss rests on the atomic-write helper (temp file, fsync, rename, fsync of
+# the directory), not on this harness.
+
+cmd_powerfail() {
+    [[ $# == 1 ]] || usage
+    local name=$1 d np leader
+    check_name "$name"
+    need_root
+    lock "$name"
+    d=$(mdir "$name")
+    [[ -d $d/up ]] || die "machine '$name' has no upper dir under $d"
+    np=$(nspawn_pid "$name" || true)
+    leader=$(leader_pid "$name" || true)
+    [[ -n $np || -n $leader ]] || die "machine '$name' is not running"
+    # both at once: PID 1 dying takes every process of its PID namespace with it
+    kill -KILL ${leader:+"$leader"} ${np:+"$np"} 2>/dev/null || true
+    [[ -z $np ]] || wait_gone "$np" 10 || die "systemd-nspawn $np survived SIGKILL"
+    [[ -z $leader ]] || wait_gone "$leader" 10 || die "systemd $leader survived SIGKILL"
+    remove_cgroups "$name"
+    unmount_all_under "$d/root" || die "could not unmount $d/root"
+    mountpoint -q "$d/lower" && { umount "$d/lower" || umount -l "$d/lower" || die "could not unmount $d/lower"; }
+    rm -f "$d/leader" "$d/nspawn.pid"
+    echo "powered-off" >"$d/powerfail"
+    log "machine '$name' lost power (upper dir $d/up kept; '$PROG boot $name' starts it again)"
+}
+
+cmd_boot() {
+    [[ $# == 1 ]] || usage
+    local name=$1 d
+    check_name "$name"
+    need_root
+    check_tools
+    lock "$name"
+    d=$(mdir "$name")
+    [[ -d $d/up && -r $d/started ]] || die "machine '$name' was never up (run: $PROG up $name)"
+    leader_pid "$name" >/dev/null && die "machine '$name' is running (run: $PROG powerfail $name first)"
+    nspawn_pid "$name" >/dev/null && die "systemd-nspawn of '$name' is still running"
+    mountpoint -q "$d/root" && die "$d/root is still mounted"
+    local t0
+    t0=$(now)
+    mount_overlay "$name"
+    echo "---- boot after power loss ----" >>"$d/console.log"
+    local LEADER NSPAWN STATE DV
+    launch_and_wait "$name" boot
+    rm -f "$d/powerfail"
+    echo "machine $name booted again in $(elapsed "$t0")s: leader pid $LEADER, systemd $STATE, dockerd $DV"
 }
 
 # ---------------------------------------------------------------------------------- exec
@@ -502,6 +615,8 @@ main() {
         leader) cmd_leader "$@" ;;
         status) cmd_status "$@" ;;
         down) cmd_down "$@" ;;
+        powerfail) cmd_powerfail "$@" ;;
+        boot) cmd_boot "$@" ;;
         down-all) cmd_down_all "$@" ;;
         -h | --help | help) usage ;;
         *) echo "$PROG: unknown subcommand '$sub'" >&2; usage ;;

@@ -98,6 +98,25 @@ cp /bin/true "$root/opt/dtm-selftest/true"
 check "a binary copied into \$(machine.sh root) runs inside" in_m /opt/dtm-selftest/true
 check "the copy did not reach the host" test ! -e /opt/dtm-selftest/true
 
+# powerfail + boot: the same upper dir, nothing run by hand, Docker back
+in_m sh -c 'echo before-the-crash > /etc/dtm-selftest-marker'
+old_nspawn=$(cat "$BASE/$NAME/nspawn.pid")
+check "powerfail" m powerfail "$NAME"
+check "systemd-nspawn $old_nspawn is gone after powerfail" bash -c "! kill -0 $old_nspawn 2>/dev/null"
+check "root unmounted, upper dir kept" bash -c "! mountpoint -q '$BASE/$NAME/root' && test -e '$BASE/$NAME/up/etc/dtm-selftest-marker'"
+check "exec on a powered-off machine fails" bash -c "! bash '$MACHINE' exec '$NAME' true 2>/dev/null"
+t0=$(date +%s.%N)
+if out=$(m boot "$NAME" 2>&1); then
+    ok "boot ($(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')s): $(echo "$out" | tail -n 1)"
+else
+    fail "boot" "$(echo "$out" | tail -n 30)"
+fi
+got=$(in_m cat /etc/dtm-selftest-marker 2>&1 || true)
+check "a file written before the power loss is there (got '$got')" test "$got" = before-the-crash
+act=$(in_m systemctl is-active docker 2>/dev/null || true)
+check "docker active after boot (got '$act')" test "$act" = active
+check "image dtm-busybox survived" in_m docker image inspect dtm-busybox
+
 # down: nothing left on the host
 nspawn=$(cat "$BASE/$NAME/nspawn.pid")
 check "down" m down "$NAME"
