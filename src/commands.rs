@@ -346,9 +346,18 @@ pub async fn converge_once(
 }
 
 /// Temp files of an atomic write cut short (power loss, SIGKILL): safe to remove under the lock.
+/// The backup tree is walked whole: a copy cut short there may hold an old key.
 fn remove_stale_temps(ctx: &Ctx) {
     let mut dirs = crate::watch::watch_dirs(&ctx.settings, Path::new(config::DEFAULT_CONFIG_PATH));
-    dirs.push(ctx.layout.backup_dir());
+    let mut stack = vec![ctx.layout.backup_dir()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(e.path());
+            }
+        }
+        dirs.push(d);
+    }
     for d in dirs {
         for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
             if e.file_name()

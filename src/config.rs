@@ -401,6 +401,9 @@ pub fn load(explicit: Option<&Path>) -> Result<Settings, UsageError> {
 }
 
 fn load_from(explicit: Option<&Path>, default: &Path) -> Result<Settings, UsageError> {
+    // Absolute: the guard unit calls `apply --pki-only --config PATH` from another directory.
+    let absolute = explicit.map(|p| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf()));
+    let explicit = absolute.as_deref();
     let path = explicit.unwrap_or(default);
     match std::fs::read_to_string(path) {
         Ok(text) => parse(&text, path),

@@ -413,7 +413,7 @@ mod tests {
                 "[paths]\nstate_dir = \"{0}/s\"\ncert_dir = \"{0}/c\"\nsystemd_dir = \"{0}/u\"\ndaemon_json = \"{0}/daemon.json\"\n",
                 d.path().display()
             ),
-            Path::new("t.toml"),
+            Path::new("/t.toml"),
         )
         .unwrap();
         std::fs::create_dir_all(d.path().join("s")).unwrap();

@@ -232,8 +232,15 @@ fn guard(obs: &Observed, settings: &Settings) -> Result<Guard, UsageError> {
         daemon_json: obs.daemon_json_path.clone(),
         dropin: dropin_path(settings),
         guard_unit: guard_unit_path(settings),
+        config: settings
+            .source
+            .clone()
+            .filter(|c| c != Path::new(crate::config::DEFAULT_CONFIG_PATH)),
     };
-    for p in [&g.binary, &g.ca, &g.daemon_json, &g.dropin, &g.guard_unit] {
+    for p in [&g.binary, &g.ca, &g.daemon_json, &g.dropin, &g.guard_unit]
+        .into_iter()
+        .chain(g.config.as_ref())
+    {
         if !render::is_plain_path(p) {
             return Err(refuse(format!(
                 "'{}' goes into the guard command of {SOCKET_UNIT} and {DOCKER_SERVICE}'s drop-in, and \
@@ -688,7 +695,7 @@ mod tests {
     fn settings(extra: &str) -> Settings {
         crate::config::parse(
             &format!("[paths]\nstate_dir = \"/s\"\ncert_dir = \"/c\"\nsystemd_dir = \"/u\"\ndaemon_json = \"/d/daemon.json\"\n{extra}"),
-            Path::new("t.toml"),
+            Path::new("/t.toml"),
         )
         .unwrap()
     }

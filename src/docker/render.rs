@@ -37,6 +37,8 @@ pub struct Guard {
     pub daemon_json: PathBuf,
     pub dropin: PathBuf,
     pub guard_unit: PathBuf,
+    /// `--config` for the repair before dockerd starts, when not the default file.
+    pub config: Option<PathBuf>,
 }
 
 impl Guard {
@@ -101,9 +103,19 @@ pub fn guard_unit(guard: &Guard) -> String {
     s.push_str(&format!(
         "[Unit]\nDescription=Keep Docker's TCP socket closed unless dockerd serves it with mutual TLS (docker-tls-manager)\n\
          Before=docker.service\n\
+         After=time-set.target\n\
          # Runs at every start of dockerd, however often: a rate limit would let one through.\n\
          StartLimitIntervalSec=0\n\n[Service]\nType=oneshot\n\
+         # First repair the certificate files (a key and certificate a crash left unmatched):\n\
+         # dockerd cannot start with them. Skipped while a convergence holds the lock.\n\
+         ExecStart=-{} {}apply --pki-only\n\
          ExecStart=/bin/sh -c '{} --effective || exec /bin/systemctl stop {SOCKET_UNIT}'\n",
+        guard.binary.display(),
+        guard
+            .config
+            .as_ref()
+            .map(|c| format!("--config {} ", c.display()))
+            .unwrap_or_default(),
         guard.command()
     ));
     s
@@ -190,6 +202,7 @@ mod tests {
             daemon_json: "/etc/docker/daemon.json".into(),
             dropin: "/etc/systemd/system/docker.service.d/docker-tls-manager.conf".into(),
             guard_unit: "/etc/systemd/system/docker-tls-manager-guard.service".into(),
+            config: None,
         }
     }
 
