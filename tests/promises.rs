@@ -283,6 +283,15 @@ fn a_host_rename_keeps_every_bundle_working() {
         );
         std::thread::sleep(Duration::from_millis(500));
     }
+    // Once the service's convergence is over (Docker serves the new certificate).
+    let t0 = Instant::now();
+    let served_is_disk = "C=/var/lib/docker-tls-manager/clients/admin
+        s=$(openssl s_client -connect 127.0.0.1:2376 -cert $C/cert.pem -key $C/key.pem -CAfile $C/ca.pem </dev/null 2>/dev/null | openssl x509 -noout -fingerprint -sha256)
+        [ -n \"$s\" ] && [ \"$s\" = \"$(openssl x509 -in /etc/docker/tls/server-cert.pem -noout -fingerprint -sha256)\" ]";
+    while !m.sh(served_is_disk).status.success() {
+        assert!(t0.elapsed() < Duration::from_secs(60), "not served");
+        std::thread::sleep(Duration::from_millis(500));
+    }
     m.ok("rm /etc/docker/tls/ca.pem && docker-tls-manager apply");
     assert_eq!(
         m.ok("openssl x509 -in /etc/docker/tls/ca.pem -noout -subject"),
