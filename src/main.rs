@@ -5,6 +5,7 @@ mod bundle;
 mod cli;
 mod commands;
 mod config;
+mod converge;
 mod docker;
 mod error;
 mod files;

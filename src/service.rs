@@ -14,8 +14,8 @@ use sd_notify::NotifyState;
 use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
 
-use crate::commands::{Ctx, Intent, Outcome, converge_once};
 use crate::config::DEFAULT_CONFIG_PATH;
+use crate::converge::{Ctx, Intent, Outcome, converge_once};
 use crate::docker::plan::Step;
 use crate::files::{LockBusy, atomic_write};
 use crate::metrics::{self, LastRun, Metrics};
@@ -628,7 +628,7 @@ mod tests {
         let stop = humantime::parse_duration(stop).unwrap();
         // Lock wait; stop, socket, start jobs; verification; rollback: restart job, start
         // job, verification.
-        let worst = crate::commands::LOCK_WAIT
+        let worst = crate::converge::LOCK_WAIT
             + crate::systemd::JOB_TIMEOUT * 5
             + crate::docker::execute::VERIFY_TIMEOUT * 2;
         assert!(stop >= worst, "TimeoutStopSec={stop:?} < {worst:?}");

@@ -10,6 +10,7 @@
 //! with TLS settings it cannot load (it never falls back to plain), and the repair unit
 //! ordered before docker.service restores them.
 
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -89,26 +90,62 @@ pub fn check(daemon_json: &Path, ca: &Path, require: &[PathBuf]) -> Result<(), U
 pub async fn effective_daemon_json(default: &Path) -> Result<PathBuf> {
     use crate::systemd::Systemd;
     let sd = crate::systemd::Dbus::connect().await?;
-    let mut docker = sd
-        .unit(super::render::DOCKER_SERVICE)
-        .await
-        .context("cannot read docker.service's ExecStart from systemd")?;
-    let env = super::unit_environment(&docker);
-    docker.exec_start = docker
-        .exec_start
-        .iter()
-        .map(|argv| super::expand_argv(argv, &env))
-        .collect();
+    let docker = super::dockerd::expanded(
+        sd.unit(super::render::DOCKER_SERVICE)
+            .await
+            .context("cannot read docker.service's ExecStart from systemd")?,
+    );
     Ok(docker
         .exec_start
         .first()
-        .and_then(|argv| super::plan::parse_dockerd_flags(argv).config_file)
+        .and_then(|argv| super::dockerd::parse_dockerd_flags(argv).config_file)
         .unwrap_or_else(|| default.to_path_buf()))
+}
+
+/// The path the units call the guard by: this program's own, as installed.
+pub fn guard_binary() -> std::path::PathBuf {
+    match std::env::current_exe() {
+        // Replaced under us (a package upgrade): the new file is at the same path.
+        Ok(p) => match p.to_string_lossy().strip_suffix(" (deleted)") {
+            Some(s) => s.into(),
+            None => p,
+        },
+        Err(_) => "/usr/bin/docker-tls-manager".into(),
+    }
+}
+
+/// Why systemd must not run `path` as root: it, or a directory above it, is not root's, or
+/// others may write it (whoever can replace the file would run code as root).
+pub fn unsafe_for_root(path: &std::path::Path) -> Option<String> {
+    let mut p = Some(path);
+    while let Some(cur) = p {
+        match std::fs::metadata(cur) {
+            Ok(m) if m.uid() != 0 => {
+                return Some(format!(
+                    "'{}' belongs to uid {}, not root",
+                    cur.display(),
+                    m.uid()
+                ));
+            }
+            Ok(m) if m.mode() & 0o022 != 0 => {
+                return Some(format!(
+                    "'{}' is writable by group or others (mode {:o})",
+                    cur.display(),
+                    m.mode() & 0o7777
+                ));
+            }
+            Ok(_) => {}
+            Err(e) => return Some(format!("'{}' cannot be read: {e}", cur.display())),
+        }
+        p = cur.parent();
+    }
+    None
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     const CA: &str = "/etc/docker/tls/ca.pem";
 
@@ -199,5 +236,22 @@ mod tests {
         std::fs::remove_file(&unit).unwrap();
         std::fs::write(&unit, format!("{HEADER_FIRST_LINE}: ...\n")).unwrap();
         assert_eq!(check(&dj, ca, &[unit]), Ok(()));
+    }
+
+    #[test]
+    fn binaries_others_could_replace_are_refused() {
+        assert_eq!(unsafe_for_root(std::path::Path::new("/bin/sh")), None);
+        let d = tempfile::tempdir().unwrap();
+        let bin = d.path().join("docker-tls-manager");
+        std::fs::write(&bin, "x").unwrap();
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o757)).unwrap();
+        assert!(unsafe_for_root(&bin).unwrap().contains("writable"));
+        // /tmp itself is writable by all.
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert!(unsafe_for_root(&bin).is_some());
+        std::os::unix::fs::chown(&bin, Some(1000), None).unwrap();
+        std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let e = unsafe_for_root(&bin).unwrap();
+        assert!(e.contains("uid 1000") || e.contains("writable"), "{e}");
     }
 }

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::daemon::DaemonInfo;
+use super::dockerd::{DockerdFlags, parse_dockerd_flags};
 use super::render::{
     self, DOCKER_SERVICE, DaemonSettings, Guard, HEADER_FIRST_LINE, LIVE_RESTORE_KEY, SOCKET_UNIT,
     TLS_KEYS,
@@ -132,62 +133,6 @@ pub struct DockerPlan {
     pub warnings: Vec<String>,
     /// A restart was needed but put off (containers would be killed).
     pub deferred: bool,
-}
-
-/// Flags of dockerd's effective ExecStart that matter here.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct DockerdFlags {
-    pub hosts: Vec<String>,
-    pub config_file: Option<PathBuf>,
-    pub live_restore: bool,
-    /// TLS flags present (each conflicts with the same key in daemon.json).
-    pub tls_flags: Vec<String>,
-}
-
-/// Reads the flags we care about from dockerd's argv (pflag syntax: `-H x`, `-Hx`, `--host=x`).
-pub fn parse_dockerd_flags(argv: &[String]) -> DockerdFlags {
-    let mut f = DockerdFlags::default();
-    let mut i = 1;
-    while i < argv.len() {
-        let a = &argv[i];
-        let (name, inline) = match a.split_once('=') {
-            Some((n, v)) if n.starts_with("--") => (n.to_string(), Some(v.to_string())),
-            _ if a.starts_with("-H") && a.len() > 2 && !a.starts_with("--") => {
-                ("-H".to_string(), Some(a[2..].to_string()))
-            }
-            _ => (a.clone(), None),
-        };
-        let takes_value = matches!(
-            name.as_str(),
-            "-H" | "--host" | "--config-file" | "--tlscacert" | "--tlscert" | "--tlskey"
-        );
-        let value = if takes_value && inline.is_none() {
-            i += 1;
-            argv.get(i).cloned()
-        } else {
-            inline.clone()
-        };
-        match name.as_str() {
-            "-H" | "--host" => f.hosts.extend(value),
-            "--config-file" => f.config_file = value.map(PathBuf::from),
-            "--live-restore" => f.live_restore = inline.as_deref() != Some("false"),
-            "--tls" | "--tlsverify" | "--tlscacert" | "--tlscert" | "--tlskey" => {
-                f.tls_flags.push(name.clone())
-            }
-            _ => {}
-        }
-        i += 1;
-    }
-    f
-}
-
-/// The effective daemon.json path for dockerd's ExecStart.
-pub fn daemon_json_path(docker: &UnitInfo, settings: &Settings) -> PathBuf {
-    docker
-        .exec_start
-        .first()
-        .and_then(|argv| parse_dockerd_flags(argv).config_file)
-        .unwrap_or_else(|| settings.paths.daemon_json.clone())
 }
 
 pub fn socket_path(settings: &Settings) -> PathBuf {
@@ -1134,25 +1079,6 @@ mod tests {
         assert_eq!(owned.original["live-restore"], Some(Value::Bool(false)));
         assert_eq!(owned.original["tlsverify"], None);
         assert!(!owned.created_daemon_json);
-    }
-
-    #[test]
-    fn dockerd_flags() {
-        let f = parse_dockerd_flags(&argv(
-            "/usr/bin/dockerd -Hfd:// --host=unix:///x --config-file /etc/d.json --live-restore --tlskey k",
-        ));
-        assert_eq!(f.hosts, ["fd://", "unix:///x"]);
-        assert_eq!(f.config_file, Some(PathBuf::from("/etc/d.json")));
-        assert!(f.live_restore);
-        assert_eq!(f.tls_flags, ["--tlskey"]);
-        let mut o = stock();
-        o.docker.exec_start = vec![argv(
-            "/usr/bin/dockerd -H fd:// --config-file=/etc/docker/other.json",
-        )];
-        assert_eq!(
-            daemon_json_path(&o.docker, &settings("")),
-            PathBuf::from("/etc/docker/other.json")
-        );
     }
 
     #[test]

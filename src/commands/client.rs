@@ -1,0 +1,257 @@
+//! `client`: add, list, remove, bundle and env of client identities.
+
+use super::*;
+use crate::files::backup;
+use crate::pki::inspect;
+
+pub(crate) async fn client(ctx: &Ctx, cmd: ClientCommand) -> Result<()> {
+    match cmd {
+        ClientCommand::Add { name } => {
+            config::validate_client_name(&name).map_err(UsageError)?;
+            if ctx.client_names().contains(&name)
+                && ctx
+                    .layout
+                    .cert_and_key(&Slot::Client(name.clone()))
+                    .0
+                    .exists()
+            {
+                bail!(
+                    "client '{name}' already exists; `docker-tls-manager client bundle {name}` hands it out"
+                );
+            }
+            {
+                let _lock = StateLock::acquire(&ctx.settings.paths.state_dir, LOCK_WAIT)?;
+                ensure_dir(&ctx.layout.clients_dir(), KEY_DIR_MODE)?;
+                ensure_dir(&ctx.layout.client_dir(&name), KEY_DIR_MODE)?;
+            }
+            converge(ctx, Force::default(), false, false, Intent::Maintain).await?;
+            println!(
+                "client '{name}' added: `docker-tls-manager client bundle {name}` hands it out"
+            );
+            Ok(())
+        }
+        ClientCommand::List => {
+            let now = SystemTime::now();
+            let disk = ctx.inspect();
+            for name in ctx.client_names() {
+                let obs = disk.get(&Slot::Client(name.clone()));
+                let source = if ctx.settings.clients.names.contains(&name) {
+                    "config"
+                } else {
+                    "added"
+                };
+                match obs.info() {
+                    Some(i) => println!(
+                        "{name}\t{source}\texpires {}\t{} days left",
+                        humantime::format_rfc3339_seconds(i.not_after),
+                        report::days_between(now, i.not_after)
+                    ),
+                    None => println!("{name}\t{source}\tnot issued yet (run apply)"),
+                }
+            }
+            Ok(())
+        }
+        ClientCommand::Remove { name } => {
+            config::validate_client_name(&name).map_err(UsageError)?;
+            if ctx.settings.clients.names.contains(&name) {
+                let file = ctx
+                    .settings
+                    .source
+                    .as_ref()
+                    .map_or("the configuration".into(), |p| p.display().to_string());
+                return Err(UsageError(format!(
+                    "client '{name}' is listed in [clients] names in '{file}': remove it there first, then run this again"
+                ))
+                .into());
+            }
+            let dir = ctx.layout.client_dir(&name);
+            if !dir.is_dir() {
+                return Err(UsageError(format!(
+                    "no client '{name}' (see `docker-tls-manager client list`)"
+                ))
+                .into());
+            }
+            let _lock = StateLock::acquire(&ctx.settings.paths.state_dir, LOCK_WAIT)?;
+            let not_after = ctx
+                .inspect()
+                .get(&Slot::Client(name.clone()))
+                .info()
+                .map(|i| i.not_after);
+            let now = SystemTime::now();
+            for entry in std::fs::read_dir(&dir)? {
+                backup(&entry?.path(), &ctx.backups(), now)?;
+            }
+            std::fs::remove_dir_all(&dir)
+                .with_context(|| format!("cannot remove '{}'", dir.display()))?;
+            println!(
+                "client '{name}' removed (files backed up in '{}')",
+                ctx.layout.backup_dir().display()
+            );
+            if let Some(t) = not_after.filter(|t| *t > now) {
+                println!(
+                    "warning: its certificate stays valid until {} (dockerd cannot revoke certificates); \
+                     to shut it out now, `docker-tls-manager renew --force ca` and hand the other clients new bundles",
+                    humantime::format_rfc3339_seconds(t)
+                );
+            }
+            Ok(())
+        }
+        ClientCommand::Bundle {
+            name,
+            output,
+            format,
+            host,
+        } => {
+            known_client(ctx, &name)?;
+            // Under the lock: never a key and a certificate from either side of a renewal.
+            let _lock = StateLock::acquire(&ctx.settings.paths.state_dir, LOCK_WAIT)?;
+            let files = client_files(ctx, &name)?;
+            let host = client_host(host)?;
+            let port = ctx.settings.docker.listen[0].port;
+            let url = format!("tcp://{}:{port}", bracket(&host));
+            let (data, default_name) = match format {
+                BundleFormat::TarGz => (bundle::tar_gz(&files)?, format!("{name}.tar.gz")),
+                BundleFormat::Context => (
+                    bundle::context_archive(&files, &format!("{name}@{host}"), &url)?,
+                    format!("{name}.dockercontext"),
+                ),
+            };
+            let out = output.unwrap_or_else(|| PathBuf::from(default_name));
+            atomic_write(&out, &data, 0o600)?;
+            record_handed_out(ctx, &name, &files.cert)?;
+            println!(
+                "wrote {} (holds the private key: keep it safe)",
+                out.display()
+            );
+            match format {
+                BundleFormat::TarGz => println!(
+                    "on the client: mkdir -p ~/.docker && tar -xzf {} -C ~/.docker && export DOCKER_HOST={url} DOCKER_TLS_VERIFY=1",
+                    out.display()
+                ),
+                BundleFormat::Context => println!(
+                    "on the client: docker context import {host} {} && docker context use {host}",
+                    out.display()
+                ),
+            }
+            Ok(())
+        }
+        ClientCommand::Env { name, host } => {
+            known_client(ctx, &name)?;
+            let _lock = StateLock::acquire(&ctx.settings.paths.state_dir, LOCK_WAIT)?;
+            client_files(ctx, &name)?;
+            let host = client_host(host)?;
+            let port = ctx.settings.docker.listen[0].port;
+            println!("export DOCKER_HOST=tcp://{}:{port}", bracket(&host));
+            println!("export DOCKER_TLS_VERIFY=1");
+            println!(
+                "export DOCKER_CERT_PATH={}",
+                ctx.layout.client_dir(&name).display()
+            );
+            Ok(())
+        }
+    }
+}
+
+/// Remembers which certificate went out in a bundle, so its expiry can be warned about.
+fn record_handed_out(ctx: &Ctx, name: &str, cert_pem: &[u8]) -> Result<()> {
+    let der = inspect::first_cert_der(cert_pem).map_err(|e| anyhow::anyhow!(e))?;
+    let info = inspect::cert_info(&der).map_err(|e| anyhow::anyhow!(e))?;
+    let rec = report::HandedOut {
+        fingerprint_sha256: info.fingerprint,
+        not_after: humantime::format_rfc3339_seconds(info.not_after).to_string(),
+        at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+    };
+    atomic_write(
+        &report::handed_out_path(&ctx.layout, name),
+        serde_json::to_string_pretty(&rec)?.as_bytes(),
+        0o600,
+    )
+}
+
+fn bracket(host: &str) -> String {
+    if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_string()
+    }
+}
+
+fn client_host(given: Option<String>) -> Result<String> {
+    match given {
+        Some(h) => Ok(h),
+        None => {
+            let h = HostIdentity::detect()?;
+            Ok(h.fqdn.name().map_or(h.hostname.clone(), str::to_string))
+        }
+    }
+}
+
+/// A valid name of a client in the config or on disk.
+fn known_client(ctx: &Ctx, name: &str) -> Result<()> {
+    config::validate_client_name(name).map_err(UsageError)?;
+    if !ctx.client_names().iter().any(|n| n == name) {
+        return Err(UsageError(format!(
+            "no client '{name}': add it with `docker-tls-manager client add {name}`"
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+/// A client's three files, checked to work together ([`bundle::check`]). Call it under the
+/// state lock, so a renewal cannot run between the reads.
+fn client_files(ctx: &Ctx, name: &str) -> Result<ClientFiles> {
+    known_client(ctx, name)?;
+    let slot = Slot::Client(name.to_string());
+    let (cert, key) = ctx.layout.cert_and_key(&slot);
+    let ca = ctx.layout.ca_copy(&slot).expect("clients have a CA copy");
+    let read = |p: &Path| {
+        std::fs::read(p).with_context(|| {
+            format!(
+                "cannot read '{}': run `docker-tls-manager apply` to issue client '{name}'",
+                p.display()
+            )
+        })
+    };
+    let files = ClientFiles {
+        ca: read(&ca)?,
+        cert: read(&cert)?,
+        key: read(&key)?,
+    };
+    let current = ctx.layout.ca_cert();
+    let current_ca = read(&current)?;
+    let why = match bundle::check(&files, &current_ca, SystemTime::now()) {
+        Ok(()) => return Ok(files),
+        Err(bundle::Unfit::CertUnreadable(e)) => format!("'{}': {e}", cert.display()),
+        Err(bundle::Unfit::KeyUnreadable(e)) => format!("'{}': {e}", key.display()),
+        Err(bundle::Unfit::KeyMismatch) => format!(
+            "the key '{}' does not match the certificate '{}'",
+            key.display(),
+            cert.display()
+        ),
+        Err(bundle::Unfit::NotSignedByCa) => format!(
+            "the certificate '{}' is not signed by the current CA '{}'",
+            cert.display(),
+            current.display()
+        ),
+        Err(bundle::Unfit::StaleCaCopy) => format!(
+            "'{}' is not the current CA certificate '{}' (the certificate '{}' is)",
+            ca.display(),
+            current.display(),
+            cert.display()
+        ),
+        Err(bundle::Unfit::Expired(t)) => format!(
+            "the certificate '{}' expired at {}",
+            cert.display(),
+            humantime::format_rfc3339_seconds(t)
+        ),
+        Err(bundle::Unfit::NotYetValid(t)) => format!(
+            "the certificate '{}' is not valid before {}",
+            cert.display(),
+            humantime::format_rfc3339_seconds(t)
+        ),
+    };
+    bail!(
+        "client '{name}' cannot be handed out: {why}; nothing written: `docker-tls-manager apply` repairs it"
+    )
+}

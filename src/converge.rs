@@ -1,0 +1,303 @@
+//! One convergence, for the commands and the service alike: the state lock, the sweep of
+//! interrupted writes, the PKI plan and its execution, then Docker's plan and its execution
+//! with verification and rollback (snapshots of what Docker reads). Nothing here prints.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Context, Result};
+
+use crate::config::{self, Settings};
+use crate::docker::{self, daemon::UnixDocker, execute::Snapshot, plan::DockerPlan};
+use crate::files::{Backups, StateLock};
+use crate::host::HostIdentity;
+use crate::pki::inspect::{self, DiskState};
+use crate::pki::plan::{self, Force, Plan};
+use crate::pki::{Layout, Slot, execute};
+use crate::systemd::Dbus;
+
+/// How long a command waits for the state lock held by another invocation.
+pub const LOCK_WAIT: Duration = Duration::from_secs(60);
+
+#[derive(Clone)]
+pub struct Ctx {
+    pub settings: Settings,
+    pub layout: Layout,
+}
+
+impl Ctx {
+    pub fn load(config_path: Option<&Path>) -> Result<Ctx> {
+        let settings = config::load(config_path)?;
+        let layout = Layout::new(&settings.paths);
+        Ok(Ctx { settings, layout })
+    }
+
+    /// Where backups go, and their retention.
+    pub fn backups(&self) -> Backups {
+        Backups {
+            dir: self.layout.backup_dir(),
+            retention: self.settings.backup,
+        }
+    }
+
+    /// Clients from the config and those added with `client add`.
+    pub fn client_names(&self) -> Vec<String> {
+        let mut names: BTreeSet<String> = self.settings.clients.names.iter().cloned().collect();
+        names.extend(self.layout.clients_on_disk());
+        names.into_iter().collect()
+    }
+
+    pub fn inspect(&self) -> DiskState {
+        inspect::inspect(
+            &self.layout,
+            &self.client_names(),
+            self.settings.docker.manage,
+        )
+    }
+
+    pub fn plan(
+        &self,
+        host: &HostIdentity,
+        now: SystemTime,
+        force: Force,
+    ) -> Result<(DiskState, Plan)> {
+        let disk = self.inspect();
+        let plan = plan::plan(&disk, &self.settings, host, now, force)?;
+        Ok((disk, plan))
+    }
+}
+
+/// Whether a convergence may configure Docker again after `deconfigure`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Intent {
+    /// `apply`: the admin asks for TLS; clears a `deconfigure`.
+    Apply,
+    /// `renew`, the service: keep what is configured; after `deconfigure`, certificates only.
+    Maintain,
+}
+
+/// What one convergence did, filled in as it goes (so a failure still tells what was tried).
+#[derive(Default)]
+pub struct Outcome {
+    /// The PKI plan, once made.
+    pub pki: Option<Plan>,
+    /// The PKI plan was carried out.
+    pub pki_done: bool,
+    /// The Docker plan, once made (`None` with `[docker] manage = false` or `--pki-only`).
+    pub docker: Option<DockerPlan>,
+    /// Docker was left alone because the admin ran `deconfigure`.
+    pub deconfigured: bool,
+}
+
+/// One convergence under the state lock: the PKI, then Docker (verified, rolled back on
+/// failure) unless `pki_only`.
+pub async fn converge_once(
+    ctx: &Ctx,
+    force: Force,
+    pki_only: bool,
+    intent: Intent,
+    out: &mut Outcome,
+) -> Result<()> {
+    let host = HostIdentity::detect()?;
+    let now = SystemTime::now();
+    // `--pki-only` runs from the unit ordered before docker.service, also when the service
+    // itself restarts Docker while holding the lock: it must not wait for it.
+    let wait = if pki_only { Duration::ZERO } else { LOCK_WAIT };
+    let _lock = StateLock::acquire_async(&ctx.settings.paths.state_dir, wait).await?;
+    remove_stale_temps(ctx);
+    let (_, mut plan) = ctx.plan(&host, now, force)?;
+    let marker = docker::plan::deconfigured_path(&ctx.settings);
+    let deconfigured = marker.exists();
+    let configure_docker =
+        ctx.settings.docker.manage && !pki_only && !(deconfigured && intent == Intent::Maintain);
+    // A new server certificate or CA needs a Docker restart. If that restart would be
+    // deferred (containers without live-restore), the renewal waits too: whoever restarts
+    // Docker next must not load material nobody verified. Repairs do not wait.
+    let mut held_back = None;
+    if configure_docker && plan.changes_server() {
+        // Best effort: whatever stops this look (no bus, a refused setup) is reported by the
+        // Docker step below, after the certificates.
+        let look = async {
+            let side = DockerSide::connect(&ctx.settings).await?;
+            let mut obs = side.observe(&ctx.settings).await?;
+            obs.wanted = "(the certificate this run would issue)".into();
+            anyhow::Ok(docker::plan::plan_configure(&obs, &ctx.settings)?)
+        };
+        match look.await {
+            Ok(dplan) => {
+                if dplan.deferred
+                    && let Some(p) = plan.without_server_changes()
+                {
+                    held_back = Some(dplan);
+                    plan = p;
+                }
+            }
+            Err(e) => tracing::debug!("cannot look at Docker before issuing: {e:#}"),
+        }
+    }
+    // What Docker reads, as it was: restored if Docker cannot start with the new files.
+    let (server_cert, server_key) = ctx.layout.cert_and_key(&Slot::Server);
+    let (probe_cert, probe_key) = ctx.layout.cert_and_key(&Slot::Probe);
+    let probe_ca = ctx
+        .layout
+        .ca_copy(&Slot::Probe)
+        .expect("the probe has a CA copy");
+    let before: Vec<Snapshot> = [
+        ctx.layout.ca_cert(),
+        ctx.layout.ca_key(),
+        server_cert,
+        server_key,
+        probe_cert,
+        probe_key,
+        probe_ca,
+    ]
+    .iter()
+    .filter(|p| p.exists())
+    .map(|p| Snapshot::take(p))
+    .collect();
+    out.pki = Some(plan.clone());
+    execute::execute(&plan, &ctx.layout, &ctx.settings, &host, now)?;
+    out.pki_done = true;
+    inject_fault(ctx)?;
+    if let Some(mut d) = held_back {
+        let expires = ctx
+            .inspect()
+            .get(&Slot::Server)
+            .info()
+            .map(|i| humantime::format_rfc3339_seconds(i.not_after).to_string())
+            .unwrap_or_else(|| "?".into());
+        d.warnings.push(format!(
+            "the new server certificate waits for that restart; Docker keeps serving the current one, \
+             which expires at {expires}: Docker must restart before then (stop the containers, or \
+             enable live-restore), or clients will be refused"
+        ));
+        for w in &d.warnings {
+            tracing::warn!("{w}");
+        }
+        out.docker = Some(d);
+        return Ok(());
+    }
+    if !ctx.settings.docker.manage || pki_only {
+        return Ok(());
+    }
+    if !configure_docker {
+        out.deconfigured = true;
+        tracing::info!(
+            "Docker left alone: `deconfigure` ran; `docker-tls-manager apply` configures it again"
+        );
+        return Ok(());
+    }
+    let side = DockerSide::connect(&ctx.settings).await?;
+    let obs = side.observe(&ctx.settings).await?;
+    let dplan = docker::plan::plan_configure(&obs, &ctx.settings)?;
+    for w in &dplan.warnings {
+        tracing::warn!("{w}");
+    }
+    out.docker = Some(dplan.clone());
+    let also_restore = if plan.changes_server() {
+        before
+    } else {
+        vec![]
+    };
+    let cx = side.exec_context(&obs, ctx.layout.backup_dir(), also_restore);
+    docker::execute::execute(&dplan, &cx).await?;
+    if deconfigured {
+        std::fs::remove_file(&marker)
+            .with_context(|| format!("cannot remove '{}'", marker.display()))?;
+        tracing::info!("configured again after `deconfigure`");
+    }
+    Ok(())
+}
+
+/// Temp files of an atomic write cut short (power loss, SIGKILL): safe to remove under the lock.
+/// The backup tree is walked whole: a copy cut short there may hold an old key.
+fn remove_stale_temps(ctx: &Ctx) {
+    let mut dirs = crate::watch::watch_dirs(&ctx.settings, Path::new(config::DEFAULT_CONFIG_PATH));
+    let mut stack = vec![ctx.layout.backup_dir()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(e.path());
+            }
+        }
+        dirs.push(d);
+    }
+    for d in dirs {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            if e.file_name()
+                .to_string_lossy()
+                .starts_with(crate::files::TEMP_PREFIX)
+            {
+                tracing::info!(path = %e.path().display(), "removing a temp file left by an interrupted write");
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+}
+
+/// Fault injection for the rollback tests: `DOCKER_TLS_MANAGER_FAULT=corrupt-server-key`
+/// replaces the freshly issued server key with one dockerd cannot load. Only in debug builds
+/// (what `cargo test` runs in the machines); the packages are release builds without it.
+#[cfg(debug_assertions)]
+fn inject_fault(ctx: &Ctx) -> Result<()> {
+    if std::env::var("DOCKER_TLS_MANAGER_FAULT").as_deref() == Ok("corrupt-server-key") {
+        tracing::warn!("fault injection: corrupting the server key");
+        let key = ctx.layout.cert_and_key(&Slot::Server).1;
+        crate::files::atomic_write(
+            &key,
+            b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+            0o600,
+        )?;
+    }
+    Ok(())
+}
+
+#[cfg(not(debug_assertions))]
+fn inject_fault(_: &Ctx) -> Result<()> {
+    Ok(())
+}
+
+/// The real outside systems the Docker side talks to: systemd over D-Bus, dockerd's unix
+/// socket, and the mutual-TLS probe.
+pub struct DockerSide {
+    pub sd: Dbus,
+    probe: docker::probe::TlsProbe,
+    daemon: UnixDocker,
+    backup_retention: config::BackupSettings,
+}
+
+impl DockerSide {
+    pub async fn connect(settings: &Settings) -> Result<DockerSide> {
+        Ok(DockerSide {
+            sd: Dbus::connect().await?,
+            probe: docker::tls_probe(settings),
+            daemon: UnixDocker::default(),
+            backup_retention: settings.backup,
+        })
+    }
+
+    pub async fn observe(&self, settings: &Settings) -> Result<docker::plan::Observed> {
+        docker::observe(settings, &self.sd, &self.daemon, &self.probe).await
+    }
+
+    pub fn exec_context(
+        &self,
+        obs: &docker::plan::Observed,
+        backup_dir: PathBuf,
+        also_restore: Vec<Snapshot>,
+    ) -> docker::execute::ExecContext<'_, Dbus, docker::probe::TlsProbe, UnixDocker> {
+        docker::execute::ExecContext {
+            systemd: &self.sd,
+            probe: &self.probe,
+            daemon: &self.daemon,
+            previous_served: obs.served.clone(),
+            wanted: obs.wanted.clone(),
+            backups: Backups {
+                dir: backup_dir,
+                retention: self.backup_retention,
+            },
+            also_restore,
+        }
+    }
+}
