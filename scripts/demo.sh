@@ -7,6 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [[ $(id -u) == 0 ]] || { echo "demo: run as root (it boots a systemd-nspawn machine)" >&2; exit 2; }
+bash scripts/install-deps.sh
 M=tests/machine/machine.sh
 NAME=dtm-demo-$$
 CLIENT_DIR=$(mktemp -d)

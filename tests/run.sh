@@ -6,9 +6,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [[ $(id -u) == 0 ]] || { echo "tests/run.sh: run as root (the systemd machines need it)" >&2; exit 2; }
-for tool in openssl curl docker systemd-nspawn busybox nsenter rpm dpkg-deb; do
-    command -v "$tool" > /dev/null || { echo "tests/run.sh: '$tool' is missing: run .ci/run, or apt-get install the packages it lists" >&2; exit 2; }
-done
+# What the tests need, from Debian's packages (as on a fresh Debian 12 machine): installed when
+# missing. docker.io: dockerd for the throwaway machines; systemd-container: systemd-nspawn;
+# busybox-static: the container image; openssl, curl: independent checks; rpm: inspecting the
+# .rpm; binutils: strip for the packages; strace: kills at every write boundary.
+bash scripts/install-deps.sh
 # Each test powers off its own machines; `bash tests/machine/machine.sh down-all` clears
 # leftovers of an interrupted run.
 
