@@ -56,12 +56,14 @@ in_m 'C=/var/lib/docker-tls-manager/clients/admin; P=$(docker inspect -f {{.Stat
     echo "poller: $ok ok, $fail failed" ) & sleep 1; DTM_LOG=warn docker-tls-manager renew --force server; wait
   echo "container web pid $P -> $(docker inspect -f {{.State.Pid}} web)"'
 
-step "someone rewrites daemon.json without the TLS keys and restarts Docker"
-in_m 'cp /etc/docker/daemon.json /root/dj; printf "{\"live-restore\": true}\n" > /etc/docker/daemon.json; systemctl restart docker
+step "with the service stopped, someone rewrites daemon.json without the TLS keys and restarts Docker"
+in_m 'systemctl stop docker-tls-manager; printf "{\"live-restore\": true}\n" > /etc/docker/daemon.json; systemctl restart docker
   echo "docker: $(systemctl is-active docker); plain http://localhost:2376: $(curl -s --max-time 3 http://127.0.0.1:2376/_ping || echo "refused (curl exit $?)")"
-  journalctl -u docker --no-pager | grep -o "guard: .*tlsverify[^,;]*" | tail -1
-  for i in $(seq 60); do systemctl is-active -q docker-tcp.socket && break; sleep 0.5; done
-  echo "the service put the keys back: $(grep -c tls /etc/docker/daemon.json) TLS keys; port: $(systemctl is-active docker-tcp.socket)"
+  journalctl -u docker-tls-manager-guard --no-pager | grep -o "guard: .*tlsverify[^,;]*" | tail -1
+  echo "container web pid $(docker inspect -f {{.State.Pid}} web)"'
+
+step "systemctl start docker-tls-manager   (it puts the keys back and opens the port again)"
+in_m 'systemctl start docker-tls-manager; echo "TLS keys in daemon.json: $(grep -c tls /etc/docker/daemon.json); docker-tcp.socket: $(systemctl is-active docker-tcp.socket)"
   echo "container web pid $(docker inspect -f {{.State.Pid}} web)"'
 
 step "apt remove docker-tls-manager   (Docker put back as it was; the CA and certificates stay)"
