@@ -38,8 +38,17 @@ fn labels(slot: &Slot) -> String {
     }
 }
 
-pub fn render(disk: &DiskState, m: &Metrics) -> String {
+pub fn render(disk: &DiskState, m: &Metrics, next_due: Option<std::time::SystemTime>) -> String {
     let mut s = String::new();
+    if let Some(due) = next_due {
+        s.push_str("# HELP docker_tls_manager_next_renewal_timestamp_seconds When the next certificate is due for renewal.\n");
+        s.push_str("# TYPE docker_tls_manager_next_renewal_timestamp_seconds gauge\n");
+        let _ = writeln!(
+            s,
+            "docker_tls_manager_next_renewal_timestamp_seconds {}",
+            secs(due)
+        );
+    }
     s.push_str("# HELP docker_tls_manager_cert_expiry_timestamp_seconds When the certificate expires (not_after).\n");
     s.push_str("# TYPE docker_tls_manager_cert_expiry_timestamp_seconds gauge\n");
     for (slot, obs) in &disk.slots {
@@ -107,7 +116,11 @@ mod tests {
             last_restart: LastRun::default(),
             converge_failures: 2,
         };
-        let out = render(&disk, &m);
+        let out = render(
+            &disk,
+            &m,
+            Some(UNIX_EPOCH + std::time::Duration::from_secs(1800000000)),
+        );
         assert!(
             out.contains("docker_tls_manager_last_renewal_timestamp_seconds 1700000000\n"),
             "{out}"
@@ -115,6 +128,7 @@ mod tests {
         assert!(out.contains("docker_tls_manager_last_renewal_success 1\n"));
         assert!(!out.contains("last_restart"));
         assert!(out.contains("docker_tls_manager_converge_failures_total 2\n"));
+        assert!(out.contains("docker_tls_manager_next_renewal_timestamp_seconds 1800000000\n"));
         for line in out.lines().filter(|l| !l.starts_with('#')) {
             let (name, value) = line.rsplit_once(' ').unwrap();
             assert!(!name.is_empty() && value.parse::<f64>().is_ok(), "{line}");

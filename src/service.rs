@@ -20,7 +20,7 @@ use crate::docker::plan::Step;
 use crate::files::{LockBusy, atomic_write};
 use crate::metrics::{self, LastRun, Metrics};
 use crate::pki::Slot;
-use crate::pki::plan::{Action, Force, policy_of, renewal_time};
+use crate::pki::plan::{Action, Force, next_due, renewal_time};
 use crate::watch::{AddressWatcher, FileWatcher, Trigger, classify, watch_dirs};
 
 /// This service's unit.
@@ -232,7 +232,8 @@ impl Worker {
             if path.parent().is_some_and(|d| d.is_dir())
                 && let Err(e) = atomic_write(
                     path,
-                    metrics::render(&disk, &self.metrics).as_bytes(),
+                    metrics::render(&disk, &self.metrics, next_due(&disk, &self.ctx.settings))
+                        .as_bytes(),
                     0o644,
                 )
             {
@@ -296,14 +297,8 @@ impl Worker {
         let mut next = RECHECK;
         if let Some(r) = self.retry_at {
             next = next.min(r.saturating_duration_since(Instant::now()));
-        } else {
-            let disk = self.ctx.inspect();
-            for (slot, obs) in &disk.slots {
-                if let Some(i) = obs.info() {
-                    let due = renewal_time(i.not_after, policy_of(&self.ctx.settings, slot));
-                    next = next.min(due.duration_since(now).unwrap_or(Duration::ZERO));
-                }
-            }
+        } else if let Some(due) = next_due(&self.ctx.inspect(), &self.ctx.settings) {
+            next = next.min(due.duration_since(now).unwrap_or(Duration::ZERO));
         }
         // Never a tight loop, whatever the clock says.
         next.max(Duration::from_secs(1))

@@ -54,6 +54,8 @@ pub struct DockerStatus {
 #[derive(Serialize, Debug)]
 pub struct Report {
     pub config: Option<String>,
+    /// When the next certificate is due for renewal (`pki::plan::next_due`).
+    pub next_renewal: Option<String>,
     pub certificates: Vec<CertStatus>,
     pub docker: Option<DockerStatus>,
     pub warnings: Vec<String>,
@@ -139,6 +141,7 @@ pub fn report(
     }
     Report {
         config: settings.source.as_ref().map(|p| p.display().to_string()),
+        next_renewal: crate::pki::plan::next_due(disk, settings).map(|t| rfc3339(t.max(now))),
         certificates,
         docker: None,
         warnings: plan.warnings.iter().cloned().chain(handed_out).collect(),
@@ -152,6 +155,9 @@ pub fn render_text(r: &Report) -> String {
         "config: {}",
         r.config.as_deref().unwrap_or("(none: defaults)")
     );
+    if let Some(n) = &r.next_renewal {
+        let _ = writeln!(s, "next renewal: {n}");
+    }
     for c in &r.certificates {
         let title = if c.kind == "client" {
             format!("client {}", c.name)

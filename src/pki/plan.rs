@@ -317,6 +317,19 @@ pub fn renewal_time(not_after: SystemTime, policy: &CertPolicy) -> SystemTime {
         .unwrap_or(SystemTime::UNIX_EPOCH)
 }
 
+/// When the next certificate on disk is due for renewal (the earliest `not_after -
+/// renew_before`); `None` when none can be read. The one answer to "when is the next thing
+/// due", for the service's timer, `status` and the metrics.
+pub fn next_due(disk: &DiskState, settings: &Settings) -> Option<SystemTime> {
+    disk.slots
+        .iter()
+        .filter_map(|(slot, obs)| {
+            obs.info()
+                .map(|i| renewal_time(i.not_after, policy_of(settings, slot)))
+        })
+        .min()
+}
+
 /// The policy that governs a slot.
 pub fn policy_of<'a>(settings: &'a Settings, slot: &Slot) -> &'a CertPolicy {
     match slot {
@@ -791,6 +804,26 @@ mod tests {
                 .without_server_changes()
                 .is_none()
         );
+    }
+
+    #[test]
+    fn next_due_is_the_earliest_renewal_on_disk() {
+        let f = Fixture::new();
+        assert_eq!(
+            next_due(
+                &inspect(&f.layout, &f.settings.clients.names, false),
+                &f.settings
+            ),
+            None
+        );
+        f.converge(f.t0);
+        let disk = inspect(&f.layout, &f.settings.clients.names, false);
+        let due = next_due(&disk, &f.settings).unwrap();
+        // The server (90 d, renewed 30 d before) comes before the clients (1 y) and the CA.
+        let server = disk.get(&Slot::Server).info().unwrap().not_after;
+        assert_eq!(due, renewal_time(server, &f.settings.server.policy));
+        assert!(f.plan_at(due - DAY, Force::default()).is_empty());
+        assert!(!f.plan_at(due + DAY, Force::default()).is_empty());
     }
 
     fn reasons(p: &Plan) -> Vec<(String, Reason)> {
