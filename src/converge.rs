@@ -106,7 +106,7 @@ pub async fn converge_once(
     let wait = if pki_only { Duration::ZERO } else { LOCK_WAIT };
     let _lock = StateLock::acquire_async(&ctx.settings.paths.state_dir, wait).await?;
     remove_stale_temps(ctx);
-    let (_, mut plan) = ctx.plan(&host, now, force)?;
+    let (disk, mut plan) = ctx.plan(&host, now, force)?;
     let marker = docker::plan::deconfigured_path(&ctx.settings);
     let deconfigured = marker.exists();
     let configure_docker =
@@ -159,6 +159,12 @@ pub async fn converge_once(
     out.pki = Some(plan.clone());
     execute::execute(&plan, &ctx.layout, &ctx.settings, &host, now)?;
     out.pki_done = true;
+    // Remember the costly checks of what is on disk now, for the next inspection (`status`).
+    if plan.is_empty() {
+        disk.memo.save(&ctx.layout);
+    } else {
+        ctx.inspect().memo.save(&ctx.layout);
+    }
     inject_fault(ctx)?;
     if let Some(mut d) = held_back {
         let expires = ctx

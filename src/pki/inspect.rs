@@ -116,6 +116,80 @@ pub struct DiskState {
     /// Issuers named by the leaves on disk whose signature verifies with the CA key file: what
     /// the CA's name was, should ca.pem and the record be lost.
     pub ca_key_issuers: Vec<CaName>,
+    /// The costly checks of this inspection, to remember (`Memo::save`).
+    pub memo: Memo,
+}
+
+/// Results of the elliptic-curve and RSA work of an inspection (a private key's public key, a
+/// signature that verifies), keyed by the SHA-256 of exactly the bytes they depend on, so that
+/// reading 1000 unchanged identities costs hashing, not key arithmetic. Kept in
+/// `state_dir/check-memo.json` (0600) by the convergence; read by every inspection.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Memo {
+    /// sha256(key file) -> hex public key.
+    keys: BTreeMap<String, String>,
+    /// sha256(certificate DER) + sha256(the signer's certificate or SubjectPublicKeyInfo DER),
+    /// for signatures that verify.
+    signed: BTreeSet<String>,
+    #[serde(skip)]
+    used: Memoised,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Memoised {
+    keys: BTreeMap<String, String>,
+    signed: BTreeSet<String>,
+}
+
+fn sha(b: &[u8]) -> String {
+    hex::encode(Sha256::digest(b))
+}
+
+impl Memo {
+    pub fn load(layout: &Layout) -> Memo {
+        std::fs::read(layout.check_memo())
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
+
+    /// Writes what this inspection used or computed (so entries of files gone are dropped),
+    /// if that differs from the file; best effort.
+    pub fn save(&self, layout: &Layout) {
+        let keep = Memo {
+            keys: self.used.keys.clone(),
+            signed: self.used.signed.clone(),
+            used: Memoised::default(),
+        };
+        if keep.keys == self.keys && keep.signed == self.signed {
+            return;
+        }
+        if let Ok(json) = serde_json::to_vec(&keep) {
+            let _ = crate::files::atomic_write(&layout.check_memo(), &json, KEY_MODE);
+        }
+    }
+
+    fn key(&mut self, text: &str, compute: impl FnOnce() -> KeyState) -> KeyState {
+        let h = sha(text.as_bytes());
+        if let Some(pk) = self.keys.get(&h).and_then(|pk| hex::decode(pk).ok()) {
+            self.used.keys.insert(h, hex::encode(&pk));
+            return KeyState::Readable { public_key: pk };
+        }
+        let st = compute();
+        if let KeyState::Readable { public_key } = &st {
+            self.used.keys.insert(h, hex::encode(public_key));
+        }
+        st
+    }
+
+    fn signed(&mut self, cert_der: &[u8], spki_der: &[u8], verify: impl FnOnce() -> bool) -> bool {
+        let k = format!("{}{}", sha(cert_der), sha(spki_der));
+        if self.signed.contains(&k) || verify() {
+            self.used.signed.insert(k);
+            return true;
+        }
+        false
+    }
 }
 
 /// What a leaf names its issuer by, and so what a re-signed CA must keep.
@@ -184,11 +258,27 @@ pub fn inspect(layout: &Layout, clients: &[String], probe: bool) -> DiskState {
     let ca_pem = std::fs::read(layout.ca_cert()).ok();
     let ca_der = ca_pem.as_deref().and_then(|p| first_cert_der(p).ok());
     let spki = ca_key_spki(layout);
+    // When ca.pem holds the CA key (the usual case), a leaf it verifies is signed with the key:
+    // one signature check per certificate, not two (status over 1000 clients).
+    let ca_holds_key = match (&ca_der, &spki) {
+        (Some(der), Some(k)) => X509Certificate::from_der(der)
+            .is_ok_and(|(_, c)| c.tbs_certificate.subject_pki.raw == k.as_slice()),
+        _ => false,
+    };
+    let mut memo = Memo::load(layout);
     let mut out = BTreeMap::new();
     for slot in slots {
-        let mut obs = observe(layout, &slot, ca_der.as_deref(), ca_pem.as_deref());
+        let mut obs = observe(
+            layout,
+            &slot,
+            ca_der.as_deref(),
+            ca_pem.as_deref(),
+            &mut memo,
+        );
         obs.signed_by_ca_key = slot != Slot::Ca
-            && matches!((&obs.cert, &spki), (CertState::Present(i), Some(k)) if signed_with_key(&i.der, k));
+            && ((ca_holds_key && obs.signed_by_ca)
+                || matches!((&obs.cert, &spki), (CertState::Present(i), Some(k))
+                    if memo.signed(&i.der, k, || signed_with_key(&i.der, k))));
         out.insert(slot, obs);
     }
     let ca_record = std::fs::read(layout.ca_subject_record())
@@ -198,6 +288,7 @@ pub fn inspect(layout: &Layout, clients: &[String], probe: bool) -> DiskState {
         ca_key_issuers: ca_key_issuers(layout, &out, spki.as_deref()),
         slots: out,
         ca_record,
+        memo,
     }
 }
 
@@ -250,6 +341,7 @@ fn observe(
     slot: &Slot,
     ca_der: Option<&[u8]>,
     ca_pem: Option<&[u8]>,
+    memo: &mut Memo,
 ) -> SlotObservation {
     let (cert_path, key_path) = layout.cert_and_key(slot);
     let cert = match std::fs::read(&cert_path) {
@@ -260,9 +352,14 @@ fn observe(
             Err(e) => CertState::Unparsable(e),
         },
     };
-    let key = read_key(&key_path);
+    let key = match std::fs::read_to_string(&key_path) {
+        Ok(text) => memo.key(&text, || key_state(&key_path, &text)),
+        Err(_) => read_key(&key_path),
+    };
     let signed_by_ca = match (&cert, ca_der) {
-        (CertState::Present(info), Some(ca)) => verify_signed_by(&info.der, ca),
+        (CertState::Present(info), Some(ca)) => {
+            memo.signed(&info.der, ca, || verify_signed_by(&info.der, ca))
+        }
         _ => false,
     };
     let mut wrong_modes = Vec::new();
@@ -304,15 +401,19 @@ pub fn read_key(path: &Path) -> KeyState {
     match std::fs::read_to_string(path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => KeyState::Missing,
         Err(e) => KeyState::Unreadable(format!("cannot read '{}': {e}", path.display())),
-        Ok(text) => match rcgen::KeyPair::from_pem(&text) {
-            Ok(kp) => KeyState::Readable {
-                public_key: kp.public_key_raw().to_vec(),
-            },
-            Err(e) => KeyState::Unreadable(format!(
-                "'{}' is not an unencrypted PKCS#8 PEM private key ({e})",
-                path.display()
-            )),
+        Ok(text) => key_state(path, &text),
+    }
+}
+
+fn key_state(path: &Path, text: &str) -> KeyState {
+    match rcgen::KeyPair::from_pem(text) {
+        Ok(kp) => KeyState::Readable {
+            public_key: kp.public_key_raw().to_vec(),
         },
+        Err(e) => KeyState::Unreadable(format!(
+            "'{}' is not an unencrypted PKCS#8 PEM private key ({e})",
+            path.display()
+        )),
     }
 }
 

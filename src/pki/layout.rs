@@ -36,6 +36,10 @@ impl Layout {
     pub fn ca_subject_record(&self) -> PathBuf {
         self.state_dir.join("ca-subject.json")
     }
+    /// Results of the costly checks of unchanged files (see `inspect::Memo`).
+    pub fn check_memo(&self) -> PathBuf {
+        self.state_dir.join("check-memo.json")
+    }
     pub fn clients_dir(&self) -> PathBuf {
         self.state_dir.join("clients")
     }

@@ -806,6 +806,27 @@ mod tests {
         );
     }
 
+    /// The memo of costly checks is keyed by the bytes: a key swapped behind our back, or a
+    /// certificate replaced, is checked again, never taken from the memo.
+    #[test]
+    fn the_check_memo_never_hides_a_change() {
+        let f = Fixture::new();
+        f.converge(f.t0);
+        let disk = inspect(&f.layout, &f.settings.clients.names, false);
+        disk.memo.save(&f.layout);
+        assert!(f.layout.check_memo().is_file());
+        assert!(f.plan_at(f.t0, Force::default()).is_empty());
+        let (_, admin_key) = f.layout.cert_and_key(&Slot::Client("admin".into()));
+        let (_, server_key) = f.server_files();
+        std::fs::copy(&server_key, &admin_key).unwrap();
+        let r = reasons(&f.plan_at(f.t0, Force::default()));
+        assert!(
+            r.iter()
+                .any(|(s, r)| s.contains("admin") && *r == Reason::KeyMismatch),
+            "{r:?}"
+        );
+    }
+
     #[test]
     fn next_due_is_the_earliest_renewal_on_disk() {
         let f = Fixture::new();
