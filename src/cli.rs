@@ -71,7 +71,8 @@ pub enum Command {
         /// The CA certificate daemon.json must name as tlscacert
         #[arg(long, value_name = "PATH")]
         ca: PathBuf,
-        /// The daemon.json dockerd reads (without --config-file in its ExecStart)
+        /// The daemon.json dockerd reads (with --effective: the one it reads without
+        /// --config-file in its ExecStart)
         #[arg(long, value_name = "PATH")]
         daemon_json: PathBuf,
         /// Ask systemd which daemon.json docker.service's ExecStart really gives dockerd

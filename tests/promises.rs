@@ -100,6 +100,24 @@ fn daemon_json_rewritten_without_tls_closes_the_port_instead_of_serving_plain() 
     m.ok("sed -i 's#/etc/docker/tls/ca.pem#/etc/ssl/certs/ca-certificates.crt#' /etc/docker/daemon.json && systemctl restart docker");
     assert_eq!(plain_never_answers(&m, "another CA"), 7);
     assert_eq!(pid_of(&m, "c1"), pid, "container restarted");
+
+    // A --config-file named at apply time and removed later: the guard unit checks the file
+    // dockerd then reads, not the one it was configured with.
+    m.ok("printf '{\"live-restore\": true}\\n' > /etc/docker/alt.json && echo 'DOCKER_OPTS=\"--config-file=/etc/docker/alt.json\"' > /etc/default/docker && systemctl restart docker && docker-tls-manager apply");
+    m.ok(&format!("{ENV} docker version >/dev/null"));
+    m.ok("grep -q tlsverify /etc/docker/alt.json");
+    m.ok("printf '{\"live-restore\": true}\\n' > /etc/docker/daemon.json && rm /etc/default/docker && systemctl restart docker");
+    assert_eq!(plain_never_answers(&m, "--config-file removed"), 7);
+
+    // The guard unit itself failing (here a drop-in replacing its check): its ExecStopPost
+    // closes the socket all the same.
+    m.ok("docker-tls-manager apply");
+    m.ok(&format!("{ENV} docker version >/dev/null"));
+    m.ok("mkdir -p /etc/systemd/system/docker-tls-manager-guard.service.d && printf '[Service]\\nExecStart=\\nExecStart=/bin/false\\n' > /etc/systemd/system/docker-tls-manager-guard.service.d/zz.conf && systemctl daemon-reload");
+    m.ok("printf '{\"live-restore\": true}\\n' > /etc/docker/daemon.json && systemctl restart docker");
+    assert_eq!(m.ok("systemctl is-active docker").trim(), "active");
+    assert_eq!(plain_never_answers(&m, "guard unit failing"), 7);
+    assert_eq!(pid_of(&m, "c1"), pid, "container restarted");
 }
 
 /// A refused Docker setup (here `hosts` in daemon.json) is reported, but does not stop the

@@ -326,6 +326,13 @@ async fn rollback<S: Systemd, P: Prober, D: DockerDaemon>(
     cx: &ExecContext<'_, S, P, D>,
 ) -> Result<()> {
     let sd = cx.systemd;
+    // A socket this run opened is closed, and Docker stopped (which cancels a pending
+    // automatic restart), before daemon.json loses its TLS keys: no dockerd may start in
+    // between with the port and without them.
+    if docker_touched && !socket_before.is_active() {
+        let _ = sd.job(JobKind::Stop, DOCKER_SERVICE).await;
+        let _ = sd.job(JobKind::Stop, SOCKET_UNIT).await;
+    }
     // Every file back, best effort: one that cannot be restored does not stop the others.
     let mut failed = Vec::new();
     for s in snapshots {
@@ -342,7 +349,10 @@ async fn rollback<S: Systemd, P: Prober, D: DockerDaemon>(
     } else {
         let _ = sd.disable(SOCKET_UNIT).await;
     }
-    sd.reload().await?;
+    if let Err(e) = sd.reload().await {
+        error!("rollback: systemd reload failed: {e:#}");
+        failed.push("(systemd reload)".to_string());
+    }
     if docker_touched {
         let _ = sd.reset_failed(DOCKER_SERVICE).await;
         let _ = sd.reset_failed(SOCKET_UNIT).await;
@@ -545,6 +555,9 @@ mod tests {
         assert_eq!(
             after,
             [
+                // Docker and the new socket stopped before any file is put back.
+                "stop docker.service",
+                "stop docker-tcp.socket",
                 "disable docker-tcp.socket",
                 "reload",
                 "reset-failed docker.service",

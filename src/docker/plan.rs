@@ -175,6 +175,7 @@ fn guard(obs: &Observed, settings: &Settings) -> Result<Guard, UsageError> {
         binary: obs.guard_binary.clone(),
         ca: Layout::new(&settings.paths).ca_cert(),
         daemon_json: obs.daemon_json_path.clone(),
+        default_daemon_json: settings.paths.daemon_json.clone(),
         dropin: dropin_path(settings),
         guard_unit: guard_unit_path(settings),
         config: settings
@@ -182,9 +183,16 @@ fn guard(obs: &Observed, settings: &Settings) -> Result<Guard, UsageError> {
             .clone()
             .filter(|c| c != Path::new(crate::config::DEFAULT_CONFIG_PATH)),
     };
-    for p in [&g.binary, &g.ca, &g.daemon_json, &g.dropin, &g.guard_unit]
-        .into_iter()
-        .chain(g.config.as_ref())
+    for p in [
+        &g.binary,
+        &g.ca,
+        &g.daemon_json,
+        &g.default_daemon_json,
+        &g.dropin,
+        &g.guard_unit,
+    ]
+    .into_iter()
+    .chain(g.config.as_ref())
     {
         if !render::is_plain_path(p) {
             return Err(refuse(format!(

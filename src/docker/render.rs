@@ -34,7 +34,11 @@ pub const GUARD_UNIT: &str = "docker-tls-manager-guard.service";
 pub struct Guard {
     pub binary: PathBuf,
     pub ca: PathBuf,
+    /// The daemon.json dockerd reads now (as planned: `--config-file` honoured).
     pub daemon_json: PathBuf,
+    /// The daemon.json dockerd reads without `--config-file`: what the guard unit falls back
+    /// to when ExecStart no longer names one.
+    pub default_daemon_json: PathBuf,
     pub dropin: PathBuf,
     pub guard_unit: PathBuf,
     /// `--config` for the repair before dockerd starts, when not the default file.
@@ -42,12 +46,12 @@ pub struct Guard {
 }
 
 impl Guard {
-    fn command(&self) -> String {
+    fn command(&self, daemon_json: &Path) -> String {
         format!(
             "{} guard --ca {} --daemon-json {}",
             self.binary.display(),
             self.ca.display(),
-            self.daemon_json.display()
+            daemon_json.display()
         )
     }
 }
@@ -70,7 +74,7 @@ pub fn socket_unit(listen: &[Listen], guard: &Guard) -> String {
     s.push_str("# Never listen unless dockerd will serve this socket with mutual TLS.\n");
     s.push_str(&format!(
         "ExecStartPre={} --require {} --require {}\n",
-        guard.command(),
+        guard.command(&guard.daemon_json),
         guard.dropin.display(),
         guard.guard_unit.display()
     ));
@@ -105,18 +109,20 @@ pub fn guard_unit(guard: &Guard) -> String {
          Before=docker.service\n\
          After=time-set.target\n\
          # Runs at every start of dockerd, however often: a rate limit would let one through.\n\
-         StartLimitIntervalSec=0\n\n[Service]\nType=oneshot\n\
+         StartLimitIntervalSec=0\n\n[Service]\nType=oneshot\nTimeoutStartSec=2min\nUMask=0077\n\
          # First repair the certificate files (a key and certificate a crash left unmatched):\n\
          # dockerd cannot start with them. Skipped while a convergence holds the lock.\n\
-         ExecStart=-{} {}apply --pki-only\n\
-         ExecStart=/bin/sh -c '{} --effective || exec /bin/systemctl stop {SOCKET_UNIT}'\n",
+         ExecStart=-/usr/bin/timeout 60 {} {}apply --pki-only\n\
+         ExecStart=/bin/sh -c '{} --effective || exec /bin/systemctl stop {SOCKET_UNIT}'\n\
+         # Whatever made this unit fail (killed, timed out, a line changed by a drop-in): closed.\n\
+         ExecStopPost=/bin/sh -c 'test \"$$SERVICE_RESULT\" = success || exec /bin/systemctl stop {SOCKET_UNIT}'\n",
         guard.binary.display(),
         guard
             .config
             .as_ref()
             .map(|c| format!("--config {} ", c.display()))
             .unwrap_or_default(),
-        guard.command()
+        guard.command(&guard.default_daemon_json)
     ));
     s
 }
@@ -200,6 +206,7 @@ mod tests {
             binary: "/usr/bin/docker-tls-manager".into(),
             ca: "/etc/docker/tls/ca.pem".into(),
             daemon_json: "/etc/docker/daemon.json".into(),
+            default_daemon_json: "/etc/docker/daemon.json".into(),
             dropin: "/etc/systemd/system/docker.service.d/docker-tls-manager.conf".into(),
             guard_unit: "/etc/systemd/system/docker-tls-manager-guard.service".into(),
             config: None,
