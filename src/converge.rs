@@ -121,7 +121,7 @@ pub async fn converge_once(
         let look = async {
             let side = DockerSide::connect(&ctx.settings).await?;
             let mut obs = side.observe(&ctx.settings).await?;
-            obs.wanted = "(the certificate this run would issue)".into();
+            obs.pki_changes_server = true;
             anyhow::Ok(docker::plan::plan_configure(&obs, &ctx.settings)?)
         };
         match look.await {

@@ -16,10 +16,7 @@ use crate::bundle::{self, ClientFiles};
 use crate::cli::{BundleFormat, ClientCommand, Command, Target};
 use crate::config;
 use crate::converge::{Ctx, DockerSide, Intent, LOCK_WAIT, Outcome, converge_once};
-use crate::docker::{
-    self,
-    plan::{DockerPlan, Step},
-};
+use crate::docker::{self, plan::DockerPlan};
 use crate::error::UsageError;
 use crate::files::{StateLock, atomic_write, ensure_dir};
 use crate::host::HostIdentity;
@@ -121,8 +118,10 @@ pub(crate) async fn converge(
                 .await?
                 .observe(&ctx.settings)
                 .await?;
+            let mut obs = obs;
+            obs.pki_changes_server = plan.changes_server();
             let dplan = docker::plan::plan_configure(&obs, &ctx.settings)?;
-            print_docker_plan(&dplan, true, plan.changes_server());
+            print_docker_plan(&dplan, true);
         }
         return Ok(());
     }
@@ -144,7 +143,7 @@ pub(crate) async fn converge(
         print_plan(p, false);
     }
     if let Some(d) = &outcome.docker {
-        print_docker_plan(d, false, false);
+        print_docker_plan(d, false);
     }
     if outcome.deconfigured {
         println!(
@@ -183,7 +182,7 @@ async fn deconfigure(ctx: &Ctx) -> Result<()> {
         }
         return Err(e);
     }
-    print_docker_plan(&dplan, false, false);
+    print_docker_plan(&dplan, false);
     println!(
         "certificates kept in '{}' and '{}'",
         ctx.settings.paths.cert_dir.display(),
@@ -210,10 +209,12 @@ async fn deconfigure(ctx: &Ctx) -> Result<()> {
     Ok(())
 }
 
-pub(crate) fn print_docker_plan(plan: &DockerPlan, dry_run: bool, server_changes: bool) {
+/// Prints the Docker plan; with `--dry-run` the plan already accounts for what the PKI plan
+/// will change (`Observed::pki_changes_server`), restart included.
+pub(crate) fn print_docker_plan(plan: &DockerPlan, dry_run: bool) {
     if plan.deferred && plan.steps.is_empty() {
         println!("docker: restart deferred, nothing changed for Docker");
-    } else if plan.steps.is_empty() && !server_changes {
+    } else if plan.steps.is_empty() {
         println!("docker: up to date, nothing to do");
     } else {
         println!(
@@ -224,18 +225,6 @@ pub(crate) fn print_docker_plan(plan: &DockerPlan, dry_run: bool, server_changes
                 ""
             }
         );
-        if dry_run
-            && server_changes
-            && !plan
-                .steps
-                .iter()
-                .any(|s| matches!(s, Step::RestartDocker | Step::StartDocker))
-        {
-            println!(
-                "  - restart {} (new server certificate)",
-                docker::render::DOCKER_SERVICE
-            );
-        }
         for s in &plan.steps {
             println!("  - {s}");
         }

@@ -87,6 +87,7 @@ pub async fn observe<S: Systemd, D: DockerDaemon, P: Prober>(
         docker,
         socket,
         wanted,
+        pki_changes_server: false,
         owned,
     })
 }

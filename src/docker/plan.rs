@@ -58,6 +58,10 @@ pub struct Observed {
     pub served: Option<String>,
     /// SHA-256 of the server certificate on disk.
     pub wanted: String,
+    /// The PKI plan about to run changes what Docker serves (a new server certificate or CA):
+    /// Docker is planned as if `wanted` were already that new certificate (`--dry-run`, and
+    /// the look before issuing that holds a renewal back with a deferred restart).
+    pub pki_changes_server: bool,
     pub owned: Owned,
 }
 
@@ -381,7 +385,8 @@ pub fn plan_configure(obs: &Observed, settings: &Settings) -> Result<DockerPlan,
     let enable = obs.socket.unit_file_state != "enabled";
     let docker_active = obs.docker.is_active();
     let socket_active = obs.socket.is_active();
-    let serving_current = obs.served.as_deref() == Some(obs.wanted.as_str());
+    let serving_current =
+        !obs.pki_changes_server && obs.served.as_deref() == Some(obs.wanted.as_str());
     // The drop-in alone needs no restart: its guard is read at dockerd's next start.
     let needs_restart =
         docker_active && (socket_relisten || tls_changed || !serving_current || !socket_active);
@@ -923,6 +928,28 @@ mod tests {
         assert_eq!(
             kinds(&plan_configure(&o, &s).unwrap()),
             ["CheckContainers", "RestartDocker", "VerifyTls"]
+        );
+    }
+
+    /// The PKI plan about to issue a new server certificate: the Docker plan shows the restart
+    /// itself (for `--dry-run`, and for the look that may hold the renewal back).
+    #[test]
+    fn a_pending_server_certificate_is_planned_as_a_restart() {
+        let s = settings("");
+        let mut o = converged(&s);
+        o.pki_changes_server = true;
+        assert_eq!(
+            kinds(&plan_configure(&o, &s).unwrap()),
+            ["CheckContainers", "RestartDocker", "VerifyTls"]
+        );
+        o.daemon = Some(DaemonInfo {
+            containers_running: 1,
+            ..DaemonInfo::default()
+        });
+        assert!(
+            plan_configure(&o, &settings("[docker]\nlive_restore = \"off\""))
+                .unwrap()
+                .deferred
         );
     }
 
