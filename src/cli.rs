@@ -25,7 +25,8 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Converge once: create or repair the CA and certificates, then configure Docker
+    /// Converge once: create or repair the CA and certificates, then configure Docker (also
+    /// after `deconfigure`)
     Apply {
         /// Print the plan and change nothing
         #[arg(long)]
@@ -55,8 +56,8 @@ pub enum Command {
     Client(ClientCommand),
     /// Validate the configuration and the environment; change nothing
     Check,
-    /// Put Docker back as it was (socket unit, drop-in, daemon.json keys removed; restart);
-    /// certificates are kept
+    /// Put Docker back as it was (socket unit, drop-in, guard unit, daemon.json keys removed;
+    /// restart); certificates are kept, and the service leaves Docker alone until `apply`
     Deconfigure,
     /// The long-running service (systemd Type=notify): converge, renew before expiry, repair,
     /// follow address changes

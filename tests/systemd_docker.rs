@@ -155,15 +155,6 @@ fn forced_server_rotation_refuses_no_client_and_keeps_containers() {
     }
     m.ok("sleep 1");
     let p = poll(&m);
-    eprintln!(
-        "poller: {} ok, {} failed, longest gap {} ms",
-        p.ok, p.failed, p.longest_gap_ms
-    );
-    assert!(
-        p.longest_gap_ms < 20_000,
-        "clients stalled {} ms",
-        p.longest_gap_ms
-    );
     // Four restarts: the forced rotation and three more.
     assert_no_client_failed(&m, &p, 4);
     assert!(p.ok > 10, "poller made only {} requests", p.ok);

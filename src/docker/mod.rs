@@ -65,13 +65,14 @@ pub async fn observe<S: Systemd, D: DockerDaemon, P: Prober>(
         None => String::new(),
     };
     let running = docker.is_active();
+    let guard_binary = guard::guard_binary();
     Ok(Observed {
         socket_file: std::fs::read_to_string(plan::socket_path(settings)).ok(),
         dropin_file: std::fs::read_to_string(plan::dropin_path(settings)).ok(),
         legacy_dropin_file: std::fs::read_to_string(plan::legacy_dropin_path(settings)).ok(),
         guard_unit_file: std::fs::read_to_string(plan::guard_unit_path(settings)).ok(),
-        guard_binary_problem: guard::unsafe_for_root(&guard::guard_binary()),
-        guard_binary: guard::guard_binary(),
+        guard_binary_problem: guard::unsafe_for_root(&guard_binary),
+        guard_binary,
         daemon_json: std::fs::read_to_string(&daemon_json_path).ok(),
         daemon_json_path,
         daemon: if running {

@@ -171,9 +171,11 @@ impl Memo {
 
     fn key(&mut self, text: &str, compute: impl FnOnce() -> KeyState) -> KeyState {
         let h = sha(text.as_bytes());
-        if let Some(pk) = self.keys.get(&h).and_then(|pk| hex::decode(pk).ok()) {
-            self.used.keys.insert(h, hex::encode(&pk));
-            return KeyState::Readable { public_key: pk };
+        if let Some(hex_pk) = self.keys.get(&h)
+            && let Ok(public_key) = hex::decode(hex_pk)
+        {
+            self.used.keys.insert(h, hex_pk.clone());
+            return KeyState::Readable { public_key };
         }
         let st = compute();
         if let KeyState::Readable { public_key } = &st {

@@ -149,6 +149,23 @@ impl Machine {
         self.boot()
     }
 
+    /// Waits until `script` succeeds in the machine; returns how long it took. On timeout,
+    /// fails with the tail of the machine's journal.
+    pub fn wait_for(&self, script: &str, timeout: std::time::Duration) -> std::time::Duration {
+        let t0 = std::time::Instant::now();
+        loop {
+            if self.sh(script).status.success() {
+                return t0.elapsed();
+            }
+            assert!(
+                t0.elapsed() < timeout,
+                "`{script}` did not succeed within {timeout:?}\n{}",
+                text(&self.sh("journalctl --no-pager | tail -40").stdout)
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+
     pub fn main_pid(&self) -> String {
         self.ok("systemctl show -p MainPID --value docker.service")
             .trim()
@@ -174,6 +191,12 @@ pub fn fingerprint_served(m: &Machine) -> String {
         "{CLIENT} openssl s_client -connect 127.0.0.1:2376 -cert $C/cert.pem -key $C/key.pem -CAfile $C/ca.pem </dev/null 2>/dev/null | openssl x509 -noout -fingerprint -sha256"
     ))
 }
+
+/// Succeeds when Docker serves, over mutual TLS, the server certificate on disk.
+pub const SERVED_IS_DISK: &str = r#"C=/var/lib/docker-tls-manager/clients/admin
+s=$(openssl s_client -connect 127.0.0.1:2376 -cert $C/cert.pem -key $C/key.pem -CAfile $C/ca.pem </dev/null 2>/dev/null | openssl x509 -noout -fingerprint -sha256)
+d=$(openssl x509 -in /etc/docker/tls/server-cert.pem -noout -fingerprint -sha256 2>/dev/null)
+[ -n "$s" ] && [ "$s" = "$d" ]"#;
 
 pub fn fingerprint_on_disk(m: &Machine) -> String {
     m.ok("openssl x509 -in /etc/docker/tls/server-cert.pem -noout -fingerprint -sha256")
@@ -226,7 +249,17 @@ pub fn poll(m: &Machine) -> Poll {
 /// No client refused or failed during `restarts` restarts of Docker. On dockerd before 24, a
 /// request the old dockerd had already accepted when it was stopped may get no answer
 /// (moby#45314): at most one per restart for this one poller, and never a refusal.
+/// Also: no client stalled 20 s or more.
 pub fn assert_no_client_failed(m: &Machine, p: &Poll, restarts: u32) {
+    eprintln!(
+        "poller: {} ok, {} failed, longest gap {} ms",
+        p.ok, p.failed, p.longest_gap_ms
+    );
+    assert!(
+        p.longest_gap_ms < 20_000,
+        "clients stalled {} ms",
+        p.longest_gap_ms
+    );
     assert_eq!(
         p.failed - p.empty_answers,
         0,
