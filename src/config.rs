@@ -12,6 +12,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::error::UsageError;
+use crate::layout::Layout;
 
 /// Where the configuration is read from when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/docker-tls-manager/config.toml";
@@ -106,15 +107,6 @@ pub struct Listen {
     /// The text as given (`2376`, `0.0.0.0:2376`, `[::1]:2376`), written as `ListenStream=`.
     pub spec: String,
     pub port: u16,
-}
-
-/// Paths the manager reads and writes.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Paths {
-    pub cert_dir: PathBuf,
-    pub state_dir: PathBuf,
-    pub systemd_dir: PathBuf,
-    pub daemon_json: PathBuf,
 }
 
 /// Key type and lifetime of one kind of certificate.
@@ -274,7 +266,8 @@ pub struct BackupSettings {
 pub struct Settings {
     /// The file the settings came from, if one existed.
     pub source: Option<PathBuf>,
-    pub paths: Paths,
+    /// Every file the manager owns or reads, from `[paths]`.
+    pub paths: Layout,
     pub ca: CertPolicy,
     pub server: ServerSettings,
     pub clients: ClientSettings,
@@ -450,7 +443,7 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Settings, UsageError> {
         }
         Ok(p)
     };
-    let paths = Paths {
+    let paths = Layout {
         cert_dir: abs("[paths] cert_dir", raw.paths.cert_dir, DEFAULT_CERT_DIR)?,
         state_dir: abs("[paths] state_dir", raw.paths.state_dir, DEFAULT_STATE_DIR)?,
         systemd_dir: abs(

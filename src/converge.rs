@@ -23,20 +23,24 @@ pub const LOCK_WAIT: Duration = Duration::from_secs(60);
 #[derive(Clone)]
 pub struct Ctx {
     pub settings: Settings,
-    pub layout: Layout,
 }
 
 impl Ctx {
     pub fn load(config_path: Option<&Path>) -> Result<Ctx> {
-        let settings = config::load(config_path)?;
-        let layout = Layout::new(&settings.paths);
-        Ok(Ctx { settings, layout })
+        Ok(Ctx {
+            settings: config::load(config_path)?,
+        })
+    }
+
+    /// Every file the manager owns or reads.
+    pub fn layout(&self) -> &Layout {
+        &self.settings.paths
     }
 
     /// Where backups go, and their retention.
     pub fn backups(&self) -> Backups {
         Backups {
-            dir: self.layout.backup_dir(),
+            dir: self.layout().backup_dir(),
             retention: self.settings.backup,
         }
     }
@@ -44,13 +48,13 @@ impl Ctx {
     /// Clients from the config and those added with `client add`.
     pub fn client_names(&self) -> Vec<String> {
         let mut names: BTreeSet<String> = self.settings.clients.names.iter().cloned().collect();
-        names.extend(self.layout.clients_on_disk());
+        names.extend(self.layout().clients_on_disk());
         names.into_iter().collect()
     }
 
     pub fn inspect(&self) -> DiskState {
         inspect::inspect(
-            &self.layout,
+            self.layout(),
             &self.client_names(),
             self.settings.docker.manage,
         )
@@ -88,6 +92,8 @@ pub struct Outcome {
     pub docker: Option<DockerPlan>,
     /// Docker was left alone because the admin ran `deconfigure`.
     pub deconfigured: bool,
+    /// The daemon.json dockerd really reads (`--config-file` followed), once observed.
+    pub daemon_json: Option<PathBuf>,
 }
 
 /// One convergence under the state lock: the PKI, then Docker (verified, rolled back on
@@ -104,10 +110,10 @@ pub async fn converge_once(
     // `--pki-only` runs from the unit ordered before docker.service, also when the service
     // itself restarts Docker while holding the lock: it must not wait for it.
     let wait = if pki_only { Duration::ZERO } else { LOCK_WAIT };
-    let _lock = StateLock::acquire_async(&ctx.settings.paths.state_dir, wait).await?;
+    let _lock = StateLock::acquire(&ctx.layout().lock(), wait).await?;
     remove_stale_temps(ctx);
     let (disk, mut plan) = ctx.plan(&host, now, force)?;
-    let marker = docker::plan::deconfigured_path(&ctx.settings);
+    let marker = ctx.layout().deconfigured();
     let deconfigured = marker.exists();
     let configure_docker =
         ctx.settings.docker.manage && !pki_only && !(deconfigured && intent == Intent::Maintain);
@@ -122,6 +128,7 @@ pub async fn converge_once(
             let side = DockerSide::connect(&ctx.settings).await?;
             let mut obs = side.observe(&ctx.settings).await?;
             obs.pki_changes_server = true;
+            out.daemon_json = Some(obs.daemon_json_path.clone());
             anyhow::Ok(docker::plan::plan_configure(&obs, &ctx.settings)?)
         };
         match look.await {
@@ -137,33 +144,21 @@ pub async fn converge_once(
         }
     }
     // What Docker reads, as it was: restored if Docker cannot start with the new files.
-    let (server_cert, server_key) = ctx.layout.cert_and_key(&Slot::Server);
-    let (probe_cert, probe_key) = ctx.layout.cert_and_key(&Slot::Probe);
-    let probe_ca = ctx
-        .layout
-        .ca_copy(&Slot::Probe)
-        .expect("the probe has a CA copy");
-    let before: Vec<Snapshot> = [
-        ctx.layout.ca_cert(),
-        ctx.layout.ca_key(),
-        server_cert,
-        server_key,
-        probe_cert,
-        probe_key,
-        probe_ca,
-    ]
-    .iter()
-    .filter(|p| p.exists())
-    .map(|p| Snapshot::take(p))
-    .collect();
+    let before: Vec<Snapshot> = ctx
+        .layout()
+        .docker_reads()
+        .iter()
+        .filter(|p| p.exists())
+        .map(|p| Snapshot::take(p))
+        .collect();
     out.pki = Some(plan.clone());
-    execute::execute(&plan, &ctx.layout, &ctx.settings, &host, now)?;
+    execute::execute(&plan, ctx.layout(), &ctx.settings, &host, now)?;
     out.pki_done = true;
     // Remember the costly checks of what is on disk now, for the next inspection (`status`).
     if plan.is_empty() {
-        disk.memo.save(&ctx.layout);
+        disk.memo.save(ctx.layout());
     } else {
-        ctx.inspect().memo.save(&ctx.layout);
+        ctx.inspect().memo.save(ctx.layout());
     }
     inject_fault(ctx)?;
     if let Some(mut d) = held_back {
@@ -196,6 +191,7 @@ pub async fn converge_once(
     }
     let side = DockerSide::connect(&ctx.settings).await?;
     let obs = side.observe(&ctx.settings).await?;
+    out.daemon_json = Some(obs.daemon_json_path.clone());
     let dplan = docker::plan::plan_configure(&obs, &ctx.settings)?;
     for w in &dplan.warnings {
         tracing::warn!("{w}");
@@ -206,7 +202,7 @@ pub async fn converge_once(
     } else {
         vec![]
     };
-    let cx = side.exec_context(&obs, ctx.layout.backup_dir(), also_restore);
+    let cx = side.exec_context(&obs, ctx.layout().backup_dir(), also_restore);
     docker::execute::execute(&dplan, &cx).await?;
     if deconfigured {
         std::fs::remove_file(&marker)
@@ -219,8 +215,14 @@ pub async fn converge_once(
 /// Temp files of an atomic write cut short (power loss, SIGKILL): safe to remove under the lock.
 /// The backup tree is walked whole: a copy cut short there may hold an old key.
 fn remove_stale_temps(ctx: &Ctx) {
-    let mut dirs = crate::watch::watch_dirs(&ctx.settings, Path::new(config::DEFAULT_CONFIG_PATH));
-    let mut stack = vec![ctx.layout.backup_dir()];
+    let layout = ctx.layout();
+    let config = ctx
+        .settings
+        .source
+        .as_deref()
+        .unwrap_or(Path::new(config::DEFAULT_CONFIG_PATH));
+    let mut dirs = layout.watch_dirs(&layout.daemon_json, config);
+    let mut stack = vec![ctx.layout().backup_dir()];
     while let Some(d) = stack.pop() {
         for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
             if e.file_type().is_ok_and(|t| t.is_dir()) {
@@ -249,7 +251,7 @@ fn remove_stale_temps(ctx: &Ctx) {
 fn inject_fault(ctx: &Ctx) -> Result<()> {
     if std::env::var("DOCKER_TLS_MANAGER_FAULT").as_deref() == Ok("corrupt-server-key") {
         tracing::warn!("fault injection: corrupting the server key");
-        let key = ctx.layout.cert_and_key(&Slot::Server).1;
+        let key = ctx.layout().cert_and_key(&Slot::Server).1;
         crate::files::atomic_write(
             &key,
             b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",

@@ -10,6 +10,7 @@ mod docker;
 mod error;
 mod files;
 mod host;
+mod layout;
 mod metrics;
 mod pki;
 mod service;

@@ -10,7 +10,7 @@ pub(crate) async fn client(ctx: &Ctx, cmd: ClientCommand) -> Result<()> {
             config::validate_client_name(&name).map_err(UsageError)?;
             if ctx.client_names().contains(&name)
                 && ctx
-                    .layout
+                    .layout()
                     .cert_and_key(&Slot::Client(name.clone()))
                     .0
                     .exists()
@@ -20,9 +20,9 @@ pub(crate) async fn client(ctx: &Ctx, cmd: ClientCommand) -> Result<()> {
                 );
             }
             {
-                let _lock = StateLock::acquire(&ctx.settings.paths.state_dir, LOCK_WAIT)?;
-                ensure_dir(&ctx.layout.clients_dir(), KEY_DIR_MODE)?;
-                ensure_dir(&ctx.layout.client_dir(&name), KEY_DIR_MODE)?;
+                let _lock = StateLock::acquire(&ctx.layout().lock(), LOCK_WAIT).await?;
+                ensure_dir(&ctx.layout().clients_dir(), KEY_DIR_MODE)?;
+                ensure_dir(&ctx.layout().client_dir(&name), KEY_DIR_MODE)?;
             }
             converge(ctx, Force::default(), false, false, Intent::Maintain).await?;
             println!(
@@ -64,14 +64,14 @@ pub(crate) async fn client(ctx: &Ctx, cmd: ClientCommand) -> Result<()> {
                 ))
                 .into());
             }
-            let dir = ctx.layout.client_dir(&name);
+            let dir = ctx.layout().client_dir(&name);
             if !dir.is_dir() {
                 return Err(UsageError(format!(
                     "no client '{name}' (see `docker-tls-manager client list`)"
                 ))
                 .into());
             }
-            let _lock = StateLock::acquire(&ctx.settings.paths.state_dir, LOCK_WAIT)?;
+            let _lock = StateLock::acquire(&ctx.layout().lock(), LOCK_WAIT).await?;
             let not_after = ctx
                 .inspect()
                 .get(&Slot::Client(name.clone()))
@@ -85,7 +85,7 @@ pub(crate) async fn client(ctx: &Ctx, cmd: ClientCommand) -> Result<()> {
                 .with_context(|| format!("cannot remove '{}'", dir.display()))?;
             println!(
                 "client '{name}' removed (files backed up in '{}')",
-                ctx.layout.backup_dir().display()
+                ctx.layout().backup_dir().display()
             );
             if let Some(t) = not_after.filter(|t| *t > now) {
                 println!(
@@ -104,7 +104,7 @@ pub(crate) async fn client(ctx: &Ctx, cmd: ClientCommand) -> Result<()> {
         } => {
             known_client(ctx, &name)?;
             // Under the lock: never a key and a certificate from either side of a renewal.
-            let _lock = StateLock::acquire(&ctx.settings.paths.state_dir, LOCK_WAIT)?;
+            let _lock = StateLock::acquire(&ctx.layout().lock(), LOCK_WAIT).await?;
             let files = client_files(ctx, &name)?;
             let host = client_host(host)?;
             let port = ctx.settings.docker.listen[0].port;
@@ -137,7 +137,7 @@ pub(crate) async fn client(ctx: &Ctx, cmd: ClientCommand) -> Result<()> {
         }
         ClientCommand::Env { name, host } => {
             known_client(ctx, &name)?;
-            let _lock = StateLock::acquire(&ctx.settings.paths.state_dir, LOCK_WAIT)?;
+            let _lock = StateLock::acquire(&ctx.layout().lock(), LOCK_WAIT).await?;
             client_files(ctx, &name)?;
             let host = client_host(host)?;
             let port = ctx.settings.docker.listen[0].port;
@@ -145,7 +145,7 @@ pub(crate) async fn client(ctx: &Ctx, cmd: ClientCommand) -> Result<()> {
             println!("export DOCKER_TLS_VERIFY=1");
             println!(
                 "export DOCKER_CERT_PATH={}",
-                ctx.layout.client_dir(&name).display()
+                ctx.layout().client_dir(&name).display()
             );
             Ok(())
         }
@@ -162,7 +162,7 @@ fn record_handed_out(ctx: &Ctx, name: &str, cert_pem: &[u8]) -> Result<()> {
         at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
     };
     atomic_write(
-        &report::handed_out_path(&ctx.layout, name),
+        &report::handed_out_path(ctx.layout(), name),
         serde_json::to_string_pretty(&rec)?.as_bytes(),
         0o600,
     )
@@ -203,8 +203,8 @@ fn known_client(ctx: &Ctx, name: &str) -> Result<()> {
 fn client_files(ctx: &Ctx, name: &str) -> Result<ClientFiles> {
     known_client(ctx, name)?;
     let slot = Slot::Client(name.to_string());
-    let (cert, key) = ctx.layout.cert_and_key(&slot);
-    let ca = ctx.layout.ca_copy(&slot).expect("clients have a CA copy");
+    let (cert, key) = ctx.layout().cert_and_key(&slot);
+    let ca = ctx.layout().ca_copy(&slot).expect("clients have a CA copy");
     let read = |p: &Path| {
         std::fs::read(p).with_context(|| {
             format!(
@@ -218,7 +218,7 @@ fn client_files(ctx: &Ctx, name: &str) -> Result<ClientFiles> {
         cert: read(&cert)?,
         key: read(&key)?,
     };
-    let current = ctx.layout.ca_cert();
+    let current = ctx.layout().ca_cert();
     let current_ca = read(&current)?;
     let why = match bundle::check(&files, &current_ca, SystemTime::now()) {
         Ok(()) => return Ok(files),

@@ -20,8 +20,8 @@ use crate::docker::{self, plan::DockerPlan};
 use crate::error::UsageError;
 use crate::files::{StateLock, atomic_write, ensure_dir};
 use crate::host::HostIdentity;
+use crate::layout::KEY_DIR_MODE;
 use crate::pki::Slot;
-use crate::pki::layout::KEY_DIR_MODE;
 use crate::pki::plan::{Force, Plan};
 use crate::status as report;
 use crate::systemd::Systemd;
@@ -156,14 +156,14 @@ pub(crate) async fn converge(
 /// Puts Docker back as it was and records that the admin asked for it, so that neither the
 /// service nor `renew` configures Docker again until `apply`.
 async fn deconfigure(ctx: &Ctx) -> Result<()> {
-    let _lock = StateLock::acquire(&ctx.settings.paths.state_dir, LOCK_WAIT)?;
+    let _lock = StateLock::acquire(&ctx.layout().lock(), LOCK_WAIT).await?;
     let side = DockerSide::connect(&ctx.settings).await?;
     let obs = side.observe(&ctx.settings).await?;
     let dplan = docker::plan::plan_deconfigure(&obs, &ctx.settings)?;
     // Recorded before anything changes: a crash halfway must not let the service (which
     // watches the files removed below) configure Docker again at the next boot. Taken back
     // if the run fails: the rollback restored the configuration, which the service keeps.
-    let marker = docker::plan::deconfigured_path(&ctx.settings);
+    let marker = ctx.layout().deconfigured();
     let had_marker = marker.exists();
     ensure_dir(&ctx.settings.paths.state_dir, KEY_DIR_MODE)?;
     atomic_write(
@@ -175,7 +175,7 @@ async fn deconfigure(ctx: &Ctx) -> Result<()> {
         .as_bytes(),
         0o600,
     )?;
-    let cx = side.exec_context(&obs, ctx.layout.backup_dir(), vec![]);
+    let cx = side.exec_context(&obs, ctx.layout().backup_dir(), vec![]);
     if let Err(e) = docker::execute::execute(&dplan, &cx).await {
         if !had_marker {
             let _ = std::fs::remove_file(&marker);

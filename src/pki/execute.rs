@@ -11,12 +11,12 @@ use tracing::info;
 
 use super::inspect::{CaName, CaRecord, San, cert_info, read_cert_info};
 use super::issue::{self, Leaf};
-use super::layout::{CERT_MODE, KEY_DIR_MODE, KEY_MODE};
 use super::plan::{Action, Plan, common_name, policy_of};
 use super::{Layout, Slot};
 use crate::config::Settings;
 use crate::files::{Backups, atomic_write, backup, ensure_dir, set_mode, write_if_changed};
 use crate::host::HostIdentity;
+use crate::layout::{CERT_MODE, KEY_DIR_MODE, KEY_MODE};
 
 /// Runs every action of `plan` in order. Stops at the first error; what was written until then
 /// is complete and consistent file by file, and the next run picks up from there.

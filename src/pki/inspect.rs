@@ -13,10 +13,10 @@ use x509_parser::oid_registry::OID_SIG_ED25519;
 use x509_parser::prelude::{FromDer, X509Certificate};
 use x509_parser::public_key::PublicKey;
 
-use super::layout::{CERT_MODE, KEY_DIR_MODE, KEY_MODE};
 use super::{Layout, Slot};
 use crate::config::KeyType;
 use crate::files::mode_of;
+use crate::layout::{CERT_MODE, KEY_DIR_MODE, KEY_MODE};
 
 /// A subject alternative name.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]

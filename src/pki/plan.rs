@@ -406,7 +406,7 @@ pub fn plan(
              because every client certificate depends on it: restore it (backups are in '{}'), \
              fix its permissions, or move it away to create a new CA and then hand every client \
              a new bundle",
-            settings.paths.state_dir.join("backup").display()
+            settings.paths.backup_dir().display()
         ),
         KeyState::Missing => Some(Action::IssueCa {
             new_key: true,
@@ -693,11 +693,10 @@ mod tests {
         fn new() -> Fixture {
             let dir = tempfile::tempdir().unwrap();
             let settings = settings_for(dir.path(), "");
-            let layout = Layout::new(&settings.paths);
             Fixture {
                 _dir: dir,
+                layout: settings.paths.clone(),
                 settings,
-                layout,
                 host: host(),
                 t0: SystemTime::now(),
             }
