@@ -12,6 +12,7 @@ use crate::config::{self, Settings};
 use crate::docker::{self, daemon::UnixDocker, execute::Snapshot, plan::DockerPlan};
 use crate::files::{Backups, StateLock};
 use crate::host::HostIdentity;
+use crate::layout::DockerdInputs;
 use crate::pki::inspect::{self, DiskState};
 use crate::pki::plan::{self, Force, Plan};
 use crate::pki::{Layout, Slot, execute};
@@ -92,8 +93,8 @@ pub struct Outcome {
     pub docker: Option<DockerPlan>,
     /// Docker was left alone because the admin ran `deconfigure`.
     pub deconfigured: bool,
-    /// The daemon.json dockerd really reads (`--config-file` followed), once observed.
-    pub daemon_json: Option<PathBuf>,
+    /// What dockerd reads (daemon.json with `--config-file` followed), once observed.
+    pub dockerd: Option<DockerdInputs>,
 }
 
 /// One convergence under the state lock: the PKI, then Docker (verified, rolled back on
@@ -110,8 +111,8 @@ pub async fn converge_once(
     // `--pki-only` runs from the unit ordered before docker.service, also when the service
     // itself restarts Docker while holding the lock: it must not wait for it.
     let wait = if pki_only { Duration::ZERO } else { LOCK_WAIT };
-    let _lock = StateLock::acquire(&ctx.layout().lock(), wait).await?;
-    remove_stale_temps(ctx);
+    let _lock = StateLock::acquire(ctx.layout(), wait).await?;
+    remove_stale_temps(ctx, &DockerdInputs::configured(ctx.layout()), true);
     let (disk, mut plan) = ctx.plan(&host, now, force)?;
     let marker = ctx.layout().deconfigured();
     let deconfigured = marker.exists();
@@ -128,7 +129,7 @@ pub async fn converge_once(
             let side = DockerSide::connect(&ctx.settings).await?;
             let mut obs = side.observe(&ctx.settings).await?;
             obs.pki_changes_server = true;
-            out.daemon_json = Some(obs.daemon_json_path.clone());
+            out.dockerd = Some(obs.dockerd_inputs());
             anyhow::Ok(docker::plan::plan_configure(&obs, &ctx.settings)?)
         };
         match look.await {
@@ -191,7 +192,9 @@ pub async fn converge_once(
     }
     let side = DockerSide::connect(&ctx.settings).await?;
     let obs = side.observe(&ctx.settings).await?;
-    out.daemon_json = Some(obs.daemon_json_path.clone());
+    out.dockerd = Some(obs.dockerd_inputs());
+    // Where that daemon.json really is, temp files of a write cut short there go too.
+    remove_stale_temps(ctx, &obs.dockerd_inputs(), false);
     let dplan = docker::plan::plan_configure(&obs, &ctx.settings)?;
     for w in &dplan.warnings {
         tracing::warn!("{w}");
@@ -212,17 +215,16 @@ pub async fn converge_once(
     Ok(())
 }
 
-/// Temp files of an atomic write cut short (power loss, SIGKILL): safe to remove under the lock.
-/// The backup tree is walked whole: a copy cut short there may hold an old key.
-fn remove_stale_temps(ctx: &Ctx) {
-    let layout = ctx.layout();
-    let config = ctx
-        .settings
-        .source
-        .as_deref()
-        .unwrap_or(Path::new(config::DEFAULT_CONFIG_PATH));
-    let mut dirs = layout.watch_dirs(&layout.daemon_json, config);
-    let mut stack = vec![ctx.layout().backup_dir()];
+/// Temp files of an atomic write cut short (power loss, SIGKILL) in the directories we write:
+/// safe to remove under the lock. The backup tree (`with_backups`) is walked whole: a copy cut
+/// short there may hold an old key.
+fn remove_stale_temps(ctx: &Ctx, dockerd: &DockerdInputs, with_backups: bool) {
+    let mut dirs = ctx.layout().write_dirs(dockerd);
+    let mut stack = if with_backups {
+        vec![ctx.layout().backup_dir()]
+    } else {
+        vec![]
+    };
     while let Some(d) = stack.pop() {
         for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
             if e.file_type().is_ok_and(|t| t.is_dir()) {

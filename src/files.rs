@@ -12,6 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{Context, Result, bail};
 
 use crate::config::BackupSettings;
+use crate::layout::Layout;
 
 /// Prefix of temporary files; anything starting with it in our directories is a leftover.
 pub const TEMP_PREFIX: &str = ".dtm-tmp-";
@@ -316,11 +317,9 @@ pub struct StateLock {
 }
 
 impl StateLock {
-    fn open(path: &Path) -> Result<(File, PathBuf)> {
-        if let Some(dir) = path.parent() {
-            ensure_dir(dir, 0o700)?;
-        }
-        let path = path.to_path_buf();
+    fn open(layout: &Layout) -> Result<(File, PathBuf)> {
+        ensure_dir(&layout.state_dir, 0o700)?;
+        let path = layout.lock();
         let file = OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -345,8 +344,8 @@ impl StateLock {
     }
 
     /// Waits up to `wait` for the lock (`Layout::lock`) without blocking the runtime.
-    pub async fn acquire(lock: &Path, wait: Duration) -> Result<StateLock> {
-        let (file, path) = Self::open(lock)?;
+    pub async fn acquire(layout: &Layout, wait: Duration) -> Result<StateLock> {
+        let (file, path) = Self::open(layout)?;
         let deadline = Instant::now() + wait;
         while !Self::try_lock(&file, &path)? {
             if Instant::now() >= deadline {
@@ -672,7 +671,12 @@ mod tests {
     #[tokio::test]
     async fn lock_is_exclusive() {
         let d = tempfile::tempdir().unwrap();
-        let lock = d.path().join("state").join("lock");
+        let lock = Layout {
+            cert_dir: d.path().join("certs"),
+            state_dir: d.path().join("state"),
+            systemd_dir: d.path().join("units"),
+            daemon_json: d.path().join("daemon.json"),
+        };
         let _a = StateLock::acquire(&lock, Duration::ZERO).await.unwrap();
         assert_eq!(
             fs::metadata(d.path().join("state"))

@@ -8,11 +8,12 @@
 //! | cert_dir | `ca.pem`, `server-cert.pem`, `server-key.pem` | what dockerd reads |
 //! | state_dir | `ca-key.pem` | the CA key (never beside what Docker reads) |
 //! | state_dir | `ca-subject.json`, `check-memo.json` | the CA's subject for life; memo of costly checks |
-//! | state_dir | `clients/NAME/{ca,cert,key}.pem`, `probe/{ca,cert,key}.pem` | client bundles; our own probe identity |
+//! | state_dir | `clients/NAME/{ca,cert,key}.pem`, `clients/NAME/handed-out.json`, `probe/{ca,cert,key}.pem` | client bundles and when each went out; our own probe identity |
 //! | state_dir | `docker-owned.json`, `deconfigured` | what we put into daemon.json; `deconfigure` ran |
 //! | state_dir | `metrics-state.json`, `lock`, `backup/` | service counters; the state lock; backups |
 //! | systemd_dir | `docker-tcp.socket`, `docker-tls-manager-guard.service`, `docker.service.d/docker-tls-manager.conf` | our units |
 //! | daemon_json | `daemon.json` | Docker's settings, shared with the admin (the one dockerd reads: see `docker::dockerd`) |
+//! | (read) | docker.service's drop-ins and `EnvironmentFile=`s | watched: they can move daemon.json ([`DockerdInputs`]) |
 
 use std::path::{Path, PathBuf};
 
@@ -22,6 +23,39 @@ use crate::pki::Slot;
 pub const KEY_MODE: u32 = 0o600;
 pub const CERT_MODE: u32 = 0o644;
 pub const KEY_DIR_MODE: u32 = 0o700;
+
+/// What dockerd reads besides our files, as the last look at docker.service found it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DockerdInputs {
+    /// The daemon.json dockerd reads (`--config-file` in its ExecStart followed).
+    pub daemon_json: PathBuf,
+    /// docker.service's `EnvironmentFile=`s (`$DOCKER_OPTS` can move daemon.json).
+    pub environment_files: Vec<PathBuf>,
+}
+
+impl DockerdInputs {
+    /// Before any look at docker.service: the configured daemon.json.
+    pub fn configured(layout: &Layout) -> DockerdInputs {
+        DockerdInputs {
+            daemon_json: layout.daemon_json.clone(),
+            environment_files: vec![],
+        }
+    }
+
+    /// daemon.json as configured, as dockerd reads it, and where a symlink there leads.
+    pub fn daemon_json_files(&self, layout: &Layout) -> Vec<PathBuf> {
+        let mut files = vec![layout.daemon_json.clone(), self.daemon_json.clone()];
+        for f in files.clone() {
+            if let Ok(target) = std::fs::canonicalize(&f)
+                && target != f
+            {
+                files.push(target);
+            }
+        }
+        files.dedup();
+        files
+    }
+}
 
 /// Where everything lives (`[paths]`, validated: absolute, distinct).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -49,6 +83,10 @@ impl Layout {
     /// The CA's subject, recorded so the CA keeps it for life (see `inspect::CaRecord`).
     pub fn ca_subject_record(&self) -> PathBuf {
         self.state_dir.join("ca-subject.json")
+    }
+    /// When a client's bundle went out, and with which certificate (see `status`).
+    pub fn handed_out(&self, name: &str) -> PathBuf {
+        self.client_dir(name).join("handed-out.json")
     }
     /// Results of the costly checks of unchanged files (see `inspect::Memo`).
     pub fn check_memo(&self) -> PathBuf {
@@ -121,10 +159,28 @@ impl Layout {
         ]
     }
 
-    /// The directories holding files we own or read, given the daemon.json dockerd really
-    /// reads and the configuration file (those that exist are watched; the rest once they
-    /// appear). Also where interrupted writes leave temp files.
-    pub fn watch_dirs(&self, daemon_json: &Path, config: &Path) -> Vec<PathBuf> {
+    /// The directories holding files we own or read (those that exist are watched; the rest
+    /// once they appear): ours, those of what dockerd reads (`inputs`) and the config file's.
+    pub fn watch_dirs(&self, inputs: &DockerdInputs, config: &Path) -> Vec<PathBuf> {
+        let mut dirs: std::collections::BTreeSet<PathBuf> =
+            self.write_dirs(inputs).into_iter().collect();
+        for f in inputs
+            .environment_files
+            .iter()
+            .map(PathBuf::as_path)
+            .chain([config])
+        {
+            if let Some(d) = f.parent() {
+                dirs.insert(d.to_path_buf());
+            }
+        }
+        dirs.into_iter().collect()
+    }
+
+    /// The directories we write into, where an interrupted atomic write leaves its temp file
+    /// (the backup tree aside: see `converge`). daemon.json counts where dockerd reads it and
+    /// where a symlink there leads (the write goes to the link's target).
+    pub fn write_dirs(&self, inputs: &DockerdInputs) -> Vec<PathBuf> {
         let mut dirs = std::collections::BTreeSet::new();
         dirs.insert(self.cert_dir.clone());
         dirs.insert(self.state_dir.clone());
@@ -135,7 +191,7 @@ impl Layout {
         }
         dirs.insert(self.systemd_dir.clone());
         dirs.insert(self.docker_dropin_dir());
-        for f in [&self.daemon_json, daemon_json, config] {
+        for f in inputs.daemon_json_files(self) {
             if let Some(d) = f.parent() {
                 dirs.insert(d.to_path_buf());
             }
@@ -143,9 +199,10 @@ impl Layout {
         dirs.into_iter().collect()
     }
 
-    /// Whether a changed path is one of ours or one we read (daemon.json: the configured one
-    /// or the one dockerd really reads). Temp files of our own writes are not.
-    pub fn is_watched_file(&self, daemon_json: &Path, path: &Path) -> bool {
+    /// Whether a changed path is one of ours or one dockerd reads: daemon.json (configured,
+    /// really read, or a symlink's target), docker.service's drop-ins and environment files
+    /// (they can move daemon.json). Temp files of our own writes are not.
+    pub fn is_watched_file(&self, inputs: &DockerdInputs, path: &Path) -> bool {
         let Some(name) = path.file_name().map(|n| n.to_string_lossy()) else {
             return false;
         };
@@ -161,10 +218,10 @@ impl Layout {
             || (pem && parent.parent() == Some(self.clients_dir().as_path()))
             || (pem && parent == self.probe_dir())
             || path == self.socket_unit()
-            || path == self.dropin()
             || path == self.guard_unit()
-            || path == self.daemon_json
-            || path == daemon_json
+            || (parent == self.docker_dropin_dir() && name.ends_with(".conf"))
+            || inputs.daemon_json_files(self).iter().any(|f| f == path)
+            || inputs.environment_files.iter().any(|f| f == path)
     }
 
     /// (certificate, key) of a slot.
@@ -273,11 +330,17 @@ mod tests {
     #[test]
     fn docker_reads_are_watched_and_swept() {
         let l = layout();
-        let dj = Path::new("/etc/docker/other.json");
-        let dirs = l.watch_dirs(dj, Path::new("/e/config.toml"));
+        let inputs = DockerdInputs {
+            daemon_json: "/etc/docker/cm/other.json".into(),
+            environment_files: vec!["/etc/default/docker".into()],
+        };
+        let dj = inputs.daemon_json.as_path();
+        let dirs = l.watch_dirs(&inputs, Path::new("/e/config.toml"));
+        let swept = l.write_dirs(&inputs);
         for f in l.docker_reads() {
-            assert!(dirs.contains(&f.parent().unwrap().to_path_buf()), "{f:?}");
-            assert!(l.is_watched_file(dj, &f), "{f:?}");
+            let dir = f.parent().unwrap().to_path_buf();
+            assert!(dirs.contains(&dir) && swept.contains(&dir), "{f:?}");
+            assert!(l.is_watched_file(&inputs, &f), "{f:?}");
         }
         for f in [
             l.socket_unit(),
@@ -285,11 +348,41 @@ mod tests {
             l.guard_unit(),
             l.daemon_json.clone(),
         ] {
-            assert!(l.is_watched_file(dj, &f), "{f:?}");
+            assert!(l.is_watched_file(&inputs, &f), "{f:?}");
         }
-        assert!(l.is_watched_file(dj, dj));
-        assert!(!l.is_watched_file(dj, &l.lock()));
-        assert!(!l.is_watched_file(dj, &l.metrics_state()));
-        assert!(!l.is_watched_file(dj, Path::new("/c/.dtm-tmp-1-server-key.pem")));
+        // What dockerd reads, and what can change it.
+        assert!(l.is_watched_file(&inputs, dj));
+        assert!(l.is_watched_file(&inputs, Path::new("/etc/default/docker")));
+        assert!(l.is_watched_file(&inputs, Path::new("/u/docker.service.d/admin.conf")));
+        assert!(dirs.contains(&PathBuf::from("/etc/default")));
+        assert!(dirs.contains(&PathBuf::from("/e")));
+        // Swept: where we write (daemon.json as dockerd reads it), not where we only read.
+        assert!(swept.contains(&PathBuf::from("/etc/docker/cm")));
+        assert!(swept.contains(&PathBuf::from("/d")));
+        assert!(!swept.contains(&PathBuf::from("/etc/default")));
+        assert!(!swept.contains(&PathBuf::from("/e")));
+        assert!(!l.is_watched_file(&inputs, &l.lock()));
+        assert!(!l.is_watched_file(&inputs, &l.metrics_state()));
+        assert!(!l.is_watched_file(&inputs, Path::new("/etc/default/grub")));
+        assert!(!l.is_watched_file(&inputs, Path::new("/c/.dtm-tmp-1-server-key.pem")));
+    }
+
+    #[test]
+    fn a_symlinked_daemon_json_is_followed_to_its_target() {
+        let d = tempfile::tempdir().unwrap();
+        let target_dir = d.path().join("daemon.d");
+        std::fs::create_dir(&target_dir).unwrap();
+        std::fs::write(target_dir.join("main.json"), "{}").unwrap();
+        let link = d.path().join("daemon.json");
+        std::os::unix::fs::symlink("daemon.d/main.json", &link).unwrap();
+        let mut l = layout();
+        l.daemon_json = link;
+        let inputs = DockerdInputs::configured(&l);
+        let target = std::fs::canonicalize(target_dir.join("main.json")).unwrap();
+        assert!(l.is_watched_file(&inputs, &target));
+        assert!(
+            l.write_dirs(&inputs)
+                .contains(&target.parent().unwrap().to_path_buf())
+        );
     }
 }

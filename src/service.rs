@@ -18,6 +18,7 @@ use crate::config::DEFAULT_CONFIG_PATH;
 use crate::converge::{Ctx, Intent, Outcome, converge_once};
 use crate::docker::plan::Step;
 use crate::files::{LockBusy, atomic_write};
+use crate::layout::DockerdInputs;
 use crate::metrics::{self, LastRun, Metrics};
 use crate::pki::Slot;
 use crate::pki::plan::{Action, Force, next_due, renewal_time};
@@ -143,8 +144,8 @@ struct Worker {
     deconfigured: bool,
     warnings: BTreeSet<String>,
     refresh: mpsc::UnboundedSender<Vec<PathBuf>>,
-    /// The daemon.json dockerd really reads, as the last convergence found it.
-    daemon_json: PathBuf,
+    /// What dockerd reads, as the last convergence found it.
+    dockerd: DockerdInputs,
     /// Content hash and mode of the watched files after the last convergence: an event whose
     /// file is still so is our own write (or no change) and is ignored.
     known: BTreeMap<PathBuf, FileState>,
@@ -155,16 +156,20 @@ struct Worker {
 }
 
 impl Worker {
+    /// The configuration file as loaded (absolute), else as named, else the default.
     fn config_file(&self) -> PathBuf {
-        self.config_path
+        self.ctx
+            .settings
+            .source
             .clone()
+            .or_else(|| self.config_path.clone())
             .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH))
     }
 
     fn targets<'a>(&'a self, config: &'a Path) -> Targets<'a> {
         Targets {
             layout: self.ctx.layout(),
-            daemon_json: &self.daemon_json,
+            dockerd: &self.dockerd,
             config,
         }
     }
@@ -226,8 +231,8 @@ impl Worker {
             self.deferred = d.deferred;
         }
         self.deconfigured = out.deconfigured;
-        if let Some(p) = out.daemon_json {
-            self.daemon_json = p;
+        if let Some(d) = out.dockerd {
+            self.dockerd = d;
         }
         match result {
             Ok(()) => {
@@ -262,7 +267,6 @@ impl Worker {
 
     fn remember_files(&mut self) {
         let config = self.config_file();
-        self.known.clear();
         let targets = self.targets(&config);
         let mut known = BTreeMap::new();
         for dir in targets.dirs() {
@@ -603,7 +607,7 @@ fn ended(name: &str, r: Result<Result<String>, tokio::task::JoinError>) -> bool 
 /// Runs the service until SIGTERM. A bad configuration at start is an error (exit 2).
 pub async fn run(config_path: Option<&Path>) -> Result<()> {
     let ctx = Ctx::load(config_path)?;
-    let daemon_json_default = ctx.layout().daemon_json.clone();
+    let dockerd_default = DockerdInputs::configured(ctx.layout());
     info!(config = %ctx.settings.source.as_ref().map_or("defaults".into(), |p| p.display().to_string()), "starting");
     let (trig_tx, trig_rx) = mpsc::unbounded_channel();
     let (refresh_tx, refresh_rx) = mpsc::unbounded_channel();
@@ -620,7 +624,7 @@ pub async fn run(config_path: Option<&Path>) -> Result<()> {
         deconfigured: false,
         warnings: BTreeSet::new(),
         refresh: refresh_tx,
-        daemon_json: daemon_json_default,
+        dockerd: dockerd_default,
         known: BTreeMap::new(),
         watchdog: sd_notify::watchdog_enabled().map(|d| d / 2),
         deadline: tokio::time::Instant::now(),

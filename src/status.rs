@@ -267,10 +267,6 @@ pub struct HandedOut {
     pub at: String,
 }
 
-pub fn handed_out_path(layout: &crate::pki::Layout, name: &str) -> std::path::PathBuf {
-    layout.client_dir(name).join("handed-out.json")
-}
-
 /// Bundles already handed out cannot be renewed remotely: warn when one is about to expire
 /// (within the clients' renew_before) or has expired.
 pub fn handed_out_warnings(
@@ -281,7 +277,7 @@ pub fn handed_out_warnings(
 ) -> Vec<String> {
     let mut out = Vec::new();
     for name in clients {
-        let Ok(data) = std::fs::read(handed_out_path(layout, name)) else {
+        let Ok(data) = std::fs::read(layout.handed_out(name)) else {
             continue;
         };
         let Ok(h) = serde_json::from_slice::<HandedOut>(&data) else {

@@ -11,7 +11,7 @@ use notify::{EventKind, RecursiveMode, Watcher};
 use tokio::io::unix::AsyncFd;
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::layout::Layout;
+use crate::layout::{DockerdInputs, Layout};
 
 /// Why the service loop should look again.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -24,11 +24,12 @@ pub enum Trigger {
     Addresses,
 }
 
-/// What the watcher looks at: the file map, the daemon.json dockerd really reads (it follows
-/// `--config-file` in dockerd's ExecStart, learned at each convergence), the configuration file.
+/// What the watcher looks at: the file map, what dockerd reads (the daemon.json named by
+/// `--config-file` in its ExecStart, its environment files: learned at each convergence), the
+/// configuration file.
 pub struct Targets<'a> {
     pub layout: &'a Layout,
-    pub daemon_json: &'a Path,
+    pub dockerd: &'a DockerdInputs,
     pub config: &'a Path,
 }
 
@@ -39,13 +40,13 @@ impl Targets<'_> {
             return Some(Trigger::Config);
         }
         self.layout
-            .is_watched_file(self.daemon_json, path)
+            .is_watched_file(self.dockerd, path)
             .then(|| Trigger::File(path.to_path_buf()))
     }
 
     /// The directories to watch (those that exist are watched; the rest once they appear).
     pub fn dirs(&self) -> Vec<PathBuf> {
-        self.layout.watch_dirs(self.daemon_json, self.config)
+        self.layout.watch_dirs(self.dockerd, self.config)
     }
 }
 
@@ -88,6 +89,17 @@ impl FileWatcher {
                 .map(|m| m.ino())
         };
         self.watched.retain(|d, ino| inode(d) == Some(*ino));
+        // Directories no longer on the list (daemon.json moved elsewhere): unwatched.
+        let gone: Vec<PathBuf> = self
+            .watched
+            .keys()
+            .filter(|d| !dirs.contains(d))
+            .cloned()
+            .collect();
+        for d in gone {
+            let _ = self.watcher.unwatch(&d);
+            self.watched.remove(&d);
+        }
         for d in dirs {
             let Some(ino) = inode(d) else { continue };
             if self.watched.get(d) == Some(&ino) {
@@ -203,9 +215,13 @@ mod tests {
             Path::new("/e/config.toml"),
         )
         .unwrap();
+        let dockerd = DockerdInputs {
+            daemon_json: "/etc/docker/other/daemon.json".into(),
+            environment_files: vec![],
+        };
         let t = Targets {
             layout: &s.paths,
-            daemon_json: Path::new("/etc/docker/other/daemon.json"),
+            dockerd: &dockerd,
             config: Path::new("/e/config.toml"),
         };
         let f = |p: &str| t.classify(Path::new(p));

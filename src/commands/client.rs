@@ -20,7 +20,7 @@ pub(crate) async fn client(ctx: &Ctx, cmd: ClientCommand) -> Result<()> {
                 );
             }
             {
-                let _lock = StateLock::acquire(&ctx.layout().lock(), LOCK_WAIT).await?;
+                let _lock = StateLock::acquire(ctx.layout(), LOCK_WAIT).await?;
                 ensure_dir(&ctx.layout().clients_dir(), KEY_DIR_MODE)?;
                 ensure_dir(&ctx.layout().client_dir(&name), KEY_DIR_MODE)?;
             }
@@ -71,7 +71,7 @@ pub(crate) async fn client(ctx: &Ctx, cmd: ClientCommand) -> Result<()> {
                 ))
                 .into());
             }
-            let _lock = StateLock::acquire(&ctx.layout().lock(), LOCK_WAIT).await?;
+            let _lock = StateLock::acquire(ctx.layout(), LOCK_WAIT).await?;
             let not_after = ctx
                 .inspect()
                 .get(&Slot::Client(name.clone()))
@@ -104,7 +104,7 @@ pub(crate) async fn client(ctx: &Ctx, cmd: ClientCommand) -> Result<()> {
         } => {
             known_client(ctx, &name)?;
             // Under the lock: never a key and a certificate from either side of a renewal.
-            let _lock = StateLock::acquire(&ctx.layout().lock(), LOCK_WAIT).await?;
+            let _lock = StateLock::acquire(ctx.layout(), LOCK_WAIT).await?;
             let files = client_files(ctx, &name)?;
             let host = client_host(host)?;
             let port = ctx.settings.docker.listen[0].port;
@@ -137,7 +137,7 @@ pub(crate) async fn client(ctx: &Ctx, cmd: ClientCommand) -> Result<()> {
         }
         ClientCommand::Env { name, host } => {
             known_client(ctx, &name)?;
-            let _lock = StateLock::acquire(&ctx.layout().lock(), LOCK_WAIT).await?;
+            let _lock = StateLock::acquire(ctx.layout(), LOCK_WAIT).await?;
             client_files(ctx, &name)?;
             let host = client_host(host)?;
             let port = ctx.settings.docker.listen[0].port;
@@ -162,7 +162,7 @@ fn record_handed_out(ctx: &Ctx, name: &str, cert_pem: &[u8]) -> Result<()> {
         at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
     };
     atomic_write(
-        &report::handed_out_path(ctx.layout(), name),
+        &ctx.layout().handed_out(name),
         serde_json::to_string_pretty(&rec)?.as_bytes(),
         0o600,
     )

@@ -156,7 +156,7 @@ pub(crate) async fn converge(
 /// Puts Docker back as it was and records that the admin asked for it, so that neither the
 /// service nor `renew` configures Docker again until `apply`.
 async fn deconfigure(ctx: &Ctx) -> Result<()> {
-    let _lock = StateLock::acquire(&ctx.layout().lock(), LOCK_WAIT).await?;
+    let _lock = StateLock::acquire(ctx.layout(), LOCK_WAIT).await?;
     let side = DockerSide::connect(&ctx.settings).await?;
     let obs = side.observe(&ctx.settings).await?;
     let dplan = docker::plan::plan_deconfigure(&obs, &ctx.settings)?;

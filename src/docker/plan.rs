@@ -65,6 +65,21 @@ pub struct Observed {
     pub owned: Owned,
 }
 
+impl Observed {
+    /// What dockerd reads besides our files, for the watcher and the sweep.
+    pub fn dockerd_inputs(&self) -> crate::layout::DockerdInputs {
+        crate::layout::DockerdInputs {
+            daemon_json: self.daemon_json_path.clone(),
+            environment_files: self
+                .docker
+                .environment_files
+                .iter()
+                .map(|(p, _)| PathBuf::from(p))
+                .collect(),
+        }
+    }
+}
+
 /// One step, run in order by the executor.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Step {
