@@ -54,6 +54,9 @@ pub enum Command {
     /// Manage client identities
     #[command(subcommand)]
     Client(ClientCommand),
+    /// Share this host's CA with other hosts, so one client bundle works on all of them
+    #[command(subcommand)]
+    Ca(CaCommand),
     /// Validate the configuration and the environment; change nothing
     Check,
     /// Put Docker back as it was (socket unit, drop-in, guard unit, daemon.json keys removed;
@@ -112,6 +115,34 @@ pub enum ClientCommand {
         /// Host name clients use to reach Docker [default: this host's FQDN or hostname]
         #[arg(long)]
         host: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CaCommand {
+    /// Write the CA certificate and its key, encrypted with a passphrase (PKCS#8, readable by
+    /// `openssl pkey`), for `ca import` on another host
+    Export {
+        /// Output file, written with mode 0600 (`-`: standard output)
+        #[arg(short, long, value_name = "FILE")]
+        output: PathBuf,
+        /// Read the passphrase from FILE (`-`: standard input) [default: make a new one and
+        /// print it once]
+        #[arg(long, value_name = "FILE")]
+        passphrase_file: Option<PathBuf>,
+    },
+    /// Replace this host's CA with one exported by `ca export` on another host, then reissue
+    /// this host's certificates from it and restart Docker (verified, rolled back on failure)
+    Import {
+        /// The file `ca export` wrote
+        file: PathBuf,
+        /// Read the passphrase from FILE (`-`: standard input)
+        #[arg(long, value_name = "FILE")]
+        passphrase_file: PathBuf,
+        /// Replace the CA although clients hold certificates from the current one (their
+        /// bundles stop working here and must be handed out again)
+        #[arg(long)]
+        force: bool,
     },
 }
 

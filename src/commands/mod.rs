@@ -1,7 +1,8 @@
 //! The commands: each loads what it needs, plans, and acts, through the convergence engine
 //! (`crate::converge`). Output for humans goes to stdout; logs (tracing) go to stderr. By noun:
-//! `client`, `status`, `check`; apply, renew and deconfigure here.
+//! `ca`, `client`, `status`, `check`; apply, renew and deconfigure here.
 
+mod ca;
 mod check;
 mod client;
 mod status;
@@ -92,6 +93,7 @@ pub async fn run(cmd: Command, config_path: Option<&Path>) -> Result<()> {
         }
         Command::Status { json } => status::status_cmd(&ctx, json).await,
         Command::Check => check::check(&ctx).await,
+        Command::Ca(c) => ca::ca(&ctx, c).await,
         Command::Client(c) => client::client(&ctx, c).await,
         Command::Deconfigure => deconfigure(&ctx).await,
         Command::Run | Command::GenerateAssets { .. } | Command::Guard { .. } => {

@@ -89,6 +89,38 @@ fn read_ca_key(layout: &Layout) -> Result<rcgen::KeyPair> {
         .with_context(|| format!("cannot parse the CA key '{}'", path.display()))
 }
 
+/// Puts an imported CA in place of this host's (`ca import`), backing up what it replaces.
+/// Order, so that a crash between any two writes converges on the imported CA: its subject
+/// record first (ignored while the key on disk is another one), then its key (the planner
+/// re-signs a certificate for a key that lacks one under the recorded subject, which every
+/// client of the fleet already trusts), then its certificate.
+pub fn install_ca(
+    layout: &Layout,
+    backups: &Backups,
+    ca: &super::transfer::CaMaterial,
+    now: SystemTime,
+) -> Result<()> {
+    ensure_key_dirs(layout, &Slot::Ca)?;
+    ensure_dir(&layout.cert_dir, KEY_DIR_MODE)?;
+    let record = serde_json::to_vec_pretty(&CaRecord::of(&ca.cert))?;
+    replace(backups, &layout.ca_subject_record(), &record, KEY_MODE, now)?;
+    replace(
+        backups,
+        &layout.ca_key(),
+        ca.key_pem.as_bytes(),
+        KEY_MODE,
+        now,
+    )?;
+    replace(
+        backups,
+        &layout.ca_cert(),
+        ca.cert_pem.as_bytes(),
+        CERT_MODE,
+        now,
+    )?;
+    Ok(())
+}
+
 /// Writes `state_dir/ca-subject.json` from the CA certificate on disk.
 fn record_ca_subject(layout: &Layout) -> Result<()> {
     let path = layout.ca_cert();
