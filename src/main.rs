@@ -10,6 +10,7 @@ mod docker;
 mod error;
 mod files;
 mod host;
+mod manual;
 mod metrics;
 mod pki;
 mod service;
@@ -21,7 +22,8 @@ use clap::Parser;
 
 fn init_tracing() {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("DTM_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter =
+        EnvFilter::try_from_env(manual::LOG_ENV).unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
