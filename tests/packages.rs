@@ -52,6 +52,10 @@ fn deb_install_enable_restart_upgrade_remove_purge() {
     copy_in(&m, &upgrade, "docker-tls-manager-upgrade.deb");
 
     // 1. Install: nothing enabled or started; then the one command.
+    // (packaging) As on a real host: no policy-rc.d (the machine boots this host's tree, a
+    // Docker image whose policy-rc.d forbids maintainer scripts to start or stop services;
+    // step 6 puts it back).
+    m.ok("rm -f /usr/sbin/policy-rc.d");
     m.ok("cd /root && apt-get install -y ./docker-tls-manager.deb");
     // As on a real host: the packaged binary is the only one.
     m.ok("rm -f /usr/local/bin/docker-tls-manager");
@@ -159,6 +163,29 @@ fn deb_install_enable_restart_upgrade_remove_purge() {
     m.ok("systemctl restart docker && systemctl is-active docker && docker run --rm --network none dtm-busybox /bin/true");
     // Nothing docker.service reads points at a missing file.
     m.ok("for f in $(grep -o '\"/[^\"]*\\.pem\"' /etc/docker/daemon.json 2>/dev/null | tr -d '\"'); do test -s $f; done");
+
+    // 6. (packaging) Removed where policy-rc.d forbids stopping services: the service and
+    //    Docker are left alone (the service is not raced by a deconfigure), the port keeps
+    //    mutual TLS, and the guard closes it at Docker's next start, the binary gone.
+    m.ok("cd /root && apt-get install -y ./docker-tls-manager-upgrade.deb && systemctl enable --now docker-tls-manager");
+    m.ok(&format!("{old} docker version >/dev/null"));
+    m.ok("printf '#!/bin/sh\\nexit 101\\n' > /usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d");
+    let o = m.sh("apt-get remove -y docker-tls-manager");
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let said = text(&o.stdout) + &text(&o.stderr);
+    assert!(said.contains("policy-rc.d forbids"), "{said}");
+    m.ok("test ! -e /usr/bin/docker-tls-manager && systemctl is-active docker-tls-manager");
+    m.ok(&format!("{old} docker version >/dev/null"));
+    m.ok("test ! -e /etc/systemd/system/multi-user.target.wants/docker-tls-manager.service");
+    m.ok("systemctl stop docker-tls-manager; systemctl restart docker && docker run --rm --network none dtm-busybox /bin/true");
+    assert_eq!(
+        m.sh("curl -s --max-time 5 http://127.0.0.1:2376/_ping")
+            .status
+            .code(),
+        Some(7),
+        "port 2376 served after Docker's restart without the binary"
+    );
+    m.ok("rm -f /usr/sbin/policy-rc.d && dpkg --purge docker-tls-manager");
 }
 
 #[test]
