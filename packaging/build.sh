@@ -21,6 +21,8 @@ cargo build --release --locked
 strip --remove-section=.comment --remove-section=.note target/release/docker-tls-manager
 rm -rf target/assets
 target/release/docker-tls-manager generate-assets target/assets > /dev/null
+# The license notices of the crates linked into the binary (named by the copyright file).
+python3 packaging/third-party.py target/assets/THIRD-PARTY
 # The .rpm ships its man pages compressed, as rpmbuild's brp-compress would (cargo-deb
 # compresses the .deb's itself).
 gzip -9 -n -k target/assets/*.[0-9]

@@ -217,6 +217,14 @@ fn rpm_metadata_files_modes_and_scriptlets() {
             "-rw-r--r--",
             "/usr/share/bash-completion/completions/docker-tls-manager",
         ),
+        (
+            "-rw-r--r--",
+            "/usr/share/licenses/docker-tls-manager/LICENSE",
+        ),
+        (
+            "-rw-r--r--",
+            "/usr/share/licenses/docker-tls-manager/THIRD-PARTY",
+        ),
     ] {
         assert!(
             files
@@ -277,6 +285,7 @@ fn deb_metadata() {
     for f in [
         "./usr/share/doc/docker-tls-manager/changelog.Debian.gz",
         "./usr/share/doc/docker-tls-manager/copyright",
+        "./usr/share/doc/docker-tls-manager/THIRD-PARTY",
         "./usr/share/lintian/overrides/docker-tls-manager",
         "./usr/share/man/man8/docker-tls-manager.8.gz",
         "./usr/share/man/man5/docker-tls-manager.toml.5.gz",
@@ -284,6 +293,16 @@ fn deb_metadata() {
         assert!(
             files.lines().any(|l| l.ends_with(f)),
             "{f} missing:\n{files}"
+        );
+    }
+    // The notices of the crates linked in, the C one (aws-lc) included.
+    let third = host(&format!(
+        "dpkg-deb --fsys-tarfile {d} | tar -xO ./usr/share/doc/docker-tls-manager/THIRD-PARTY"
+    ));
+    for krate in ["rustls ", "aws-lc-sys ", "zbus ", "tokio "] {
+        assert!(
+            third.lines().any(|l| l.starts_with(krate)),
+            "THIRD-PARTY lists no {krate}"
         );
     }
     // The changelog's newest entry is the package's version (cargo-deb's default revision -1).
