@@ -5,7 +5,10 @@
 set -euo pipefail
 packages=(docker.io systemd-container dbus curl openssl busybox-static iproute2 util-linux procps
     ca-certificates rpm binutils strace)
+# The packages' linters and the man page checks (tests/packages.rs, tests/manual.rs).
+packages+=(lintian rpmlint man-db groff-base)
 tools=(dockerd systemd-nspawn dbus-daemon curl openssl busybox ip nsenter ps rpm strip strace)
+tools+=(lintian rpmlint man groff)
 missing=0
 for t in "${tools[@]}"; do
     command -v "$t" > /dev/null || [[ -x /usr/sbin/$t ]] || missing=1

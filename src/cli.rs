@@ -65,7 +65,7 @@ pub enum Command {
     /// The long-running service (systemd Type=notify): converge, renew before expiry, repair,
     /// follow address changes
     Run,
-    /// Write the man page and shell completions into DIR (used to build the packages)
+    /// Write the man pages, shell completions and the packaged config.toml into DIR (used to build the packages)
     #[command(hide = true)]
     GenerateAssets { dir: PathBuf },
     /// Exit 0 only if dockerd will serve the TCP socket with mutual TLS (run by systemd

@@ -11,6 +11,7 @@ mod error;
 mod files;
 mod host;
 mod layout;
+mod manual;
 mod metrics;
 mod pki;
 mod service;
@@ -22,7 +23,8 @@ use clap::Parser;
 
 fn init_tracing() {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("DTM_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter =
+        EnvFilter::try_from_env(manual::LOG_ENV).unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

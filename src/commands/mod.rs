@@ -259,18 +259,16 @@ pub(crate) fn print_plan(plan: &Plan, dry_run: bool) {
     }
 }
 
-/// The man page (section 8) and bash, zsh and fish completions, generated from the clap
-/// definition so they never drift from it.
+/// The man pages (crate::manual), bash, zsh and fish completions and the packaged config.toml,
+/// generated from the code so they never drift from it.
 fn generate_assets(dir: &Path) -> Result<()> {
     use clap::CommandFactory;
     use clap_complete::Shell;
     ensure_dir(dir, 0o755)?;
     let cmd = crate::cli::Cli::command();
-    let mut man = Vec::new();
-    clap_mangen::Man::new(cmd.clone())
-        .section("8")
-        .render(&mut man)?;
-    atomic_write(&dir.join("docker-tls-manager.8"), &man, 0o644)?;
+    for page in crate::manual::pages() {
+        atomic_write(&dir.join(&page.file_name), page.text.as_bytes(), 0o644)?;
+    }
     for (shell, name) in [
         (Shell::Bash, "docker-tls-manager.bash"),
         (Shell::Zsh, "_docker-tls-manager"),
@@ -286,7 +284,7 @@ fn generate_assets(dir: &Path) -> Result<()> {
         0o644,
     )?;
     println!(
-        "wrote the man page, completions and the packaged config.toml to {}",
+        "wrote the man pages, completions and the packaged config.toml to {}",
         dir.display()
     );
     Ok(())
