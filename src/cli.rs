@@ -54,6 +54,9 @@ pub enum Command {
     /// Manage client identities
     #[command(subcommand)]
     Client(ClientCommand),
+    /// The CA key: a staged rollover that breaks no client, or the immediate replacement
+    #[command(subcommand)]
+    Ca(CaCommand),
     /// Validate the configuration and the environment; change nothing
     Check,
     /// Put Docker back as it was (socket unit, drop-in, guard unit, daemon.json keys removed;
@@ -112,6 +115,36 @@ pub enum ClientCommand {
         /// Host name clients use to reach Docker [default: this host's FQDN or hostname]
         #[arg(long)]
         host: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CaCommand {
+    /// A new CA key without breaking a client: phase 1 trusts both CAs, phase 2 the new one
+    #[command(subcommand)]
+    Rollover(RolloverCommand),
+    /// Replace the CA key at once (the key may be compromised): every bundle handed out stops
+    /// working at once and must be handed out again (same as `renew --force ca`)
+    Replace {
+        /// Required: says you mean it
+        #[arg(long)]
+        now: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RolloverCommand {
+    /// Phase 1: a new CA key; Docker trusts both CAs, bundles handed out from now on are from
+    /// the new one, bundles handed out before keep working (one Docker restart)
+    Start,
+    /// The phase, and the clients still holding a bundle from the previous CA
+    Status,
+    /// Phase 2: the previous CA is no longer trusted and its key is destroyed (one Docker
+    /// restart); refused while clients still hold bundles from it, unless --force
+    Finish {
+        /// Finish even though the clients named still hold bundles from the previous CA
+        #[arg(long)]
+        force: bool,
     },
 }
 

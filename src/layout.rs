@@ -8,6 +8,7 @@
 //! | cert_dir | `ca.pem`, `server-cert.pem`, `server-key.pem` | what dockerd reads |
 //! | state_dir | `ca-key.pem` | the CA key (never beside what Docker reads) |
 //! | state_dir | `ca-subject.json`, `check-memo.json` | the CA's subject for life; memo of costly checks |
+//! | state_dir | `rollover.json`, `ca-previous.pem`, `ca-previous-key.pem`, `ca-cross.pem` | a CA key rollover: its phase; the previous CA and its key (destroyed at the end); the previous CA certified by the new key (see `pki::rollover`) |
 //! | state_dir | `clients/NAME/{ca,cert,key}.pem`, `probe/{ca,cert,key}.pem` | client bundles; our own probe identity |
 //! | state_dir | `docker-owned.json`, `deconfigured` | what we put into daemon.json; `deconfigure` ran |
 //! | state_dir | `metrics-state.json`, `lock`, `backup/` | service counters; the state lock; backups |
@@ -49,6 +50,23 @@ impl Layout {
     /// The CA's subject, recorded so the CA keeps it for life (see `inspect::CaRecord`).
     pub fn ca_subject_record(&self) -> PathBuf {
         self.state_dir.join("ca-subject.json")
+    }
+    /// The phase of a CA key rollover, while one runs (see `pki::rollover`).
+    pub fn rollover_record(&self) -> PathBuf {
+        self.state_dir.join("rollover.json")
+    }
+    /// The previous CA certificate during a rollover.
+    pub fn ca_previous_cert(&self) -> PathBuf {
+        self.state_dir.join("ca-previous.pem")
+    }
+    /// The previous CA key during a rollover: destroyed when it finishes.
+    pub fn ca_previous_key(&self) -> PathBuf {
+        self.state_dir.join("ca-previous-key.pem")
+    }
+    /// The previous CA (its name and key) certified by the new CA key: the intermediate that
+    /// lets bundles of the new CA verify the server certificate of the previous one.
+    pub fn ca_cross(&self) -> PathBuf {
+        self.state_dir.join("ca-cross.pem")
     }
     /// Results of the costly checks of unchanged files (see `inspect::Memo`).
     pub fn check_memo(&self) -> PathBuf {
@@ -247,6 +265,10 @@ mod tests {
             l.ca_key(),
             l.ca_subject_record(),
             l.check_memo(),
+            l.rollover_record(),
+            l.ca_previous_cert(),
+            l.ca_previous_key(),
+            l.ca_cross(),
             l.docker_owned(),
             l.deconfigured(),
             l.metrics_state(),

@@ -265,6 +265,9 @@ pub struct HandedOut {
     pub fingerprint_sha256: String,
     pub not_after: String,
     pub at: String,
+    /// Hex of the certificate's authority key identifier: which CA's bundle it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_key_id: Option<String>,
 }
 
 pub fn handed_out_path(layout: &crate::pki::Layout, name: &str) -> std::path::PathBuf {
@@ -303,6 +306,91 @@ pub fn handed_out_warnings(
                 days_between(now, not_after)
             ));
         }
+    }
+    out
+}
+
+// --- CA key rollover (see `pki::rollover`) ---
+
+/// Clients whose last bundle handed out is from the previous CA of the rollover `r`: its
+/// certificate names the previous CA's key as authority (records from before that was noted:
+/// handed out before the rollover started).
+pub fn old_ca_holders(
+    layout: &crate::pki::Layout,
+    clients: &[String],
+    r: &crate::pki::rollover::Record,
+) -> Vec<String> {
+    let started = r.started_at();
+    clients
+        .iter()
+        .filter(|name| {
+            let Some(h) = std::fs::read(handed_out_path(layout, name))
+                .ok()
+                .and_then(|d| serde_json::from_slice::<HandedOut>(&d).ok())
+            else {
+                return false;
+            };
+            match (&h.ca_key_id, &r.previous_key_id) {
+                (Some(k), Some(p)) => k == p,
+                _ => humantime::parse_rfc3339(&h.at)
+                    .ok()
+                    .zip(started)
+                    .is_some_and(|(at, s)| at < s),
+            }
+        })
+        .cloned()
+        .collect()
+}
+
+/// The rollover's warnings for `status`, the log and `STATUS=`: the phase, when it finishes,
+/// and who still holds a bundle of the previous CA.
+pub fn rollover_warnings(
+    layout: &crate::pki::Layout,
+    clients: &[String],
+    settings: &Settings,
+    now: SystemTime,
+) -> Vec<String> {
+    use crate::pki::rollover::{self, Schedule};
+    let record = rollover::load_record(layout).ok().flatten();
+    let schedule = rollover::schedule(
+        settings.ca_rollover.key_lifetime,
+        settings.ca_rollover.overlap,
+        rollover::key_born(layout),
+        record.as_ref(),
+        now,
+    );
+    let mut out = Vec::new();
+    match (&record, schedule) {
+        (Some(r), s) => {
+            let holders = old_ca_holders(layout, clients, r);
+            let when = match s {
+                Schedule::FinishesAt(t) => format!(
+                    "; the service finishes it at {} ({} days)",
+                    rfc3339(t),
+                    days_between(now, t)
+                ),
+                _ => String::new(),
+            };
+            let who = if holders.is_empty() {
+                "no client holds a bundle from the previous CA".to_string()
+            } else {
+                format!(
+                    "clients still holding a bundle from the previous CA: {} (hand each a new one:                      `docker-tls-manager client bundle NAME`)",
+                    holders.join(", ")
+                )
+            };
+            out.push(format!(
+                "CA key rollover, {} since {}{when}; {who}",
+                r.phase, r.started
+            ));
+        }
+        (None, Schedule::StartsAt(t)) if t <= now + settings.ca_rollover.overlap => {
+            out.push(format!(
+                "the CA key reaches [ca] key_lifetime at {}: the service then starts a CA key                  rollover (bundles handed out before keep working for [ca] rollover_overlap)",
+                rfc3339(t)
+            ));
+        }
+        _ => {}
     }
     out
 }

@@ -2,6 +2,7 @@
 //! (`crate::converge`). Output for humans goes to stdout; logs (tracing) go to stderr. By noun:
 //! `client`, `status`, `check`; apply, renew and deconfigure here.
 
+mod ca;
 mod check;
 mod client;
 mod status;
@@ -93,6 +94,7 @@ pub async fn run(cmd: Command, config_path: Option<&Path>) -> Result<()> {
         Command::Status { json } => status::status_cmd(&ctx, json).await,
         Command::Check => check::check(&ctx).await,
         Command::Client(c) => client::client(&ctx, c).await,
+        Command::Ca(c) => ca::ca(&ctx, c).await,
         Command::Deconfigure => deconfigure(&ctx).await,
         Command::Run | Command::GenerateAssets { .. } | Command::Guard { .. } => {
             unreachable!("handled above")

@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime};
 use anyhow::{Result, bail};
 
 use super::inspect::{CaName, CaRecord, CertState, DiskState, KeyState, San, SlotObservation};
+use super::rollover::Phase;
 use super::{PROBE_CN, Slot};
 use crate::config::{CertPolicy, KeyType, Settings};
 use crate::host::{Fqdn, HostIdentity};
@@ -44,6 +45,10 @@ pub enum Reason {
         wanted: KeyType,
     },
     CaReplaced,
+    /// A CA key rollover starts: the CA gets a new key, bundles handed out keep working.
+    RolloverStart,
+    /// A CA key rollover changes what Docker trusts or presents (a Docker restart).
+    RolloverChain,
     Due {
         not_after: SystemTime,
     },
@@ -63,7 +68,11 @@ impl Reason {
     pub fn is_renewal(&self) -> bool {
         matches!(
             self,
-            Reason::Due { .. } | Reason::Expired { .. } | Reason::Forced
+            Reason::Due { .. }
+                | Reason::Expired { .. }
+                | Reason::Forced
+                | Reason::RolloverStart
+                | Reason::RolloverChain
         )
     }
 }
@@ -95,6 +104,10 @@ impl fmt::Display for Reason {
                 found.map_or("unknown".to_string(), |k| k.to_string())
             ),
             Reason::CaReplaced => f.write_str("the CA gets a new key"),
+            Reason::RolloverStart => f.write_str(
+                "CA key rollover, phase 1 (bundles handed out keep working until it finishes)",
+            ),
+            Reason::RolloverChain => f.write_str("CA key rollover"),
             Reason::Due { not_after } => write!(f, "due for renewal (expires {})", t(not_after)),
             Reason::Expired { not_after } => write!(f, "expired at {}", t(not_after)),
             Reason::NotYetValid { not_before } => write!(
@@ -118,6 +131,16 @@ pub enum Action {
     CopyCa { slot: Slot },
     /// Record the CA's subject (`state_dir/ca-subject.json`), missing or stale.
     RecordCaSubject,
+    /// Rollover: keep the current CA and its key as the previous one.
+    SavePreviousCa,
+    /// Rollover: certify the previous CA (its name and key) with the current CA key.
+    CrossSign,
+    /// Write what dockerd trusts (ca.pem): the current CA, and the previous one in phase 1.
+    WriteTrust { with_previous: bool },
+    /// Rollover: remove the previous CA, its key and every backup copy of that key.
+    DestroyPreviousCa,
+    /// Rollover: done; remove its record.
+    EndRollover,
     /// Set the mode of a file or directory.
     FixMode {
         path: PathBuf,
@@ -140,6 +163,22 @@ impl fmt::Display for Action {
             Action::Issue { slot, reason } => write!(f, "issue {slot} certificate: {reason}"),
             Action::CopyCa { slot } => write!(f, "refresh the CA copy of {slot}"),
             Action::RecordCaSubject => f.write_str("record the CA subject"),
+            Action::SavePreviousCa => {
+                f.write_str("keep the current CA and its key as the previous CA")
+            }
+            Action::CrossSign => {
+                f.write_str("certify the previous CA with the new CA key (for new bundles)")
+            }
+            Action::WriteTrust {
+                with_previous: true,
+            } => f.write_str("trust client certificates of the new and the previous CA"),
+            Action::WriteTrust {
+                with_previous: false,
+            } => f.write_str("trust client certificates of the current CA only"),
+            Action::DestroyPreviousCa => {
+                f.write_str("destroy the previous CA key (and its backup copies)")
+            }
+            Action::EndRollover => f.write_str("end the CA key rollover"),
             Action::FixMode { path, mode, found } => {
                 write!(f, "chmod {mode:o} '{}' (was {found:o})", path.display())
             }
@@ -156,6 +195,9 @@ pub struct Plan {
     pub ca_subject: Option<CaName>,
     /// The SANs a server certificate issued by this plan gets.
     pub server_sans: BTreeSet<San>,
+    /// The rollover phase this plan leaves (`None`: none, or ended): in phase 1 the server
+    /// certificate is signed by the previous CA and presented with the cross certificate.
+    pub rollover: Option<super::rollover::Phase>,
 }
 
 impl Plan {
@@ -175,6 +217,8 @@ impl Plan {
                 Reason::Due { .. }
                     | Reason::Forced
                     | Reason::CaReplaced
+                    | Reason::RolloverStart
+                    | Reason::RolloverChain
                     | Reason::SansChanged { .. }
                     | Reason::KeyTypeChanged { .. }
             )
@@ -182,6 +226,12 @@ impl Plan {
         let mut ca_changes = false;
         for a in &self.actions {
             match a {
+                // A rollover's steps wait for the restart as a whole.
+                Action::SavePreviousCa
+                | Action::CrossSign
+                | Action::WriteTrust { .. }
+                | Action::DestroyPreviousCa
+                | Action::EndRollover => ca_changes = true,
                 Action::IssueCa { reason, new_key } => {
                     if !can_wait(reason) {
                         return None;
@@ -201,7 +251,12 @@ impl Plan {
             .actions
             .iter()
             .filter(|a| match a {
-                Action::IssueCa { .. } => false,
+                Action::IssueCa { .. }
+                | Action::SavePreviousCa
+                | Action::CrossSign
+                | Action::WriteTrust { .. }
+                | Action::DestroyPreviousCa
+                | Action::EndRollover => false,
                 Action::Issue {
                     slot: Slot::Server, ..
                 } => false,
@@ -226,6 +281,7 @@ impl Plan {
                     slot: Slot::Server,
                     ..
                 } | Action::IssueCa { .. }
+                    | Action::WriteTrust { .. }
             )
         })
     }
@@ -281,7 +337,7 @@ pub fn wanted_server_sans(
     let current = disk
         .slots
         .get(&Slot::Server)
-        .filter(|o| o.signed_by_ca || o.signed_by_ca_key)
+        .filter(|o| o.signed_by_ca || o.signed_by_ca_key || disk.rollover.server_signed_by_previous)
         .and_then(|o| o.info())
         .map(|i| &i.sans);
     let Some(current) = current else {
@@ -454,6 +510,9 @@ pub fn plan(
             })
         }
     };
+    let (phase, rollover_pre, ca_action) = rollover_ca_step(disk, settings, force, ca_action)?;
+    p.rollover = phase;
+    p.actions.extend(rollover_pre);
     // Leaves signed by the CA's previous key no longer verify once the CA certificate carries
     // another key: a new key, or a certificate that did not match the key file.
     let ca_new_key = matches!(
@@ -467,11 +526,19 @@ pub fn plan(
         )
     );
     let ca_changes = ca_action.is_some();
+    let ca_rollover_start = matches!(
+        ca_action,
+        Some(Action::IssueCa {
+            reason: Reason::RolloverStart,
+            ..
+        })
+    );
     if let (Some(Action::IssueCa { new_key: false, .. }), KeyState::Readable { public_key }) =
         (&ca_action, &ca.key)
     {
         p.ca_subject = kept_ca_subject(disk, public_key);
-        if p.ca_subject.is_none() {
+        // In phase 1 a CA whose name is lost is the new one: no bundle names it yet.
+        if p.ca_subject.is_none() && phase != Some(Phase::Overlap) {
             p.warnings.push(
                 "the CA's subject is found neither in ca.pem, nor in the record, nor in any \
                  certificate it signed: the CA is re-signed under a new name, and bundles handed \
@@ -491,11 +558,50 @@ pub fn plan(
             mode_fixes(ca, &mut p.actions)
         }
     }
-    if matches!(ca_action_new_key(&p), Some(true)) && !matches!(ca.cert, CertState::Missing) {
+    if matches!(ca_action_new_key(&p), Some(true))
+        && !matches!(ca.cert, CertState::Missing)
+        && !ca_rollover_start
+    {
         p.warnings.push(
             "the CA gets a new key: every client bundle handed out before must be handed out again"
                 .into(),
         );
+    }
+
+    // Rollover: the cross certificate and what dockerd trusts. The server certificate is
+    // reissued whenever what Docker trusts or presents changes: its fingerprint is what tells
+    // that Docker restarted with the files on disk, also after a crash between the two.
+    let ro = &disk.rollover;
+    let overlap = phase == Some(Phase::Overlap);
+    let mut server_refresh = false;
+    if overlap && (ca_changes || !ro.cross_current(now)) {
+        p.actions.push(Action::CrossSign);
+        server_refresh = true;
+    }
+    let trust_ok = match (&ca.cert, ca_changes) {
+        // The CA is written alone; the previous one is added after it.
+        (_, true) => !overlap,
+        (CertState::Present(info), false) => {
+            let mut want = vec![info.der.clone()];
+            if overlap && let Some(prev) = &ro.previous_cert {
+                want.push(prev.der.clone());
+            }
+            ro.trust == want
+        }
+        _ => true,
+    };
+    if !trust_ok {
+        p.actions.push(Action::WriteTrust {
+            with_previous: overlap,
+        });
+        server_refresh = true;
+    }
+    let wanted_chain: Vec<Vec<u8>> = match (&ro.cross, overlap) {
+        (Some(x), true) => vec![x.der.clone()],
+        _ => vec![],
+    };
+    if ro.server_chain != wanted_chain || (!overlap && ro.server_signed_by_previous) {
+        server_refresh = true;
     }
 
     // Leaves: server, probe, clients.
@@ -519,7 +625,14 @@ pub fn plan(
                     i.issuer_der == n.subject_der
                         && (i.authority_key_id.is_none() || i.authority_key_id == n.key_id)
                 }));
-        let reason = leaf_reason(
+        // In phase 1 the server certificate is the previous CA's (old bundles verify it
+        // directly; new ones through the cross certificate).
+        let signed = if overlap && *slot == Slot::Server {
+            ro.server_signed_by_previous
+        } else {
+            signed
+        };
+        let mut reason = leaf_reason(
             obs,
             slot,
             policy,
@@ -531,6 +644,12 @@ pub fn plan(
             signed,
             force.keep_sans,
         );
+        if *slot == Slot::Server
+            && server_refresh
+            && matches!(reason, None | Some(Reason::NotSignedByCa))
+        {
+            reason = Some(Reason::RolloverChain);
+        }
         match reason {
             Some(reason) => p.actions.push(Action::Issue {
                 slot: slot.clone(),
@@ -546,7 +665,78 @@ pub fn plan(
             }
         }
     }
+    if phase == Some(Phase::Finish) && ro.record.is_some() {
+        p.actions.push(Action::EndRollover);
+    }
     Ok(p)
+}
+
+/// The CA step of a CA key rollover (see `pki::rollover`): the phase this plan leaves, the
+/// actions that come before the CA's, and the CA action (a new key when phase 1 starts).
+fn rollover_ca_step(
+    disk: &DiskState,
+    settings: &Settings,
+    force: Force,
+    ca_action: Option<Action>,
+) -> Result<(Option<Phase>, Vec<Action>, Option<Action>)> {
+    let ro = &disk.rollover;
+    if let Some(e) = &ro.record_error {
+        bail!("{e}");
+    }
+    let mut pre = Vec::new();
+    match ro.phase() {
+        None => Ok((None, pre, ca_action)),
+        Some(_) if force.ca => {
+            // The immediate replacement ends a rollover: no previous CA stays trusted.
+            if ro.previous_left() {
+                pre.push(Action::DestroyPreviousCa);
+            }
+            if ro.record.is_some() {
+                pre.push(Action::EndRollover);
+            }
+            Ok((None, pre, ca_action))
+        }
+        Some(Phase::Finish) => {
+            if ro.previous_left() {
+                pre.push(Action::DestroyPreviousCa);
+            }
+            Ok((Some(Phase::Finish), pre, ca_action))
+        }
+        Some(Phase::Overlap) => {
+            let ca = disk.get(&Slot::Ca);
+            let current = match &ca.key {
+                KeyState::Readable { public_key } => Some(public_key.as_slice()),
+                _ => None,
+            };
+            let prev = ro.previous_public_key();
+            let saved = prev.as_deref().is_some_and(|k| ro.previous_saved(k));
+            let unchanged = prev.is_some() && current == prev.as_deref();
+            if !saved {
+                let cert_is_prev = matches!(&ca.cert, CertState::Present(i)
+                    if Some(i.public_key.as_slice()) == prev.as_deref());
+                if !(unchanged && cert_is_prev) {
+                    let l = &settings.paths;
+                    bail!(
+                        "a CA key rollover is in phase 1, but the previous CA ('{}', '{}') is                          missing or is not the one '{}' names: restore them from '{}', or end the                          rollover with `docker-tls-manager ca rollover finish --force` (bundles of                          the previous CA then stop working)",
+                        l.ca_previous_cert().display(),
+                        l.ca_previous_key().display(),
+                        l.rollover_record().display(),
+                        l.backup_dir().display()
+                    );
+                }
+                pre.push(Action::SavePreviousCa);
+            }
+            let ca_action = if unchanged {
+                Some(Action::IssueCa {
+                    new_key: true,
+                    reason: Reason::RolloverStart,
+                })
+            } else {
+                ca_action
+            };
+            Ok((Some(Phase::Overlap), pre, ca_action))
+        }
+    }
 }
 
 /// The name (subject and key identifier) a CA re-signed with its existing key keeps: Go

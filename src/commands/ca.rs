@@ -1,0 +1,224 @@
+//! `ca`: the staged CA key rollover (start, status, finish) and the immediate replacement.
+
+use super::*;
+use crate::cli::{CaCommand, RolloverCommand};
+use crate::pki::inspect::{CertState, KeyState};
+use crate::pki::rollover::{self, Phase, Record};
+
+pub(crate) async fn ca(ctx: &Ctx, cmd: CaCommand) -> Result<()> {
+    match cmd {
+        CaCommand::Replace { now: false } => Err(UsageError(
+            "`ca replace` needs --now: it stops every bundle handed out at once (clients no \
+             longer trust Docker, Docker no longer trusts them). For a new CA key without \
+             breaking a client: `docker-tls-manager ca rollover start`"
+                .into(),
+        )
+        .into()),
+        CaCommand::Replace { now: true } => {
+            let force = Force {
+                ca: true,
+                ..Force::default()
+            };
+            converge(ctx, force, false, false, Intent::Maintain).await?;
+            println!(
+                "the CA has a new key: every bundle handed out before no longer works; hand each \
+                 client a new one (`docker-tls-manager client bundle NAME`)"
+            );
+            Ok(())
+        }
+        CaCommand::Rollover(RolloverCommand::Start) => start(ctx).await,
+        CaCommand::Rollover(RolloverCommand::Finish { force }) => finish(ctx, force).await,
+        CaCommand::Rollover(RolloverCommand::Status) => {
+            print!("{}", status_text(ctx, SystemTime::now())?);
+            Ok(())
+        }
+    }
+}
+
+/// Records phase 1 (under the lock), then converges: a new key, both CAs trusted, one Docker
+/// restart. A crash after the record is written is finished by the next `apply`.
+pub(crate) async fn start(ctx: &Ctx) -> Result<()> {
+    {
+        let _lock = StateLock::acquire(&ctx.layout().lock(), LOCK_WAIT).await?;
+        begin(ctx, SystemTime::now(), false)?;
+    }
+    converge(ctx, Force::default(), false, false, Intent::Maintain).await?;
+    println!(
+        "CA key rollover, phase 1: Docker trusts bundles of both CAs; bundles handed out from now \
+         on are from the new CA (`docker-tls-manager client bundle NAME`). When every client has \
+         one: `docker-tls-manager ca rollover finish`"
+    );
+    Ok(())
+}
+
+/// Writes the record of phase 1, after checking the CA can be rolled over. Call under the
+/// state lock.
+pub(crate) fn begin(ctx: &Ctx, now: SystemTime, automatic: bool) -> Result<()> {
+    if let Some(r) = rollover::load_record(ctx.layout())? {
+        return Err(UsageError(format!(
+            "a CA key rollover is already in {} since {}; `docker-tls-manager ca rollover status` \
+             shows it, `docker-tls-manager ca rollover finish` ends it",
+            r.phase, r.started
+        ))
+        .into());
+    }
+    let disk = ctx.inspect();
+    let ca = disk.get(&Slot::Ca);
+    let (CertState::Present(info), KeyState::Readable { public_key }) = (&ca.cert, &ca.key) else {
+        bail!(
+            "the CA is not complete ('{}', '{}'): run `docker-tls-manager apply` first",
+            ca.cert_path.display(),
+            ca.key_path.display()
+        );
+    };
+    if info.public_key != *public_key {
+        bail!(
+            "the CA certificate '{}' does not match its key '{}': run `docker-tls-manager apply` first",
+            ca.cert_path.display(),
+            ca.key_path.display()
+        );
+    }
+    if disk.rollover.previous_left() {
+        bail!(
+            "files of an earlier rollover are left ('{}', '{}'): run `docker-tls-manager apply` first",
+            ctx.layout().ca_previous_cert().display(),
+            ctx.layout().ca_previous_key().display()
+        );
+    }
+    rollover::write_record(
+        ctx.layout(),
+        &Record {
+            phase: Phase::Overlap,
+            started: humantime::format_rfc3339_seconds(now).to_string(),
+            previous_public_key: hex::encode(public_key),
+            previous_key_id: info.subject_key_id.as_ref().map(hex::encode),
+            automatic,
+        },
+    )
+}
+
+/// Records phase 2 (refused while clients hold old bundles, unless `force`), then converges:
+/// the previous CA leaves, its key is destroyed, one Docker restart.
+async fn finish(ctx: &Ctx, force: bool) -> Result<()> {
+    {
+        let _lock = StateLock::acquire(&ctx.layout().lock(), LOCK_WAIT).await?;
+        let holders = request_finish(ctx, force)?;
+        if !holders.is_empty() {
+            println!(
+                "finishing although these clients still hold a bundle from the previous CA (it \
+                 stops working now): {}",
+                holders.join(", ")
+            );
+        }
+    }
+    converge(ctx, Force::default(), false, false, Intent::Maintain).await?;
+    println!(
+        "CA key rollover finished: Docker trusts the new CA only; the previous CA key is destroyed"
+    );
+    Ok(())
+}
+
+/// Switches the record to phase 2; returns the clients that still hold old bundles (only
+/// with `force`, else that is an error naming them). Call under the state lock.
+pub(crate) fn request_finish(ctx: &Ctx, force: bool) -> Result<Vec<String>> {
+    let layout = ctx.layout();
+    let record = match rollover::load_record(layout) {
+        Ok(r) => r,
+        // An unreadable record: finishing is the way out (the planner needs no old key).
+        Err(_) if force => None,
+        Err(e) => return Err(e),
+    };
+    let mut record = match record {
+        Some(r) => r,
+        None if force || ctx.inspect().rollover.previous_left() => Record {
+            phase: Phase::Finish,
+            started: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+            previous_public_key: match crate::pki::inspect::read_key(&layout.ca_previous_key()) {
+                KeyState::Readable { public_key } => hex::encode(public_key),
+                _ => String::new(),
+            },
+            previous_key_id: None,
+            automatic: false,
+        },
+        None => {
+            return Err(UsageError(
+                "no CA key rollover in progress (`docker-tls-manager ca rollover start` begins one)"
+                    .into(),
+            )
+            .into());
+        }
+    };
+    let holders = report::old_ca_holders(layout, &ctx.client_names(), &record);
+    if record.phase == Phase::Overlap && !holders.is_empty() && !force {
+        return Err(UsageError(format!(
+            "these clients still hold a bundle from the previous CA, which stops working when the \
+             rollover finishes: {}. Hand each a new bundle (`docker-tls-manager client bundle \
+             NAME`), or finish anyway with `docker-tls-manager ca rollover finish --force`",
+            holders.join(", ")
+        ))
+        .into());
+    }
+    record.phase = Phase::Finish;
+    rollover::write_record(layout, &record)?;
+    Ok(holders)
+}
+
+/// `ca rollover status`: the phase, the CAs, who still holds an old bundle, the schedule.
+fn status_text(ctx: &Ctx, now: SystemTime) -> Result<String> {
+    use std::fmt::Write as _;
+    let layout = ctx.layout();
+    let mut s = String::new();
+    let record = rollover::load_record(layout)?;
+    let current = crate::pki::inspect::read_cert_info(&layout.ca_cert());
+    let t = |t: SystemTime| humantime::format_rfc3339_seconds(t).to_string();
+    match &record {
+        None => writeln!(s, "no CA key rollover in progress")?,
+        Some(r) => {
+            writeln!(
+                s,
+                "CA key rollover: {}{}, started {}",
+                r.phase,
+                if r.automatic { " (automatic)" } else { "" },
+                r.started
+            )?;
+            if let Some(p) = crate::pki::inspect::read_cert_info(&layout.ca_previous_cert()) {
+                writeln!(s, "previous CA: {} (until {})", p.subject, t(p.not_after))?;
+            }
+            if let Some(x) = crate::pki::inspect::read_cert_info(&layout.ca_cross()) {
+                writeln!(
+                    s,
+                    "cross certificate (previous CA under the new key) until {}",
+                    t(x.not_after)
+                )?;
+            }
+            let holders = report::old_ca_holders(layout, &ctx.client_names(), r);
+            if holders.is_empty() {
+                writeln!(s, "no client holds a bundle from the previous CA")?;
+            } else {
+                writeln!(
+                    s,
+                    "clients still holding a bundle from the previous CA: {}",
+                    holders.join(", ")
+                )?;
+            }
+        }
+    }
+    if let Some(c) = current {
+        writeln!(s, "current CA: {} (until {})", c.subject, t(c.not_after))?;
+    }
+    let sched = rollover::schedule(
+        ctx.settings.ca_rollover.key_lifetime,
+        ctx.settings.ca_rollover.overlap,
+        rollover::key_born(layout),
+        record.as_ref(),
+        now,
+    );
+    match sched {
+        rollover::Schedule::Off => {}
+        rollover::Schedule::StartNow => writeln!(s, "automatic: phase 1 is due now")?,
+        rollover::Schedule::StartsAt(x) => writeln!(s, "automatic: phase 1 starts at {}", t(x))?,
+        rollover::Schedule::FinishNow => writeln!(s, "automatic: phase 2 is due now")?,
+        rollover::Schedule::FinishesAt(x) => writeln!(s, "automatic: phase 2 starts at {}", t(x))?,
+    }
+    Ok(s)
+}
