@@ -73,6 +73,15 @@ pub enum KeyState {
     },
 }
 
+impl KeyState {
+    pub fn public_key(&self) -> Option<Vec<u8>> {
+        match self {
+            KeyState::Readable { public_key } => Some(public_key.clone()),
+            _ => None,
+        }
+    }
+}
+
 /// The state of a certificate file.
 #[derive(Clone, Debug)]
 pub enum CertState {

@@ -1553,4 +1553,313 @@ mod tests {
         );
         f.converge(f.t0);
     }
+
+    // ---- CA key rollover (see `pki::rollover`): phase × what a crash left on disk ----
+
+    use crate::pki::rollover::{self, Record, cert_ders, first_block};
+
+    fn begin_rollover(f: &Fixture) {
+        let ca = read_cert_info_at(&f.layout.ca_cert());
+        rollover::write_record(
+            &f.layout,
+            &Record {
+                phase: Phase::Overlap,
+                started: humantime::format_rfc3339_seconds(f.t0).to_string(),
+                previous_public_key: hex::encode(&ca.public_key),
+                previous_key_id: ca.subject_key_id.as_ref().map(hex::encode),
+                automatic: false,
+            },
+        )
+        .unwrap();
+    }
+
+    fn request_finish(f: &Fixture) {
+        let mut r = rollover::load_record(&f.layout).unwrap().unwrap();
+        r.phase = Phase::Finish;
+        rollover::write_record(&f.layout, &r).unwrap();
+    }
+
+    fn read_cert_info_at(p: &Path) -> crate::pki::inspect::CertInfo {
+        crate::pki::inspect::read_cert_info(p).unwrap()
+    }
+
+    fn ders(p: &Path) -> Vec<Vec<u8>> {
+        cert_ders(&std::fs::read(p).unwrap())
+    }
+
+    /// Runs plans until nothing is left (a crash may leave two rounds of work); at most 3.
+    fn converge_fully(f: &Fixture, now: SystemTime) {
+        for _ in 0..3 {
+            let p = f.plan_at(now, Force::default());
+            if p.is_empty() {
+                return;
+            }
+            execute(&p, &f.layout, &f.settings, &f.host, now).unwrap();
+        }
+        panic!(
+            "not converged: {:?}",
+            f.plan_at(now, Force::default()).actions
+        );
+    }
+
+    /// Phase 1 on disk: dockerd trusts [new, old]; the server presents [leaf of old, cross];
+    /// the cross is the old CA (name, key, key id) signed by the new key; clients are the new
+    /// CA's and their copy holds the new CA alone; the two CAs have different names.
+    fn assert_overlap(f: &Fixture, old: &crate::pki::inspect::CertInfo) {
+        let trust = ders(&f.layout.ca_cert());
+        assert_eq!(trust.len(), 2, "ca.pem must hold the new and the old CA");
+        assert_eq!(trust[1], old.der, "the old CA is the second one");
+        let new = crate::pki::inspect::cert_info(&trust[0]).unwrap();
+        assert_ne!(new.public_key, old.public_key, "no new key");
+        assert_ne!(
+            new.subject_der, old.subject_der,
+            "the new CA needs its own name"
+        );
+        let server = ders(&f.layout.cert_and_key(&Slot::Server).0);
+        assert_eq!(server.len(), 2, "leaf and cross");
+        assert!(
+            verify_signed_by(&server[0], &old.der),
+            "leaf not the old CA's"
+        );
+        assert!(
+            verify_signed_by(&server[1], &trust[0]),
+            "cross not signed by the new CA"
+        );
+        let cross = crate::pki::inspect::cert_info(&server[1]).unwrap();
+        assert_eq!(cross.subject_der, old.subject_der);
+        assert_eq!(cross.public_key, old.public_key);
+        assert_eq!(cross.subject_key_id, old.subject_key_id);
+        assert!(cross.not_after <= f.t0 + rollover::CROSS_VALIDITY + DAY);
+        let admin = Slot::Client("admin".into());
+        let c = ders(&f.layout.cert_and_key(&admin).0);
+        assert!(
+            verify_signed_by(&c[0], &trust[0]),
+            "client not the new CA's"
+        );
+        let ca_pem = std::fs::read(f.layout.ca_cert()).unwrap();
+        assert_eq!(
+            std::fs::read(f.layout.ca_copy(&admin).unwrap()).unwrap(),
+            first_block(&ca_pem),
+            "a client's CA copy must be the new CA alone"
+        );
+        assert_eq!(
+            crate::pki::inspect::read_key(&f.layout.ca_previous_key()).public_key(),
+            Some(old.public_key.clone())
+        );
+    }
+
+    /// Finished: the new CA alone, the server its leaf alone, nothing of the old CA left.
+    fn assert_finished(f: &Fixture, old: &crate::pki::inspect::CertInfo) {
+        let trust = ders(&f.layout.ca_cert());
+        assert_eq!(trust.len(), 1);
+        assert_ne!(trust[0], old.der);
+        let server = ders(&f.layout.cert_and_key(&Slot::Server).0);
+        assert_eq!(server.len(), 1);
+        assert!(verify_signed_by(&server[0], &trust[0]));
+        for p in [
+            f.layout.ca_previous_key(),
+            f.layout.ca_previous_cert(),
+            f.layout.ca_cross(),
+            f.layout.rollover_record(),
+        ] {
+            assert!(!p.exists(), "{p:?} left");
+        }
+        assert!(
+            rollover::key_copies(&f.layout.state_dir, &old.public_key).is_empty(),
+            "a copy of the old CA key is left"
+        );
+    }
+
+    use crate::pki::inspect::verify_signed_by;
+
+    #[test]
+    fn rollover_phase_1_then_phase_2() {
+        let f = Fixture::new().issued();
+        let old = read_cert_info_at(&f.layout.ca_cert());
+        begin_rollover(&f);
+        let p = f.plan_at(f.t0, Force::default());
+        assert_eq!(p.rollover, Some(Phase::Overlap));
+        assert!(p.changes_server());
+        assert!(p.warnings.is_empty(), "{:?}", p.warnings);
+        assert_eq!(
+            p.actions[..4],
+            [
+                Action::SavePreviousCa,
+                Action::IssueCa {
+                    new_key: true,
+                    reason: Reason::RolloverStart
+                },
+                Action::CrossSign,
+                Action::WriteTrust {
+                    with_previous: true
+                },
+            ]
+        );
+        // A deferred Docker restart holds the whole rollover back (and the leaves under it).
+        let held = p.without_server_changes().unwrap();
+        assert!(!held.changes_server(), "{:?}", held.actions);
+        assert!(held.actions.is_empty(), "{:?}", held.actions);
+        f.converge(f.t0);
+        assert_overlap(&f, &old);
+        // The cross certificate is re-signed before it expires, with a new server leaf (the
+        // restart that presents it).
+        let later = f.t0 + rollover::CROSS_VALIDITY - rollover::CROSS_RENEW_BEFORE;
+        let r = reasons(&f.plan_at(later, Force::default()));
+        assert!(
+            f.plan_at(later, Force::default())
+                .actions
+                .contains(&Action::CrossSign)
+        );
+        assert!(
+            r.contains(&("server".into(), Reason::RolloverChain)),
+            "{r:?}"
+        );
+
+        request_finish(&f);
+        // A copy of the old key in the backups (an older run's) goes too.
+        let stray = f
+            .layout
+            .backup_dir()
+            .join("2020-01-01T000000Z/x/ca-key.pem");
+        std::fs::create_dir_all(stray.parent().unwrap()).unwrap();
+        std::fs::copy(f.layout.ca_previous_key(), &stray).unwrap();
+        let p = f.plan_at(f.t0, Force::default());
+        assert_eq!(
+            p.actions[0],
+            Action::DestroyPreviousCa,
+            "the key goes first"
+        );
+        assert!(p.changes_server());
+        assert_eq!(p.actions.last(), Some(&Action::EndRollover));
+        f.converge(f.t0);
+        assert_finished(&f, &old);
+        assert!(!stray.exists());
+    }
+
+    /// Kill after any action of either phase (each action's writes are atomic): the next run
+    /// converges on the phase asked for.
+    #[test]
+    fn a_crash_between_any_two_steps_of_a_rollover_converges() {
+        for finish in [false, true] {
+            let n = {
+                let f = Fixture::new().issued();
+                begin_rollover(&f);
+                if finish {
+                    f.converge(f.t0);
+                    request_finish(&f);
+                }
+                f.plan_at(f.t0, Force::default()).actions.len()
+            };
+            for k in 0..n {
+                let f = Fixture::new().issued();
+                let old = read_cert_info_at(&f.layout.ca_cert());
+                begin_rollover(&f);
+                if finish {
+                    f.converge(f.t0);
+                    request_finish(&f);
+                }
+                let mut p = f.plan_at(f.t0, Force::default());
+                p.actions.truncate(k);
+                execute(&p, &f.layout, &f.settings, &f.host, f.t0).unwrap();
+                converge_fully(&f, f.t0);
+                if finish {
+                    assert_finished(&f, &old);
+                } else {
+                    assert_overlap(&f, &old);
+                }
+            }
+        }
+    }
+
+    /// Killed inside the new CA's issuance, between its key and its certificate: ca.pem still
+    /// holds the old CA. The next run makes the new CA around that key, under a new name.
+    #[test]
+    fn a_crash_between_the_new_ca_key_and_its_certificate_converges() {
+        let f = Fixture::new().issued();
+        let old = read_cert_info_at(&f.layout.ca_cert());
+        begin_rollover(&f);
+        let mut p = f.plan_at(f.t0, Force::default());
+        p.actions.truncate(1);
+        execute(&p, &f.layout, &f.settings, &f.host, f.t0).unwrap();
+        let key = crate::pki::issue::generate_key(KeyType::EcdsaP256).unwrap();
+        crate::files::atomic_write(&f.layout.ca_key(), key.serialize_pem().as_bytes(), 0o600)
+            .unwrap();
+        let p = f.plan_at(f.t0, Force::default());
+        assert!(p.warnings.is_empty(), "{:?}", p.warnings);
+        converge_fully(&f, f.t0);
+        assert_overlap(&f, &old);
+        assert_eq!(
+            read_cert_info_at(&f.layout.ca_cert()).public_key,
+            key.public_key_raw(),
+            "the new key was replaced again"
+        );
+    }
+
+    /// The immediate replacement during a rollover ends it: no previous CA stays trusted.
+    #[test]
+    fn replacing_the_ca_now_ends_a_rollover() {
+        let f = Fixture::new().issued();
+        let old = read_cert_info_at(&f.layout.ca_cert());
+        begin_rollover(&f);
+        f.converge(f.t0);
+        let p = f.plan_at(
+            f.t0,
+            Force {
+                ca: true,
+                ..Force::default()
+            },
+        );
+        assert_eq!(p.rollover, None);
+        assert_eq!(
+            p.actions[..3],
+            [
+                Action::DestroyPreviousCa,
+                Action::EndRollover,
+                Action::IssueCa {
+                    new_key: true,
+                    reason: Reason::Forced
+                }
+            ]
+        );
+        execute(&p, &f.layout, &f.settings, &f.host, f.t0).unwrap();
+        converge_fully(&f, f.t0);
+        assert_finished(&f, &old);
+    }
+
+    /// Phase 1 with the old CA's files gone: an error that says what to do, not a guess.
+    #[test]
+    fn a_lost_previous_ca_in_phase_1_is_an_error_naming_the_way_out() {
+        let f = Fixture::new().issued();
+        begin_rollover(&f);
+        f.converge(f.t0);
+        std::fs::remove_file(f.layout.ca_previous_key()).unwrap();
+        let disk = inspect(&f.layout, &f.settings.clients.names, false);
+        let e = plan(&disk, &f.settings, &f.host, f.t0, Force::default()).unwrap_err();
+        assert!(e.to_string().contains("ca rollover finish --force"), "{e}");
+        request_finish(&f);
+        converge_fully(&f, f.t0);
+        assert_eq!(ders(&f.layout.ca_cert()).len(), 1);
+    }
+
+    /// What dockerd trusts is derived, whatever the phase: an extra CA in ca.pem (a rollback
+    /// after phase 2, a hand edit) leaves with a new server leaf (the restart that loads it).
+    #[test]
+    fn an_extra_ca_in_what_docker_trusts_is_removed() {
+        let f = Fixture::new().issued();
+        let ca = std::fs::read(f.layout.ca_cert()).unwrap();
+        let other = Fixture::new().issued();
+        let extra = std::fs::read(other.layout.ca_cert()).unwrap();
+        std::fs::write(f.layout.ca_cert(), [ca, extra].concat()).unwrap();
+        let p = f.plan_at(f.t0, Force::default());
+        assert!(
+            p.actions.contains(&Action::WriteTrust {
+                with_previous: false
+            }),
+            "{:?}",
+            p.actions
+        );
+        assert!(reasons(&p).contains(&("server".into(), Reason::RolloverChain)));
+        f.converge(f.t0);
+        assert_eq!(ders(&f.layout.ca_cert()).len(), 1);
+    }
 }

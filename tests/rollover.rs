@@ -1,0 +1,188 @@
+//! A CA key rollover without a flag day (issue 14), in a real systemd + dockerd machine, with
+//! the docker CLI (Go), curl (OpenSSL) and docker-py (Python's ssl) as clients: phase 1 lets old
+//! and new bundles in, phase 2 shuts the old ones out and destroys the old key; each phase is
+//! one Docker restart that refuses no request and keeps containers running.
+
+mod common;
+
+use common::machine::{Machine, assert_no_client_failed, poll};
+use common::text;
+
+const OLD: &str = "/tmp/old";
+const NEW: &str = "/tmp/new";
+const STATE: &str = "/var/lib/docker-tls-manager";
+
+/// The three clients against Docker with the bundle in `dir`: (name, succeeded, output).
+fn clients(m: &Machine, dir: &str) -> Vec<(&'static str, bool, String)> {
+    let run = |name: &'static str, script: String| {
+        let o = m.sh(&script);
+        (
+            name,
+            o.status.success(),
+            format!("{}{}", text(&o.stdout), text(&o.stderr)),
+        )
+    };
+    vec![
+        run(
+            "docker CLI",
+            format!(
+                "DOCKER_HOST=tcp://localhost:2376 DOCKER_TLS_VERIFY=1 DOCKER_CERT_PATH={dir} \
+                 timeout 20 docker version --format '{{{{.Server.Version}}}}'"
+            ),
+        ),
+        run(
+            "curl",
+            format!(
+                "curl -sS --fail --max-time 10 --cacert {dir}/ca.pem --cert {dir}/cert.pem \
+                 --key {dir}/key.pem https://localhost:2376/_ping"
+            ),
+        ),
+        run(
+            "docker-py",
+            format!(
+                "timeout 20 /usr/bin/python3 -c \"import docker; t = docker.tls.TLSConfig(\
+                 client_cert=('{dir}/cert.pem', '{dir}/key.pem'), ca_cert='{dir}/ca.pem', \
+                 verify=True); print(docker.DockerClient(base_url='https://localhost:2376', \
+                 tls=t).ping())\""
+            ),
+        ),
+    ]
+}
+
+fn all_work(m: &Machine, dir: &str, when: &str) {
+    for (name, ok, out) in clients(m, dir) {
+        assert!(ok, "{when}: {name} with {dir} was refused:\n{out}");
+    }
+}
+
+fn all_refused(m: &Machine, dir: &str, when: &str) {
+    for (name, ok, out) in clients(m, dir) {
+        assert!(!ok, "{when}: {name} with {dir} still got in:\n{out}");
+    }
+}
+
+fn poller(dir: &str) -> String {
+    format!(
+        "rm -f /tmp/stop-poll /tmp/poll-result; (python3 /usr/local/bin/dtm-poller {dir} \
+         127.0.0.1:2376 /tmp/stop-poll > /tmp/poll-result 2>&1 &); sleep 1"
+    )
+}
+
+fn bundle(m: &Machine, dir: &str) {
+    m.ok(&format!(
+        "docker-tls-manager client bundle admin -o {dir}.tar.gz --host localhost && rm -rf {dir} \
+         && mkdir {dir} && tar -xzf {dir}.tar.gz -C {dir}"
+    ));
+}
+
+/// Files under the state and certificate directories (backups included) holding the private
+/// key whose public key is `public_pem`.
+fn copies_of_key(m: &Machine, public_pem: &str) -> String {
+    m.ok(&format!(
+        "want='{public_pem}'; for f in $(find {STATE} /etc/docker -type f); do \
+         [ \"$(openssl pkey -in $f -pubout 2>/dev/null)\" = \"$want\" ] && echo $f; done; true"
+    ))
+}
+
+#[test]
+fn staged_rollover_refuses_no_client_then_shuts_the_old_ca_out() {
+    let m = Machine::up("rollover");
+    m.ok("docker-tls-manager apply");
+    bundle(&m, OLD);
+    m.ok("docker run -d --network none --name c1 dtm-busybox /bin/sleep 100000");
+    let pid = m.ok("docker inspect -f '{{.State.Pid}}' c1");
+    all_work(&m, OLD, "before the rollover");
+    let old_key = m.ok(&format!("openssl pkey -in {STATE}/ca-key.pem -pubout"));
+    let old_key = old_key.trim();
+
+    // Phase 1: one restart; a client polling with the old bundle is never refused.
+    m.ok(&poller(OLD));
+    let dockerd = m.main_pid();
+    m.ok("docker-tls-manager ca rollover start");
+    assert_ne!(m.main_pid(), dockerd, "phase 1 did not restart Docker");
+    let p = poll(&m);
+    assert_no_client_failed(&m, &p, 1);
+    assert!(p.ok > 10, "only {} requests", p.ok);
+    all_work(&m, OLD, "phase 1");
+    // Twice: refused, nothing changed.
+    let again = m.sh("docker-tls-manager ca rollover start");
+    assert_eq!(again.status.code(), Some(2), "{}", text(&again.stderr));
+    assert!(text(&again.stderr).contains("already in phase 1"));
+
+    // The chain, as independent tools see it: the old CA verifies the leaf directly, the new
+    // CA through the cross certificate; the new CA alone does not (pathlen and issuer checked).
+    m.ok("cd /tmp && awk '/BEGIN/{n++} {print > (\"srv\" n \".pem\")}' /etc/docker/tls/server-cert.pem");
+    m.ok(&format!(
+        "openssl verify -CAfile {OLD}/ca.pem /tmp/srv1.pem"
+    ));
+    m.ok(&format!(
+        "openssl verify -CAfile {STATE}/clients/admin/ca.pem -untrusted /tmp/srv2.pem /tmp/srv1.pem"
+    ));
+    assert!(
+        !m.sh(&format!(
+            "openssl verify -CAfile {STATE}/clients/admin/ca.pem /tmp/srv1.pem"
+        ))
+        .status
+        .success()
+    );
+
+    // Who still holds an old bundle: status names admin, finish refuses without --force.
+    let st = m.ok("docker-tls-manager ca rollover status");
+    assert!(
+        st.contains("previous CA: admin"),
+        "status does not name admin:\n{st}"
+    );
+    assert!(
+        m.ok("docker-tls-manager status")
+            .contains("previous CA: admin")
+    );
+    let early = m.sh("docker-tls-manager ca rollover finish");
+    assert_eq!(early.status.code(), Some(2), "{}", text(&early.stderr));
+    assert!(text(&early.stderr).contains("admin"));
+
+    // A bundle handed out now is from the new CA, and works.
+    bundle(&m, NEW);
+    assert_eq!(
+        m.ok(&format!("grep -c BEGIN {NEW}/ca.pem")).trim(),
+        "1",
+        "a new bundle must carry the new CA alone"
+    );
+    all_work(&m, NEW, "phase 1");
+    assert!(
+        m.ok("docker-tls-manager ca rollover status")
+            .contains("no client holds")
+    );
+
+    // Phase 2: one restart; a client polling with the new bundle is never refused.
+    m.ok(&poller(NEW));
+    let dockerd = m.main_pid();
+    m.ok("docker-tls-manager ca rollover finish");
+    assert_ne!(m.main_pid(), dockerd, "phase 2 did not restart Docker");
+    let p = poll(&m);
+    assert_no_client_failed(&m, &p, 1);
+    all_work(&m, NEW, "phase 2");
+    all_refused(&m, OLD, "phase 2");
+    // The old client certificate with the new CA: dockerd refuses it (not only the client
+    // refusing the server).
+    let mixed = m.sh(&format!(
+        "curl -sS --fail --max-time 10 --cacert {NEW}/ca.pem --cert {OLD}/cert.pem --key {OLD}/key.pem https://localhost:2376/_ping"
+    ));
+    assert!(
+        !mixed.status.success(),
+        "dockerd still trusts the old CA's client certificates"
+    );
+    // The old key is gone: no file, no backup copy, no temp file.
+    assert_eq!(copies_of_key(&m, old_key), "", "copies of the old CA key");
+    let left = m.ok(&format!(
+        "ls {STATE}/ca-previous-key.pem {STATE}/ca-cross.pem {STATE}/rollover.json 2>/dev/null; true"
+    ));
+    assert_eq!(left.trim(), "", "rollover files left");
+    let twice = m.sh("docker-tls-manager ca rollover finish");
+    assert_eq!(twice.status.code(), Some(2));
+    assert!(text(&twice.stderr).contains("no CA key rollover in progress"));
+    assert_eq!(
+        m.ok("docker inspect -f '{{.State.Pid}}' c1"),
+        pid,
+        "the container restarted"
+    );
+}
