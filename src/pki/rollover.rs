@@ -147,10 +147,7 @@ impl Observed {
         self.record
             .as_ref()
             .and_then(Record::previous_public_key)
-            .or_else(|| match &self.previous_key {
-                Some(KeyState::Readable { public_key }) => Some(public_key.clone()),
-                _ => None,
-            })
+            .or_else(|| self.previous_key.as_ref().and_then(KeyState::public_key))
     }
 
     /// Whether the old CA and its key are saved beside the new one, matching `public_key`.
