@@ -999,6 +999,12 @@ mod tests {
                 "[clients] validity",
             ),
             ("[ca]\nkey_type = \"dsa\"", "[ca] key_type"),
+            ("[ca]\nkey_lifetime = \"soon\"", "[ca] key_lifetime"),
+            ("[ca]\nrollover_overlap = \"10s\"", "[ca] rollover_overlap"),
+            (
+                "[ca]\nkey_lifetime = \"20d\"\nrollover_overlap = \"30d\"",
+                "[ca] key_lifetime",
+            ),
             (
                 "[server]\nip_addresses = [\"10.0.0.300\"]",
                 "[server] ip_addresses",

@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::cli::{CaCommand, RolloverCommand};
-use crate::pki::inspect::{CertState, KeyState};
+use crate::pki::inspect::KeyState;
 use crate::pki::rollover::{self, Phase, Record};
 
 pub(crate) async fn ca(ctx: &Ctx, cmd: CaCommand) -> Result<()> {
@@ -62,39 +62,8 @@ pub(crate) fn begin(ctx: &Ctx, now: SystemTime, automatic: bool) -> Result<()> {
         ))
         .into());
     }
-    let disk = ctx.inspect();
-    let ca = disk.get(&Slot::Ca);
-    let (CertState::Present(info), KeyState::Readable { public_key }) = (&ca.cert, &ca.key) else {
-        bail!(
-            "the CA is not complete ('{}', '{}'): run `docker-tls-manager apply` first",
-            ca.cert_path.display(),
-            ca.key_path.display()
-        );
-    };
-    if info.public_key != *public_key {
-        bail!(
-            "the CA certificate '{}' does not match its key '{}': run `docker-tls-manager apply` first",
-            ca.cert_path.display(),
-            ca.key_path.display()
-        );
-    }
-    if disk.rollover.previous_left() {
-        bail!(
-            "files of an earlier rollover are left ('{}', '{}'): run `docker-tls-manager apply` first",
-            ctx.layout().ca_previous_cert().display(),
-            ctx.layout().ca_previous_key().display()
-        );
-    }
-    rollover::write_record(
-        ctx.layout(),
-        &Record {
-            phase: Phase::Overlap,
-            started: humantime::format_rfc3339_seconds(now).to_string(),
-            previous_public_key: hex::encode(public_key),
-            previous_key_id: info.subject_key_id.as_ref().map(hex::encode),
-            automatic,
-        },
-    )
+    let record = rollover::start_record(&ctx.inspect(), ctx.layout(), now, automatic)?;
+    rollover::write_record(ctx.layout(), &record)
 }
 
 /// Records phase 2 (refused while clients hold old bundles, unless `force`), then converges:

@@ -377,12 +377,15 @@ pub fn renewal_time(not_after: SystemTime, policy: &CertPolicy) -> SystemTime {
 /// renew_before`); `None` when none can be read. The one answer to "when is the next thing
 /// due", for the service's timer, `status` and the metrics.
 pub fn next_due(disk: &DiskState, settings: &Settings) -> Option<SystemTime> {
+    let rollover =
+        super::rollover::next_step(&disk.rollover, &settings.ca_rollover, SystemTime::now());
     disk.slots
         .iter()
         .filter_map(|(slot, obs)| {
             obs.info()
                 .map(|i| renewal_time(i.not_after, policy_of(settings, slot)))
         })
+        .chain(rollover)
         .min()
 }
 

@@ -109,6 +109,46 @@ pub fn write_record(layout: &Layout, r: &Record) -> Result<()> {
     )
 }
 
+/// The record of a phase 1 starting at `now` for the CA on disk; an error (saying what to do)
+/// when the CA is not complete or an earlier rollover left files.
+pub fn start_record(
+    disk: &super::inspect::DiskState,
+    layout: &Layout,
+    now: SystemTime,
+    automatic: bool,
+) -> Result<Record> {
+    use super::inspect::CertState;
+    let ca = disk.get(&super::Slot::Ca);
+    let (CertState::Present(info), KeyState::Readable { public_key }) = (&ca.cert, &ca.key) else {
+        anyhow::bail!(
+            "the CA is not complete ('{}', '{}'): run `docker-tls-manager apply` first",
+            ca.cert_path.display(),
+            ca.key_path.display()
+        );
+    };
+    if info.public_key != *public_key {
+        anyhow::bail!(
+            "the CA certificate '{}' does not match its key '{}': run `docker-tls-manager apply` first",
+            ca.cert_path.display(),
+            ca.key_path.display()
+        );
+    }
+    if disk.rollover.previous_left() {
+        anyhow::bail!(
+            "files of an earlier rollover are left ('{}', '{}'): run `docker-tls-manager apply` first",
+            layout.ca_previous_cert().display(),
+            layout.ca_previous_key().display()
+        );
+    }
+    Ok(Record {
+        phase: Phase::Overlap,
+        started: humantime::format_rfc3339_seconds(now).to_string(),
+        previous_public_key: hex::encode(public_key),
+        previous_key_id: info.subject_key_id.as_ref().map(hex::encode),
+        automatic,
+    })
+}
+
 /// What the planner needs to know about a rollover on disk.
 #[derive(Clone, Debug, Default)]
 pub struct Observed {
@@ -128,6 +168,8 @@ pub struct Observed {
     pub server_signed_by_previous: bool,
     /// Copies of the old CA key in the backups (when the record names it).
     pub previous_key_copies: Vec<PathBuf>,
+    /// When the current CA key was made (`key_born`).
+    pub key_born: Option<SystemTime>,
 }
 
 impl Observed {
@@ -251,6 +293,7 @@ pub fn inspect(layout: &Layout, ca_der: Option<&[u8]>, server_cert: &Path) -> Ob
         server_chain: server.into_iter().skip(1).collect(),
         server_signed_by_previous,
         previous_key_copies: vec![],
+        key_born: key_born(layout),
     };
     if let Some(pk) = o.record.as_ref().and_then(Record::previous_public_key) {
         o.previous_key_copies = key_copies(&layout.backup_dir(), &pk);
@@ -320,6 +363,31 @@ pub fn schedule(
             None => Schedule::Off,
         },
     }
+}
+
+/// When the next scheduled step is due (a start, a finish, or re-signing the cross
+/// certificate in phase 1), for the service's timer, `status` and the metrics.
+pub fn next_step(
+    o: &Observed,
+    settings: &crate::config::CaRollover,
+    now: SystemTime,
+) -> Option<SystemTime> {
+    let scheduled = match schedule(
+        settings.key_lifetime,
+        settings.overlap,
+        o.key_born,
+        o.record.as_ref(),
+        now,
+    ) {
+        Schedule::Off => None,
+        Schedule::StartNow | Schedule::FinishNow => Some(now),
+        Schedule::StartsAt(t) | Schedule::FinishesAt(t) => Some(t),
+    };
+    let cross = match (o.phase(), &o.cross) {
+        (Some(Phase::Overlap), Some(x)) => x.not_after.checked_sub(CROSS_RENEW_BEFORE),
+        _ => None,
+    };
+    scheduled.into_iter().chain(cross).min()
 }
 
 /// When the current CA key was made: the key file's modification time (only a new key
