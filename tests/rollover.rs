@@ -186,3 +186,69 @@ fn staged_rollover_refuses_no_client_then_shuts_the_old_ca_out() {
         "the container restarted"
     );
 }
+
+/// `[ca] key_lifetime`: the service starts the rollover when the key is that old and finishes
+/// it `rollover_overlap` later; STATUS=, the metrics and the log name the client still on the
+/// old CA meanwhile.
+#[test]
+fn the_service_rolls_the_ca_key_over_on_schedule() {
+    use std::time::Duration;
+    let m = Machine::up("rollover-auto");
+    m.ok("mkdir -p /var/lib/prometheus/node-exporter");
+    m.install_service("[ca]\nkey_lifetime = \"1h\"\nrollover_overlap = \"1m\"\n");
+    m.ok("systemctl enable --now docker-tls-manager");
+    bundle(&m, OLD);
+    m.ok("docker run -d --network none --name c1 dtm-busybox /bin/sleep 100000");
+    let pid = m.ok("docker inspect -f '{{.State.Pid}}' c1");
+    let metrics = "/var/lib/prometheus/node-exporter/docker-tls-manager.prom";
+    // The key is made two hours old; a reload makes the service look at once.
+    m.ok(&format!(
+        "touch -d '2 hours ago' {STATE}/ca-key.pem && systemctl reload docker-tls-manager"
+    ));
+    m.wait_for(
+        &format!(
+            "grep -q '\"automatic\": true' {STATE}/rollover.json && \
+             [ $(grep -c BEGIN /etc/docker/tls/server-cert.pem) = 2 ]"
+        ),
+        Duration::from_secs(30),
+    );
+    m.wait_for(
+        "systemctl show -p StatusText --value docker-tls-manager | grep -q 'previous CA: admin'",
+        Duration::from_secs(30),
+    );
+    all_work(&m, OLD, "automatic phase 1");
+    m.ok(&format!(
+        "grep -qx 'docker_tls_manager_ca_rollover_phase 1' {metrics} && \
+         grep -qx 'docker_tls_manager_ca_rollover_old_bundles 1' {metrics}"
+    ));
+    // After the overlap the service finishes by itself, naming who is shut out.
+    m.wait_for(
+        &format!(
+            "! test -e {STATE}/rollover.json && [ $(grep -c BEGIN /etc/docker/tls/ca.pem) = 1 ] \
+             && grep -qx 'docker_tls_manager_ca_rollover_phase 0' {metrics}"
+        ),
+        Duration::from_secs(150),
+    );
+    m.wait_for(
+        &format!(
+            "[ $(grep -c BEGIN /etc/docker/tls/server-cert.pem) = 1 ] && \
+             curl -sf --cacert {STATE}/clients/admin/ca.pem --cert {STATE}/clients/admin/cert.pem \
+             --key {STATE}/clients/admin/key.pem https://localhost:2376/_ping"
+        ),
+        Duration::from_secs(60),
+    );
+    let j = text(&m.sh("journalctl -u docker-tls-manager --no-pager").stdout);
+    assert!(j.contains("reached [ca] key_lifetime"), "{j}");
+    assert!(
+        j.contains("stops working now: admin"),
+        "the log does not name admin:\n{j}"
+    );
+    all_refused(&m, OLD, "after the automatic phase 2");
+    bundle(&m, NEW);
+    all_work(&m, NEW, "after the automatic phase 2");
+    assert_eq!(
+        m.ok("docker inspect -f '{{.State.Pid}}' c1"),
+        pid,
+        "the container restarted"
+    );
+}
