@@ -252,3 +252,81 @@ fn the_service_rolls_the_ca_key_over_on_schedule() {
         "the container restarted"
     );
 }
+
+/// The admin on a bad day, without Docker: `ca replace` without --now, finish with nothing to
+/// finish, start twice, and the immediate replacement in the middle of a rollover (it ends the
+/// rollover: no old CA trusted, no copy of the old key left anywhere).
+#[test]
+fn the_commands_refuse_what_makes_no_sense_and_replace_ends_a_rollover() {
+    use common::Sandbox;
+    use std::os::unix::fs::PermissionsExt;
+    let s = Sandbox::new("");
+    s.ok(&["apply"]);
+    let ca_before = std::fs::read(s.path("certs/ca.pem")).unwrap();
+    let o = s.run(&["ca", "replace"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        text(&o.stderr).contains("ca rollover start"),
+        "{}",
+        text(&o.stderr)
+    );
+    let o = s.run(&["ca", "rollover", "finish"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert_eq!(std::fs::read(s.path("certs/ca.pem")).unwrap(), ca_before);
+    let key1 = std::fs::read_to_string(s.path("state/ca-key.pem")).unwrap();
+
+    s.ok(&["ca", "rollover", "start"]);
+    let mode = |p: &str| std::fs::metadata(s.path(p)).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode("state/ca-previous-key.pem"), 0o600);
+    assert_eq!(
+        std::fs::read_to_string(s.path("state/ca-previous-key.pem")).unwrap(),
+        key1
+    );
+    assert_ne!(
+        std::fs::read_to_string(s.path("state/ca-key.pem")).unwrap(),
+        key1
+    );
+    assert_eq!(s.run(&["ca", "rollover", "start"]).status.code(), Some(2));
+    assert!(s.ok(&["ca", "rollover", "status"]).contains("phase 1"));
+    assert!(s.ok(&["status"]).contains("CA key rollover, phase 1"));
+    // Converged: a second apply does nothing.
+    assert!(s.ok(&["apply"]).contains("up to date"));
+
+    let out = s.ok(&["ca", "replace", "--now"]);
+    assert!(
+        out.contains("every bundle handed out before no longer works"),
+        "{out}"
+    );
+    assert_eq!(
+        String::from_utf8(std::fs::read(s.path("certs/ca.pem")).unwrap())
+            .unwrap()
+            .matches("BEGIN CERTIFICATE")
+            .count(),
+        1
+    );
+    for f in [
+        "ca-previous-key.pem",
+        "ca-previous.pem",
+        "ca-cross.pem",
+        "rollover.json",
+    ] {
+        assert!(!s.path("state").join(f).exists(), "{f} left");
+    }
+    // The old key is nowhere under the state directory (backups included).
+    let mut stack = vec![s.path("state")];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(d).unwrap().flatten() {
+            if e.file_type().unwrap().is_dir() {
+                stack.push(e.path());
+            } else {
+                let data = std::fs::read(e.path()).unwrap();
+                assert!(data != key1.as_bytes(), "old CA key in {:?}", e.path());
+            }
+        }
+    }
+    assert!(
+        s.ok(&["ca", "rollover", "status"])
+            .contains("no CA key rollover")
+    );
+    assert!(s.ok(&["apply"]).contains("up to date"));
+}

@@ -491,8 +491,8 @@ pub fn plan(
                             if info.key_type != Some(settings.ca.key_type) {
                                 p.warnings.push(format!(
                                     "the CA key is {} but [ca] key_type is {}; the CA is not \
-                                     replaced automatically (it would invalidate every client \
-                                     bundle): run `docker-tls-manager renew --force ca` to switch",
+                                     replaced automatically: `docker-tls-manager ca rollover \
+                                     start` switches without breaking a client bundle",
                                     info.key_type
                                         .map_or("of an unknown type".into(), |k| k.to_string()),
                                     settings.ca.key_type
@@ -1261,7 +1261,7 @@ mod tests {
             )]
         );
         assert!(
-            p.warnings.iter().any(|w| w.contains("renew --force ca")),
+            p.warnings.iter().any(|w| w.contains("ca rollover start")),
             "{:?}",
             p.warnings
         );
