@@ -330,3 +330,120 @@ fn the_commands_refuse_what_makes_no_sense_and_replace_ends_a_rollover() {
     );
     assert!(s.ok(&["apply"]).contains("up to date"));
 }
+
+/// `ca rollover start` and `ca rollover finish --force` (PKI only) killed with SIGKILL at
+/// every file write (the N-th rename: the atomic-write helper renames a temp file over its
+/// target) and, for finish, every removal; then `apply` converges on the phase asked for, as
+/// OpenSSL sees it: in phase 1 the old bundle verifies the server directly, the new one through
+/// the cross certificate, dockerd's ca.pem verifies client certificates of both CAs; after
+/// phase 2 only the new CA, and no copy of the old key. The Docker side of a kill is the usual
+/// one (a new server certificate: tests/crash.rs).
+#[test]
+fn a_rollover_killed_at_every_write_converges_on_the_next_apply() {
+    use common::Sandbox;
+    let verify = |s: &Sandbox, ca: &str, untrusted: Option<&str>, cert: &str| -> bool {
+        let mut c = std::process::Command::new("openssl");
+        c.arg("verify").arg("-CAfile").arg(s.path(ca));
+        if let Some(u) = untrusted {
+            c.arg("-untrusted").arg(s.path(u));
+        }
+        c.arg(s.path(cert)).output().unwrap().status.success()
+    };
+    let no_temp_files = |s: &Sandbox| {
+        let o = std::process::Command::new("find")
+            .arg(s.path(""))
+            .args(["-name", ".dtm-tmp-*"])
+            .output()
+            .unwrap();
+        assert_eq!(text(&o.stdout), "", "temp files left");
+    };
+    for (cmd, syscalls) in [
+        ("ca rollover start", &["renameat"][..]),
+        ("ca rollover finish --force", &["renameat", "unlink"][..]),
+    ] {
+        for sys in syscalls {
+            let mut n = 1;
+            loop {
+                let s = Sandbox::new("");
+                s.ok(&["apply"]);
+                std::fs::create_dir(s.path("old")).unwrap();
+                for f in ["ca.pem", "cert.pem", "key.pem"] {
+                    std::fs::copy(s.path("state/clients/admin").join(f), s.path("old").join(f))
+                        .unwrap();
+                }
+                let old_key = std::fs::read(s.path("state/ca-key.pem")).unwrap();
+                let finish = cmd.contains("finish");
+                if finish {
+                    s.ok(&["ca", "rollover", "start"]);
+                }
+                let o = std::process::Command::new("strace")
+                    .args(["-f", "-o", "/dev/null", "-e"])
+                    .arg(format!("trace={sys}"))
+                    .arg("-e")
+                    .arg(format!("inject={sys}:signal=KILL:when={n}"))
+                    .arg(env!("CARGO_BIN_EXE_docker-tls-manager"))
+                    .arg("--config")
+                    .arg(&s.config)
+                    .args(cmd.split(' '))
+                    .output()
+                    .expect("strace (scripts/install-deps.sh installs it)");
+                let what = format!("`{cmd}` killed at {sys} #{n}");
+                eprintln!("{what}");
+                if o.status.success() {
+                    eprintln!("{cmd}: completed after {} kills at {sys}", n - 1);
+                    assert!(n > 3, "{what}: too few writes to kill");
+                    break;
+                }
+                use std::os::unix::process::ExitStatusExt;
+                assert_eq!(o.status.signal(), Some(9), "{what}: {}", text(&o.stderr));
+                // What was asked for when the kill came: the record (written first) says.
+                let record = std::fs::read_to_string(s.path("state/rollover.json")).ok();
+                let phase = match record.as_deref() {
+                    None if finish => "finished",
+                    None => "none",
+                    Some(r) if r.contains("\"overlap\"") => "overlap",
+                    Some(_) => "finished",
+                };
+                s.ok(&["apply"]);
+                assert!(
+                    s.ok(&["apply"]).contains("up to date"),
+                    "{what}: not converged"
+                );
+                no_temp_files(&s);
+                let server = "certs/server-cert.pem";
+                let admin = "state/clients/admin";
+                let new_ca = &format!("{admin}/ca.pem");
+                assert!(
+                    verify(&s, new_ca, Some(server), server),
+                    "{what}: new bundle"
+                );
+                assert!(verify(
+                    &s,
+                    "certs/ca.pem",
+                    None,
+                    &format!("{admin}/cert.pem")
+                ));
+                if phase == "none" {
+                    assert!(verify(&s, "old/ca.pem", None, server), "{what}: old bundle");
+                    assert!(!s.path("state/ca-previous-key.pem").exists(), "{what}");
+                } else if phase == "finished" {
+                    assert!(!verify(&s, "old/ca.pem", Some(server), server), "{what}");
+                    assert!(!verify(&s, "certs/ca.pem", None, "old/cert.pem"), "{what}");
+                    let o = std::process::Command::new("grep")
+                        .args(["-rlF", "--"])
+                        .arg(String::from_utf8_lossy(&old_key).lines().nth(1).unwrap())
+                        .arg(s.path(""))
+                        .output()
+                        .unwrap();
+                    assert_eq!(text(&o.stdout), "", "{what}: the old CA key is left");
+                } else {
+                    assert!(verify(&s, "old/ca.pem", None, server), "{what}: old bundle");
+                    assert!(verify(&s, "certs/ca.pem", None, "old/cert.pem"), "{what}");
+                    assert!(s.path("state/ca-previous-key.pem").exists(), "{what}");
+                }
+                n += 1;
+                assert!(n < 80, "{cmd}: more than 80 writes?");
+            }
+        }
+    }
+}
