@@ -176,6 +176,9 @@ impl Layout {
         };
         (pem && parent == self.cert_dir)
             || path == self.ca_key()
+            || path == self.ca_previous_cert()
+            || path == self.ca_previous_key()
+            || path == self.ca_cross()
             || (pem && parent.parent() == Some(self.clients_dir().as_path()))
             || (pem && parent == self.probe_dir())
             || path == self.socket_unit()
@@ -310,6 +313,9 @@ mod tests {
             assert!(l.is_watched_file(dj, &f), "{f:?}");
         }
         assert!(l.is_watched_file(dj, dj));
+        for f in [l.ca_previous_cert(), l.ca_previous_key(), l.ca_cross()] {
+            assert!(l.is_watched_file(dj, &f), "{f:?}");
+        }
         assert!(!l.is_watched_file(dj, &l.lock()));
         assert!(!l.is_watched_file(dj, &l.metrics_state()));
         assert!(!l.is_watched_file(dj, Path::new("/c/.dtm-tmp-1-server-key.pem")));

@@ -447,3 +447,100 @@ fn a_rollover_killed_at_every_write_converges_on_the_next_apply() {
         }
     }
 }
+
+/// Runs `cmd` in the machine and SIGKILLs it as its first systemd/D-Bus step begins (every
+/// file written, Docker not restarted yet), or at the N-th rename; true if it was killed.
+fn kill_in_machine(m: &Machine, cmd: &str, at_rename: Option<u32>) -> bool {
+    let script = match at_rename {
+        Some(n) => format!(
+            "strace -f -o /dev/null -e trace=renameat -e inject=renameat:signal=KILL:when={n} \
+             docker-tls-manager {cmd} >/tmp/kill-out 2>&1; echo rc=$?"
+        ),
+        None => format!(
+            r#"rm -f /tmp/kill-fifo; mkfifo /tmp/kill-fifo
+            NO_COLOR=1 docker-tls-manager {cmd} 2>/tmp/kill-fifo >/tmp/kill-out & p=$!
+            while IFS= read -r l; do
+              case $l in
+                *" docker step=write "*|*" docker step=remove "*) ;;
+                *" docker step="*) kill -9 $p; break ;;
+              esac
+            done </tmp/kill-fifo
+            wait $p; echo rc=$?"#
+        ),
+    };
+    let out = m.ok(&script);
+    out.trim().ends_with("rc=137")
+}
+
+/// The attacker's question after a crash: `ca rollover finish` killed once every file is
+/// written but before Docker restarts (the old key already destroyed, the record gone): the
+/// next `apply` still restarts Docker, and the old bundle is refused. Same for phase 1 (both
+/// bundles work after `apply`), and for kills at a rename in the middle of each phase.
+#[test]
+fn a_rollover_killed_in_the_machine_converges_with_docker_on_the_next_apply() {
+    let m = Machine::up("rollover-kill");
+    m.ok("docker-tls-manager apply");
+    let curl = |dir: &str| {
+        m.sh(&format!(
+            "curl -sS --fail --max-time 10 --cacert {dir}/ca.pem --cert {dir}/cert.pem \
+             --key {dir}/key.pem https://localhost:2376/_ping"
+        ))
+        .status
+        .success()
+    };
+    let admin = format!("{STATE}/clients/admin");
+    for at in [None, Some(4), Some(12)] {
+        bundle(&m, OLD);
+        let what = format!("start killed at {at:?}");
+        assert!(
+            kill_in_machine(&m, "ca rollover start", at),
+            "{what}: not killed"
+        );
+        if at.is_none() {
+            // Every file says phase 1, the running dockerd does not yet: `apply` must see it.
+            assert!(
+                !curl(&admin),
+                "{what}: Docker already restarted, the trial proves nothing"
+            );
+        }
+        m.ok("docker-tls-manager apply");
+        m.wait_for(
+            common::machine::SERVED_IS_DISK,
+            std::time::Duration::from_secs(10),
+        );
+        assert!(curl(OLD), "{what}: the old bundle is refused");
+        assert!(curl(&admin), "{what}: the new bundle is refused");
+        let what = format!("finish killed at {at:?}");
+        assert!(
+            kill_in_machine(&m, "ca rollover finish --force", at.map(|n| n.min(3))),
+            "{what}: not killed"
+        );
+        if at.is_none() {
+            // Every file says phase 2 (the old key is gone), the running dockerd does not yet:
+            // `apply` must see it.
+            assert!(
+                curl(OLD),
+                "{what}: Docker already restarted, the trial proves nothing"
+            );
+            assert!(
+                !m.sh(&format!("test -e {STATE}/ca-previous-key.pem"))
+                    .status
+                    .success(),
+                "{what}: the finish did not get to its files"
+            );
+        }
+        m.ok("docker-tls-manager apply");
+        m.wait_for(
+            common::machine::SERVED_IS_DISK,
+            std::time::Duration::from_secs(10),
+        );
+        assert!(!curl(OLD), "{what}: the old bundle still gets in");
+        assert!(curl(&admin), "{what}: the new bundle is refused");
+        assert!(
+            m.ok(&format!("ls {STATE}"))
+                .lines()
+                .all(|f| !f.contains("previous")),
+            "{what}: the previous CA is left"
+        );
+    }
+}
