@@ -221,18 +221,15 @@ pub async fn converge_once(
 fn scheduled_rollover(ctx: &Ctx, now: SystemTime) -> Result<()> {
     use crate::pki::rollover::{self, Phase, Schedule};
     let layout = ctx.layout();
-    let record = rollover::load_record(layout)?;
-    let step = rollover::schedule(
-        ctx.settings.ca_rollover.key_lifetime,
-        ctx.settings.ca_rollover.overlap,
-        rollover::key_born(layout),
-        record.as_ref(),
-        now,
-    );
-    match (step, record) {
+    if ctx.settings.ca_rollover.key_lifetime.is_none() {
+        return Ok(());
+    }
+    let disk = ctx.inspect();
+    let step = rollover::scheduled(&disk.rollover, &ctx.settings.ca_rollover, now);
+    match (step, disk.rollover.record.clone()) {
         (Schedule::StartNow, None) => {
             // Never in the way of renewals: what stops a start is logged and left to the admin.
-            let r = match rollover::start_record(&ctx.inspect(), layout, now, true) {
+            let r = match rollover::start_record(&disk, layout, now, true) {
                 Ok(r) => r,
                 Err(e) => {
                     tracing::warn!("the CA key reached [ca] key_lifetime, but: {e:#}");

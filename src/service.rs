@@ -404,11 +404,9 @@ impl Worker {
                 Ok((disk, plan)) => {
                     !plan.is_empty()
                         || matches!(
-                            crate::pki::rollover::schedule(
-                                self.ctx.settings.ca_rollover.key_lifetime,
-                                self.ctx.settings.ca_rollover.overlap,
-                                disk.rollover.key_born,
-                                disk.rollover.record.as_ref(),
+                            crate::pki::rollover::scheduled(
+                                &disk.rollover,
+                                &self.ctx.settings.ca_rollover,
                                 SystemTime::now(),
                             ),
                             crate::pki::rollover::Schedule::StartNow

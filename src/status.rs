@@ -249,6 +249,64 @@ mod tests {
     use std::time::Duration;
 
     #[test]
+    fn a_rollover_is_announced_ahead_and_names_the_old_bundles() {
+        use crate::pki::rollover::{Phase, Record, write_record};
+        const DAY: Duration = Duration::from_secs(86_400);
+        let dir = tempfile::tempdir().unwrap();
+        let settings = crate::config::parse(
+            &format!(
+                "[paths]\ncert_dir = \"{0}/c\"\nstate_dir = \"{0}/s\"\n[docker]\nmanage = false\n\
+                 [ca]\nkey_lifetime = \"365d\"\nrollover_overlap = \"30d\"\n",
+                dir.path().display()
+            ),
+            std::path::Path::new("t.toml"),
+        )
+        .unwrap();
+        let l = &settings.paths;
+        std::fs::create_dir_all(&l.state_dir).unwrap();
+        let key = std::fs::File::create(l.ca_key()).unwrap();
+        let now = SystemTime::now();
+        key.set_modified(now - 300 * DAY).unwrap();
+        assert!(rollover_warnings(l, &[], &settings, now).is_empty());
+        key.set_modified(now - 340 * DAY).unwrap();
+        let w = rollover_warnings(l, &[], &settings, now);
+        assert!(w[0].contains("reaches [ca] key_lifetime"), "{w:?}");
+
+        let t = |t: SystemTime| humantime::format_rfc3339_seconds(t).to_string();
+        write_record(
+            l,
+            &Record {
+                phase: Phase::Overlap,
+                started: t(now - DAY),
+                previous_public_key: "00".into(),
+                previous_key_id: Some("aa".into()),
+                automatic: true,
+            },
+        )
+        .unwrap();
+        for (name, id, at) in [
+            ("a", Some("aa"), now),
+            ("b", Some("bb"), now),
+            ("c", None, now - 2 * DAY),
+            ("d", None, now),
+        ] {
+            std::fs::create_dir_all(l.client_dir(name)).unwrap();
+            let h = HandedOut {
+                fingerprint_sha256: "f".into(),
+                not_after: t(now + 300 * DAY),
+                at: t(at),
+                ca_key_id: id.map(str::to_string),
+            };
+            std::fs::write(handed_out_path(l, name), serde_json::to_vec(&h).unwrap()).unwrap();
+        }
+        let names: Vec<String> = ["a", "b", "c", "d", "e"].map(String::from).to_vec();
+        let w = rollover_warnings(l, &names, &settings, now);
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].contains("from the previous CA: a, c ("), "{w:?}");
+        assert!(w[0].contains("the service finishes it at"), "{w:?}");
+    }
+
+    #[test]
     fn days() {
         let now = UNIX_EPOCH + Duration::from_secs(1_000_000);
         assert_eq!(

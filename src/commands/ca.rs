@@ -43,6 +43,13 @@ pub(crate) async fn start(ctx: &Ctx) -> Result<()> {
         begin(ctx, SystemTime::now(), false)?;
     }
     converge(ctx, Force::default(), false, false, Intent::Maintain).await?;
+    if ctx.inspect().rollover.trust.len() < 2 {
+        println!(
+            "CA key rollover, phase 1 recorded; it waits for the Docker restart (see above) and \
+             is carried out by the next convergence"
+        );
+        return Ok(());
+    }
     println!(
         "CA key rollover, phase 1: Docker trusts bundles of both CAs; bundles handed out from now \
          on are from the new CA (`docker-tls-manager client bundle NAME`). When every client has \
@@ -81,6 +88,13 @@ async fn finish(ctx: &Ctx, force: bool) -> Result<()> {
         }
     }
     converge(ctx, Force::default(), false, false, Intent::Maintain).await?;
+    if ctx.inspect().rollover.record.is_some() {
+        println!(
+            "CA key rollover, phase 2 recorded; it waits for the Docker restart (see above) and \
+             is carried out by the next convergence"
+        );
+        return Ok(());
+    }
     println!(
         "CA key rollover finished: Docker trusts the new CA only; the previous CA key is destroyed"
     );

@@ -365,6 +365,21 @@ pub fn schedule(
     }
 }
 
+/// [`schedule`] for what is on disk: nothing is scheduled while the old CA's files are left
+/// without a record (an admin's hand; `ca rollover finish` ends it).
+pub fn scheduled(o: &Observed, settings: &crate::config::CaRollover, now: SystemTime) -> Schedule {
+    if o.record.is_none() && o.previous_left() {
+        return Schedule::Off;
+    }
+    schedule(
+        settings.key_lifetime,
+        settings.overlap,
+        o.key_born,
+        o.record.as_ref(),
+        now,
+    )
+}
+
 /// When the next scheduled step is due (a start, a finish, or re-signing the cross
 /// certificate in phase 1), for the service's timer, `status` and the metrics.
 pub fn next_step(
@@ -372,13 +387,7 @@ pub fn next_step(
     settings: &crate::config::CaRollover,
     now: SystemTime,
 ) -> Option<SystemTime> {
-    let scheduled = match schedule(
-        settings.key_lifetime,
-        settings.overlap,
-        o.key_born,
-        o.record.as_ref(),
-        now,
-    ) {
+    let scheduled = match scheduled(o, settings, now) {
         Schedule::Off => None,
         Schedule::StartNow | Schedule::FinishNow => Some(now),
         Schedule::StartsAt(t) | Schedule::FinishesAt(t) => Some(t),
