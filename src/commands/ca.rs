@@ -105,15 +105,17 @@ async fn finish(ctx: &Ctx, force: bool) -> Result<()> {
 /// with `force`, else that is an error naming them). Call under the state lock.
 pub(crate) fn request_finish(ctx: &Ctx, force: bool) -> Result<Vec<String>> {
     let layout = ctx.layout();
+    // Without a readable record (removed, or unreadable with --force), the old CA's files left
+    // mean phase 1: finishing is the way out (the planner needs no old key for it).
     let record = match rollover::load_record(layout) {
         Ok(r) => r,
-        // An unreadable record: finishing is the way out (the planner needs no old key).
         Err(_) if force => None,
         Err(e) => return Err(e),
     };
+    let unreadable = layout.rollover_record().exists();
     let mut record = match record {
         Some(r) => r,
-        None if force || ctx.inspect().rollover.previous_left() => Record {
+        None if unreadable || ctx.inspect().rollover.previous_left() => Record {
             phase: Phase::Finish,
             started: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
             previous_public_key: match crate::pki::inspect::read_key(&layout.ca_previous_key()) {
