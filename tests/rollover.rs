@@ -329,6 +329,8 @@ fn the_commands_refuse_what_makes_no_sense_and_replace_ends_a_rollover() {
             .contains("no CA key rollover")
     );
     assert!(s.ok(&["apply"]).contains("up to date"));
+    let o = s.run(&["ca", "rollover", "finish", "--force"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));
 }
 
 /// `ca rollover start` and `ca rollover finish --force` (PKI only) killed with SIGKILL at
