@@ -1718,6 +1718,16 @@ mod tests {
             "{r:?}"
         );
 
+        // Near the old CA's end the cross certificate cannot outlive it: re-signed once, not at
+        // every run (each would restart Docker).
+        let late = old.not_after - DAY;
+        f.converge(late);
+        assert_eq!(
+            read_cert_info_at(&f.layout.ca_cross()).not_after,
+            old.not_after
+        );
+        f.converge(late + DAY / 2);
+
         request_finish(&f);
         // A copy of the old key in the backups (an older run's) goes too.
         let stray = f

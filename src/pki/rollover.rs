@@ -218,7 +218,9 @@ impl Observed {
                     && x.subject_der == p.subject_der
                     && x.public_key == p.public_key
                     && x.subject_key_id == p.subject_key_id
-                    && now + CROSS_RENEW_BEFORE < x.not_after
+                    // Due; unless it already lasts as long as the old CA: re-signing would
+                    // not extend it (and would restart Docker at every run).
+                    && (now + CROSS_RENEW_BEFORE < x.not_after || x.not_after >= p.not_after)
             }
             _ => false,
         }
