@@ -54,7 +54,8 @@ pub enum Command {
     /// Manage client identities
     #[command(subcommand)]
     Client(ClientCommand),
-    /// Share this host's CA with other hosts, so one client bundle works on all of them
+    /// The CA: a staged key rollover that breaks no client, the immediate replacement, and
+    /// sharing it with other hosts (one client bundle for all of them)
     #[command(subcommand)]
     Ca(CaCommand),
     /// Validate the configuration and the environment; change nothing
@@ -120,6 +121,16 @@ pub enum ClientCommand {
 
 #[derive(Subcommand, Debug)]
 pub enum CaCommand {
+    /// A new CA key without breaking a client: phase 1 trusts both CAs, phase 2 the new one
+    #[command(subcommand)]
+    Rollover(RolloverCommand),
+    /// Replace the CA key at once (the key may be compromised): every bundle handed out stops
+    /// working at once and must be handed out again (same as `renew --force ca`)
+    Replace {
+        /// Required: says you mean it
+        #[arg(long)]
+        now: bool,
+    },
     /// Write the CA certificate and its key, encrypted with a passphrase (PKCS#8, readable by
     /// `openssl pkey`), for `ca import` on another host
     Export {
@@ -141,6 +152,22 @@ pub enum CaCommand {
         passphrase_file: PathBuf,
         /// Replace the CA although clients hold certificates from the current one (their
         /// bundles stop working here and must be handed out again)
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RolloverCommand {
+    /// Phase 1: a new CA key; Docker trusts both CAs, bundles handed out from now on are from
+    /// the new one, bundles handed out before keep working (one Docker restart)
+    Start,
+    /// The phase, and the clients still holding a bundle from the previous CA
+    Status,
+    /// Phase 2: the previous CA is no longer trusted and its key is destroyed (one Docker
+    /// restart); refused while clients still hold bundles from it, unless --force
+    Finish {
+        /// Finish even though the clients named still hold bundles from the previous CA
         #[arg(long)]
         force: bool,
     },

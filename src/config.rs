@@ -261,6 +261,17 @@ pub struct BackupSettings {
     pub keep_for: Duration,
 }
 
+/// Automatic CA key rollovers (see `pki::rollover`): the service starts one when the CA key
+/// is `key_lifetime` old and finishes it `overlap` later.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CaRollover {
+    /// `None`: rollovers only on demand (`ca rollover start`).
+    pub key_lifetime: Option<Duration>,
+    pub overlap: Duration,
+}
+
+pub const DEFAULT_ROLLOVER_OVERLAP: &str = "30d";
+
 /// The validated configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Settings {
@@ -269,6 +280,8 @@ pub struct Settings {
     /// Every file the manager owns or reads, from `[paths]`.
     pub paths: Layout,
     pub ca: CertPolicy,
+    /// `[ca] key_lifetime`, `rollover_overlap`.
+    pub ca_rollover: CaRollover,
     pub server: ServerSettings,
     pub clients: ClientSettings,
     pub docker: DockerSettings,
@@ -325,6 +338,9 @@ struct RawCert {
     key_type: Option<String>,
     validity: Option<String>,
     renew_before: Option<String>,
+    /// [ca] only (see `CaRollover`).
+    key_lifetime: Option<String>,
+    rollover_overlap: Option<String>,
 }
 
 #[derive(Deserialize, Default, Debug)]
@@ -542,6 +558,48 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Settings, UsageError> {
         })
     };
 
+    let duration = |key: &str, v: &str| {
+        humantime::parse_duration(v).map_err(|e| {
+            bad(
+                key,
+                format!("'{v}' is not a duration ({e}); write e.g. \"30d\", \"5y\""),
+            )
+        })
+    };
+    let key_lifetime = match &raw.ca.key_lifetime {
+        Some(v) => Some(duration("[ca] key_lifetime", v)?),
+        None => None,
+    };
+    let overlap = duration(
+        "[ca] rollover_overlap",
+        raw.ca
+            .rollover_overlap
+            .as_deref()
+            .unwrap_or(DEFAULT_ROLLOVER_OVERLAP),
+    )?;
+    if overlap < Duration::from_secs(60) {
+        return Err(bad(
+            "[ca] rollover_overlap",
+            "must be at least 1 minute: clients need time to get their new bundles".into(),
+        ));
+    }
+    if let Some(l) = key_lifetime
+        && l <= overlap
+    {
+        return Err(bad(
+            "[ca] key_lifetime",
+            format!(
+                "{} is not longer than [ca] rollover_overlap ({}): a key would be replaced \
+                 before the previous rollover ends",
+                humantime::format_duration(l),
+                humantime::format_duration(overlap)
+            ),
+        ));
+    }
+    let ca_rollover = CaRollover {
+        key_lifetime,
+        overlap,
+    };
     let ca = policy(
         "ca",
         raw.ca,
@@ -556,6 +614,7 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Settings, UsageError> {
             key_type: s.key_type,
             validity: s.validity,
             renew_before: s.renew_before,
+            ..RawCert::default()
         },
         DEFAULT_SERVER_VALIDITY,
         DEFAULT_SERVER_RENEW_BEFORE,
@@ -632,6 +691,7 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Settings, UsageError> {
             key_type: c.key_type,
             validity: c.validity,
             renew_before: c.renew_before,
+            ..RawCert::default()
         },
         DEFAULT_CLIENT_VALIDITY,
         DEFAULT_CLIENT_RENEW_BEFORE,
@@ -732,6 +792,7 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Settings, UsageError> {
         source: Some(path.to_path_buf()),
         paths,
         ca,
+        ca_rollover,
         server,
         clients,
         docker,
@@ -938,6 +999,12 @@ mod tests {
                 "[clients] validity",
             ),
             ("[ca]\nkey_type = \"dsa\"", "[ca] key_type"),
+            ("[ca]\nkey_lifetime = \"soon\"", "[ca] key_lifetime"),
+            ("[ca]\nrollover_overlap = \"10s\"", "[ca] rollover_overlap"),
+            (
+                "[ca]\nkey_lifetime = \"20d\"\nrollover_overlap = \"30d\"",
+                "[ca] key_lifetime",
+            ),
             (
                 "[server]\nip_addresses = [\"10.0.0.300\"]",
                 "[server] ip_addresses",

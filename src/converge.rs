@@ -113,6 +113,9 @@ pub async fn converge_once(
     let wait = if pki_only { Duration::ZERO } else { LOCK_WAIT };
     let _lock = StateLock::acquire(ctx.layout(), wait).await?;
     remove_stale_temps(ctx, &DockerdInputs::configured(ctx.layout()), true);
+    if !pki_only {
+        scheduled_rollover(ctx, now)?;
+    }
     let (disk, mut plan) = ctx.plan(&host, now, force)?;
     let marker = ctx.layout().deconfigured();
     let deconfigured = marker.exists();
@@ -213,6 +216,51 @@ pub async fn converge_once(
         tracing::info!("configured again after `deconfigure`");
     }
     Ok(())
+}
+
+/// The automatic CA key rollover (`[ca] key_lifetime`, `rollover_overlap`; see
+/// `pki::rollover`): records phase 1 when the CA key is that old, phase 2 when the overlap is
+/// over. The PKI plan does the rest. Under the state lock.
+fn scheduled_rollover(ctx: &Ctx, now: SystemTime) -> Result<()> {
+    use crate::pki::rollover::{self, Phase, Schedule};
+    let layout = ctx.layout();
+    if ctx.settings.ca_rollover.key_lifetime.is_none() {
+        return Ok(());
+    }
+    let disk = ctx.inspect();
+    let step = rollover::scheduled(&disk.rollover, &ctx.settings.ca_rollover, now);
+    match (step, disk.rollover.record.clone()) {
+        (Schedule::StartNow, None) => {
+            // Never in the way of renewals: what stops a start is logged and left to the admin.
+            let r = match rollover::start_record(&disk, layout, now, true) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!("the CA key reached [ca] key_lifetime, but: {e:#}");
+                    return Ok(());
+                }
+            };
+            tracing::warn!(
+                "the CA key reached [ca] key_lifetime: CA key rollover, phase 1 (bundles handed \
+                 out before keep working for [ca] rollover_overlap; hand out new ones)"
+            );
+            rollover::write_record(layout, &r)
+        }
+        (Schedule::FinishNow, Some(mut r)) if r.phase == Phase::Overlap => {
+            let holders = crate::status::old_ca_holders(layout, &ctx.client_names(), &r);
+            if holders.is_empty() {
+                tracing::warn!("[ca] rollover_overlap is over: CA key rollover, phase 2");
+            } else {
+                tracing::warn!(
+                    "[ca] rollover_overlap is over: CA key rollover, phase 2; these clients still \
+                     hold a bundle from the previous CA, which stops working now: {}",
+                    holders.join(", ")
+                );
+            }
+            r.phase = Phase::Finish;
+            rollover::write_record(layout, &r)
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Temp files of an atomic write cut short (power loss, SIGKILL) in the directories we write:

@@ -9,6 +9,9 @@
 //! | state_dir | `ca-key.pem` | the CA key (never beside what Docker reads) |
 //! | state_dir | `ca-subject.json`, `check-memo.json` | the CA's subject for life; memo of costly checks |
 //! | state_dir | `clients/NAME/{ca,cert,key}.pem`, `clients/NAME/handed-out.json`, `probe/{ca,cert,key}.pem` | client bundles and when each went out; our own probe identity |
+//! | state_dir | `ca-shared.json` | the CA was exported or imported: shared with other hosts |
+//! | state_dir | `rollover.json`, `ca-previous.pem`, `ca-previous-key.pem`, `ca-cross.pem` | a CA key rollover: its phase; the previous CA and its key (destroyed at the end); the previous CA certified by the new key (see `pki::rollover`) |
+//! | state_dir | `clients/NAME/{ca,cert,key}.pem`, `probe/{ca,cert,key}.pem` | client bundles; our own probe identity |
 //! | state_dir | `docker-owned.json`, `deconfigured` | what we put into daemon.json; `deconfigure` ran |
 //! | state_dir | `metrics-state.json`, `lock`, `backup/` | service counters; the state lock; backups |
 //! | systemd_dir | `docker-tcp.socket`, `docker-tls-manager-guard.service`, `docker.service.d/docker-tls-manager.conf` | our units |
@@ -87,6 +90,29 @@ impl Layout {
     /// When a client's bundle went out, and with which certificate (see `status`).
     pub fn handed_out(&self, name: &str) -> PathBuf {
         self.client_dir(name).join("handed-out.json")
+    }
+    /// Present once the CA was exported to or imported from another host (`ca export`, `ca
+    /// import`): the public key it was shared with. A rollover on one host alone would split
+    /// the group, so it is refused while this names the current key.
+    pub fn ca_shared(&self) -> PathBuf {
+        self.state_dir.join("ca-shared.json")
+    }
+    /// The phase of a CA key rollover, while one runs (see `pki::rollover`).
+    pub fn rollover_record(&self) -> PathBuf {
+        self.state_dir.join("rollover.json")
+    }
+    /// The previous CA certificate during a rollover.
+    pub fn ca_previous_cert(&self) -> PathBuf {
+        self.state_dir.join("ca-previous.pem")
+    }
+    /// The previous CA key during a rollover: destroyed when it finishes.
+    pub fn ca_previous_key(&self) -> PathBuf {
+        self.state_dir.join("ca-previous-key.pem")
+    }
+    /// The previous CA (its name and key) certified by the new CA key: the intermediate that
+    /// lets bundles of the new CA verify the server certificate of the previous one.
+    pub fn ca_cross(&self) -> PathBuf {
+        self.state_dir.join("ca-cross.pem")
     }
     /// Results of the costly checks of unchanged files (see `inspect::Memo`).
     pub fn check_memo(&self) -> PathBuf {
@@ -215,6 +241,9 @@ impl Layout {
         };
         (pem && parent == self.cert_dir)
             || path == self.ca_key()
+            || path == self.ca_previous_cert()
+            || path == self.ca_previous_key()
+            || path == self.ca_cross()
             || (pem && parent.parent() == Some(self.clients_dir().as_path()))
             || (pem && parent == self.probe_dir())
             || path == self.socket_unit()
@@ -304,6 +333,10 @@ mod tests {
             l.ca_key(),
             l.ca_subject_record(),
             l.check_memo(),
+            l.rollover_record(),
+            l.ca_previous_cert(),
+            l.ca_previous_key(),
+            l.ca_cross(),
             l.docker_owned(),
             l.deconfigured(),
             l.metrics_state(),
@@ -361,6 +394,9 @@ mod tests {
         assert!(swept.contains(&PathBuf::from("/d")));
         assert!(!swept.contains(&PathBuf::from("/etc/default")));
         assert!(!swept.contains(&PathBuf::from("/e")));
+        for f in [l.ca_previous_cert(), l.ca_previous_key(), l.ca_cross()] {
+            assert!(l.is_watched_file(&inputs, &f), "{f:?}");
+        }
         assert!(!l.is_watched_file(&inputs, &l.lock()));
         assert!(!l.is_watched_file(&inputs, &l.metrics_state()));
         assert!(!l.is_watched_file(&inputs, Path::new("/etc/default/grub")));

@@ -75,6 +75,8 @@ pub struct StatusFacts<'a> {
     pub deconfigured: bool,
     /// Client bundles whose CA copy expires soon.
     pub bundles_to_hand_out: usize,
+    /// A CA key rollover runs or is near (`status::rollover_warnings`, shortened).
+    pub rollover: Option<String>,
     pub last_error: Option<&'a str>,
     /// Failed convergences in a row.
     pub failures: u32,
@@ -99,6 +101,10 @@ pub fn status_line(f: &StatusFacts) -> String {
         status.push_str(
             "; Docker left alone since deconfigure (`docker-tls-manager apply` configures it again)",
         );
+    }
+    if let Some(r) = &f.rollover {
+        status.push_str("; ");
+        status.push_str(r);
     }
     if f.bundles_to_hand_out > 0 {
         status.push_str(&format!(
@@ -298,6 +304,19 @@ impl Worker {
             .is_none_or(|i| i.sans != wanted)
     }
 
+    /// The rollover's metrics (`metrics::render_rollover`).
+    fn rollover_metrics(&self, disk: &crate::pki::inspect::DiskState, now: SystemTime) -> String {
+        let ro = &disk.rollover;
+        let old = ro.record.as_ref().map_or(0, |r| {
+            crate::status::old_ca_holders(self.ctx.layout(), &self.ctx.client_names(), r).len()
+        });
+        metrics::render_rollover(
+            ro.phase(),
+            old,
+            crate::pki::rollover::next_step(ro, &self.ctx.settings.ca_rollover, now),
+        )
+    }
+
     /// Writes metrics (and their state, so a restart keeps them), logs new warnings, sets STATUS=.
     fn report(&mut self) {
         let now = SystemTime::now();
@@ -310,7 +329,8 @@ impl Worker {
             if path.parent().is_some_and(|d| d.is_dir())
                 && let Err(e) = atomic_write(
                     path,
-                    metrics::render(&disk, &self.metrics, next_due(&disk, &self.ctx.settings))
+                    (metrics::render(&disk, &self.metrics, next_due(&disk, &self.ctx.settings))
+                        + &self.rollover_metrics(&disk, now))
                         .as_bytes(),
                     0o644,
                 )
@@ -318,14 +338,30 @@ impl Worker {
                 warn!("cannot write metrics: {e:#}");
             }
         }
-        let warnings: BTreeSet<String> = crate::status::handed_out_warnings(
+        let handed = crate::status::handed_out_warnings(
             self.ctx.layout(),
             &self.ctx.client_names(),
             &self.ctx.settings,
             now,
-        )
-        .into_iter()
-        .collect();
+        );
+        let bundles_to_hand_out = handed.len();
+        let rollover = crate::status::rollover_warnings(
+            self.ctx.layout(),
+            &self.ctx.client_names(),
+            &self.ctx.settings,
+            now,
+        );
+        let rollover_line = rollover.first().map(|w| {
+            let short: String = w
+                .split(" (hand each")
+                .next()
+                .unwrap_or(w)
+                .chars()
+                .take(300)
+                .collect();
+            short
+        });
+        let warnings: BTreeSet<String> = handed.into_iter().chain(rollover).collect();
         for w in warnings.difference(&self.warnings) {
             warn!("{w}");
         }
@@ -341,7 +377,8 @@ impl Worker {
             clients: self.ctx.client_names().len(),
             deferred: self.deferred,
             deconfigured: self.deconfigured,
-            bundles_to_hand_out: self.warnings.len(),
+            bundles_to_hand_out,
+            rollover: rollover_line,
             last_error: self.last_error.as_deref(),
             failures: self.failures,
         });
@@ -368,7 +405,18 @@ impl Worker {
             && match crate::host::HostIdentity::detect()
                 .and_then(|h| self.ctx.plan(&h, SystemTime::now(), Force::default()))
             {
-                Ok((_, plan)) => !plan.is_empty(),
+                Ok((disk, plan)) => {
+                    !plan.is_empty()
+                        || matches!(
+                            crate::pki::rollover::scheduled(
+                                &disk.rollover,
+                                &self.ctx.settings.ca_rollover,
+                                SystemTime::now(),
+                            ),
+                            crate::pki::rollover::Schedule::StartNow
+                                | crate::pki::rollover::Schedule::FinishNow
+                        )
+                }
                 Err(_) => true,
             };
         let full_due = self.last_full.is_none_or(|t| t.elapsed() >= FULL_CHECK);
@@ -733,6 +781,7 @@ mod tests {
             deferred: false,
             deconfigured: false,
             bundles_to_hand_out: 0,
+            rollover: None,
             last_error: None,
             failures: 0,
         };
@@ -744,6 +793,7 @@ mod tests {
         f.deferred = true;
         f.deconfigured = true;
         f.bundles_to_hand_out = 3;
+        f.rollover = Some("CA key rollover, phase 1: both CAs trusted since X; clients still holding a bundle from the previous CA: a".into());
         f.last_error = Some(&long);
         f.failures = 4;
         let line = status_line(&f);
@@ -754,6 +804,10 @@ mod tests {
         );
         assert!(
             line.contains("; 3 client bundle(s) need handing out again"),
+            "{line}"
+        );
+        assert!(
+            line.contains("; CA key rollover, phase 1: both CAs trusted since X; clients still holding a bundle from the previous CA: a;"),
             "{line}"
         );
         assert!(

@@ -934,3 +934,62 @@ fn ca_import_killed_at_every_write_converges_on_one_ca() {
     }
     assert!(finished, "the import never ran to the end");
 }
+
+/// Export and import move one CA: refused while a rollover holds two, nothing changed.
+#[test]
+fn ca_export_and_import_wait_for_a_rollover_to_finish() {
+    let a = Sandbox::new("");
+    let b = Sandbox::new("");
+    a.ok(&["apply"]);
+    b.ok(&["apply"]);
+    let pass = a.path("pass");
+    std::fs::write(&pass, "p\n").unwrap();
+    let export = a.path("fleet-ca.pem");
+    b.ok(&[
+        "ca",
+        "export",
+        "-o",
+        export.to_str().unwrap(),
+        "--passphrase-file",
+        pass.to_str().unwrap(),
+    ]);
+    // A shared CA is not rolled over on one host alone (the others would keep the old key).
+    let o = b.run(&["ca", "rollover", "start"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("shared with other hosts"),
+        "{}",
+        text(&o.stderr)
+    );
+    a.ok(&["ca", "rollover", "start"]);
+    let before = snapshot(&a.path("state"));
+    for args in [
+        vec!["ca", "export", "-o", "/dev/null", "--passphrase-file"],
+        vec![
+            "ca",
+            "import",
+            export.to_str().unwrap(),
+            "--force",
+            "--passphrase-file",
+        ],
+    ] {
+        let mut args = args.clone();
+        args.push(pass.to_str().unwrap());
+        let o = a.run(&args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", text(&o.stderr));
+        assert!(
+            text(&o.stderr).contains("rollover is in progress"),
+            "{}",
+            text(&o.stderr)
+        );
+    }
+    let after: Vec<_> = snapshot(&a.path("state"))
+        .into_iter()
+        .filter(|(p, ..)| !p.ends_with("lock"))
+        .collect();
+    let before: Vec<_> = before
+        .into_iter()
+        .filter(|(p, ..)| !p.ends_with("lock"))
+        .collect();
+    assert_eq!(after, before);
+}

@@ -160,6 +160,7 @@ fn record_handed_out(ctx: &Ctx, name: &str, cert_pem: &[u8]) -> Result<()> {
         fingerprint_sha256: info.fingerprint,
         not_after: humantime::format_rfc3339_seconds(info.not_after).to_string(),
         at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+        ca_key_id: info.authority_key_id.as_ref().map(hex::encode),
     };
     atomic_write(
         &ctx.layout().handed_out(name),

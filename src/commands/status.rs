@@ -14,7 +14,14 @@ pub(crate) async fn status_cmd(ctx: &Ctx, json: bool) -> Result<()> {
             ..Plan::default()
         },
     };
-    let handed = report::handed_out_warnings(ctx.layout(), &ctx.client_names(), &ctx.settings, now);
+    let mut handed =
+        report::handed_out_warnings(ctx.layout(), &ctx.client_names(), &ctx.settings, now);
+    handed.extend(report::rollover_warnings(
+        ctx.layout(),
+        &ctx.client_names(),
+        &ctx.settings,
+        now,
+    ));
     let mut report = report::report(&disk, &plan, &ctx.settings, now, handed);
     if ctx.settings.docker.manage {
         report.docker = Some(docker_status(ctx).await);

@@ -73,6 +73,15 @@ pub enum KeyState {
     },
 }
 
+impl KeyState {
+    pub fn public_key(&self) -> Option<Vec<u8>> {
+        match self {
+            KeyState::Readable { public_key } => Some(public_key.clone()),
+            _ => None,
+        }
+    }
+}
+
 /// The state of a certificate file.
 #[derive(Clone, Debug)]
 pub enum CertState {
@@ -118,6 +127,8 @@ pub struct DiskState {
     pub ca_key_issuers: Vec<CaName>,
     /// The costly checks of this inspection, to remember (`Memo::save`).
     pub memo: Memo,
+    /// A CA key rollover's files (see `pki::rollover`).
+    pub rollover: super::rollover::Observed,
 }
 
 /// Results of the elliptic-curve and RSA work of an inspection (a private key's public key, a
@@ -286,11 +297,17 @@ pub fn inspect(layout: &Layout, clients: &[String], probe: bool) -> DiskState {
     let ca_record = std::fs::read(layout.ca_subject_record())
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok());
+    let rollover = super::rollover::inspect(
+        layout,
+        ca_der.as_deref(),
+        &layout.cert_and_key(&Slot::Server).0,
+    );
     DiskState {
         ca_key_issuers: ca_key_issuers(layout, &out, spki.as_deref()),
         slots: out,
         ca_record,
         memo,
+        rollover,
     }
 }
 
@@ -380,8 +397,9 @@ fn observe(
     let mut ca_copy_current = true;
     if let Some(copy) = layout.ca_copy(slot) {
         check(&copy, CERT_MODE);
+        // The copy holds the current CA alone (ca.pem also holds the old one during a rollover).
         ca_copy_current = match (std::fs::read(&copy), ca_pem) {
-            (Ok(have), Some(want)) => have == want,
+            (Ok(have), Some(want)) => have == super::rollover::first_block(want),
             _ => false,
         };
     }

@@ -7,6 +7,7 @@ pub mod execute;
 pub mod inspect;
 pub mod issue;
 pub mod plan;
+pub mod rollover;
 pub mod transfer;
 
 pub use crate::layout::Layout;

@@ -49,6 +49,34 @@ pub enum OpenError {
     KeyMismatch,
 }
 
+/// `state_dir/ca-shared.json`: the CA's public key when it was exported or imported.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Shared {
+    public_key: String,
+    since: String,
+    how: String,
+}
+
+/// Records that the CA with `cert` is shared with other hosts (`how`: "export" or "import").
+pub fn record_shared(
+    layout: &crate::layout::Layout,
+    cert: &CertInfo,
+    how: &str,
+) -> anyhow::Result<()> {
+    let s = Shared {
+        public_key: hex::encode(&cert.public_key),
+        since: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        how: how.into(),
+    };
+    crate::files::atomic_write(&layout.ca_shared(), &serde_json::to_vec_pretty(&s)?, 0o600)
+}
+
+/// The public key the CA was shared with, if recorded.
+pub fn shared_key(layout: &crate::layout::Layout) -> Option<Vec<u8>> {
+    let s: Shared = serde_json::from_slice(&std::fs::read(layout.ca_shared()).ok()?).ok()?;
+    hex::decode(s.public_key).ok()
+}
+
 /// A new passphrase: 25 characters of the RFC 4648 base32 alphabet in groups of five.
 pub fn new_passphrase() -> Zeroizing<String> {
     const ALPHABET: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
@@ -152,7 +180,8 @@ pub fn open(text: &[u8], passphrase: &str) -> Result<CaMaterial, OpenError> {
     })
 }
 
-fn pem_of(der: &[u8]) -> String {
+/// A certificate as PEM.
+pub fn pem_of(der: &[u8]) -> String {
     pkcs8::der::pem::encode_string("CERTIFICATE", LineEnding::LF, der)
         .expect("PEM encoding of a certificate")
 }
