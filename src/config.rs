@@ -245,6 +245,24 @@ pub struct DockerSettings {
     pub live_restore: LiveRestore,
 }
 
+/// `[acme]`: the server certificate from an ACME CA (step-ca, Vault/OpenBao PKI, any RFC
+/// 8555 server) instead of our own CA. Clients keep certificates from our CA.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AcmeSettings {
+    /// The directory URL (https).
+    pub directory: String,
+    /// The CA certificate(s) to verify the ACME server's own HTTPS with; `None`: the system's.
+    pub directory_ca: Option<PathBuf>,
+    /// The root of the chains the ACME CA issues: what clients trust for the server.
+    pub issuer_root: PathBuf,
+    /// Account contacts (`mailto:` URLs).
+    pub contact: Vec<String>,
+    /// External account binding: key id and the raw HMAC key (decoded from base64url).
+    pub eab: Option<(String, Vec<u8>)>,
+    /// Port the HTTP-01 challenge is answered on (the ACME server connects to it).
+    pub http_port: u16,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServiceSettings {
     /// Prometheus textfile (node_exporter textfile collector format); `None`: not written.
@@ -287,6 +305,8 @@ pub struct Settings {
     pub docker: DockerSettings,
     pub service: ServiceSettings,
     pub backup: BackupSettings,
+    /// `None`: the server certificate comes from our CA.
+    pub acme: Option<AcmeSettings>,
 }
 
 // ---- The file as written: every key optional, unknown keys rejected. ----
@@ -308,6 +328,20 @@ struct RawConfig {
     service: RawService,
     #[serde(default)]
     backup: RawBackup,
+    #[serde(default)]
+    acme: RawAcme,
+}
+
+#[derive(Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+struct RawAcme {
+    directory: Option<String>,
+    directory_ca: Option<PathBuf>,
+    issuer_root: Option<PathBuf>,
+    contact: Option<Vec<String>>,
+    eab_kid: Option<String>,
+    eab_hmac_key: Option<String>,
+    http_port: Option<u16>,
 }
 
 #[derive(Deserialize, Default, Debug)]
@@ -787,6 +821,7 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Settings, UsageError> {
         )
     })?;
     let backup = BackupSettings { keep, keep_for };
+    let acme = acme_settings(raw.acme, &bad)?;
 
     Ok(Settings {
         source: Some(path.to_path_buf()),
@@ -798,7 +833,108 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Settings, UsageError> {
         docker,
         service,
         backup,
+        acme,
     })
+}
+
+/// `[acme]`: off unless `directory` is set; then `issuer_root` is needed too.
+fn acme_settings(
+    raw: RawAcme,
+    bad: &dyn Fn(&str, String) -> UsageError,
+) -> Result<Option<AcmeSettings>, UsageError> {
+    let Some(directory) = raw.directory.filter(|d| !d.is_empty()) else {
+        let set = [
+            ("directory_ca", raw.directory_ca.is_some()),
+            ("issuer_root", raw.issuer_root.is_some()),
+            ("contact", raw.contact.is_some()),
+            ("eab_kid", raw.eab_kid.is_some()),
+            ("eab_hmac_key", raw.eab_hmac_key.is_some()),
+            ("http_port", raw.http_port.is_some()),
+        ];
+        if let Some((key, _)) = set.iter().find(|(_, s)| *s) {
+            return Err(bad(
+                &format!("[acme] {key}"),
+                "is set but [acme] directory is not: set directory (the ACME server's directory \
+                 URL) to get the server certificate by ACME, or remove the key"
+                    .into(),
+            ));
+        }
+        return Ok(None);
+    };
+    if !directory.starts_with("https://") {
+        return Err(bad(
+            "[acme] directory",
+            format!("'{directory}' is not an https:// URL (ACME runs over HTTPS only)"),
+        ));
+    }
+    let abs = |key: &str, p: PathBuf| -> Result<PathBuf, UsageError> {
+        if p.is_absolute() {
+            Ok(p)
+        } else {
+            Err(bad(key, format!("'{}' is not an absolute path", p.display())))
+        }
+    };
+    let issuer_root = abs(
+        "[acme] issuer_root",
+        raw.issuer_root.ok_or_else(|| {
+            bad(
+                "[acme] issuer_root",
+                "is missing: name the ACME CA's root certificate (clients verify Docker's \
+                 certificate with it; e.g. step-ca's root_ca.crt)"
+                    .into(),
+            )
+        })?,
+    )?;
+    let directory_ca = raw
+        .directory_ca
+        .map(|p| abs("[acme] directory_ca", p))
+        .transpose()?;
+    let contact = raw.contact.unwrap_or_default();
+    if let Some(c) = contact.iter().find(|c| !c.starts_with("mailto:")) {
+        return Err(bad(
+            "[acme] contact",
+            format!("'{c}' is not a mailto: URL (write \"mailto:ops@example.net\")"),
+        ));
+    }
+    let eab = match (raw.eab_kid, raw.eab_hmac_key) {
+        (None, None) => None,
+        (Some(kid), Some(key)) => {
+            use base64::Engine;
+            let raw_key = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(key.trim_end_matches('='))
+                .map_err(|e| {
+                    bad(
+                        "[acme] eab_hmac_key",
+                        format!("is not base64url ({e}): paste the HMAC key the CA gave, as it is"),
+                    )
+                })?;
+            Some((kid, raw_key))
+        }
+        (Some(_), None) => {
+            return Err(bad(
+                "[acme] eab_hmac_key",
+                "is missing while eab_kid is set: external account binding needs both".into(),
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(bad(
+                "[acme] eab_kid",
+                "is missing while eab_hmac_key is set: external account binding needs both".into(),
+            ));
+        }
+    };
+    Ok(Some(AcmeSettings {
+        directory,
+        directory_ca,
+        issuer_root,
+        contact,
+        eab,
+        http_port: match raw.http_port {
+            Some(0) => return Err(bad("[acme] http_port", "0 is not a port".into())),
+            Some(p) => p,
+            None => 80,
+        },
+    }))
 }
 
 fn parse_listen(spec: &str) -> Option<u16> {
