@@ -93,6 +93,9 @@ async fn account(acme: &AcmeSettings, stored: &Path) -> Result<Account> {
         directory: acme.directory.clone(),
         credentials,
     };
+    if let Some(dir) = stored.parent() {
+        crate::files::ensure_dir(dir, 0o700)?;
+    }
     atomic_write(stored, &serde_json::to_vec_pretty(&s)?, 0o600)?;
     tracing::info!(directory = %acme.directory, id = account.id(), "ACME account created");
     Ok(account)
