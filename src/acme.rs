@@ -169,7 +169,10 @@ async fn order(
         match authz.status {
             AuthorizationStatus::Pending => {}
             AuthorizationStatus::Valid => continue,
-            other => bail!("ACME authorization for {:?} is {other:?}", authz.identifier()),
+            other => bail!(
+                "ACME authorization for {:?} is {other:?}",
+                authz.identifier()
+            ),
         }
         let mut challenge = authz.challenge(ChallengeType::Http01).ok_or_else(|| {
             anyhow!("the ACME server offers no http-01 challenge for this identifier")
@@ -248,19 +251,18 @@ struct Http01Responder {
 
 impl Http01Responder {
     async fn start(port: u16, tokens: Arc<Mutex<BTreeMap<String, String>>>) -> Result<Self> {
-        let listener = match TcpListener::bind(SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)))
-            .await
-        {
-            Ok(l) => l,
-            Err(_) => TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], port)))
-                .await
-                .with_context(|| {
-                    format!(
-                        "cannot listen on port {port} for the ACME http-01 challenge ([acme] \
+        let listener =
+            match TcpListener::bind(SocketAddr::from((Ipv6Addr::UNSPECIFIED, port))).await {
+                Ok(l) => l,
+                Err(_) => TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], port)))
+                    .await
+                    .with_context(|| {
+                        format!(
+                            "cannot listen on port {port} for the ACME http-01 challenge ([acme] \
                          http_port): is another web server on it?"
-                    )
-                })?,
-        };
+                        )
+                    })?,
+            };
         let task = tokio::spawn(async move {
             loop {
                 let Ok((mut conn, peer)) = listener.accept().await else {

@@ -871,7 +871,10 @@ fn acme_settings(
         if p.is_absolute() {
             Ok(p)
         } else {
-            Err(bad(key, format!("'{}' is not an absolute path", p.display())))
+            Err(bad(
+                key,
+                format!("'{}' is not an absolute path", p.display()),
+            ))
         }
     };
     let issuer_root = abs(

@@ -9,10 +9,11 @@ use super::machine::Machine;
 use super::text;
 
 pub struct Lan {
-    netns: String,
+    /// The namespace holding the bridge `br0`.
+    pub netns: String,
 }
 
-fn ip(args: &[&str]) {
+pub fn ip(args: &[&str]) {
     let o = Command::new("ip").args(args).output().unwrap();
     assert!(
         o.status.success(),

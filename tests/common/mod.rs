@@ -99,3 +99,4 @@ pub fn snapshot(dir: &Path) -> Vec<(PathBuf, u32, Vec<u8>)> {
 }
 pub mod lan;
 pub mod machine;
+pub mod pebble;
