@@ -7,8 +7,10 @@ packages=(docker.io systemd-container dbus curl openssl busybox-static iproute2 
     ca-certificates rpm binutils strace python3-docker)
 # The packages' linters and the man page checks (tests/packages.rs, tests/manual.rs).
 packages+=(lintian rpmlint man-db groff-base)
+# The ACME test server (tests/acme.rs).
+packages+=(pebble)
 tools=(dockerd systemd-nspawn dbus-daemon curl openssl busybox ip nsenter ps rpm strip strace)
-tools+=(lintian rpmlint man groff)
+tools+=(lintian rpmlint man groff pebble)
 missing=0
 for t in "${tools[@]}"; do
     command -v "$t" > /dev/null || [[ -x /usr/sbin/$t ]] || missing=1

@@ -5,7 +5,7 @@
 //! key never leaves the host). Errors name the cause and the config key to look at.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::net::{Ipv6Addr, SocketAddr};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -315,9 +315,4 @@ impl Drop for Http01Responder {
     fn drop(&mut self) {
         self.task.abort();
     }
-}
-
-/// Whether `ip` is one an ACME CA can validate (not loopback, link-local or unspecified).
-pub fn orderable(ip: &IpAddr) -> bool {
-    !(ip.is_loopback() || ip.is_unspecified())
 }

@@ -506,6 +506,7 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Settings, UsageError> {
             raw.paths.daemon_json,
             DEFAULT_DAEMON_JSON,
         )?,
+        acme_issuer_root: None,
     };
     if paths.cert_dir == paths.state_dir {
         return Err(bad(
@@ -822,6 +823,8 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Settings, UsageError> {
     })?;
     let backup = BackupSettings { keep, keep_for };
     let acme = acme_settings(raw.acme, &bad)?;
+    let mut paths = paths;
+    paths.acme_issuer_root = acme.as_ref().map(|a| a.issuer_root.clone());
 
     Ok(Settings {
         source: Some(path.to_path_buf()),
@@ -989,6 +992,57 @@ mod tests {
 
     fn p(text: &str) -> Result<Settings, UsageError> {
         parse(text, Path::new("/etc/x/config.toml"))
+    }
+
+    #[test]
+    fn acme_off_unless_directory_and_each_mistake_named() {
+        assert_eq!(p("").unwrap().acme, None);
+        let ok = p(
+            "[acme]\ndirectory = \"https://ca.example.net/dir\"\nissuer_root = \"/r.pem\"\n\
+                    eab_kid = \"k\"\neab_hmac_key = \"aGVsbG8\"\ncontact = [\"mailto:a@b.c\"]",
+        )
+        .unwrap();
+        let a = ok.acme.as_ref().unwrap();
+        assert_eq!(a.http_port, 80);
+        assert_eq!(a.eab, Some(("k".into(), b"hello".to_vec())));
+        assert_eq!(
+            ok.paths.acme_issuer_root.as_deref(),
+            Some(Path::new("/r.pem"))
+        );
+        for (text, key) in [
+            ("[acme]\nissuer_root = \"/r.pem\"", "[acme] issuer_root"),
+            (
+                "[acme]\ndirectory = \"https://x/dir\"",
+                "[acme] issuer_root",
+            ),
+            (
+                "[acme]\ndirectory = \"http://x/dir\"\nissuer_root = \"/r\"",
+                "[acme] directory",
+            ),
+            (
+                "[acme]\ndirectory = \"https://x/dir\"\nissuer_root = \"r.pem\"",
+                "[acme] issuer_root",
+            ),
+            (
+                "[acme]\ndirectory = \"https://x/dir\"\nissuer_root = \"/r\"\ncontact = [\"ops@x\"]",
+                "[acme] contact",
+            ),
+            (
+                "[acme]\ndirectory = \"https://x/dir\"\nissuer_root = \"/r\"\neab_kid = \"k\"",
+                "[acme] eab_hmac_key",
+            ),
+            (
+                "[acme]\ndirectory = \"https://x/dir\"\nissuer_root = \"/r\"\neab_kid = \"k\"\neab_hmac_key = \"%%\"",
+                "[acme] eab_hmac_key",
+            ),
+            (
+                "[acme]\ndirectory = \"https://x/dir\"\nissuer_root = \"/r\"\nhttp_port = 0",
+                "[acme] http_port",
+            ),
+        ] {
+            let e = p(text).unwrap_err().to_string();
+            assert!(e.contains(key), "{text}: {e}");
+        }
     }
 
     #[test]

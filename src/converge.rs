@@ -155,8 +155,42 @@ pub async fn converge_once(
         .filter(|p| p.exists())
         .map(|p| Snapshot::take(p))
         .collect();
+    // The server certificate from the ACME CA: ordered now (network I/O), written by the
+    // executor. If the CA cannot be reached or refuses, the rest of the plan still runs, the
+    // current certificate stays served, and the run fails so that it is retried with backoff.
+    let mut acme_error = None;
+    let mut acme_server = None;
+    if let Some(acme) = &ctx.settings.acme
+        && plan.issues_server()
+    {
+        let sans: Vec<_> = plan.server_sans.iter().cloned().collect();
+        match crate::acme::issue(
+            acme,
+            &ctx.layout().acme_account(),
+            &sans,
+            ctx.settings.server.policy.key_type,
+        )
+        .await
+        {
+            Ok(issued) => acme_server = Some(issued),
+            Err(e) => {
+                tracing::error!("no certificate from the ACME CA: {e:#}");
+                if let Some(p) = plan.without_server_changes() {
+                    plan = p;
+                }
+                acme_error = Some(e.context("the server certificate from the ACME CA"));
+            }
+        }
+    }
     out.pki = Some(plan.clone());
-    execute::execute(&plan, ctx.layout(), &ctx.settings, &host, now)?;
+    execute::execute_with(
+        &plan,
+        ctx.layout(),
+        &ctx.settings,
+        &host,
+        now,
+        acme_server.as_ref(),
+    )?;
     out.pki_done = true;
     // Remember the costly checks of what is on disk now, for the next inspection (`status`).
     if plan.is_empty() {
@@ -181,17 +215,17 @@ pub async fn converge_once(
             tracing::warn!("{w}");
         }
         out.docker = Some(d);
-        return Ok(());
+        return acme_error.map_or(Ok(()), Err);
     }
     if !ctx.settings.docker.manage || pki_only {
-        return Ok(());
+        return acme_error.map_or(Ok(()), Err);
     }
     if !configure_docker {
         out.deconfigured = true;
         tracing::info!(
             "Docker left alone: `deconfigure` ran; `docker-tls-manager apply` configures it again"
         );
-        return Ok(());
+        return acme_error.map_or(Ok(()), Err);
     }
     let side = DockerSide::connect(&ctx.settings).await?;
     let obs = side.observe(&ctx.settings).await?;
@@ -215,7 +249,7 @@ pub async fn converge_once(
             .with_context(|| format!("cannot remove '{}'", marker.display()))?;
         tracing::info!("configured again after `deconfigure`");
     }
-    Ok(())
+    acme_error.map_or(Ok(()), Err)
 }
 
 /// The automatic CA key rollover (`[ca] key_lifetime`, `rollover_overlap`; see

@@ -676,6 +676,7 @@ mod tests {
             state_dir: d.path().join("state"),
             systemd_dir: d.path().join("units"),
             daemon_json: d.path().join("daemon.json"),
+            acme_issuer_root: None,
         };
         let _a = StateLock::acquire(&lock, Duration::ZERO).await.unwrap();
         assert_eq!(

@@ -9,6 +9,7 @@
 //! | state_dir | `ca-key.pem` | the CA key (never beside what Docker reads) |
 //! | state_dir | `ca-subject.json`, `check-memo.json` | the CA's subject for life; memo of costly checks |
 //! | state_dir | `clients/NAME/{ca,cert,key}.pem`, `clients/NAME/handed-out.json`, `probe/{ca,cert,key}.pem` | client bundles and when each went out; our own probe identity |
+//! | state_dir | `acme-account.json` | the ACME account's key and URL (`[acme]`) |
 //! | state_dir | `ca-shared.json` | the CA was exported or imported: shared with other hosts |
 //! | state_dir | `rollover.json`, `ca-previous.pem`, `ca-previous-key.pem`, `ca-cross.pem` | a CA key rollover: its phase; the previous CA and its key (destroyed at the end); the previous CA certified by the new key (see `pki::rollover`) |
 //! | state_dir | `clients/NAME/{ca,cert,key}.pem`, `probe/{ca,cert,key}.pem` | client bundles; our own probe identity |
@@ -72,6 +73,8 @@ pub struct Layout {
     /// daemon.json as configured; dockerd may read another one (`--config-file` in its
     /// ExecStart): `docker::dockerd::daemon_json_path` finds that one.
     pub daemon_json: PathBuf,
+    /// `[acme] issuer_root`: with ACME, what clients trust for the server (else our CA).
+    pub acme_issuer_root: Option<PathBuf>,
 }
 
 impl Layout {
@@ -96,6 +99,10 @@ impl Layout {
     /// the group, so it is refused while this names the current key.
     pub fn ca_shared(&self) -> PathBuf {
         self.state_dir.join("ca-shared.json")
+    }
+    /// The ACME account's credentials (`[acme]`; see `acme`).
+    pub fn acme_account(&self) -> PathBuf {
+        self.state_dir.join("acme-account.json")
     }
     /// The phase of a CA key rollover, while one runs (see `pki::rollover`).
     pub fn rollover_record(&self) -> PathBuf {
@@ -321,6 +328,7 @@ mod tests {
             state_dir: "/s".into(),
             systemd_dir: "/u".into(),
             daemon_json: "/d/daemon.json".into(),
+            acme_issuer_root: None,
         }
     }
 

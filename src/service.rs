@@ -21,7 +21,7 @@ use crate::files::{LockBusy, atomic_write};
 use crate::layout::DockerdInputs;
 use crate::metrics::{self, LastRun, Metrics};
 use crate::pki::Slot;
-use crate::pki::plan::{Action, Force, next_due, renewal_time};
+use crate::pki::plan::{Action, Force, next_due};
 use crate::watch::{AddressWatcher, FileWatcher, Targets, Trigger};
 
 /// This service's unit.
@@ -371,7 +371,7 @@ impl Worker {
             server: server.map(|i| {
                 (
                     i.not_after,
-                    renewal_time(i.not_after, &self.ctx.settings.server.policy),
+                    crate::pki::plan::renewal_at(&self.ctx.settings, &Slot::Server, i),
                 )
             }),
             clients: self.ctx.client_names().len(),

@@ -9,7 +9,7 @@ use serde::Serialize;
 use crate::config::Settings;
 use crate::pki::Slot;
 use crate::pki::inspect::{CertState, DiskState};
-use crate::pki::plan::{Action, Plan, policy_of, renewal_time};
+use crate::pki::plan::{Action, Plan, renewal_time};
 
 #[derive(Serialize, Debug)]
 pub struct CertStatus {
@@ -96,7 +96,6 @@ pub fn report(
             Action::Issue { slot: s, .. } => s == slot,
             _ => false,
         });
-        let policy = policy_of(settings, slot);
         let mut st = CertStatus {
             kind: kind.into(),
             name,
@@ -133,7 +132,9 @@ pub fn report(
             st.not_before = Some(rfc3339(i.not_before));
             st.not_after = Some(rfc3339(i.not_after));
             st.days_left = Some(days_between(now, i.not_after));
-            st.next_renewal = Some(rfc3339(renewal_time(i.not_after, policy).max(now)));
+            st.next_renewal = Some(rfc3339(
+                crate::pki::plan::renewal_at(settings, slot, i).max(now),
+            ));
             st.key_type = i.key_type.map(|k| k.to_string());
             st.fingerprint_sha256 = Some(i.fingerprint.clone());
         }

@@ -221,7 +221,9 @@ fn client_files(ctx: &Ctx, name: &str) -> Result<ClientFiles> {
     };
     let current = ctx.layout().ca_cert();
     let current_ca = read(&current)?;
-    let why = match bundle::check(&files, &current_ca, SystemTime::now()) {
+    let trust = crate::pki::inspect::server_trust(ctx.layout(), Some(&current_ca))
+        .context("cannot read [acme] issuer_root")?;
+    let why = match bundle::check(&files, &current_ca, &trust, SystemTime::now()) {
         Ok(()) => return Ok(files),
         Err(bundle::Unfit::CertUnreadable(e)) => format!("'{}': {e}", cert.display()),
         Err(bundle::Unfit::KeyUnreadable(e)) => format!("'{}': {e}", key.display()),

@@ -35,6 +35,10 @@ pub fn tls_probe(settings: &Settings) -> TlsProbe {
             .unwrap_or_else(|| layout.ca_cert()),
         cert,
         key,
+        name_from: settings
+            .acme
+            .is_some()
+            .then(|| layout.cert_and_key(&Slot::Server).0),
     }
 }
 

@@ -21,12 +21,26 @@ use crate::layout::{CERT_MODE, KEY_DIR_MODE, KEY_MODE};
 
 /// Runs every action of `plan` in order. Stops at the first error; what was written until then
 /// is complete and consistent file by file, and the next run picks up from there.
+#[cfg(test)]
 pub fn execute(
     plan: &Plan,
     layout: &Layout,
     settings: &Settings,
     host: &HostIdentity,
     now: SystemTime,
+) -> Result<()> {
+    execute_with(plan, layout, settings, host, now, None)
+}
+
+/// [`execute`], with the server certificate the ACME CA issued for this plan (`[acme]`: the
+/// convergence orders it before, since that is network I/O; see `acme`).
+pub fn execute_with(
+    plan: &Plan,
+    layout: &Layout,
+    settings: &Settings,
+    host: &HostIdentity,
+    now: SystemTime,
+    acme_server: Option<&crate::acme::Issued>,
 ) -> Result<()> {
     let backups = Backups {
         dir: layout.backup_dir(),
@@ -45,6 +59,24 @@ pub fn execute(
                 plan.ca_subject.as_ref(),
                 *reason == Reason::RolloverStart,
             )?,
+            Action::Issue {
+                slot: Slot::Server, ..
+            } if layout.acme_issuer_root.is_some() => {
+                let issued = acme_server.context(
+                    "the server certificate comes from the ACME CA ([acme]), and none was obtained",
+                )?;
+                let (cert_path, key_path) = layout.cert_and_key(&Slot::Server);
+                ensure_key_dirs(layout, &Slot::Server)?;
+                backup(&key_path, &backups, now)?;
+                atomic_write(&key_path, issued.key_pem.as_bytes(), KEY_MODE)?;
+                replace(
+                    &backups,
+                    &cert_path,
+                    issued.chain_pem.as_bytes(),
+                    CERT_MODE,
+                    now,
+                )?;
+            }
             Action::Issue { slot, .. } => issue_leaf(
                 layout,
                 &backups,
@@ -56,9 +88,9 @@ pub fn execute(
                 plan.rollover == Some(Phase::Overlap),
             )?,
             Action::CopyCa { slot } => {
-                let ca_pem = current_ca_pem(layout)?;
+                let trust = server_trust_pem(layout)?;
                 let copy = layout.ca_copy(slot).expect("only clients have a CA copy");
-                replace(&backups, &copy, &ca_pem, CERT_MODE, now)?;
+                replace(&backups, &copy, &trust, CERT_MODE, now)?;
             }
             Action::SavePreviousCa => {
                 ensure_key_dirs(layout, &Slot::Ca)?;
@@ -156,6 +188,17 @@ fn record_ca_subject(layout: &Layout) -> Result<()> {
 }
 
 /// The current CA certificate alone (ca.pem also holds the previous one during a rollover).
+/// What a client's copy holds: see `inspect::server_trust`.
+fn server_trust_pem(layout: &Layout) -> Result<Vec<u8>> {
+    let ca = std::fs::read(layout.ca_cert()).ok();
+    super::inspect::server_trust(layout, ca.as_deref()).with_context(|| {
+        match &layout.acme_issuer_root {
+            Some(r) => format!("cannot read [acme] issuer_root '{}'", r.display()),
+            None => "cannot read the CA certificate".to_string(),
+        }
+    })
+}
+
 fn current_ca_pem(layout: &Layout) -> Result<Vec<u8>> {
     let pem = std::fs::read(layout.ca_cert()).context("cannot read the CA certificate")?;
     Ok(rollover::first_block(&pem).to_vec())
@@ -340,7 +383,7 @@ fn issue_leaf(
     atomic_write(&key_path, key.serialize_pem().as_bytes(), KEY_MODE)?;
     replace(backups, &cert_path, cert_pem.as_bytes(), CERT_MODE, now)?;
     if let Some(copy) = layout.ca_copy(slot) {
-        replace(backups, &copy, ca_pem.as_bytes(), CERT_MODE, now)?;
+        replace(backups, &copy, &server_trust_pem(layout)?, CERT_MODE, now)?;
     }
     Ok(())
 }

@@ -279,13 +279,14 @@ pub fn inspect(layout: &Layout, clients: &[String], probe: bool) -> DiskState {
         _ => false,
     };
     let mut memo = Memo::load(layout);
+    let trust = server_trust(layout, ca_pem.as_deref());
     let mut out = BTreeMap::new();
     for slot in slots {
         let mut obs = observe(
             layout,
             &slot,
             ca_der.as_deref(),
-            ca_pem.as_deref(),
+            trust.as_deref(),
             &mut memo,
         );
         obs.signed_by_ca_key = slot != Slot::Ca
@@ -355,11 +356,42 @@ fn ca_key_issuers(
     issuers
 }
 
+/// What clients (and the probe) trust for the server, as their copy must hold it: the ACME
+/// CA's root with `[acme]`, else our current CA (ca.pem's first certificate: during a rollover
+/// it also holds the previous one).
+pub fn server_trust(layout: &Layout, ca_pem: Option<&[u8]>) -> Option<Vec<u8>> {
+    match &layout.acme_issuer_root {
+        Some(root) => std::fs::read(root).ok(),
+        None => ca_pem.map(|p| super::rollover::first_block(p).to_vec()),
+    }
+}
+
+/// Whether `chain_pem` (leaf first, then intermediates) verifies up to the root `root_pem`:
+/// each certificate signed by the next, the last by the root.
+pub fn chain_verifies(chain_pem: &[u8], root_pem: &[u8]) -> bool {
+    let ders = |pem: &[u8]| -> Vec<Vec<u8>> {
+        x509_parser::pem::Pem::iter_from_buffer(pem)
+            .filter_map(|p| p.ok())
+            .filter(|p| p.label == "CERTIFICATE")
+            .map(|p| p.contents)
+            .collect()
+    };
+    let mut chain = ders(chain_pem);
+    let Some(root) = ders(root_pem).into_iter().next() else {
+        return false;
+    };
+    if chain.is_empty() {
+        return false;
+    }
+    chain.push(root);
+    chain.windows(2).all(|w| verify_signed_by(&w[0], &w[1]))
+}
+
 fn observe(
     layout: &Layout,
     slot: &Slot,
     ca_der: Option<&[u8]>,
-    ca_pem: Option<&[u8]>,
+    trust: Option<&[u8]>,
     memo: &mut Memo,
 ) -> SlotObservation {
     let (cert_path, key_path) = layout.cert_and_key(slot);
@@ -376,6 +408,15 @@ fn observe(
         Err(_) => read_key(&key_path),
     };
     let signed_by_ca = match (&cert, ca_der) {
+        // From the ACME CA: the chain in the file up to its root.
+        (CertState::Present(_), _)
+            if *slot == Slot::Server && layout.acme_issuer_root.is_some() =>
+        {
+            match (std::fs::read(&cert_path), trust) {
+                (Ok(chain), Some(root)) => chain_verifies(&chain, root),
+                _ => false,
+            }
+        }
         (CertState::Present(info), Some(ca)) => {
             memo.signed(&info.der, ca, || verify_signed_by(&info.der, ca))
         }
@@ -397,9 +438,9 @@ fn observe(
     let mut ca_copy_current = true;
     if let Some(copy) = layout.ca_copy(slot) {
         check(&copy, CERT_MODE);
-        // The copy holds the current CA alone (ca.pem also holds the old one during a rollover).
-        ca_copy_current = match (std::fs::read(&copy), ca_pem) {
-            (Ok(have), Some(want)) => have == super::rollover::first_block(want),
+        // The copy holds what clients trust for the server (see `server_trust`).
+        ca_copy_current = match (std::fs::read(&copy), trust) {
+            (Ok(have), Some(want)) => have == want,
             _ => false,
         };
     }

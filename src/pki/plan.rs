@@ -272,6 +272,19 @@ impl Plan {
         })
     }
 
+    /// Whether the server certificate is (re)issued.
+    pub fn issues_server(&self) -> bool {
+        self.actions.iter().any(|a| {
+            matches!(
+                a,
+                Action::Issue {
+                    slot: Slot::Server,
+                    ..
+                }
+            )
+        })
+    }
+
     /// Whether the certificate or key Docker serves changes.
     pub fn changes_server(&self) -> bool {
         self.actions.iter().any(|a| {
@@ -366,6 +379,43 @@ pub fn wanted_server_sans(
     sans
 }
 
+/// The server certificate's names when an ACME CA issues it (`[acme]`): no loopback address,
+/// no `localhost` and no bare host name (without a dot): no ACME CA validates those.
+pub fn acme_sans(sans: BTreeSet<San>) -> BTreeSet<San> {
+    sans.into_iter()
+        .filter(|s| match s {
+            San::Ip(ip) => !ip.is_loopback(),
+            San::Dns(d) => d.contains('.') && d != "localhost",
+        })
+        .collect()
+}
+
+/// When a certificate from the ACME CA is renewed: between 60 % and two thirds of its
+/// lifetime, at a point drawn from its serial (so hosts renewing the same day spread out, and
+/// every run agrees on the moment). Short lifetimes are the norm there (step-ca: 24 h).
+pub fn acme_renewal_time(info: &super::inspect::CertInfo) -> SystemTime {
+    let life = info
+        .not_after
+        .duration_since(info.not_before)
+        .unwrap_or_default();
+    let seed = info
+        .serial
+        .bytes()
+        .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(b as u32));
+    let u = f64::from(seed % 1000) / 1000.0;
+    info.not_before + life.mul_f64(0.6 + (2.0 / 3.0 - 0.6) * u)
+}
+
+/// When a slot's certificate is due for renewal: `renew_before` its expiry, or, for a server
+/// certificate from the ACME CA, [`acme_renewal_time`].
+pub fn renewal_at(settings: &Settings, slot: &Slot, info: &super::inspect::CertInfo) -> SystemTime {
+    if *slot == Slot::Server && settings.acme.is_some() {
+        acme_renewal_time(info)
+    } else {
+        renewal_time(info.not_after, policy_of(settings, slot))
+    }
+}
+
 /// When a certificate with `not_after` is due for renewal under `policy`.
 pub fn renewal_time(not_after: SystemTime, policy: &CertPolicy) -> SystemTime {
     not_after
@@ -381,10 +431,7 @@ pub fn next_due(disk: &DiskState, settings: &Settings) -> Option<SystemTime> {
         super::rollover::next_step(&disk.rollover, &settings.ca_rollover, SystemTime::now());
     disk.slots
         .iter()
-        .filter_map(|(slot, obs)| {
-            obs.info()
-                .map(|i| renewal_time(i.not_after, policy_of(settings, slot)))
-        })
+        .filter_map(|(slot, obs)| obs.info().map(|i| renewal_at(settings, slot, i)))
         .chain(rollover)
         .min()
 }
@@ -603,12 +650,19 @@ pub fn plan(
         (Some(x), true) => vec![x.der.clone()],
         _ => vec![],
     };
-    if ro.server_chain != wanted_chain || (!overlap && ro.server_signed_by_previous) {
+    // (From the ACME CA the chain is the CA's own; a trust change still reissues it.)
+    if settings.acme.is_none()
+        && (ro.server_chain != wanted_chain || (!overlap && ro.server_signed_by_previous))
+    {
         server_refresh = true;
     }
 
     // Leaves: server, probe, clients.
-    let wanted_sans = wanted_server_sans(disk, settings, host, force.keep_sans);
+    let acme = settings.acme.is_some();
+    let mut wanted_sans = wanted_server_sans(disk, settings, host, force.keep_sans);
+    if acme {
+        wanted_sans = acme_sans(wanted_sans);
+    }
     p.server_sans = wanted_sans.clone();
     for (slot, obs) in &disk.slots {
         if *slot == Slot::Ca {
@@ -630,7 +684,11 @@ pub fn plan(
                 }));
         // In phase 1 the server certificate is the previous CA's (old bundles verify it
         // directly; new ones through the cross certificate).
-        let signed = if overlap && *slot == Slot::Server {
+        let from_acme = acme && *slot == Slot::Server;
+        let signed = if from_acme {
+            // The chain in the file verifies up to [acme] issuer_root.
+            obs.signed_by_ca
+        } else if overlap && *slot == Slot::Server {
             ro.server_signed_by_previous
         } else {
             signed
@@ -642,10 +700,11 @@ pub fn plan(
             &wanted_sans,
             host,
             now,
-            ca_new_key,
+            ca_new_key && !from_acme,
             forced,
             signed,
             force.keep_sans,
+            from_acme,
         );
         if *slot == Slot::Server
             && server_refresh
@@ -775,6 +834,7 @@ fn leaf_reason(
     forced: bool,
     signed_by_ca: bool,
     keep_sans: bool,
+    from_acme: bool,
 ) -> Option<Reason> {
     if matches!(obs.cert, CertState::Missing) {
         return Some(Reason::Missing);
@@ -818,7 +878,8 @@ fn leaf_reason(
         ));
     }
     let cn = common_name(slot, host);
-    if info.common_name != cn {
+    // The ACME CA names its certificates itself.
+    if !from_acme && info.common_name != cn {
         return Some(Reason::WrongUsage(format!(
             "common name '{}' is not '{cn}'",
             info.common_name
@@ -834,6 +895,19 @@ fn leaf_reason(
         return Some(Reason::KeyTypeChanged {
             found: info.key_type,
             wanted: policy.key_type,
+        });
+    }
+    if from_acme {
+        return not_yet_valid(info.not_before, now).or_else(|| {
+            if now >= info.not_after {
+                Some(Reason::Expired {
+                    not_after: info.not_after,
+                })
+            } else {
+                (now >= acme_renewal_time(info)).then_some(Reason::Due {
+                    not_after: info.not_after,
+                })
+            }
         });
     }
     not_yet_valid(info.not_before, now).or_else(|| due(info.not_after, policy, now))

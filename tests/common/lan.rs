@@ -32,6 +32,8 @@ impl Lan {
         let ns = lan.netns.as_str();
         ip(&["-n", ns, "link", "add", "br0", "type", "bridge"]);
         ip(&["-n", ns, "link", "set", "br0", "up"]);
+        // Its own addresses (a server on the bridge, see `pebble`) are reached through lo.
+        ip(&["-n", ns, "link", "set", "lo", "up"]);
         for (i, (m, addr)) in machines.iter().enumerate() {
             let leader = text(
                 &Command::new("bash")
