@@ -2,11 +2,16 @@
 //! machines on a network of the test's own (tests/common/lan.rs): one client bundle works
 //! against every host with the docker CLI and curl; a bundle from a host's own CA before the
 //! import no longer does; each host serves its own server certificate (its own address).
+//! Then the three take their server certificates from an ACME CA (Pebble beside them): the
+//! same client identity still works everywhere, its bundle now carrying the ACME root. The
+//! time each host takes to enroll (order, restart, verification) is printed (`--nocapture`;
+//! docs/benchmarks.md).
 
 mod common;
 
 use common::lan::Lan;
 use common::machine::Machine;
+use common::pebble::Pebble;
 
 const ADMIN: &str = "C=/var/lib/docker-tls-manager/clients/admin;";
 
@@ -22,7 +27,7 @@ fn one_bundle_works_on_every_host_after_ca_import() {
     let a = Machine::up("fleet-a");
     let b = Machine::up("fleet-b");
     let c = Machine::up("fleet-c");
-    let _lan = Lan::connect(
+    let lan = Lan::connect(
         "fleet",
         &[
             (&a, "10.77.0.11/24"),
@@ -75,4 +80,45 @@ fn one_bundle_works_on_every_host_after_ca_import() {
     // The bundle B's own CA issued before the import is refused by B now.
     let o = docker_at(&b, "/root/b-own", "10.77.0.12", "ps");
     assert!(!o.status.success(), "an old-CA bundle still works");
+
+    // The server certificates from an ACME CA, one host after another.
+    let pebble = Pebble::start(&lan, "10.77.0.1", 5002, 3600);
+    let hosts = [(&a, "10.77.0.11"), (&b, "10.77.0.12"), (&c, "10.77.0.13")];
+    let mut took = vec![];
+    for (m, _) in hosts {
+        let dir = m.root.join("etc/docker-tls-manager");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::copy(&pebble.https_ca, dir.join("acme-https-ca.pem")).unwrap();
+        std::fs::copy(&pebble.issuer_root, dir.join("acme-root.pem")).unwrap();
+        std::fs::write(
+            dir.join("config.toml"),
+            format!(
+                "[acme]\ndirectory = \"{}\"\ndirectory_ca = \"/etc/docker-tls-manager/acme-https-ca.pem\"\n\
+                 issuer_root = \"/etc/docker-tls-manager/acme-root.pem\"\nhttp_port = 5002\n",
+                pebble.directory
+            ),
+        )
+        .unwrap();
+        let t = std::time::Instant::now();
+        m.ok("docker-tls-manager apply");
+        took.push(t.elapsed());
+    }
+    eprintln!(
+        "ACME enrollment (order, Docker restart, verification): {:?} each, {:?} for the three",
+        took,
+        took.iter().sum::<std::time::Duration>()
+    );
+    for (m, ip) in hosts {
+        let issuer = m.ok("openssl x509 -in /etc/docker/tls/server-cert.pem -noout -issuer");
+        assert!(issuer.contains("Pebble"), "{ip}: {issuer}");
+        // A's client, its bundle now carrying the ACME root, on every host.
+        let o = docker_at(&a, admin, ip, "ps");
+        assert!(
+            o.status.success(),
+            "docker ps against {ip}: {}",
+            common::text(&o.stderr)
+        );
+    }
+    a.ok("cmp /var/lib/docker-tls-manager/clients/admin/ca.pem /etc/docker-tls-manager/acme-root.pem");
+    drop(pebble);
 }
