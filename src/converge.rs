@@ -192,6 +192,10 @@ pub async fn converge_once(
         acme_server.as_ref(),
     )?;
     out.pki_done = true;
+    if let Some(e) = acme_error.take_if(|_| !ctx.layout().cert_and_key(&Slot::Server).0.exists()) {
+        // No server certificate yet: nothing Docker could serve; it is left as it is.
+        return Err(e);
+    }
     // Remember the costly checks of what is on disk now, for the next inspection (`status`).
     if plan.is_empty() {
         disk.memo.save(ctx.layout());

@@ -125,3 +125,46 @@ fn server_certificate_from_pebble_issued_renewed_and_kept_while_unreachable() {
     drop(pebble);
     drop(lan);
 }
+
+/// What the ACME CA refuses is said with the key to look at, and nothing is half-done: a wrong
+/// external account binding on a fresh host leaves Docker as it was (no certificate to serve),
+/// then the right one enrolls it.
+#[test]
+fn wrong_external_account_binding_is_named_and_leaves_docker_alone() {
+    let m = Machine::up("acme-eab");
+    let lan = Lan::connect("acme-eab", &[(&m, "10.77.0.11/24")]);
+    let good = "zWNDZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wG44nMEtx3MUAsUDkMTQ12W";
+    let pebble = Pebble::start_with_eab(&lan, "10.77.0.1", 5002, 3600, Some(("kid-1", good)));
+    let dir = m.root.join("etc/docker-tls-manager");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(&pebble.https_ca, dir.join("acme-https-ca.pem")).unwrap();
+    std::fs::copy(&pebble.issuer_root, dir.join("acme-root.pem")).unwrap();
+    let config = |key: &str| {
+        format!(
+            "[acme]\ndirectory = \"{}\"\ndirectory_ca = \"/etc/docker-tls-manager/acme-https-ca.pem\"\n\
+             issuer_root = \"/etc/docker-tls-manager/acme-root.pem\"\nhttp_port = 5002\n\
+             eab_kid = \"kid-1\"\neab_hmac_key = \"{key}\"\n",
+            pebble.directory
+        )
+    };
+    std::fs::write(
+        dir.join("config.toml"),
+        config("b10lLJs8l1GPIzsLP0s6pMt8O0XVGnfTaCeROxQM0BIt2XrJMDHJZBM5NuQmQJQH"),
+    )
+    .unwrap();
+    let o = m.sh("docker-tls-manager apply");
+    let err = common::text(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("eab_kid") && err.contains("eab_hmac_key"),
+        "{err}"
+    );
+    m.ok("test ! -e /etc/docker/tls/server-cert.pem && test ! -e /etc/systemd/system/docker-tcp.socket");
+    m.ok("systemctl is-active docker && ! grep -q tlsverify /etc/docker/daemon.json 2>/dev/null");
+    m.ok("test ! -e /var/lib/docker-tls-manager/acme-account.json");
+    std::fs::write(dir.join("config.toml"), config(good)).unwrap();
+    m.ok("docker-tls-manager apply");
+    m.ok(SERVED_IS_DISK);
+    drop(pebble);
+    drop(lan);
+}

@@ -34,6 +34,17 @@ impl Pebble {
     /// Starts Pebble in the LAN's namespace on `addr` (given to its bridge, /24), validating http-01
     /// on `http_port`, issuing certificates valid `validity` seconds.
     pub fn start(lan: &super::lan::Lan, addr: &str, http_port: u16, validity: u64) -> Pebble {
+        Pebble::start_with_eab(lan, addr, http_port, validity, None)
+    }
+
+    /// [`Pebble::start`], requiring external account binding with `(kid, base64url key)`.
+    pub fn start_with_eab(
+        lan: &super::lan::Lan,
+        addr: &str,
+        http_port: u16,
+        validity: u64,
+        eab: Option<(&str, &str)>,
+    ) -> Pebble {
         let netns = lan.netns.as_str();
         super::lan::ip(&[
             "-n",
@@ -118,7 +129,8 @@ impl Pebble {
             "httpPort": http_port,
             "tlsPort": 5001,
             "ocspResponderURL": "",
-            "externalAccountBindingRequired": false,
+            "externalAccountBindingRequired": eab.is_some(),
+            "externalAccountMACKeys": eab.map(|(k, v)| serde_json::json!({ k: v })).unwrap_or(serde_json::json!({})),
             "certificateValidityPeriod": validity,
         }});
         std::fs::write(d.join("config.json"), config.to_string()).unwrap();
