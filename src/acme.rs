@@ -18,7 +18,7 @@ use instant_acme::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-use crate::config::{AcmeSettings, KeyType};
+use crate::config::{AcmeChallenge, AcmeSettings, KeyType};
 use crate::files::atomic_write;
 use crate::pki::inspect::San;
 
@@ -162,7 +162,17 @@ async fn order(
         .await
         .map_err(|e| anyhow!("the ACME server refused the order for {ids:?}: {e}"))?;
     let tokens: Arc<Mutex<BTreeMap<String, String>>> = Arc::default();
-    let responder = Http01Responder::start(acme.http_port, tokens.clone()).await?;
+    let alpn = Arc::new(AlpnCerts::default());
+    let (challenge_type, port) = match acme.challenge {
+        AcmeChallenge::Http01 => (ChallengeType::Http01, acme.http_port),
+        AcmeChallenge::TlsAlpn01 => (ChallengeType::TlsAlpn01, acme.tls_port),
+    };
+    let responder = match acme.challenge {
+        AcmeChallenge::Http01 => Responder::start_http01(acme.http_port, tokens.clone()).await?,
+        AcmeChallenge::TlsAlpn01 => {
+            Responder::start_tls_alpn01(acme.tls_port, alpn.clone()).await?
+        }
+    };
     let mut authorizations = order.authorizations();
     while let Some(authz) = authorizations.next().await {
         let mut authz = authz.map_err(|e| anyhow!("ACME authorization: {e}"))?;
@@ -174,14 +184,26 @@ async fn order(
                 authz.identifier()
             ),
         }
-        let mut challenge = authz.challenge(ChallengeType::Http01).ok_or_else(|| {
-            anyhow!("the ACME server offers no http-01 challenge for this identifier")
+        let identifier = authz.identifier().identifier.clone();
+        let mut challenge = authz.challenge(challenge_type.clone()).ok_or_else(|| {
+            anyhow!(
+                "the ACME server offers no {challenge_type:?} challenge for {identifier:?}: set \
+                 [acme] challenge to one it offers"
+            )
         })?;
-        let key_auth = challenge.key_authorization().as_str().to_string();
-        tokens
-            .lock()
-            .expect("token map")
-            .insert(challenge.token.clone(), key_auth);
+        match acme.challenge {
+            AcmeChallenge::Http01 => {
+                let key_auth = challenge.key_authorization().as_str().to_string();
+                tokens
+                    .lock()
+                    .expect("token map")
+                    .insert(challenge.token.clone(), key_auth);
+            }
+            AcmeChallenge::TlsAlpn01 => {
+                let digest = challenge.key_authorization().digest().as_ref().to_vec();
+                alpn.add(&identifier, &digest)?;
+            }
+        }
         challenge
             .set_ready()
             .await
@@ -207,14 +229,17 @@ async fn order(
             }
         }
         bail!(
-            "the ACME server could not validate this host ({}): it must reach port {} \
-             ([acme] http_port) on each address of the certificate",
+            "the ACME server could not validate this host ({}): it must reach port {port} \
+             ([acme] {}) on each address of the certificate",
             if why.is_empty() {
                 format!("order {status:?}")
             } else {
                 why.join("; ")
             },
-            acme.http_port
+            match acme.challenge {
+                AcmeChallenge::Http01 => "http_port",
+                AcmeChallenge::TlsAlpn01 => "tls_port",
+            }
         );
     }
     let key = crate::pki::issue::generate_key(key_type)?;
@@ -243,26 +268,144 @@ async fn order(
     })
 }
 
-/// Answers `GET /.well-known/acme-challenge/TOKEN` with its key authorization, on every
-/// address, for as long as it is kept.
-struct Http01Responder {
+/// The challenge responder, on every address, for as long as it is kept: `GET
+/// /.well-known/acme-challenge/TOKEN` answered with its key authorization (http-01), or a
+/// TLS handshake offering `acme-tls/1` with the identifier's challenge certificate
+/// (tls-alpn-01).
+struct Responder {
     task: tokio::task::JoinHandle<()>,
 }
 
-impl Http01Responder {
-    async fn start(port: u16, tokens: Arc<Mutex<BTreeMap<String, String>>>) -> Result<Self> {
-        let listener =
-            match TcpListener::bind(SocketAddr::from((Ipv6Addr::UNSPECIFIED, port))).await {
-                Ok(l) => l,
-                Err(_) => TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], port)))
-                    .await
-                    .with_context(|| {
-                        format!(
-                            "cannot listen on port {port} for the ACME http-01 challenge ([acme] \
-                         http_port): is another web server on it?"
-                        )
-                    })?,
-            };
+async fn listen(port: u16, key: &str) -> Result<TcpListener> {
+    match TcpListener::bind(SocketAddr::from((Ipv6Addr::UNSPECIFIED, port))).await {
+        Ok(l) => Ok(l),
+        Err(_) => TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], port)))
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot listen on port {port} for the ACME challenge ([acme] {key}): is \
+                     another server on it?"
+                )
+            }),
+    }
+}
+
+/// tls-alpn-01 challenge certificates by the name the ACME server sends as SNI (RFC 8737; for
+/// an address the reverse-DNS name, RFC 8738).
+#[derive(Default, Debug)]
+struct AlpnCerts(Mutex<BTreeMap<String, Arc<rustls::sign::CertifiedKey>>>);
+
+impl AlpnCerts {
+    fn add(&self, id: &Identifier, digest: &[u8]) -> Result<()> {
+        let (san, sni) = match id {
+            Identifier::Dns(d) => (rcgen::SanType::DnsName(d.clone().try_into()?), d.clone()),
+            Identifier::Ip(ip) => (rcgen::SanType::IpAddress(*ip), reverse_name(ip)),
+            other => bail!("no tls-alpn-01 for {other:?}"),
+        };
+        let key = rcgen::KeyPair::generate()?;
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+        params.subject_alt_names = vec![san];
+        params.custom_extensions = vec![rcgen::CustomExtension::new_acme_identifier(digest)];
+        let cert = params.self_signed(&key)?;
+        let provider = rustls::crypto::aws_lc_rs::default_provider();
+        let signing = provider
+            .key_provider
+            .load_private_key(rustls::pki_types::PrivateKeyDer::Pkcs8(
+                key.serialize_der().into(),
+            ))
+            .map_err(|e| anyhow!("tls-alpn-01 key: {e}"))?;
+        let ck = rustls::sign::CertifiedKey::new(vec![cert.der().clone()], signing);
+        self.0
+            .lock()
+            .expect("alpn certs")
+            .insert(sni.to_ascii_lowercase(), Arc::new(ck));
+        Ok(())
+    }
+}
+
+impl rustls::server::ResolvesServerCert for AlpnCerts {
+    fn resolve(
+        &self,
+        hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        let certs = self.0.lock().expect("alpn certs");
+        match hello.server_name() {
+            Some(name) => certs
+                .get(&name.trim_end_matches('.').to_ascii_lowercase())
+                .cloned(),
+            // Without SNI, only if there is no doubt which.
+            None if certs.len() == 1 => certs.values().next().cloned(),
+            None => None,
+        }
+    }
+}
+
+/// `d.c.b.a.in-addr.arpa`, or the nibbles of an IPv6 address under `ip6.arpa` (RFC 8738).
+fn reverse_name(ip: &std::net::IpAddr) -> String {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            let o = v4.octets();
+            format!("{}.{}.{}.{}.in-addr.arpa", o[3], o[2], o[1], o[0])
+        }
+        std::net::IpAddr::V6(v6) => {
+            let mut s = String::new();
+            for b in v6.octets().iter().rev() {
+                s.push_str(&format!("{:x}.{:x}.", b & 0xf, b >> 4));
+            }
+            s + "ip6.arpa"
+        }
+    }
+}
+
+impl Responder {
+    async fn start_tls_alpn01(port: u16, certs: Arc<AlpnCerts>) -> Result<Self> {
+        let listener = listen(port, "tls_port").await?;
+        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| anyhow!("TLS settings: {e}"))?
+        .with_no_client_auth()
+        .with_cert_resolver(certs);
+        config.alpn_protocols = vec![b"acme-tls/1".to_vec()];
+        let config = Arc::new(config);
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((conn, peer)) = listener.accept().await else {
+                    continue;
+                };
+                let config = config.clone();
+                tokio::task::spawn_blocking(move || {
+                    let Ok(mut sock) = conn.into_std() else {
+                        return;
+                    };
+                    let _ = sock.set_nonblocking(false);
+                    let _ = sock.set_read_timeout(Some(Duration::from_secs(10)));
+                    let _ = sock.set_write_timeout(Some(Duration::from_secs(10)));
+                    let Ok(mut tls) = rustls::ServerConnection::new(config) else {
+                        return;
+                    };
+                    let mut done = false;
+                    for _ in 0..16 {
+                        if tls.complete_io(&mut sock).is_err() {
+                            break;
+                        }
+                        if !tls.is_handshaking() {
+                            done = true;
+                            break;
+                        }
+                    }
+                    tls.send_close_notify();
+                    let _ = tls.complete_io(&mut sock);
+                    tracing::debug!(%peer, handshake = done, "tls-alpn-01 connection");
+                });
+            }
+        });
+        Ok(Responder { task })
+    }
+
+    async fn start_http01(port: u16, tokens: Arc<Mutex<BTreeMap<String, String>>>) -> Result<Self> {
+        let listener = listen(port, "http_port").await?;
         let task = tokio::spawn(async move {
             loop {
                 let Ok((mut conn, peer)) = listener.accept().await else {
@@ -307,12 +450,46 @@ impl Http01Responder {
                 });
             }
         });
-        Ok(Http01Responder { task })
+        Ok(Responder { task })
     }
 }
 
-impl Drop for Http01Responder {
+impl Drop for Responder {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reverse_names_as_rfc_8738_writes_them() {
+        assert_eq!(
+            reverse_name(&"10.77.0.11".parse().unwrap()),
+            "11.0.77.10.in-addr.arpa"
+        );
+        assert_eq!(
+            reverse_name(&"2001:db8::1".parse().unwrap()),
+            "1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2.ip6.arpa"
+        );
+    }
+
+    #[test]
+    fn identifiers_leave_out_what_no_acme_ca_validates() {
+        let ids = identifiers(&[
+            San::Ip("127.0.0.1".parse().unwrap()),
+            San::Ip("10.0.0.5".parse().unwrap()),
+            San::Dns("localhost".into()),
+            San::Dns("docker.example.net".into()),
+        ]);
+        assert_eq!(
+            ids,
+            vec![
+                Identifier::Ip("10.0.0.5".parse().unwrap()),
+                Identifier::Dns("docker.example.net".into())
+            ]
+        );
     }
 }

@@ -261,6 +261,19 @@ pub struct AcmeSettings {
     pub eab: Option<(String, Vec<u8>)>,
     /// Port the HTTP-01 challenge is answered on (the ACME server connects to it).
     pub http_port: u16,
+    /// Which challenge proves the host holds its names and addresses.
+    pub challenge: AcmeChallenge,
+    /// Port the TLS-ALPN-01 challenge is answered on.
+    pub tls_port: u16,
+}
+
+/// `[acme] challenge`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AcmeChallenge {
+    /// "http-01": an HTTP answer on `http_port` (default).
+    Http01,
+    /// "tls-alpn-01": a TLS handshake on `tls_port` (RFC 8737, RFC 8738 for addresses).
+    TlsAlpn01,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -342,6 +355,8 @@ struct RawAcme {
     eab_kid: Option<String>,
     eab_hmac_key: Option<String>,
     http_port: Option<u16>,
+    challenge: Option<String>,
+    tls_port: Option<u16>,
 }
 
 #[derive(Deserialize, Default, Debug)]
@@ -853,6 +868,8 @@ fn acme_settings(
             ("eab_kid", raw.eab_kid.is_some()),
             ("eab_hmac_key", raw.eab_hmac_key.is_some()),
             ("http_port", raw.http_port.is_some()),
+            ("challenge", raw.challenge.is_some()),
+            ("tls_port", raw.tls_port.is_some()),
         ];
         if let Some((key, _)) = set.iter().find(|(_, s)| *s) {
             return Err(bad(
@@ -939,6 +956,21 @@ fn acme_settings(
             Some(0) => return Err(bad("[acme] http_port", "0 is not a port".into())),
             Some(p) => p,
             None => 80,
+        },
+        challenge: match raw.challenge.as_deref() {
+            None | Some("http-01") => AcmeChallenge::Http01,
+            Some("tls-alpn-01") => AcmeChallenge::TlsAlpn01,
+            Some(other) => {
+                return Err(bad(
+                    "[acme] challenge",
+                    format!("'{other}' is not one of \"http-01\", \"tls-alpn-01\""),
+                ));
+            }
+        },
+        tls_port: match raw.tls_port {
+            Some(0) => return Err(bad("[acme] tls_port", "0 is not a port".into())),
+            Some(p) => p,
+            None => 443,
         },
     }))
 }
@@ -1038,6 +1070,10 @@ mod tests {
             (
                 "[acme]\ndirectory = \"https://x/dir\"\nissuer_root = \"/r\"\nhttp_port = 0",
                 "[acme] http_port",
+            ),
+            (
+                "[acme]\ndirectory = \"https://x/dir\"\nissuer_root = \"/r\"\nchallenge = \"dns-01\"",
+                "[acme] challenge",
             ),
         ] {
             let e = p(text).unwrap_err().to_string();

@@ -168,3 +168,34 @@ fn wrong_external_account_binding_is_named_and_leaves_docker_alone() {
     drop(pebble);
     drop(lan);
 }
+
+/// tls-alpn-01 (RFC 8737, RFC 8738 for an address) instead of http-01.
+#[test]
+fn tls_alpn_01_enrolls_the_host_too() {
+    let m = Machine::up("acme-alpn");
+    let lan = Lan::connect("acme-alpn", &[(&m, "10.77.0.11/24")]);
+    let pebble = Pebble::start(&lan, "10.77.0.1", 5002, 3600);
+    let dir = m.root.join("etc/docker-tls-manager");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(&pebble.https_ca, dir.join("acme-https-ca.pem")).unwrap();
+    std::fs::copy(&pebble.issuer_root, dir.join("acme-root.pem")).unwrap();
+    std::fs::write(
+        dir.join("config.toml"),
+        format!(
+            "[acme]\ndirectory = \"{}\"\ndirectory_ca = \"/etc/docker-tls-manager/acme-https-ca.pem\"\n\
+             issuer_root = \"/etc/docker-tls-manager/acme-root.pem\"\nchallenge = \"tls-alpn-01\"\n\
+             tls_port = 5001\n",
+            pebble.directory
+        ),
+    )
+    .unwrap();
+    m.ok("docker-tls-manager apply");
+    let issuer = m.ok("openssl x509 -in /etc/docker/tls/server-cert.pem -noout -issuer");
+    assert!(issuer.contains("Pebble"), "{issuer}");
+    m.ok(SERVED_IS_DISK);
+    // Nothing answered http-01 (Pebble validates it on port 5002, where nothing listened):
+    // the order went through tls-alpn-01 on port 5001.
+    m.ok("! ss -ltn | grep -q ':5002 '");
+    drop(pebble);
+    drop(lan);
+}
