@@ -156,11 +156,30 @@ async fn order(
     ids: &[Identifier],
     key_type: KeyType,
 ) -> Result<Issued> {
-    let account = account(acme, account_file).await?;
-    let mut order = account
-        .new_order(&NewOrder::new(ids))
-        .await
-        .map_err(|e| anyhow!("the ACME server refused the order for {ids:?}: {e}"))?;
+    issuer_root(acme)?;
+    let account = self::account(acme, account_file).await?;
+    let mut order = match account.new_order(&NewOrder::new(ids)).await {
+        Ok(o) => o,
+        // The CA forgot the account (its database reset): a new one, once; the old
+        // credentials are kept beside, renamed.
+        Err(e) if e.to_string().contains("accountDoesNotExist") => {
+            let stale = account_file.with_extension("json.unknown");
+            tracing::warn!(
+                path = %account_file.display(),
+                "the ACME CA no longer knows our account; creating a new one (the old credentials \
+                 are kept as '{}')",
+                stale.display()
+            );
+            std::fs::rename(account_file, &stale)
+                .with_context(|| format!("cannot move '{}' aside", account_file.display()))?;
+            self::account(acme, account_file)
+                .await?
+                .new_order(&NewOrder::new(ids))
+                .await
+                .map_err(|e| anyhow!("the ACME server refused the order for {ids:?}: {e}"))?
+        }
+        Err(e) => bail!("the ACME server refused the order for {ids:?}: {e}"),
+    };
     let tokens: Arc<Mutex<BTreeMap<String, String>>> = Arc::default();
     let alpn = Arc::new(AlpnCerts::default());
     let (challenge_type, port) = match acme.challenge {
@@ -262,10 +281,86 @@ async fn order(
         .poll_certificate(&retry)
         .await
         .map_err(|e| anyhow!("ACME certificate: {e}"))?;
-    Ok(Issued {
-        key_pem: zeroize::Zeroizing::new(key.serialize_pem()),
-        chain_pem,
-    })
+    let key_pem = zeroize::Zeroizing::new(key.serialize_pem());
+    check_issued(
+        acme,
+        &chain_pem,
+        key.public_key_raw(),
+        ids,
+        std::time::SystemTime::now(),
+    )?;
+    Ok(Issued { key_pem, chain_pem })
+}
+
+/// The root of the chains the ACME CA issues, checked: a readable CA certificate.
+fn issuer_root(acme: &AcmeSettings) -> Result<Vec<u8>> {
+    let root = std::fs::read(&acme.issuer_root).with_context(|| {
+        format!(
+            "cannot read [acme] issuer_root '{}': put the ACME CA's root certificate there",
+            acme.issuer_root.display()
+        )
+    })?;
+    let info = crate::pki::inspect::first_cert_der(&root)
+        .and_then(|d| crate::pki::inspect::cert_info(&d))
+        .map_err(|e| anyhow!("[acme] issuer_root '{}': {e}", acme.issuer_root.display()))?;
+    if !info.is_ca {
+        bail!(
+            "[acme] issuer_root '{}' is not a CA certificate ({}): name the ACME CA's root",
+            acme.issuer_root.display(),
+            info.subject
+        );
+    }
+    Ok(root)
+}
+
+/// What the ACME CA sent, checked before anything is written: the leaf carries our key, the
+/// names and addresses asked for, serverAuth, is no CA, is valid now, and the chain leads to
+/// `[acme] issuer_root`. Anything else would be served to clients (or make dockerd fail).
+pub fn check_issued(
+    acme: &AcmeSettings,
+    chain_pem: &str,
+    public_key: &[u8],
+    ids: &[Identifier],
+    now: std::time::SystemTime,
+) -> Result<()> {
+    use crate::pki::inspect::{cert_info, chain_verifies, first_cert_der};
+    let refuse = |why: String| {
+        anyhow!("the certificate the ACME CA issued is not usable, nothing was written: {why}")
+    };
+    let leaf = first_cert_der(chain_pem.as_bytes())
+        .and_then(|d| cert_info(&d))
+        .map_err(refuse)?;
+    if leaf.public_key != public_key {
+        return Err(refuse("it does not carry the key we sent".into()));
+    }
+    if !leaf.server_auth || leaf.is_ca {
+        return Err(refuse(
+            "it is not a server certificate (serverAuth, CA:FALSE)".into(),
+        ));
+    }
+    if now < leaf.not_before || now >= leaf.not_after {
+        return Err(refuse(
+            "it is not valid now (check this host's clock)".into(),
+        ));
+    }
+    for id in ids {
+        let san = match id {
+            Identifier::Ip(ip) => San::Ip(*ip),
+            Identifier::Dns(d) => San::Dns(d.to_ascii_lowercase()),
+            _ => continue,
+        };
+        if !leaf.sans.contains(&san) {
+            return Err(refuse(format!("it does not name {san}")));
+        }
+    }
+    let root = issuer_root(acme)?;
+    if !chain_verifies(chain_pem.as_bytes(), &root) {
+        return Err(refuse(format!(
+            "its chain does not lead to [acme] issuer_root '{}': name the root of this CA there",
+            acme.issuer_root.display()
+        )));
+    }
+    Ok(())
 }
 
 /// The challenge responder, on every address, for as long as it is kept: `GET
@@ -369,24 +464,23 @@ impl Responder {
         .with_cert_resolver(certs);
         config.alpn_protocols = vec![b"acme-tls/1".to_vec()];
         let config = Arc::new(config);
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((conn, peer)) = listener.accept().await else {
-                    continue;
-                };
-                let config = config.clone();
-                tokio::task::spawn_blocking(move || {
+        let task = tokio::spawn(serve(listener, move |conn, peer| {
+            let config = config.clone();
+            async move {
+                // The handshake is blocking rustls I/O: on a blocking thread, each read and
+                // write bounded, the whole within the connection's deadline.
+                let work = tokio::task::spawn_blocking(move || {
                     let Ok(mut sock) = conn.into_std() else {
                         return;
                     };
                     let _ = sock.set_nonblocking(false);
-                    let _ = sock.set_read_timeout(Some(Duration::from_secs(10)));
-                    let _ = sock.set_write_timeout(Some(Duration::from_secs(10)));
+                    let _ = sock.set_read_timeout(Some(Duration::from_secs(2)));
+                    let _ = sock.set_write_timeout(Some(Duration::from_secs(2)));
                     let Ok(mut tls) = rustls::ServerConnection::new(config) else {
                         return;
                     };
                     let mut done = false;
-                    for _ in 0..16 {
+                    for _ in 0..4 {
                         if tls.complete_io(&mut sock).is_err() {
                             break;
                         }
@@ -399,58 +493,85 @@ impl Responder {
                     let _ = tls.complete_io(&mut sock);
                     tracing::debug!(%peer, handshake = done, "tls-alpn-01 connection");
                 });
+                let _ = work.await;
             }
-        });
+        }));
         Ok(Responder { task })
     }
 
     async fn start_http01(port: u16, tokens: Arc<Mutex<BTreeMap<String, String>>>) -> Result<Self> {
         let listener = listen(port, "http_port").await?;
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((mut conn, peer)) = listener.accept().await else {
-                    continue;
-                };
-                let tokens = tokens.clone();
-                tokio::spawn(async move {
-                    let mut buf = vec![0u8; 4096];
-                    let mut n = 0;
-                    while n < buf.len() && !buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
-                        match tokio::time::timeout(
-                            Duration::from_secs(10),
-                            conn.read(&mut buf[n..]),
-                        )
-                        .await
-                        {
-                            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return,
-                            Ok(Ok(k)) => n += k,
-                        }
+        let task = tokio::spawn(serve(listener, move |mut conn, peer| {
+            let tokens = tokens.clone();
+            async move {
+                let mut buf = vec![0u8; 4096];
+                let mut n = 0;
+                while n < buf.len() && !buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf[n..]).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(k) => n += k,
                     }
-                    let head = String::from_utf8_lossy(&buf[..n]);
-                    let path = head
-                        .lines()
-                        .next()
-                        .and_then(|l| l.strip_prefix("GET "))
-                        .and_then(|l| l.split(' ').next())
-                        .unwrap_or("");
-                    let answer = path
-                        .strip_prefix("/.well-known/acme-challenge/")
-                        .and_then(|t| tokens.lock().expect("token map").get(t).cloned());
-                    tracing::debug!(%peer, path, found = answer.is_some(), "http-01 request");
-                    let resp = match answer {
-                        Some(body) => format!(
-                            "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n\
-                             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                            body.len()
-                        ),
-                        None => "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-                            .to_string(),
-                    };
-                    let _ = conn.write_all(resp.as_bytes()).await;
+                }
+                let head = String::from_utf8_lossy(&buf[..n]);
+                let path = head
+                    .lines()
+                    .next()
+                    .and_then(|l| l.strip_prefix("GET "))
+                    .and_then(|l| l.split(' ').next())
+                    .unwrap_or("");
+                let answer = path
+                    .strip_prefix("/.well-known/acme-challenge/")
+                    .and_then(|t| tokens.lock().expect("token map").get(t).cloned());
+                tracing::debug!(%peer, path, found = answer.is_some(), "http-01 request");
+                let resp = match answer {
+                    Some(body) => format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n\
+                         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    ),
+                    None => {
+                        "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                            .to_string()
+                    }
+                };
+                let _ = conn.write_all(resp.as_bytes()).await;
+            }
+        }));
+        Ok(Responder { task })
+    }
+}
+
+/// How many challenge connections are answered at once; more wait in the listen queue.
+const MAX_CONNECTIONS: usize = 256;
+/// How long one challenge connection may take, whatever it sends (or does not).
+const CONNECTION_DEADLINE: Duration = Duration::from_secs(5);
+
+/// The accept loop of a responder: each connection handled by `handle` within
+/// [`CONNECTION_DEADLINE`], at most [`MAX_CONNECTIONS`] at once, all of them ended when the
+/// responder is dropped (the tasks belong to this loop's `JoinSet`).
+async fn serve<F, Fut>(listener: TcpListener, handle: F)
+where
+    F: Fn(tokio::net::TcpStream, SocketAddr) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let mut tasks = tokio::task::JoinSet::new();
+    loop {
+        while tasks.try_join_next().is_some() {}
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        match listener.accept().await {
+            Ok((conn, peer)) => {
+                let work = handle(conn, peer);
+                tasks.spawn(async move {
+                    let _ = tokio::time::timeout(CONNECTION_DEADLINE, work).await;
+                    drop(permit);
                 });
             }
-        });
-        Ok(Responder { task })
+            // Out of file descriptors and the like: no busy loop.
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
     }
 }
 
@@ -463,6 +584,76 @@ impl Drop for Responder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    }
+
+    async fn get(port: u16, path: &str) -> String {
+        let mut c = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        c.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut out = String::new();
+        c.read_to_string(&mut out).await.unwrap();
+        out
+    }
+
+    /// Connections that send nothing neither hold the answer back for long nor outlive the
+    /// responder (the ACME CA's validation must get through; nothing must stay open after).
+    #[tokio::test]
+    async fn http01_answers_despite_idle_connections_and_closes_them_all_when_dropped() {
+        let port = free_port();
+        let tokens: Arc<Mutex<BTreeMap<String, String>>> = Arc::default();
+        tokens
+            .lock()
+            .unwrap()
+            .insert("tok".into(), "tok.thumb".into());
+        let r = Responder::start_http01(port, tokens).await.unwrap();
+        let mut idle = Vec::new();
+        for _ in 0..MAX_CONNECTIONS + 50 {
+            let mut c = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .unwrap();
+            c.write_all(b"G").await.unwrap();
+            idle.push(c);
+        }
+        let t = std::time::Instant::now();
+        let answer = get(port, "/.well-known/acme-challenge/tok").await;
+        assert!(
+            answer.starts_with("HTTP/1.1 200") && answer.ends_with("tok.thumb"),
+            "{answer}"
+        );
+        assert!(
+            t.elapsed() < CONNECTION_DEADLINE * 2 + Duration::from_secs(1),
+            "{:?}",
+            t.elapsed()
+        );
+        assert!(
+            get(port, "/.well-known/acme-challenge/other")
+                .await
+                .starts_with("HTTP/1.1 404")
+        );
+        drop(r);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Every connection is closed by now (a read returns end of file at once).
+        for mut c in idle.into_iter().take(10) {
+            let mut b = [0u8; 1];
+            let n = tokio::time::timeout(Duration::from_secs(1), c.read(&mut b)).await;
+            assert!(matches!(n, Ok(Ok(0)) | Ok(Err(_))), "{n:?}");
+        }
+        assert!(
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_err()
+        );
+    }
 
     #[test]
     fn reverse_names_as_rfc_8738_writes_them() {

@@ -113,6 +113,7 @@ pub async fn converge_once(
     let wait = if pki_only { Duration::ZERO } else { LOCK_WAIT };
     let _lock = StateLock::acquire(ctx.layout(), wait).await?;
     remove_stale_temps(ctx, &DockerdInputs::configured(ctx.layout()), true);
+    execute::finish_acme_pending(ctx.layout(), &ctx.backups(), now)?;
     if !pki_only {
         scheduled_rollover(ctx, now)?;
     }
@@ -163,22 +164,27 @@ pub async fn converge_once(
     if let Some(acme) = &ctx.settings.acme
         && plan.issues_server()
     {
-        let sans: Vec<_> = plan.server_sans.iter().cloned().collect();
-        match crate::acme::issue(
-            acme,
-            &ctx.layout().acme_account(),
-            &sans,
-            ctx.settings.server.policy.key_type,
-        )
-        .await
-        {
-            Ok(issued) => acme_server = Some(issued),
-            Err(e) => {
-                tracing::error!("no certificate from the ACME CA: {e:#}");
-                if let Some(p) = plan.without_server_changes() {
-                    plan = p;
+        if pki_only {
+            // Before Docker starts (the guard unit, at boot): no network order that could hold
+            // dockerd back; the service renews once it runs.
+            tracing::info!("the server certificate from the ACME CA is left to the service");
+            plan = plan.without_server_issue();
+        } else {
+            let sans: Vec<_> = plan.server_sans.iter().cloned().collect();
+            match crate::acme::issue(
+                acme,
+                &ctx.layout().acme_account(),
+                &sans,
+                ctx.settings.server.policy.key_type,
+            )
+            .await
+            {
+                Ok(issued) => acme_server = Some(issued),
+                Err(e) => {
+                    tracing::error!("no certificate from the ACME CA: {e:#}");
+                    plan = plan.without_server_issue();
+                    acme_error = Some(e.context("the server certificate from the ACME CA"));
                 }
-                acme_error = Some(e.context("the server certificate from the ACME CA"));
             }
         }
     }

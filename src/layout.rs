@@ -9,7 +9,7 @@
 //! | state_dir | `ca-key.pem` | the CA key (never beside what Docker reads) |
 //! | state_dir | `ca-subject.json`, `check-memo.json` | the CA's subject for life; memo of costly checks |
 //! | state_dir | `clients/NAME/{ca,cert,key}.pem`, `clients/NAME/handed-out.json`, `probe/{ca,cert,key}.pem` | client bundles and when each went out; our own probe identity |
-//! | state_dir | `acme-account.json` | the ACME account's key and URL (`[acme]`) |
+//! | state_dir | `acme-account.json`, `acme-pending.pem` | the ACME account's key and URL (`[acme]`); a certificate from it being installed |
 //! | state_dir | `ca-shared.json` | the CA was exported or imported: shared with other hosts |
 //! | state_dir | `rollover.json`, `ca-previous.pem`, `ca-previous-key.pem`, `ca-cross.pem` | a CA key rollover: its phase; the previous CA and its key (destroyed at the end); the previous CA certified by the new key (see `pki::rollover`) |
 //! | state_dir | `clients/NAME/{ca,cert,key}.pem`, `probe/{ca,cert,key}.pem` | client bundles; our own probe identity |
@@ -99,6 +99,11 @@ impl Layout {
     /// the group, so it is refused while this names the current key.
     pub fn ca_shared(&self) -> PathBuf {
         self.state_dir.join("ca-shared.json")
+    }
+    /// A certificate from the ACME CA being installed: its key and chain in one file (0600),
+    /// written before either goes into place and removed after both are (see `converge`).
+    pub fn acme_pending(&self) -> PathBuf {
+        self.state_dir.join("acme-pending.pem")
     }
     /// The ACME account's credentials (`[acme]`; see `acme`).
     pub fn acme_account(&self) -> PathBuf {
@@ -202,6 +207,7 @@ impl Layout {
             .iter()
             .map(PathBuf::as_path)
             .chain([config])
+            .chain(self.acme_issuer_root.as_deref())
         {
             if let Some(d) = f.parent() {
                 dirs.insert(d.to_path_buf());
@@ -258,6 +264,7 @@ impl Layout {
             || (parent == self.docker_dropin_dir() && name.ends_with(".conf"))
             || inputs.daemon_json_files(self).iter().any(|f| f == path)
             || inputs.environment_files.iter().any(|f| f == path)
+            || self.acme_issuer_root.as_deref() == Some(path)
     }
 
     /// (certificate, key) of a slot.

@@ -199,3 +199,79 @@ fn tls_alpn_01_enrolls_the_host_too() {
     drop(pebble);
     drop(lan);
 }
+
+fn acme_config(pebble: &Pebble, root: &str) -> String {
+    format!(
+        "[acme]\ndirectory = \"{}\"\ndirectory_ca = \"/etc/docker-tls-manager/acme-https-ca.pem\"\n\
+         issuer_root = \"{root}\"\nhttp_port = 5002\n",
+        pebble.directory
+    )
+}
+
+/// What the ACME CA sends is checked before it is written (a chain that does not lead to
+/// `issuer_root` is refused, Docker untouched), and a renewal killed at every write is finished
+/// from its record, without the CA (cut off), by the check that runs before dockerd starts.
+#[test]
+fn unverified_chains_are_not_written_and_a_cut_install_finishes_without_the_ca() {
+    let m = Machine::up("acme-crash");
+    let lan = Lan::connect("acme-crash", &[(&m, "10.77.0.11/24")]);
+    let pebble = Pebble::start(&lan, "10.77.0.1", 5002, 3600);
+    let dir = m.root.join("etc/docker-tls-manager");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(&pebble.https_ca, dir.join("acme-https-ca.pem")).unwrap();
+    std::fs::copy(&pebble.issuer_root, dir.join("acme-root.pem")).unwrap();
+    std::fs::write(
+        dir.join("config.toml"),
+        acme_config(&pebble, "/etc/docker-tls-manager/acme-root.pem"),
+    )
+    .unwrap();
+    m.ok("docker-tls-manager apply");
+    m.ok(SERVED_IS_DISK);
+
+    // issuer_root names another CA (here: the one of Pebble's own HTTPS): refused, nothing
+    // written, Docker not restarted.
+    let before = m.ok("sha256sum /etc/docker/tls/server-cert.pem /etc/docker/tls/server-key.pem");
+    let pid = m.ok("systemctl show -p MainPID --value docker");
+    let wrong = acme_config(&pebble, "/etc/docker-tls-manager/acme-https-ca.pem");
+    std::fs::write(dir.join("wrong.toml"), wrong).unwrap();
+    let o =
+        m.sh("docker-tls-manager --config /etc/docker-tls-manager/wrong.toml renew --force server");
+    let err = common::text(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("issuer_root") && err.contains("nothing was written"),
+        "{err}"
+    );
+    assert_eq!(
+        m.ok("sha256sum /etc/docker/tls/server-cert.pem /etc/docker/tls/server-key.pem"),
+        before
+    );
+    assert_eq!(m.ok("systemctl show -p MainPID --value docker"), pid);
+
+    // Killed at each rename of a forced renewal (the record, the key, the chain, their
+    // backups), then the CA cut off and Docker restarted: the guard's pre-start check finishes
+    // the installation from the record; dockerd starts and serves the pair on disk.
+    let mut n = 1;
+    loop {
+        let o = m.sh(&format!(
+            "strace -f -o /dev/null -e trace=renameat -e inject=renameat:signal=KILL:when={n} \
+             docker-tls-manager renew --force server"
+        ));
+        let killed = !o.status.success();
+        pebble.cut();
+        m.ok(
+            "systemctl reset-failed docker; systemctl restart docker && systemctl is-active docker",
+        );
+        m.wait_for(SERVED_IS_DISK, Duration::from_secs(20));
+        m.ok("test ! -e /var/lib/docker-tls-manager/acme-pending.pem");
+        pebble.reconnect();
+        if !killed {
+            break;
+        }
+        n += 1;
+        assert!(n < 20, "the renewal never finished");
+    }
+    assert!(n > 3, "too few writes to be a real trial: {n}");
+    drop(pebble);
+    drop(lan);
+}

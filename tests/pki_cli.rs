@@ -711,18 +711,42 @@ fn ca_export_import_gives_two_hosts_one_client_trust() {
     let b = Sandbox::new("[server]\ndns_names = [\"b.example.net\"]");
     a.ok(&["apply"]);
     b.ok(&["apply"]);
-    // Export with a passphrase made here: printed once on stderr, never on stdout or the log.
+    // Export with a passphrase made here: shown once on the terminal (a pty from `script`),
+    // never on stdout, stderr or in the log; without a terminal it is refused.
     let export = a.path("fleet-ca.pem");
     let o = a.run(&["ca", "export", "-o", export.to_str().unwrap()]);
-    assert!(o.status.success(), "{}", text(&o.stderr));
-    let err = text(&o.stderr);
-    let pass = err
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("no terminal"),
+        "{}",
+        text(&o.stderr)
+    );
+    assert!(!export.exists());
+    let cmd = format!(
+        "{} --config {} ca export -o {} 2>{}",
+        env!("CARGO_BIN_EXE_docker-tls-manager"),
+        a.config.display(),
+        export.display(),
+        a.path("export-stderr").display()
+    );
+    let o = tool("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o.stdout));
+    let tty = text(&o.stdout);
+    let pass = tty
         .lines()
         .find_map(|l| l.split("separately from the file): ").nth(1))
-        .unwrap_or_else(|| panic!("no passphrase printed: {err}"))
+        .unwrap_or_else(|| panic!("no passphrase shown: {tty}"))
+        .trim()
         .to_string();
-    assert_eq!(err.matches(&pass).count(), 1, "{err}");
-    assert!(!text(&o.stdout).contains(&pass));
+    assert_eq!(pass.len(), 29, "{pass}");
+    let logged = std::fs::read_to_string(a.path("export-stderr")).unwrap();
+    assert!(
+        !logged.contains(&pass),
+        "the passphrase went to stderr: {logged}"
+    );
     let sealed = std::fs::read_to_string(&export).unwrap();
     assert_eq!(
         std::fs::metadata(&export).unwrap().permissions().mode() & 0o777,
@@ -861,7 +885,7 @@ fn ca_import_killed_at_every_write_converges_on_one_ca() {
     a.ok(&["apply"]);
     let export = a.path("fleet-ca.pem");
     let pass = a.path("pass");
-    std::fs::write(&pass, "correct horse\n").unwrap();
+    std::fs::write(&pass, "correct horse battery staple\n").unwrap();
     a.ok(&[
         "ca",
         "export",
@@ -943,7 +967,7 @@ fn ca_export_and_import_wait_for_a_rollover_to_finish() {
     a.ok(&["apply"]);
     b.ok(&["apply"]);
     let pass = a.path("pass");
-    std::fs::write(&pass, "p\n").unwrap();
+    std::fs::write(&pass, "sixteen chars at least\n").unwrap();
     let export = a.path("fleet-ca.pem");
     b.ok(&[
         "ca",

@@ -262,36 +262,62 @@ fn refuse_during_rollover(ctx: &Ctx, what: &str) -> Result<()> {
     Ok(())
 }
 
+/// The shortest passphrase `ca export` accepts from the admin.
+const MIN_PASSPHRASE: usize = 16;
+
 async fn export(ctx: &Ctx, output: &Path, passphrase_file: Option<&Path>) -> Result<()> {
     let layout = ctx.layout();
-    refuse_during_rollover(ctx, "export")?;
-    let (cert_pem, key_pem) = {
-        let _lock = StateLock::acquire(layout, LOCK_WAIT).await?;
-        let cert = std::fs::read(layout.ca_cert()).ok();
-        let key = std::fs::read_to_string(layout.ca_key())
-            .ok()
-            .map(Zeroizing::new);
-        match (cert, key) {
-            (Some(c), Some(k)) => (c, k),
-            _ => {
+    // A passphrase made here is shown on the terminal only: never where a log could keep it.
+    let mut tty = match passphrase_file {
+        Some(_) => None,
+        None => Some(
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open("/dev/tty")
+                .map_err(|_| {
+                    UsageError(
+                        "no terminal to show the new passphrase on (it must not land in a log): \
+                         give one with --passphrase-file FILE (at least 16 characters)"
+                            .into(),
+                    )
+                })?,
+        ),
+    };
+    let pass = match passphrase_file {
+        Some(p) => {
+            let pass = read_passphrase(p)?;
+            if pass.chars().count() < MIN_PASSPHRASE {
                 return Err(UsageError(format!(
-                    "this host has no CA yet ('{}', '{}'): run `docker-tls-manager apply` first",
-                    layout.ca_cert().display(),
-                    layout.ca_key().display()
+                    "the passphrase in '{}' is shorter than {MIN_PASSPHRASE} characters: the file \
+                     may travel by channels others can read; use a longer one (or none, and one \
+                     of 125 random bits is made)",
+                    p.display()
                 ))
                 .into());
             }
+            pass
         }
+        None => transfer::new_passphrase(),
+    };
+    // Under the lock: no rollover starts between the check, the export and the record.
+    let _lock = StateLock::acquire(layout, LOCK_WAIT).await?;
+    refuse_during_rollover(ctx, "export")?;
+    let cert = std::fs::read(layout.ca_cert()).ok();
+    let key = std::fs::read_to_string(layout.ca_key())
+        .ok()
+        .map(Zeroizing::new);
+    let (Some(cert_pem), Some(key_pem)) = (cert, key) else {
+        return Err(UsageError(format!(
+            "this host has no CA yet ('{}', '{}'): run `docker-tls-manager apply` first",
+            layout.ca_cert().display(),
+            layout.ca_key().display()
+        ))
+        .into());
     };
     let der = inspect::first_cert_der(&cert_pem)
         .map_err(|e| anyhow::anyhow!("'{}': {e}", layout.ca_cert().display()))?;
     let info = inspect::cert_info(&der)
         .map_err(|e| anyhow::anyhow!("'{}': {e}", layout.ca_cert().display()))?;
-    let made = passphrase_file.is_none();
-    let pass = match passphrase_file {
-        Some(p) => read_passphrase(p)?,
-        None => transfer::new_passphrase(),
-    };
     let host = HostIdentity::detect()?;
     let comment = format!(
         "docker-tls-manager CA export: {}, SHA-256 {}, from {} at {}.\n\
@@ -313,12 +339,9 @@ async fn export(ctx: &Ctx, output: &Path, passphrase_file: Option<&Path>) -> Res
     }
     transfer::record_shared(layout, &info, "export")?;
     tracing::info!(subject = %info.subject, fingerprint = %info.fingerprint, "CA exported");
-    if made {
-        // Shown once, on the terminal, never logged: it goes to the other host by another
-        // channel than the file.
-        let mut err = std::io::stderr();
+    if let Some(tty) = &mut tty {
         writeln!(
-            err,
+            tty,
             "passphrase (give it to the other host separately from the file): {}",
             &*pass
         )?;

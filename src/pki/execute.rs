@@ -65,17 +65,7 @@ pub fn execute_with(
                 let issued = acme_server.context(
                     "the server certificate comes from the ACME CA ([acme]), and none was obtained",
                 )?;
-                let (cert_path, key_path) = layout.cert_and_key(&Slot::Server);
-                ensure_key_dirs(layout, &Slot::Server)?;
-                backup(&key_path, &backups, now)?;
-                atomic_write(&key_path, issued.key_pem.as_bytes(), KEY_MODE)?;
-                replace(
-                    &backups,
-                    &cert_path,
-                    issued.chain_pem.as_bytes(),
-                    CERT_MODE,
-                    now,
-                )?;
+                install_acme_server(layout, &backups, &issued.key_pem, &issued.chain_pem, now)?;
             }
             Action::Issue { slot, .. } => issue_leaf(
                 layout,
@@ -188,6 +178,57 @@ fn record_ca_subject(layout: &Layout) -> Result<()> {
 }
 
 /// The current CA certificate alone (ca.pem also holds the previous one during a rollover).
+/// Puts a server key and chain from the ACME CA in place: recorded together first
+/// (`Layout::acme_pending`), so a crash between the key and the chain is finished from the
+/// record by [`finish_acme_pending`] (no new order, no mismatched pair for dockerd).
+pub fn install_acme_server(
+    layout: &Layout,
+    backups: &Backups,
+    key_pem: &str,
+    chain_pem: &str,
+    now: SystemTime,
+) -> Result<()> {
+    ensure_key_dirs(layout, &Slot::Server)?;
+    atomic_write(
+        &layout.acme_pending(),
+        format!("{key_pem}{chain_pem}").as_bytes(),
+        KEY_MODE,
+    )?;
+    let (cert_path, key_path) = layout.cert_and_key(&Slot::Server);
+    backup(&key_path, backups, now)?;
+    atomic_write(&key_path, key_pem.as_bytes(), KEY_MODE)?;
+    replace(backups, &cert_path, chain_pem.as_bytes(), CERT_MODE, now)?;
+    remove_if_present(&layout.acme_pending())
+}
+
+/// Finishes an installation cut short ([`install_acme_server`]): key and chain from the
+/// record, if they belong together; a record that does not is dropped. Under the state lock.
+pub fn finish_acme_pending(layout: &Layout, backups: &Backups, now: SystemTime) -> Result<()> {
+    let path = layout.acme_pending();
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return Ok(());
+    };
+    let split = text.find("-----BEGIN CERTIFICATE-----");
+    let usable = split.and_then(|i| {
+        let (key, chain) = text.split_at(i);
+        let kp = rcgen::KeyPair::from_pem(key).ok()?;
+        let leaf = super::inspect::first_cert_der(chain.as_bytes())
+            .and_then(|d| cert_info(&d))
+            .ok()?;
+        (leaf.public_key == kp.public_key_raw()).then_some((key, chain))
+    });
+    match usable {
+        Some((key, chain)) => {
+            info!("finishing the installation of the certificate from the ACME CA");
+            install_acme_server(layout, backups, key, chain, now)
+        }
+        None => {
+            tracing::warn!(path = %path.display(), "dropping an unusable record of an ACME certificate");
+            remove_if_present(&path)
+        }
+    }
+}
+
 /// What a client's copy holds: see `inspect::server_trust`.
 fn server_trust_pem(layout: &Layout) -> Result<Vec<u8>> {
     let ca = std::fs::read(layout.ca_cert()).ok();

@@ -272,6 +272,30 @@ impl Plan {
         })
     }
 
+    /// This plan without (re)issuing the server certificate and without changing what
+    /// clients trust for it (their copies must keep verifying what Docker serves): with
+    /// `[acme]` when the ACME CA cannot be asked (`--pki-only` at boot) or did not deliver.
+    /// The rest does not depend on it.
+    pub fn without_server_issue(&self) -> Plan {
+        Plan {
+            actions: self
+                .actions
+                .iter()
+                .filter(|a| {
+                    !matches!(
+                        a,
+                        Action::Issue {
+                            slot: Slot::Server,
+                            ..
+                        } | Action::CopyCa { .. }
+                    )
+                })
+                .cloned()
+                .collect(),
+            ..self.clone()
+        }
+    }
+
     /// Whether the server certificate is (re)issued.
     pub fn issues_server(&self) -> bool {
         self.actions.iter().any(|a| {
@@ -729,6 +753,25 @@ pub fn plan(
     }
     if phase == Some(Phase::Finish) && ro.record.is_some() {
         p.actions.push(Action::EndRollover);
+    }
+    // Client copies refreshed while the CA stays: what clients trust for the server changed
+    // ([acme] switched on or off, issuer_root replaced) or a copy was altered.
+    if !ca_changes
+        && p.actions.iter().any(|a| {
+            matches!(
+                a,
+                Action::CopyCa {
+                    slot: Slot::Client(_)
+                }
+            )
+        })
+    {
+        p.warnings.push(
+            "what clients trust for Docker's certificate changed (the ACME CA's root, or our CA: \
+             [acme] switched, or issuer_root replaced): bundles handed out before no longer \
+             verify Docker; hand them out again (`docker-tls-manager client bundle NAME`)"
+                .into(),
+        );
     }
     Ok(p)
 }

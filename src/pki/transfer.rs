@@ -18,6 +18,8 @@ use super::inspect::{CertInfo, cert_info};
 
 /// PBKDF2 iterations (OWASP's 2023 figure for PBKDF2-HMAC-SHA256).
 pub const PBKDF2_ITERATIONS: u32 = 600_000;
+/// The most an import accepts (about 20 s here): more is a file made to stall the host.
+pub const MAX_ITERATIONS: u32 = 10_000_000;
 
 /// What a CA export holds, checked: a CA certificate and the key that belongs to it.
 pub struct CaMaterial {
@@ -137,8 +139,13 @@ pub fn open(text: &[u8], passphrase: &str) -> Result<CaMaterial, OpenError> {
         let item = item.map_err(|e| OpenError::NotAnExport(format!("not valid PEM ({e})")))?;
         match item.label.as_str() {
             "CERTIFICATE" if cert_der.is_none() => cert_der = Some(item.contents),
-            "CERTIFICATE" => {}
-            "ENCRYPTED PRIVATE KEY" => sealed = Some(item.contents),
+            "ENCRYPTED PRIVATE KEY" if sealed.is_none() => sealed = Some(item.contents),
+            "CERTIFICATE" | "ENCRYPTED PRIVATE KEY" => {
+                return Err(OpenError::NotAnExport(format!(
+                    "more than one {} block",
+                    item.label
+                )));
+            }
             "PRIVATE KEY" | "EC PRIVATE KEY" | "RSA PRIVATE KEY" => {
                 return Err(OpenError::NotAnExport(
                     "its key is not encrypted; make it with `docker-tls-manager ca export`".into(),
@@ -157,8 +164,31 @@ pub fn open(text: &[u8], passphrase: &str) -> Result<CaMaterial, OpenError> {
     if !cert.is_ca {
         return Err(OpenError::NotACa("basicConstraints CA:TRUE missing".into()));
     }
+    // Only the key is encrypted: a certificate altered on the way no longer verifies with the
+    // key it names (checked against the decrypted key below).
+    if !super::inspect::verify_signed_by(&cert_der, &cert_der) {
+        return Err(OpenError::NotACa(
+            "it is not self-signed by its own key (altered?)".into(),
+        ));
+    }
     let info = EncryptedPrivateKeyInfo::try_from(sealed.as_slice())
         .map_err(|e| OpenError::NotAnExport(format!("the key block is not PKCS#8 ({e})")))?;
+    // Before any work on the passphrase: only what `seal` writes, within bounds (a crafted
+    // file must not make the key derivation eat the host's memory or CPU).
+    let bounded = match &info.encryption_algorithm {
+        pkcs8::pkcs5::EncryptionScheme::Pbes2(p) => {
+            matches!(&p.kdf, pbes2::Kdf::Pbkdf2(k)
+                if k.prf == pbes2::Pbkdf2Prf::HmacWithSha256 && k.iteration_count <= MAX_ITERATIONS)
+                && matches!(p.encryption, pbes2::EncryptionScheme::Aes256Cbc { .. })
+        }
+        _ => false,
+    };
+    if !bounded {
+        return Err(OpenError::NotAnExport(format!(
+            "its key is not encrypted as `ca export` does (PBES2, PBKDF2-HMAC-SHA256 with at most \
+             {MAX_ITERATIONS} iterations, AES-256-CBC)"
+        )));
+    }
     let key = info
         .decrypt(passphrase.as_bytes())
         .map_err(|_| OpenError::WrongPassphrase)?;
@@ -246,6 +276,48 @@ mod tests {
             open(b"hello", pass).unwrap_err(),
             OpenError::NotAnExport(_)
         ));
+    }
+
+    #[test]
+    fn altered_certificates_and_costly_or_foreign_encryption_are_refused_before_any_work() {
+        let (cert, key) = ca();
+        let text = seal(&cert, &key, "p", "x").unwrap().to_string();
+        // One byte of the certificate's signature changed.
+        let der = crate::pki::inspect::first_cert_der(cert.as_bytes()).unwrap();
+        let mut bad = der.clone();
+        *bad.last_mut().unwrap() ^= 1;
+        let altered = text.replace(cert.trim_end(), pem_of(&bad).trim_end());
+        assert!(
+            matches!(open(altered.as_bytes(), "p"), Err(OpenError::NotACa(m)) if m.contains("self-signed"))
+        );
+        // Two key blocks.
+        let sealed_block = &text[text.find("-----BEGIN ENCRYPTED").unwrap()..];
+        let twice = format!("{text}{sealed_block}");
+        assert!(
+            matches!(open(twice.as_bytes(), "p"), Err(OpenError::NotAnExport(m)) if m.contains("more than one"))
+        );
+        // 20 million PBKDF2 rounds: refused at once, without deriving anything.
+        use pkcs8::der::{Encode, pem::LineEnding};
+        let (salt, iv) = ([1u8; 16], [2u8; 16]);
+        let costly = EncryptedPrivateKeyInfo {
+            encryption_algorithm: pkcs8::pkcs5::EncryptionScheme::Pbes2(
+                pbes2::Parameters::pbkdf2_sha256_aes256cbc(20_000_000, &salt, &iv).unwrap(),
+            ),
+            encrypted_data: &[0u8; 64],
+        };
+        let costly_pem = pkcs8::der::pem::encode_string(
+            "ENCRYPTED PRIVATE KEY",
+            LineEnding::LF,
+            &costly.to_der().unwrap(),
+        )
+        .unwrap();
+        let t = std::time::Instant::now();
+        let e = open(format!("{cert}{costly_pem}").as_bytes(), "p").unwrap_err();
+        assert!(
+            matches!(e, OpenError::NotAnExport(ref m) if m.contains("at most")),
+            "{e:?}"
+        );
+        assert!(t.elapsed() < std::time::Duration::from_secs(1));
     }
 
     #[test]
