@@ -88,6 +88,8 @@ pub struct Outcome {
     pub docker: Option<DockerPlan>,
     /// Docker was left alone because the admin ran `deconfigure`.
     pub deconfigured: bool,
+    /// What the authorization plugin's step did.
+    pub authz: Vec<String>,
 }
 
 /// One convergence under the state lock: the PKI, then Docker (verified, rolled back on
@@ -208,6 +210,15 @@ pub async fn converge_once(
     };
     let cx = side.exec_context(&obs, ctx.layout.backup_dir(), also_restore);
     docker::execute::execute(&dplan, &cx).await?;
+    // Docker's authorization plugin (issue 11): after Docker is configured, never before.
+    out.authz = crate::authz::setup::converge(
+        &ctx.settings,
+        &side.sd,
+        &obs.daemon_json_path,
+        &obs.guard_binary,
+        &ctx.backups(),
+    )
+    .await?;
     if deconfigured {
         std::fs::remove_file(&marker)
             .with_context(|| format!("cannot remove '{}'", marker.display()))?;

@@ -1,6 +1,7 @@
 //! docker-tls-manager: the command-line entry point. Parses arguments, sets up logging, runs
 //! the command and maps errors to the documented exit codes (0 ok, 1 failed, 2 bad usage).
 
+mod authz;
 mod bundle;
 mod cli;
 mod commands;
