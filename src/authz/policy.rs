@@ -108,9 +108,68 @@ pub fn cert_id(der: &[u8]) -> Result<CertId> {
     })
 }
 
-/// The first certificate of a PEM text, as DER.
-pub fn pem_to_der(pem: &str) -> Result<Vec<u8>> {
-    crate::pki::inspect::first_cert_der(pem.as_bytes()).map_err(|e| anyhow::anyhow!(e))
+/// The first certificate of one `RequestPeerCertificates` entry, as DER. dockerd sends each
+/// as a JSON byte string, that is base64 of the PEM text; plain PEM is taken too.
+pub fn pem_to_der(entry: &str) -> Result<Vec<u8>> {
+    let pem = if entry.trim_start().starts_with("-----BEGIN") {
+        entry.as_bytes().to_vec()
+    } else {
+        base64_decode(entry).context("a peer certificate is neither PEM nor base64")?
+    };
+    crate::pki::inspect::first_cert_der(&pem).map_err(|e| anyhow::anyhow!(e))
+}
+
+/// Standard base64 with padding (what Go's encoding/json writes for []byte).
+fn base64_decode(s: &str) -> Option<Vec<u8>> {
+    let val = |c: u8| -> Option<u32> {
+        Some(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        } as u32)
+    };
+    let b: Vec<u8> = s.bytes().filter(|c| !c.is_ascii_whitespace()).collect();
+    if b.len() % 4 != 0 {
+        return None;
+    }
+    let mut out = Vec::with_capacity(b.len() / 4 * 3);
+    for chunk in b.chunks(4) {
+        let pad = chunk.iter().rev().take_while(|c| **c == b'=').count();
+        if pad > 2 {
+            return None;
+        }
+        let mut n = 0u32;
+        for (i, c) in chunk.iter().enumerate() {
+            n <<= 6;
+            if i < 4 - pad {
+                n |= val(*c)?;
+            } else if *c != b'=' {
+                return None;
+            }
+        }
+        let bytes = [(n >> 16) as u8, (n >> 8) as u8, n as u8];
+        out.extend_from_slice(&bytes[..3 - pad]);
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_as_go_writes_it() {
+        assert_eq!(base64_decode("aGVsbG8=").unwrap(), b"hello");
+        assert_eq!(base64_decode("aGVsbG8h").unwrap(), b"hello!");
+        assert_eq!(base64_decode("aGk=").unwrap(), b"hi");
+        assert_eq!(base64_decode("aA==").unwrap(), b"h");
+        assert!(base64_decode("aGk").is_none());
+        assert!(base64_decode("a=Gk").is_none());
+        assert!(base64_decode("a*Gk").is_none());
+    }
 }
 
 /// What the plugin decides on, read from the files.
