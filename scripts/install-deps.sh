@@ -4,13 +4,16 @@
 #   bash scripts/install-deps.sh
 set -euo pipefail
 packages=(docker.io systemd-container dbus curl openssl busybox-static iproute2 util-linux procps
-    ca-certificates rpm binutils strace)
+    ca-certificates rpm binutils strace
+    python3-docker)
 tools=(dockerd systemd-nspawn dbus-daemon curl openssl busybox ip nsenter ps rpm strip strace)
 missing=0
 for t in "${tools[@]}"; do
     command -v "$t" > /dev/null || [[ -x /usr/sbin/$t ]] || missing=1
 done
 [[ -e /etc/ssl/certs/ca-certificates.crt ]] || missing=1
+python3 -c 'import docker' 2> /dev/null || missing=1 # docker-py: tests/authz.rs
+python3 -c 'import docker' 2> /dev/null || missing=1 # docker-py: tests/authz.rs
 if ((missing)); then
     [[ $(id -u) == 0 ]] || { echo "install-deps: run as root (apt-get install ${packages[*]})" >&2; exit 2; }
     echo "== installing ${packages[*]}"

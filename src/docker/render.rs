@@ -169,7 +169,8 @@ pub fn authz_service_unit(u: &AuthzUnits) -> String {
         "[Unit]\nDescription=Docker authorization plugin: revocation, roles, audit (docker-tls-manager)\n\
          Requires={SOCKET_UNIT}\nAfter={SOCKET_UNIT}\nStartLimitIntervalSec=0\n\n\
          [Service]\nExecStart={} {}authz serve\nRestart=always\nRestartSec=100ms\n\
-         ExecStopPost=/bin/sh -c 'test -x {} && case \"$$SERVICE_RESULT\" in success|signal) exit 0;; esac; exec /bin/systemctl start --no-block {FALLBACK_UNIT}'\n\
+         # Our binary gone: the socket stops (ending the restarts), its stop runs the fallback.\n\
+         ExecStopPost=/bin/sh -c 'test -x {} || exec /bin/systemctl stop --no-block {SOCKET_UNIT}; case \"$$SERVICE_RESULT\" in success|signal) exit 0;; esac; exec /bin/systemctl start --no-block {FALLBACK_UNIT}'\n\
          UMask=0077\nProtectSystem=strict\nProtectHome=yes\nPrivateTmp=yes\nNoNewPrivileges=yes\n\
          RestrictAddressFamilies=AF_UNIX\nProtectKernelTunables=yes\nProtectKernelModules=yes\nProtectControlGroups=yes\n{}",
         u.binary.display(),
