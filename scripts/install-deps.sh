@@ -12,8 +12,7 @@ for t in "${tools[@]}"; do
     command -v "$t" > /dev/null || [[ -x /usr/sbin/$t ]] || missing=1
 done
 [[ -e /etc/ssl/certs/ca-certificates.crt ]] || missing=1
-python3 -c 'import docker' 2> /dev/null || missing=1 # docker-py: tests/authz.rs
-python3 -c 'import docker' 2> /dev/null || missing=1 # docker-py: tests/authz.rs
+/usr/bin/python3 -c 'import docker' 2> /dev/null || missing=1 # docker-py: tests/authz.rs
 if ((missing)); then
     [[ $(id -u) == 0 ]] || { echo "install-deps: run as root (apt-get install ${packages[*]})" >&2; exit 2; }
     echo "== installing ${packages[*]}"

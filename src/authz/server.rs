@@ -9,6 +9,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::FromRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -18,8 +19,8 @@ use super::Files;
 use super::policy::{AuthzRequest, Cached, Decision, decide};
 
 const CONTENT_TYPE: &str = "application/vnd.docker.plugins.v1.2+json";
-/// A connection idle this long is closed (dockerd opens another when it needs one).
-const IDLE: Duration = Duration::from_secs(300);
+/// A connection that sends nothing for this long is closed.
+const IDLE: Duration = Duration::from_secs(30);
 const MAX_HEADER: usize = 64 * 1024;
 const MAX_BODY: usize = 64 * 1024 * 1024;
 
@@ -80,33 +81,80 @@ pub fn serve(config: Option<&Path>, listen: Option<&Path>) -> Result<()> {
     state.policy.lock().unwrap_or_else(|e| e.into_inner()).get();
     if let Some(m) = metrics {
         let st = state.clone();
-        std::thread::spawn(move || write_metrics(&st, &m));
+        std::thread::spawn(move || {
+            block_term();
+            write_metrics(&st, &m)
+        });
     }
+    on_sigterm_interrupt();
     tracing::info!("authorization plugin {} serving", super::PLUGIN_NAME);
-    for conn in l.incoming() {
-        match conn {
-            Ok(s) => {
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    loop {
+        match l.accept() {
+            Ok((s, _)) => {
                 let st = state.clone();
+                let n = in_flight.clone();
+                n.fetch_add(1, Ordering::SeqCst);
                 std::thread::spawn(move || {
+                    block_term();
                     if let Err(e) = connection(s, &st) {
                         tracing::debug!("plugin connection ended: {e:#}");
                     }
+                    n.fetch_sub(1, Ordering::SeqCst);
                 });
             }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => {
                 tracing::warn!("accept: {e}");
                 std::thread::sleep(Duration::from_millis(10));
             }
         }
+        if TERM.load(Ordering::SeqCst) {
+            // Stopped or restarted: the requests accepted are answered first; the others
+            // wait in systemd's socket for the next instance.
+            let t0 = std::time::Instant::now();
+            while in_flight.load(Ordering::SeqCst) > 0 && t0.elapsed() < Duration::from_secs(5) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            tracing::info!("stopping");
+            return Ok(());
+        }
     }
-    Ok(())
+}
+
+static TERM: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_term(_: libc::c_int) {
+    TERM.store(true, Ordering::SeqCst);
+}
+
+/// Other threads leave SIGTERM to the accepting one.
+fn block_term() {
+    // SAFETY: a signal set built by sigemptyset/sigaddset, applied to this thread only.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+}
+
+/// SIGTERM sets `TERM` and interrupts `accept` (no SA_RESTART).
+fn on_sigterm_interrupt() {
+    // SAFETY: the handler only stores to an atomic; the mask is emptied before use.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = on_term as *const () as usize;
+        libc::sigemptyset(&mut sa.sa_mask);
+        sa.sa_flags = 0;
+        libc::sigaction(libc::SIGTERM, &sa, std::ptr::null_mut());
+    }
 }
 
 /// One HTTP request: method, path, body.
 struct Request {
     path: String,
     body: Vec<u8>,
-    close: bool,
 }
 
 fn read_request(r: &mut BufReader<UnixStream>) -> Result<Option<Request>> {
@@ -121,7 +169,7 @@ fn read_request(r: &mut BufReader<UnixStream>) -> Result<Option<Request>> {
         parts.next().unwrap_or("").to_string(),
         parts.next().unwrap_or(""),
     );
-    let mut close = version == "HTTP/1.0";
+    let _ = version;
     let mut length = 0usize;
     let mut chunked = false;
     loop {
@@ -140,7 +188,6 @@ fn read_request(r: &mut BufReader<UnixStream>) -> Result<Option<Request>> {
             match k.trim().to_ascii_lowercase().as_str() {
                 "content-length" => length = v.parse().context("bad Content-Length")?,
                 "transfer-encoding" => chunked = v.eq_ignore_ascii_case("chunked"),
-                "connection" => close = v.eq_ignore_ascii_case("close"),
                 _ => {}
             }
         }
@@ -171,30 +218,25 @@ fn read_request(r: &mut BufReader<UnixStream>) -> Result<Option<Request>> {
         body.resize(length, 0);
         r.read_exact(&mut body)?;
     }
-    Ok(Some(Request { path, body, close }))
+    Ok(Some(Request { path, body }))
 }
 
 fn connection(stream: UnixStream, st: &State) -> Result<()> {
     stream.set_read_timeout(Some(IDLE))?;
     let mut w = stream.try_clone()?;
     let mut r = BufReader::new(stream);
-    while let Some(req) = read_request(&mut r)? {
+    // One request per connection: an idle connection dockerd kept would be reset if this
+    // process is killed, and dockerd's retry of a request sent on it loses the body. New
+    // connections queue in the socket systemd holds, whatever happens to this process.
+    if let Some(req) = read_request(&mut r)? {
         let (status, body) = answer(&req, st);
         write!(
             w,
-            "HTTP/1.1 {status}\r\nContent-Type: {CONTENT_TYPE}\r\nContent-Length: {}\r\n{}\r\n",
+            "HTTP/1.1 {status}\r\nContent-Type: {CONTENT_TYPE}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
             body.len(),
-            if req.close {
-                "Connection: close\r\n"
-            } else {
-                ""
-            }
         )?;
         w.write_all(body.as_bytes())?;
         w.flush()?;
-        if req.close {
-            break;
-        }
     }
     Ok(())
 }
@@ -208,6 +250,17 @@ fn answer(req: &Request, st: &State) -> (&'static str, String) {
         "/Plugin.Activate" => ("200 OK", r#"{"Implements":["authz"]}"#.into()),
         "/AuthZPlugin.AuthZRes" => ("200 OK", r#"{"Allow":true}"#.into()),
         "/AuthZPlugin.AuthZReq" => {
+            // dockerd retries a plugin call whose connection broke (this process killed
+            // mid-request) with the body it already consumed: empty. It carries nothing to
+            // decide on; refusing it would fail unix-socket requests too. Allowed, logged.
+            if req.body.iter().all(u8::is_ascii_whitespace) {
+                tracing::warn!(
+                    decision = "allow",
+                    reason = "empty request: dockerd's retry after the plugin was interrupted",
+                    "docker request"
+                );
+                return ("200 OK", r#"{"Allow":true}"#.into());
+            }
             let d = match serde_json::from_slice::<AuthzRequest>(&req.body) {
                 Ok(ar) => {
                     let mut cache = st.policy.lock().unwrap_or_else(|e| e.into_inner());

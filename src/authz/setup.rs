@@ -222,6 +222,50 @@ pub async fn converge<S: Systemd>(
     let files = Files::new(settings);
     let now = SystemTime::now();
     let mut done = vec![];
+    let (text, map) = read_daemon_json(daemon_json)?;
+    let listed = plugins(&map, daemon_json)?;
+    let has = listed.iter().any(|p| p == PLUGIN_NAME);
+    // Docker is told to ask the plugin only once it answers; if it cannot be made to answer,
+    // our entry goes (Docker would wait 32 s on every request).
+    if let Err(e) = serve(settings, sd, daemon_json, binary, backups, now, &mut done).await {
+        if has {
+            done.extend(take_out(&files, daemon_json, &map, sd, backups, now).await?);
+            for d in &done {
+                tracing::warn!("authz: {d}");
+            }
+        }
+        return Err(e);
+    }
+    let with = with_plugin(&map);
+    let without = without_plugin(&map);
+    if has {
+        // Kept up to date, so the fallback recognises the file as it is now.
+        record_fallback(&files, text.as_deref().unwrap_or(""), &without)?;
+    } else {
+        let new_text = render::render_json(&with);
+        record_fallback(&files, &new_text, &without)?;
+        backup(daemon_json, backups, now)?;
+        atomic_write_preserving(daemon_json, new_text.as_bytes(), 0o644)?;
+        done.push(format!(
+            "add {PLUGIN_NAME} to \"{DAEMON_JSON_KEY}\" in '{}'",
+            daemon_json.display()
+        ));
+        reload_docker(sd, &mut done).await?;
+    }
+    Ok(done)
+}
+
+/// Units written, socket enabled and listening, the plugin answering its activation.
+async fn serve<S: Systemd>(
+    settings: &Settings,
+    sd: &S,
+    daemon_json: &Path,
+    binary: &Path,
+    backups: &Backups,
+    now: SystemTime,
+    done: &mut Vec<String>,
+) -> Result<()> {
+    let files = Files::new(settings);
     ensure_dir(&files.dir, 0o700)?;
     let mut units_changed = false;
     for (path, content, mode) in rendered(settings, binary, daemon_json) {
@@ -245,43 +289,15 @@ pub async fn converge<S: Systemd>(
         sd.job(JobKind::Start, SOCKET_UNIT).await?;
         done.push(format!("start {SOCKET_UNIT}"));
     }
-    let (text, map) = read_daemon_json(daemon_json)?;
-    let listed = plugins(&map, daemon_json)?;
-    let has = listed.iter().any(|p| p == PLUGIN_NAME);
-    // Docker is told to ask the plugin only once it answers; if it stopped answering, our
-    // entry goes (Docker would wait 32 s on every request).
-    let socket_path = Path::new(PLUGIN_SOCKET);
-    let answers =
-        tokio::task::spawn_blocking(move || activate(Path::new(PLUGIN_SOCKET), ACTIVATE_TIMEOUT))
-            .await
-            .context("the plugin check panicked")?;
-    if let Err(e) = answers {
-        if has {
-            take_out(&files, daemon_json, &map, sd, backups, now).await?;
-        }
-        return Err(e).context(format!(
-            "the authorization plugin does not answer on '{}' (`journalctl -u {SERVICE_UNIT}`); \
-             Docker is not told to ask it",
-            socket_path.display()
-        ));
-    }
-    let with = with_plugin(&map);
-    let without = without_plugin(&map);
-    if has {
-        // Kept up to date, so the fallback recognises the file as it is now.
-        record_fallback(&files, text.as_deref().unwrap_or(""), &without)?;
-    } else {
-        let new_text = render::render_json(&with);
-        record_fallback(&files, &new_text, &without)?;
-        backup(daemon_json, backups, now)?;
-        atomic_write_preserving(daemon_json, new_text.as_bytes(), 0o644)?;
-        done.push(format!(
-            "add {PLUGIN_NAME} to \"{DAEMON_JSON_KEY}\" in '{}'",
-            daemon_json.display()
-        ));
-        reload_docker(sd, &mut done).await?;
-    }
-    Ok(done)
+    tokio::task::spawn_blocking(|| activate(Path::new(PLUGIN_SOCKET), ACTIVATE_TIMEOUT))
+        .await
+        .context("the plugin check panicked")?
+        .with_context(|| {
+            format!(
+                "the authorization plugin does not answer on '{PLUGIN_SOCKET}' (`journalctl -u {SERVICE_UNIT}`); \
+                 Docker is not told to ask it"
+            )
+        })
 }
 
 async fn reload_docker<S: Systemd>(sd: &S, done: &mut Vec<String>) -> Result<()> {
