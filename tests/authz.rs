@@ -306,7 +306,7 @@ def run(name):
             ok += 1
         except Exception as e:
             fail += 1
-            errs[str(e)[:120]] += 1
+            errs[str(e)[-160:]] += 1
     res[name] = (ok, fail, dict(errs))
 open("/tmp/stream-started", "w").close()
 ts = [threading.Thread(target=run, args=(k,)) for k in clients]

@@ -90,8 +90,8 @@ pub fn serve(config: Option<&Path>, listen: Option<&Path>) -> Result<()> {
     tracing::info!("authorization plugin {} serving", super::PLUGIN_NAME);
     let in_flight = Arc::new(AtomicUsize::new(0));
     loop {
-        match l.accept() {
-            Ok((s, _)) => {
+        match accept(&l) {
+            Ok(s) => {
                 let st = state.clone();
                 let n = in_flight.clone();
                 n.fetch_add(1, Ordering::SeqCst);
@@ -120,6 +120,25 @@ pub fn serve(config: Option<&Path>, listen: Option<&Path>) -> Result<()> {
             return Ok(());
         }
     }
+}
+
+/// `accept4` once: unlike std's `accept`, returns `Interrupted` on a signal (SIGTERM).
+fn accept(l: &UnixListener) -> std::io::Result<UnixStream> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: accept4 on our listening fd; a returned fd is new and ours to own.
+    let fd = unsafe {
+        libc::accept4(
+            l.as_raw_fd(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            libc::SOCK_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd is a connected socket just returned by accept4.
+    Ok(unsafe { UnixStream::from_raw_fd(fd) })
 }
 
 static TERM: AtomicBool = AtomicBool::new(false);
@@ -230,12 +249,12 @@ fn connection(stream: UnixStream, st: &State) -> Result<()> {
     // connections queue in the socket systemd holds, whatever happens to this process.
     if let Some(req) = read_request(&mut r)? {
         let (status, body) = answer(&req, st);
-        write!(
-            w,
-            "HTTP/1.1 {status}\r\nContent-Type: {CONTENT_TYPE}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        // One write: a kill cannot leave dockerd half an answer (which it does not retry).
+        let out = format!(
+            "HTTP/1.1 {status}\r\nContent-Type: {CONTENT_TYPE}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
             body.len(),
-        )?;
-        w.write_all(body.as_bytes())?;
+        );
+        w.write_all(out.as_bytes())?;
         w.flush()?;
     }
     Ok(())
