@@ -92,9 +92,10 @@ fn revocation_roles_audit_and_another_plugin_kept() {
         Duration::from_secs(10),
     );
     m.ok(r#"printf '{"log-level": "info", "authorization-plugins": ["other"]}\n' > /etc/docker/daemon.json && systemctl reload docker"#);
+    // Mutual TLS first, without the plugin; then the plugin on: a reload, no restart.
+    m.ok("mkdir -p /etc/docker-tls-manager && printf '[authz]\\nenabled = false\\n' > /etc/docker-tls-manager/config.toml && docker-tls-manager apply");
     let docker_pid = m.main_pid();
-
-    m.ok("docker-tls-manager apply");
+    m.ok("rm /etc/docker-tls-manager/config.toml && docker-tls-manager apply");
     assert_eq!(m.main_pid(), docker_pid, "only reloads for the plugin list");
     let list = m.ok("python3 -c 'import json; print(json.load(open(\"/etc/docker/daemon.json\"))[\"authorization-plugins\"])'");
     assert_eq!(list.trim(), "['other', 'docker-tls-manager']");
@@ -400,18 +401,17 @@ fn the_plugin_killed_stopped_rate_limited_or_removed_never_blocks_docker() {
     // The admin edited daemon.json since we wrote it, then the plugin went: left as it is.
     m.ok(r#"python3 -c '
 import json; p="/etc/docker/daemon.json"; d=json.load(open(p)); d["log-level"]="warn"; open(p,"w").write(json.dumps(d))'"#);
-    m.ok("systemctl stop docker-tls-manager-authz.socket");
+    // The plugin now fails at every start (a broken drop-in): the fallback runs, and leaves
+    // the admin's file alone.
+    m.ok("mkdir -p /etc/systemd/system/docker-tls-manager-authz.service.d && printf '[Service]\\nExecStart=\\nExecStart=/bin/false\\n' > /etc/systemd/system/docker-tls-manager-authz.service.d/broken.conf && systemctl daemon-reload && systemctl restart docker-tls-manager-authz.service");
     std::thread::sleep(Duration::from_secs(1));
     assert!(in_daemon_json(&m), "the admin's daemon.json was replaced");
     let j = m.ok("journalctl -u docker-tls-manager-authz-fallback --no-pager -o cat | tail -8");
     assert!(j.contains("left as it is"), "{j}");
     // The service (or apply) sees the plugin not answering and takes our entry out itself.
-    m.ok("systemctl mask --runtime docker-tls-manager-authz.socket");
     let o = m.sh("docker-tls-manager apply");
-    assert!(
-        !o.status.success(),
-        "apply passed with the plugin socket masked"
-    );
+    assert!(!o.status.success(), "apply passed with the plugin failing");
+    assert!(text(&o.stderr).contains("does not answer"), "{o:?}");
     assert!(!in_daemon_json(&m));
     assert!(
         m.ok("cat /etc/docker/daemon.json")
@@ -419,7 +419,7 @@ import json; p="/etc/docker/daemon.json"; d=json.load(open(p)); d["log-level"]="
         "the admin's edit was lost"
     );
     m.ok("timeout 1 docker ps >/dev/null");
-    m.ok("systemctl unmask --runtime docker-tls-manager-authz.socket && docker-tls-manager apply");
+    m.ok("rm -r /etc/systemd/system/docker-tls-manager-authz.service.d && systemctl daemon-reload && docker-tls-manager apply");
     assert!(in_daemon_json(&m));
 
     // [authz] enabled = false: entry out by a reload, units gone, TLS clients unrestricted.

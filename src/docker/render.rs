@@ -150,7 +150,7 @@ pub fn authz_socket_unit() -> String {
     s.push_str(&format!(
         "[Unit]\nDescription=Docker authorization plugin socket (docker-tls-manager: revocation, roles, audit)\n\
          # Listening before dockerd starts; stopped after it at shutdown.\nBefore={DOCKER_SERVICE}\n\n\
-         [Socket]\nListenStream={PLUGIN_SOCKET}\nSocketMode=0600\nService={SERVICE_UNIT}\n\
+         [Socket]\nListenStream={PLUGIN_SOCKET}\nSocketMode=0600\nRemoveOnStop=yes\nService={SERVICE_UNIT}\n\
          # Closed while the system runs (stopped by hand, failed): Docker must not wait for a\n\
          # plugin nobody serves.\n\
          ExecStopPost=/bin/sh -c 'systemctl is-system-running | grep -qx stopping || exec systemctl start --no-block {FALLBACK_UNIT}'\n\n\
