@@ -191,24 +191,25 @@ EOF"#
     assert!(py.contains("exec 403"), "{py}");
 
     // Audit: each TLS request with its fields, denials at warning; the unix socket not above debug.
-    let log = m.ok("journalctl -u docker-tls-manager-authz --no-pager -o cat");
+    let deny = m.ok("journalctl -u docker-tls-manager-authz --no-pager -o json CLIENT=mon DECISION=deny METHOD=POST");
     assert!(
-        log.lines().any(|l| l.contains("WARN")
-            && l.contains("client=mon")
-            && l.contains("serial=")
-            && l.contains("method=POST")
-            && l.contains("/exec")
-            && l.contains("decision=\"deny\"")
-            && l.contains("reason=")),
-        "{log}"
+        deny.lines().any(|l| l.contains("\"PATH\":\"/v1.41/containers/c1/exec\"")
+            && l.contains("\"PRIORITY\":\"4\"")
+            && l.contains("\"SERIAL\":\"")
+            && l.contains("\"REASON\":\"client 'mon': role monitoring does not allow POST /containers/c1/exec\"")),
+        "{deny}"
     );
+    let allow =
+        m.ok("journalctl -u docker-tls-manager-authz --no-pager -o json CLIENT=ops DECISION=allow");
     assert!(
-        log.lines()
-            .any(|l| l.contains("INFO") && l.contains("client=ops") && l.contains("/stop")),
-        "{log}"
+        allow
+            .lines()
+            .any(|l| l.contains("/stop") && l.contains("\"PRIORITY\":\"5\"")),
+        "{allow}"
     );
+    let all = m.ok("journalctl -u docker-tls-manager-authz --no-pager -o json");
     assert!(
-        !log.contains("local unix socket"),
+        !all.contains("local unix socket"),
         "unix-socket requests logged above debug"
     );
 
@@ -222,6 +223,7 @@ EOF"#
     let msg = denied(&m, &format!("{old} ps"));
     assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
     assert!(msg.contains("is revoked"), "{msg}");
+    eprintln!("revoked: refused in {:?}: {}", t0.elapsed(), msg.trim());
     m.ok(&format!("{admin} ps && {mon} ps"));
     // The name goes on with its new certificate.
     m.ok(&format!("{} ps", client("gone")));
@@ -256,6 +258,7 @@ EOF"#
     m.ok(&format!("echo '{{garbage' > {STATE}/authz/revoked.json"));
     let msg = denied(&m, &format!("{admin} ps"));
     assert!(msg.contains("unreadable"), "{msg}");
+    eprintln!("corrupt list: {}", msg.trim());
     m.ok("timeout 5 docker ps");
     m.ok("docker-tls-manager apply");
     m.ok(&format!("cp /root/revoked.json {STATE}/authz/revoked.json"));
@@ -263,6 +266,7 @@ EOF"#
 
     // Survives a power loss and a cold boot, with nothing of ours run by hand.
     m.power_fail_and_boot().unwrap();
+    eprintln!("booted again after a power loss");
     m.wait_for(&format!("{admin} ps"), Duration::from_secs(30));
     denied(&m, &format!("{old} ps"));
     denied(&m, &format!("{} ps", tls("/root/gone-second")));
