@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::FromRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -344,7 +344,7 @@ pub fn render_metrics(c: &BTreeMap<(String, &'static str), u64>) -> String {
     s
 }
 
-fn write_metrics(st: &State, path: &PathBuf) {
+fn write_metrics(st: &State, path: &Path) {
     let mut last = String::new();
     loop {
         let text = render_metrics(&st.counters.lock().unwrap_or_else(|e| e.into_inner()));
