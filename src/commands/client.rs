@@ -121,9 +121,9 @@ pub(crate) async fn client(ctx: &Ctx, cmd: ClientCommand) -> Result<()> {
                 && !plugin_on(ctx)
             {
                 println!(
-                    "warning: [authz] enabled = false, so Docker does not ask the revocation list: its certificate \
-                     stays valid until {}; to shut it out now, `docker-tls-manager renew --force ca` and hand the \
-                     other clients new bundles",
+                    "warning: Docker does not ask the revocation list here ([docker] manage or [authz] enabled \
+                     is false): its certificate stays valid until {}; to shut it out now, `docker-tls-manager \
+                     renew --force ca` and hand the other clients new bundles",
                     humantime::format_rfc3339_seconds(t)
                 );
             }
@@ -157,7 +157,7 @@ pub(crate) async fn client(ctx: &Ctx, cmd: ClientCommand) -> Result<()> {
             );
             if !plugin_on(ctx) {
                 println!(
-                    "warning: [authz] enabled = false: Docker does not ask the revocation list"
+                    "warning: Docker does not ask the revocation list here ([docker] manage or [authz] enabled is false)"
                 );
             }
             Ok(())
