@@ -245,6 +245,14 @@ EOF"#
             .trim(),
         "600"
     );
+    let status = m.ok("docker-tls-manager status");
+    assert_eq!(
+        status.matches("revoked: gone serial").count(),
+        2,
+        "{status}"
+    );
+    let status = m.ok("docker-tls-manager status --json");
+    assert!(status.contains("\"revoked\": ["), "{status}");
     assert_eq!(m.main_pid(), docker_pid, "Docker restarted");
 
     // Metrics: counters by client and decision.
