@@ -15,7 +15,7 @@ trap 'bash "$M" down "$NAME" >/dev/null 2>&1 || true' EXIT
 cargo build --release --quiet
 bash "$M" up "$NAME" >/dev/null
 R=$(bash "$M" root "$NAME")
-cp target/release/docker-tls-manager "$R/usr/local/bin/"
+cp "${CARGO_TARGET_DIR:-target}/release/docker-tls-manager" "$R/usr/local/bin/"
 cp bench/authz_latency.py "$R/usr/local/bin/dtm-authz-latency"
 in_m() { DTM_MACHINE_QUIET=1 bash "$M" exec "$NAME" bash -c "$*"; }
 in_m 'mkdir -p /etc/docker-tls-manager && for i in 1 2 3; do docker run -d --network none dtm-busybox /bin/sleep 100000 >/dev/null; done'

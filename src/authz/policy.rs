@@ -282,7 +282,12 @@ pub struct Decision {
 /// Decides one request. Unix-socket requests (no user, no certificate) are always allowed;
 /// over TLS the manager's probe is allowed, then a policy that cannot be read refuses, then a
 /// revoked certificate is refused, then the client's role decides.
-pub fn decide(policy: &Result<Policy, String>, req: &AuthzRequest) -> Decision {
+/// `ids` caches what each certificate's PEM says.
+pub fn decide(
+    policy: &Result<Policy, String>,
+    req: &AuthzRequest,
+    ids: &mut std::collections::HashMap<String, CertId>,
+) -> Decision {
     let certs = req.certs.as_deref().unwrap_or_default();
     let mut d = Decision {
         allow: false,
@@ -301,12 +306,18 @@ pub fn decide(policy: &Result<Policy, String>, req: &AuthzRequest) -> Decision {
         d.reason = format!("no client certificate (authentication '{}')", req.authn);
         return d;
     };
-    let id = match pem_to_der(leaf).and_then(|der| cert_id(&der)) {
-        Ok(id) => id,
-        Err(e) => {
-            d.reason = format!("client certificate unreadable: {e:#}");
-            return d;
-        }
+    let id = match ids.get(leaf) {
+        Some(id) => id.clone(),
+        None => match pem_to_der(leaf).and_then(|der| cert_id(&der)) {
+            Ok(id) => {
+                ids.insert(leaf.clone(), id.clone());
+                id
+            }
+            Err(e) => {
+                d.reason = format!("client certificate unreadable: {e:#}");
+                return d;
+            }
+        },
     };
     d.client = id.cn.clone();
     d.serial = id.serial.clone();

@@ -4,7 +4,7 @@
 //! Endpoints: `/Plugin.Activate`, `/AuthZPlugin.AuthZReq` (the decision),
 //! `/AuthZPlugin.AuthZRes` (always allowed: we decide on the request).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::FromRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -16,16 +16,18 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 
 use super::Files;
-use super::policy::{AuthzRequest, Cached, Decision, decide};
+use super::policy::{AuthzRequest, Cached, CertId, Decision, decide};
 
 const CONTENT_TYPE: &str = "application/vnd.docker.plugins.v1.2+json";
-/// A connection that sends nothing for this long is closed.
-const IDLE: Duration = Duration::from_secs(30);
+/// A connection idle this long is closed (dockerd opens another when it needs one).
+const IDLE: Duration = Duration::from_secs(300);
 const MAX_HEADER: usize = 64 * 1024;
 const MAX_BODY: usize = 64 * 1024 * 1024;
 
 struct State {
     policy: Mutex<Cached>,
+    /// Certificates already read (dockerd sends the same few over and over).
+    ids: Mutex<HashMap<String, CertId>>,
     /// (client, decision) -> requests, for the metrics file.
     counters: Mutex<BTreeMap<(String, &'static str), u64>>,
 }
@@ -76,6 +78,7 @@ pub fn serve(config: Option<&Path>, listen: Option<&Path>) -> Result<()> {
     let metrics = files.metrics.clone();
     let state = Arc::new(State {
         policy: Mutex::new(Cached::new(files, config.map(Path::to_path_buf))),
+        ids: Mutex::new(HashMap::new()),
         counters: Mutex::new(BTreeMap::new()),
     });
     state.policy.lock().unwrap_or_else(|e| e.into_inner()).get();
@@ -174,6 +177,7 @@ fn on_sigterm_interrupt() {
 struct Request {
     path: String,
     body: Vec<u8>,
+    close: bool,
 }
 
 fn read_request(r: &mut BufReader<UnixStream>) -> Result<Option<Request>> {
@@ -188,7 +192,7 @@ fn read_request(r: &mut BufReader<UnixStream>) -> Result<Option<Request>> {
         parts.next().unwrap_or("").to_string(),
         parts.next().unwrap_or(""),
     );
-    let _ = version;
+    let mut close = version == "HTTP/1.0";
     let mut length = 0usize;
     let mut chunked = false;
     loop {
@@ -207,6 +211,7 @@ fn read_request(r: &mut BufReader<UnixStream>) -> Result<Option<Request>> {
             match k.trim().to_ascii_lowercase().as_str() {
                 "content-length" => length = v.parse().context("bad Content-Length")?,
                 "transfer-encoding" => chunked = v.eq_ignore_ascii_case("chunked"),
+                "connection" => close = v.eq_ignore_ascii_case("close"),
                 _ => {}
             }
         }
@@ -237,25 +242,28 @@ fn read_request(r: &mut BufReader<UnixStream>) -> Result<Option<Request>> {
         body.resize(length, 0);
         r.read_exact(&mut body)?;
     }
-    Ok(Some(Request { path, body }))
+    Ok(Some(Request { path, body, close }))
 }
 
 fn connection(stream: UnixStream, st: &State) -> Result<()> {
     stream.set_read_timeout(Some(IDLE))?;
     let mut w = stream.try_clone()?;
     let mut r = BufReader::new(stream);
-    // One request per connection: an idle connection dockerd kept would be reset if this
-    // process is killed, and dockerd's retry of a request sent on it loses the body. New
-    // connections queue in the socket systemd holds, whatever happens to this process.
-    if let Some(req) = read_request(&mut r)? {
+    // Kept alive as dockerd asks (a new connection per call doubled the added latency). If
+    // this process is killed, a call in flight or sent on a connection it held is retried by
+    // dockerd with an empty body (allowed, see `answer`); new connections queue in the socket
+    // systemd holds.
+    while let Some(req) = read_request(&mut r)? {
         let (status, body) = answer(&req, st);
         // One write: a kill cannot leave dockerd half an answer (which it does not retry).
         let out = format!(
-            "HTTP/1.1 {status}\r\nContent-Type: {CONTENT_TYPE}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            "HTTP/1.1 {status}\r\nContent-Type: {CONTENT_TYPE}\r\nContent-Length: {}\r\n\r\n{body}",
             body.len(),
         );
         w.write_all(out.as_bytes())?;
-        w.flush()?;
+        if req.close {
+            break;
+        }
     }
     Ok(())
 }
@@ -283,7 +291,12 @@ fn answer(req: &Request, st: &State) -> (&'static str, String) {
             let d = match serde_json::from_slice::<AuthzRequest>(&req.body) {
                 Ok(ar) => {
                     let mut cache = st.policy.lock().unwrap_or_else(|e| e.into_inner());
-                    let d = decide(cache.get(), &ar);
+                    let mut ids = st.ids.lock().unwrap_or_else(|e| e.into_inner());
+                    if ids.len() > 10_000 {
+                        ids.clear();
+                    }
+                    let d = decide(cache.get(), &ar, &mut ids);
+                    drop(ids);
                     drop(cache);
                     audit(&ar, &d);
                     d
