@@ -146,6 +146,8 @@ fn revocation_roles_audit_and_another_plugin_kept() {
         "rm -f c2",
         "save -o /tmp/img.tar dtm-busybox",
         "stop c2",
+        "attach --no-stdin c1",
+        "top c1",
     ] {
         let msg = denied(&m, &format!("{mon} {cmd}"));
         assert!(msg.contains("role monitoring does not allow"), "{msg}");

@@ -159,6 +159,99 @@ fn base64_decode(s: &str) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashMap;
+
+    /// A certificate for `cn` as dockerd sends it: base64 of the PEM text.
+    fn peer(cn: &str) -> (String, CertId) {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut p = rcgen::CertificateParams::new(vec![]).unwrap();
+        p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        p.serial_number = Some(rcgen::SerialNumber::from_slice(&[0, 0x12, 0x34]));
+        let cert = p.self_signed(&key).unwrap();
+        let id = cert_id(cert.der()).unwrap();
+        (base64_encode(cert.pem().as_bytes()), id)
+    }
+
+    fn base64_encode(b: &[u8]) -> String {
+        const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let mut out = String::new();
+        for c in b.chunks(3) {
+            let n = (c[0] as u32) << 16
+                | (*c.get(1).unwrap_or(&0) as u32) << 8
+                | *c.get(2).unwrap_or(&0) as u32;
+            for i in 0..4 {
+                if i <= c.len() {
+                    out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+                } else {
+                    out.push('=');
+                }
+            }
+        }
+        out
+    }
+
+    fn req(cert: Option<&str>, method: &str, uri: &str) -> AuthzRequest {
+        AuthzRequest {
+            user: cert.map(|_| "x".to_string()).unwrap_or_default(),
+            authn: cert.map(|_| "TLS".to_string()).unwrap_or_default(),
+            method: method.into(),
+            uri: uri.into(),
+            certs: cert.map(|c| vec![c.to_string()]),
+        }
+    }
+
+    #[test]
+    fn decisions() {
+        let (mon, mon_id) = peer("mon");
+        let (probe, _) = peer(PROBE_CN);
+        let (gone, gone_id) = peer("gone");
+        assert_eq!(gone_id.serial, "1234", "leading zeros dropped");
+        let mut roles = BTreeMap::new();
+        roles.insert("mon".to_string(), Role::Monitoring);
+        let ok: Result<Policy, String> = Ok(Policy {
+            revoked: [(gone_id.serial.clone(), gone_id.issuer_sha256.clone())].into(),
+            roles,
+        });
+        let broken: Result<Policy, String> = Err("corrupt".into());
+        let ids = &mut HashMap::new();
+        // The unix socket: always, even with a corrupt list.
+        for p in [&ok, &broken] {
+            let d = decide(p, &req(None, "POST", "/containers/create"), ids);
+            assert!(d.allow && !d.tls, "{d:?}");
+        }
+        // The probe: always, even with a corrupt list.
+        assert!(decide(&broken, &req(Some(&probe), "GET", "/_ping"), ids).allow);
+        // A corrupt list refuses everyone else over TLS.
+        let d = decide(&broken, &req(Some(&mon), "GET", "/_ping"), ids);
+        assert!(!d.allow && d.tls && d.reason.contains("corrupt"), "{d:?}");
+        // Revoked by serial + issuer; the same name with another serial is fine.
+        let d = decide(&ok, &req(Some(&gone), "GET", "/_ping"), ids);
+        assert!(!d.allow && d.reason.contains("revoked"), "{d:?}");
+        let gone_again = {
+            let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+            let mut p = rcgen::CertificateParams::new(vec![]).unwrap();
+            p.distinguished_name.push(rcgen::DnType::CommonName, "gone");
+            p.serial_number = Some(rcgen::SerialNumber::from_slice(&[0x56]));
+            base64_encode(p.self_signed(&key).unwrap().pem().as_bytes())
+        };
+        assert!(decide(&ok, &req(Some(&gone_again), "GET", "/_ping"), ids).allow);
+        // Roles: monitoring lists, cannot exec; unknown names are admin.
+        assert!(decide(&ok, &req(Some(&mon), "GET", "/v1.41/containers/json"), ids).allow);
+        let d = decide(
+            &ok,
+            &req(Some(&mon), "POST", "/v1.41/containers/c1/exec"),
+            ids,
+        );
+        assert!(
+            !d.allow && d.client == "mon" && d.serial == mon_id.serial,
+            "{d:?}"
+        );
+        // TLS without a certificate, or with garbage: refused.
+        let mut r = req(Some(&mon), "GET", "/_ping");
+        r.certs = None;
+        assert!(!decide(&ok, &r, ids).allow);
+        assert!(!decide(&ok, &req(Some("bm90IGEgY2VydA=="), "GET", "/_ping"), ids).allow);
+    }
 
     #[test]
     fn base64_as_go_writes_it() {
