@@ -113,6 +113,8 @@ fn deb_install_enable_restart_upgrade_remove_purge() {
     );
     m.ok("systemctl start docker-tls-manager");
 
+    // The service configured the authorization plugin (issue 11).
+    m.ok("grep -q '\"docker-tls-manager\"' /etc/docker/daemon.json");
     // 4. Remove: Docker put back as it was (nothing would renew the certificates), the
     //    running container kept, the CA kept. Reinstall + enable: the old bundle works again.
     let c1 = m.ok("docker inspect -f '{{.State.Pid}}' c1");
@@ -134,6 +136,8 @@ fn deb_install_enable_restart_upgrade_remove_purge() {
         "port 2376 still open after apt remove"
     );
     assert_eq!(m.ok("docker inspect -f '{{.State.Pid}}' c1"), c1);
+    // The plugin taken out before the binary went: Docker answers at once (issue 11).
+    m.ok("! grep -q docker-tls-manager /etc/docker/daemon.json && test ! -e /etc/systemd/system/docker-tls-manager-authz.socket && timeout 5 docker ps >/dev/null");
     m.ok("systemctl restart docker && docker run --rm --network none dtm-busybox /bin/true");
     m.ok("cd /root && apt-get install -y ./docker-tls-manager-upgrade.deb && systemctl enable --now docker-tls-manager");
     m.ok(&format!("{old} docker version >/dev/null"));
