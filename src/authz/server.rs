@@ -97,13 +97,11 @@ pub fn serve(config: Option<&Path>, listen: Option<&Path>) -> Result<()> {
             Ok(s) => {
                 let st = state.clone();
                 let n = in_flight.clone();
-                n.fetch_add(1, Ordering::SeqCst);
                 std::thread::spawn(move || {
                     block_term();
-                    if let Err(e) = connection(s, &st) {
+                    if let Err(e) = connection(s, &st, &n) {
                         tracing::debug!("plugin connection ended: {e:#}");
                     }
-                    n.fetch_sub(1, Ordering::SeqCst);
                 });
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
@@ -245,7 +243,8 @@ fn read_request(r: &mut BufReader<UnixStream>) -> Result<Option<Request>> {
     Ok(Some(Request { path, body, close }))
 }
 
-fn connection(stream: UnixStream, st: &State) -> Result<()> {
+/// Serves one connection; `in_flight` counts the requests read and not yet answered.
+fn connection(stream: UnixStream, st: &State, in_flight: &AtomicUsize) -> Result<()> {
     stream.set_read_timeout(Some(IDLE))?;
     let mut w = stream.try_clone()?;
     let mut r = BufReader::new(stream);
@@ -253,14 +252,24 @@ fn connection(stream: UnixStream, st: &State) -> Result<()> {
     // this process is killed, a call in flight or sent on a connection it held is retried by
     // dockerd with an empty body (allowed, see `answer`); new connections queue in the socket
     // systemd holds.
-    while let Some(req) = read_request(&mut r)? {
+    loop {
+        // Waiting for the next request: a stop does not wait for this connection.
+        if TERM.load(Ordering::SeqCst) {
+            break;
+        }
+        let Some(req) = read_request(&mut r)? else {
+            break;
+        };
+        in_flight.fetch_add(1, Ordering::SeqCst);
         let (status, body) = answer(&req, st);
         // One write: a kill cannot leave dockerd half an answer (which it does not retry).
         let out = format!(
             "HTTP/1.1 {status}\r\nContent-Type: {CONTENT_TYPE}\r\nContent-Length: {}\r\n\r\n{body}",
             body.len(),
         );
-        w.write_all(out.as_bytes())?;
+        let written = w.write_all(out.as_bytes());
+        in_flight.fetch_sub(1, Ordering::SeqCst);
+        written?;
         if req.close {
             break;
         }

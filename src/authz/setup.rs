@@ -266,6 +266,18 @@ async fn serve<S: Systemd>(
     done: &mut Vec<String>,
 ) -> Result<()> {
     let files = Files::new(settings);
+    for p in [binary, daemon_json, files.dir.as_path()]
+        .into_iter()
+        .chain(settings.source.as_deref())
+    {
+        if !render::is_plain_path(p) {
+            bail!(
+                "'{}' goes into the authorization plugin's units, and only absolute paths of letters, \
+                 digits and / . _ - + are supported; move it, or set [authz] enabled = false",
+                p.display()
+            );
+        }
+    }
     ensure_dir(&files.dir, 0o700)?;
     let mut units_changed = false;
     for (path, content, mode) in rendered(settings, binary, daemon_json) {
