@@ -146,12 +146,17 @@ fn revocation_roles_audit_and_another_plugin_kept() {
         "rm -f c2",
         "save -o /tmp/img.tar dtm-busybox",
         "stop c2",
-        "attach --no-stdin c1",
         "top c1",
     ] {
         let msg = denied(&m, &format!("{mon} {cmd}"));
         assert!(msg.contains("role monitoring does not allow"), "{msg}");
     }
+    // attach upgrades the connection: the CLI shows only the status of the refusal.
+    let o = m.sh(&format!("{mon} attach --no-stdin c1"));
+    assert!(
+        !o.status.success() && text(&o.stderr).contains("received 403"),
+        "{o:?}"
+    );
     // Operator: the life cycle of existing containers, no more.
     let ops = client("ops");
     m.ok(&format!(
