@@ -3,7 +3,8 @@
 request, until STOPFILE exists; prints requests, failures, the slowest request and the longest
 gap between two successful answers (the stall a client sees). Python's ssl module: independent
 of the code under test.
-    poller.py CERT_DIR HOST:PORT STOPFILE [INTERVAL]"""
+    poller.py CERT_DIR HOST:PORT STOPFILE [INTERVAL]
+The name verified in the server's certificate: $POLL_NAME, else localhost."""
 import socket
 import ssl
 import sys
@@ -24,7 +25,7 @@ while not os.path.exists(stopfile):
     t0 = time.monotonic()
     try:
         with socket.create_connection((host, int(port)), timeout=60) as raw:
-            with ctx.wrap_socket(raw, server_hostname="localhost") as s:
+            with ctx.wrap_socket(raw, server_hostname=os.environ.get("POLL_NAME", "localhost")) as s:
                 s.sendall(b"GET /_ping HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
                 data = b""
                 while True:

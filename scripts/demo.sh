@@ -23,6 +23,9 @@ echo "$DEB"
 step "a stock Docker host: systemd, D-Bus, docker.io (throwaway machine)"
 bash "$M" up "$NAME"
 cp "$DEB" "$(bash "$M" root "$NAME")/root/"
+# As on a real host: no policy-rc.d (the machine boots this host's tree, a Docker image whose
+# policy-rc.d forbids maintainer scripts to start or stop services).
+in_m 'rm -f /usr/sbin/policy-rc.d'
 in_m 'systemctl cat docker.service | grep ^ExecStart=; docker run -d --network none --name web dtm-busybox /bin/sleep 100000 >/dev/null; echo "container web running, pid $(docker inspect -f {{.State.Pid}} web)"'
 
 step "apt install ./docker-tls-manager_*.deb"

@@ -4,15 +4,19 @@
 #   bash scripts/install-deps.sh
 set -euo pipefail
 packages=(docker.io systemd-container dbus curl openssl busybox-static iproute2 util-linux procps
-    ca-certificates rpm binutils strace
-    python3-docker)
+    ca-certificates rpm binutils strace python3-docker)
+# The packages' linters and the man page checks (tests/packages.rs, tests/manual.rs).
+packages+=(lintian rpmlint man-db groff-base)
+# The ACME test server (tests/acme.rs).
+packages+=(pebble)
 tools=(dockerd systemd-nspawn dbus-daemon curl openssl busybox ip nsenter ps rpm strip strace)
+tools+=(lintian rpmlint man groff pebble)
 missing=0
 for t in "${tools[@]}"; do
     command -v "$t" > /dev/null || [[ -x /usr/sbin/$t ]] || missing=1
 done
 [[ -e /etc/ssl/certs/ca-certificates.crt ]] || missing=1
-/usr/bin/python3 -c 'import docker' 2> /dev/null || missing=1 # docker-py: tests/authz.rs
+/usr/bin/python3 -c 'import docker' 2> /dev/null || missing=1 # docker-py: a client in tests/rollover.rs
 if ((missing)); then
     [[ $(id -u) == 0 ]] || { echo "install-deps: run as root (apt-get install ${packages[*]})" >&2; exit 2; }
     echo "== installing ${packages[*]}"

@@ -36,7 +36,14 @@ pub enum Unfit {
 /// Checks that `files` form a working identity against `current_ca` (the CA certificate
 /// Docker trusts) at `now`: the key is the certificate's, the certificate is signed by the
 /// current CA and valid now, and the CA copy is the current one.
-pub fn check(files: &ClientFiles, current_ca: &[u8], now: SystemTime) -> Result<(), Unfit> {
+/// `current_ca`: ca.pem (our CA, which signs client certificates); `server_trust`: what the
+/// copy must hold (our current CA, or the ACME CA's root with `[acme]`).
+pub fn check(
+    files: &ClientFiles,
+    current_ca: &[u8],
+    server_trust: &[u8],
+    now: SystemTime,
+) -> Result<(), Unfit> {
     let cert = inspect::first_cert_der(&files.cert)
         .and_then(|der| inspect::cert_info(&der))
         .map_err(Unfit::CertUnreadable)?;
@@ -54,7 +61,7 @@ pub fn check(files: &ClientFiles, current_ca: &[u8], now: SystemTime) -> Result<
     if !signed {
         return Err(Unfit::NotSignedByCa);
     }
-    if files.ca != current_ca {
+    if files.ca != server_trust {
         return Err(Unfit::StaleCaCopy);
     }
     if now >= cert.not_after {
@@ -190,24 +197,27 @@ mod tests {
     fn check_finds_what_keeps_an_identity_from_working() {
         let now = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000);
         let (ca, files) = identity(now);
-        assert_eq!(check(&files, &ca, now), Ok(()));
+        assert_eq!(check(&files, &ca, &ca, now), Ok(()));
         let (other_ca, other) = identity(now);
         let swapped = ClientFiles {
             key: other.key.clone(),
             ..identity_clone(&files)
         };
-        assert_eq!(check(&swapped, &ca, now), Err(Unfit::KeyMismatch));
-        assert_eq!(check(&other, &ca, now), Err(Unfit::NotSignedByCa));
+        assert_eq!(check(&swapped, &ca, &ca, now), Err(Unfit::KeyMismatch));
+        assert_eq!(check(&other, &ca, &ca, now), Err(Unfit::NotSignedByCa));
         let stale = ClientFiles {
             ca: other_ca,
             ..identity_clone(&files)
         };
-        assert_eq!(check(&stale, &ca, now), Err(Unfit::StaleCaCopy));
+        assert_eq!(check(&stale, &ca, &ca, now), Err(Unfit::StaleCaCopy));
         let later = now + std::time::Duration::from_secs(2 * 86400);
-        assert!(matches!(check(&files, &ca, later), Err(Unfit::Expired(_))));
+        assert!(matches!(
+            check(&files, &ca, &ca, later),
+            Err(Unfit::Expired(_))
+        ));
         let earlier = now - std::time::Duration::from_secs(86400);
         assert!(matches!(
-            check(&files, &ca, earlier),
+            check(&files, &ca, &ca, earlier),
             Err(Unfit::NotYetValid(_))
         ));
         let garbled = ClientFiles {
@@ -215,7 +225,7 @@ mod tests {
             ..identity_clone(&files)
         };
         assert!(matches!(
-            check(&garbled, &ca, now),
+            check(&garbled, &ca, &ca, now),
             Err(Unfit::KeyUnreadable(_))
         ));
         let garbled = ClientFiles {
@@ -223,7 +233,7 @@ mod tests {
             ..identity_clone(&files)
         };
         assert!(matches!(
-            check(&garbled, &ca, now),
+            check(&garbled, &ca, &ca, now),
             Err(Unfit::CertUnreadable(_))
         ));
     }

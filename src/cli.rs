@@ -54,6 +54,10 @@ pub enum Command {
     /// Manage client identities
     #[command(subcommand)]
     Client(ClientCommand),
+    /// The CA: a staged key rollover that breaks no client, the immediate replacement, and
+    /// sharing it with other hosts (one client bundle for all of them)
+    #[command(subcommand)]
+    Ca(CaCommand),
     /// Validate the configuration and the environment; change nothing
     Check,
     /// Put Docker back as it was (socket unit, drop-in, guard unit, daemon.json keys removed;
@@ -65,7 +69,7 @@ pub enum Command {
     /// Docker's authorization plugin (revocation, roles, audit)
     #[command(subcommand, hide = true)]
     Authz(AuthzCommand),
-    /// Write the man page and shell completions into DIR (used to build the packages)
+    /// Write the man pages, shell completions and the packaged config.toml into DIR (used to build the packages)
     #[command(hide = true)]
     GenerateAssets { dir: PathBuf },
     /// Exit 0 only if dockerd will serve the TCP socket with mutual TLS (run by systemd
@@ -135,6 +139,60 @@ pub enum ClientCommand {
         /// Host name clients use to reach Docker [default: this host's FQDN or hostname]
         #[arg(long)]
         host: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CaCommand {
+    /// A new CA key without breaking a client: phase 1 trusts both CAs, phase 2 the new one
+    #[command(subcommand)]
+    Rollover(RolloverCommand),
+    /// Replace the CA key at once (the key may be compromised): every bundle handed out stops
+    /// working at once and must be handed out again (same as `renew --force ca`)
+    Replace {
+        /// Required: says you mean it
+        #[arg(long)]
+        now: bool,
+    },
+    /// Write the CA certificate and its key, encrypted with a passphrase (PKCS#8, readable by
+    /// `openssl pkey`), for `ca import` on another host
+    Export {
+        /// Output file, written with mode 0600 (`-`: standard output)
+        #[arg(short, long, value_name = "FILE")]
+        output: PathBuf,
+        /// Read the passphrase from FILE (`-`: standard input) [default: make a new one and
+        /// print it once]
+        #[arg(long, value_name = "FILE")]
+        passphrase_file: Option<PathBuf>,
+    },
+    /// Replace this host's CA with one exported by `ca export` on another host, then reissue
+    /// this host's certificates from it and restart Docker (verified, rolled back on failure)
+    Import {
+        /// The file `ca export` wrote
+        file: PathBuf,
+        /// Read the passphrase from FILE (`-`: standard input)
+        #[arg(long, value_name = "FILE")]
+        passphrase_file: PathBuf,
+        /// Replace the CA although clients hold certificates from the current one (their
+        /// bundles stop working here and must be handed out again)
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RolloverCommand {
+    /// Phase 1: a new CA key; Docker trusts both CAs, bundles handed out from now on are from
+    /// the new one, bundles handed out before keep working (one Docker restart)
+    Start,
+    /// The phase, and the clients still holding a bundle from the previous CA
+    Status,
+    /// Phase 2: the previous CA is no longer trusted and its key is destroyed (one Docker
+    /// restart); refused while clients still hold bundles from it, unless --force
+    Finish {
+        /// Finish even though the clients named still hold bundles from the previous CA
+        #[arg(long)]
+        force: bool,
     },
 }
 

@@ -12,6 +12,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::error::UsageError;
+use crate::layout::Layout;
 
 /// Where the configuration is read from when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/docker-tls-manager/config.toml";
@@ -106,15 +107,6 @@ pub struct Listen {
     /// The text as given (`2376`, `0.0.0.0:2376`, `[::1]:2376`), written as `ListenStream=`.
     pub spec: String,
     pub port: u16,
-}
-
-/// Paths the manager reads and writes.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Paths {
-    pub cert_dir: PathBuf,
-    pub state_dir: PathBuf,
-    pub systemd_dir: PathBuf,
-    pub daemon_json: PathBuf,
 }
 
 /// Key type and lifetime of one kind of certificate.
@@ -253,6 +245,37 @@ pub struct DockerSettings {
     pub live_restore: LiveRestore,
 }
 
+/// `[acme]`: the server certificate from an ACME CA (step-ca, Vault/OpenBao PKI, any RFC
+/// 8555 server) instead of our own CA. Clients keep certificates from our CA.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AcmeSettings {
+    /// The directory URL (https).
+    pub directory: String,
+    /// The CA certificate(s) to verify the ACME server's own HTTPS with; `None`: the system's.
+    pub directory_ca: Option<PathBuf>,
+    /// The root of the chains the ACME CA issues: what clients trust for the server.
+    pub issuer_root: PathBuf,
+    /// Account contacts (`mailto:` URLs).
+    pub contact: Vec<String>,
+    /// External account binding: key id and the raw HMAC key (decoded from base64url).
+    pub eab: Option<(String, Vec<u8>)>,
+    /// Port the HTTP-01 challenge is answered on (the ACME server connects to it).
+    pub http_port: u16,
+    /// Which challenge proves the host holds its names and addresses.
+    pub challenge: AcmeChallenge,
+    /// Port the TLS-ALPN-01 challenge is answered on.
+    pub tls_port: u16,
+}
+
+/// `[acme] challenge`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AcmeChallenge {
+    /// "http-01": an HTTP answer on `http_port` (default).
+    Http01,
+    /// "tls-alpn-01": a TLS handshake on `tls_port` (RFC 8737, RFC 8738 for addresses).
+    TlsAlpn01,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServiceSettings {
     /// Prometheus textfile (node_exporter textfile collector format); `None`: not written.
@@ -269,18 +292,34 @@ pub struct BackupSettings {
     pub keep_for: Duration,
 }
 
+/// Automatic CA key rollovers (see `pki::rollover`): the service starts one when the CA key
+/// is `key_lifetime` old and finishes it `overlap` later.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CaRollover {
+    /// `None`: rollovers only on demand (`ca rollover start`).
+    pub key_lifetime: Option<Duration>,
+    pub overlap: Duration,
+}
+
+pub const DEFAULT_ROLLOVER_OVERLAP: &str = "30d";
+
 /// The validated configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Settings {
     /// The file the settings came from, if one existed.
     pub source: Option<PathBuf>,
-    pub paths: Paths,
+    /// Every file the manager owns or reads, from `[paths]`.
+    pub paths: Layout,
     pub ca: CertPolicy,
+    /// `[ca] key_lifetime`, `rollover_overlap`.
+    pub ca_rollover: CaRollover,
     pub server: ServerSettings,
     pub clients: ClientSettings,
     pub docker: DockerSettings,
     pub service: ServiceSettings,
     pub backup: BackupSettings,
+    /// `None`: the server certificate comes from our CA.
+    pub acme: Option<AcmeSettings>,
     pub authz: AuthzSettings,
 }
 
@@ -314,6 +353,8 @@ struct RawConfig {
     #[serde(default)]
     backup: RawBackup,
     #[serde(default)]
+    acme: RawAcme,
+    #[serde(default)]
     authz: RawAuthz,
 }
 
@@ -322,6 +363,20 @@ struct RawConfig {
 struct RawAuthz {
     enabled: Option<bool>,
     roles: Option<std::collections::BTreeMap<String, String>>,
+}
+
+#[derive(Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+struct RawAcme {
+    directory: Option<String>,
+    directory_ca: Option<PathBuf>,
+    issuer_root: Option<PathBuf>,
+    contact: Option<Vec<String>>,
+    eab_kid: Option<String>,
+    eab_hmac_key: Option<String>,
+    http_port: Option<u16>,
+    challenge: Option<String>,
+    tls_port: Option<u16>,
 }
 
 #[derive(Deserialize, Default, Debug)]
@@ -352,6 +407,9 @@ struct RawCert {
     key_type: Option<String>,
     validity: Option<String>,
     renew_before: Option<String>,
+    /// [ca] only (see `CaRollover`).
+    key_lifetime: Option<String>,
+    rollover_overlap: Option<String>,
 }
 
 #[derive(Deserialize, Default, Debug)]
@@ -470,7 +528,7 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Settings, UsageError> {
         }
         Ok(p)
     };
-    let paths = Paths {
+    let paths = Layout {
         cert_dir: abs("[paths] cert_dir", raw.paths.cert_dir, DEFAULT_CERT_DIR)?,
         state_dir: abs("[paths] state_dir", raw.paths.state_dir, DEFAULT_STATE_DIR)?,
         systemd_dir: abs(
@@ -483,6 +541,7 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Settings, UsageError> {
             raw.paths.daemon_json,
             DEFAULT_DAEMON_JSON,
         )?,
+        acme_issuer_root: None,
     };
     if paths.cert_dir == paths.state_dir {
         return Err(bad(
@@ -569,6 +628,48 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Settings, UsageError> {
         })
     };
 
+    let duration = |key: &str, v: &str| {
+        humantime::parse_duration(v).map_err(|e| {
+            bad(
+                key,
+                format!("'{v}' is not a duration ({e}); write e.g. \"30d\", \"5y\""),
+            )
+        })
+    };
+    let key_lifetime = match &raw.ca.key_lifetime {
+        Some(v) => Some(duration("[ca] key_lifetime", v)?),
+        None => None,
+    };
+    let overlap = duration(
+        "[ca] rollover_overlap",
+        raw.ca
+            .rollover_overlap
+            .as_deref()
+            .unwrap_or(DEFAULT_ROLLOVER_OVERLAP),
+    )?;
+    if overlap < Duration::from_secs(60) {
+        return Err(bad(
+            "[ca] rollover_overlap",
+            "must be at least 1 minute: clients need time to get their new bundles".into(),
+        ));
+    }
+    if let Some(l) = key_lifetime
+        && l <= overlap
+    {
+        return Err(bad(
+            "[ca] key_lifetime",
+            format!(
+                "{} is not longer than [ca] rollover_overlap ({}): a key would be replaced \
+                 before the previous rollover ends",
+                humantime::format_duration(l),
+                humantime::format_duration(overlap)
+            ),
+        ));
+    }
+    let ca_rollover = CaRollover {
+        key_lifetime,
+        overlap,
+    };
     let ca = policy(
         "ca",
         raw.ca,
@@ -583,6 +684,7 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Settings, UsageError> {
             key_type: s.key_type,
             validity: s.validity,
             renew_before: s.renew_before,
+            ..RawCert::default()
         },
         DEFAULT_SERVER_VALIDITY,
         DEFAULT_SERVER_RENEW_BEFORE,
@@ -659,6 +761,7 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Settings, UsageError> {
             key_type: c.key_type,
             validity: c.validity,
             renew_before: c.renew_before,
+            ..RawCert::default()
         },
         DEFAULT_CLIENT_VALIDITY,
         DEFAULT_CLIENT_RENEW_BEFORE,
@@ -754,6 +857,9 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Settings, UsageError> {
         )
     })?;
     let backup = BackupSettings { keep, keep_for };
+    let acme = acme_settings(raw.acme, &bad)?;
+    let mut paths = paths;
+    paths.acme_issuer_root = acme.as_ref().map(|a| a.issuer_root.clone());
 
     let mut roles = std::collections::BTreeMap::new();
     for (name, role) in raw.authz.roles.unwrap_or_default() {
@@ -770,13 +876,135 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Settings, UsageError> {
         source: Some(path.to_path_buf()),
         paths,
         ca,
+        ca_rollover,
         server,
         clients,
         docker,
         service,
         backup,
         authz,
+        acme,
     })
+}
+
+/// `[acme]`: off unless `directory` is set; then `issuer_root` is needed too.
+fn acme_settings(
+    raw: RawAcme,
+    bad: &dyn Fn(&str, String) -> UsageError,
+) -> Result<Option<AcmeSettings>, UsageError> {
+    let Some(directory) = raw.directory.filter(|d| !d.is_empty()) else {
+        let set = [
+            ("directory_ca", raw.directory_ca.is_some()),
+            ("issuer_root", raw.issuer_root.is_some()),
+            ("contact", raw.contact.is_some()),
+            ("eab_kid", raw.eab_kid.is_some()),
+            ("eab_hmac_key", raw.eab_hmac_key.is_some()),
+            ("http_port", raw.http_port.is_some()),
+            ("challenge", raw.challenge.is_some()),
+            ("tls_port", raw.tls_port.is_some()),
+        ];
+        if let Some((key, _)) = set.iter().find(|(_, s)| *s) {
+            return Err(bad(
+                &format!("[acme] {key}"),
+                "is set but [acme] directory is not: set directory (the ACME server's directory \
+                 URL) to get the server certificate by ACME, or remove the key"
+                    .into(),
+            ));
+        }
+        return Ok(None);
+    };
+    if !directory.starts_with("https://") {
+        return Err(bad(
+            "[acme] directory",
+            format!("'{directory}' is not an https:// URL (ACME runs over HTTPS only)"),
+        ));
+    }
+    let abs = |key: &str, p: PathBuf| -> Result<PathBuf, UsageError> {
+        if p.is_absolute() {
+            Ok(p)
+        } else {
+            Err(bad(
+                key,
+                format!("'{}' is not an absolute path", p.display()),
+            ))
+        }
+    };
+    let issuer_root = abs(
+        "[acme] issuer_root",
+        raw.issuer_root.ok_or_else(|| {
+            bad(
+                "[acme] issuer_root",
+                "is missing: name the ACME CA's root certificate (clients verify Docker's \
+                 certificate with it; e.g. step-ca's root_ca.crt)"
+                    .into(),
+            )
+        })?,
+    )?;
+    let directory_ca = raw
+        .directory_ca
+        .map(|p| abs("[acme] directory_ca", p))
+        .transpose()?;
+    let contact = raw.contact.unwrap_or_default();
+    if let Some(c) = contact.iter().find(|c| !c.starts_with("mailto:")) {
+        return Err(bad(
+            "[acme] contact",
+            format!("'{c}' is not a mailto: URL (write \"mailto:ops@example.net\")"),
+        ));
+    }
+    let eab = match (raw.eab_kid, raw.eab_hmac_key) {
+        (None, None) => None,
+        (Some(kid), Some(key)) => {
+            use base64::Engine;
+            let raw_key = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(key.trim_end_matches('='))
+                .map_err(|e| {
+                    bad(
+                        "[acme] eab_hmac_key",
+                        format!("is not base64url ({e}): paste the HMAC key the CA gave, as it is"),
+                    )
+                })?;
+            Some((kid, raw_key))
+        }
+        (Some(_), None) => {
+            return Err(bad(
+                "[acme] eab_hmac_key",
+                "is missing while eab_kid is set: external account binding needs both".into(),
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(bad(
+                "[acme] eab_kid",
+                "is missing while eab_hmac_key is set: external account binding needs both".into(),
+            ));
+        }
+    };
+    Ok(Some(AcmeSettings {
+        directory,
+        directory_ca,
+        issuer_root,
+        contact,
+        eab,
+        http_port: match raw.http_port {
+            Some(0) => return Err(bad("[acme] http_port", "0 is not a port".into())),
+            Some(p) => p,
+            None => 80,
+        },
+        challenge: match raw.challenge.as_deref() {
+            None | Some("http-01") => AcmeChallenge::Http01,
+            Some("tls-alpn-01") => AcmeChallenge::TlsAlpn01,
+            Some(other) => {
+                return Err(bad(
+                    "[acme] challenge",
+                    format!("'{other}' is not one of \"http-01\", \"tls-alpn-01\""),
+                ));
+            }
+        },
+        tls_port: match raw.tls_port {
+            Some(0) => return Err(bad("[acme] tls_port", "0 is not a port".into())),
+            Some(p) => p,
+            None => 443,
+        },
+    }))
 }
 
 fn parse_listen(spec: &str) -> Option<u16> {
@@ -830,6 +1058,61 @@ mod tests {
 
     fn p(text: &str) -> Result<Settings, UsageError> {
         parse(text, Path::new("/etc/x/config.toml"))
+    }
+
+    #[test]
+    fn acme_off_unless_directory_and_each_mistake_named() {
+        assert_eq!(p("").unwrap().acme, None);
+        let ok = p(
+            "[acme]\ndirectory = \"https://ca.example.net/dir\"\nissuer_root = \"/r.pem\"\n\
+                    eab_kid = \"k\"\neab_hmac_key = \"aGVsbG8\"\ncontact = [\"mailto:a@b.c\"]",
+        )
+        .unwrap();
+        let a = ok.acme.as_ref().unwrap();
+        assert_eq!(a.http_port, 80);
+        assert_eq!(a.eab, Some(("k".into(), b"hello".to_vec())));
+        assert_eq!(
+            ok.paths.acme_issuer_root.as_deref(),
+            Some(Path::new("/r.pem"))
+        );
+        for (text, key) in [
+            ("[acme]\nissuer_root = \"/r.pem\"", "[acme] issuer_root"),
+            (
+                "[acme]\ndirectory = \"https://x/dir\"",
+                "[acme] issuer_root",
+            ),
+            (
+                "[acme]\ndirectory = \"http://x/dir\"\nissuer_root = \"/r\"",
+                "[acme] directory",
+            ),
+            (
+                "[acme]\ndirectory = \"https://x/dir\"\nissuer_root = \"r.pem\"",
+                "[acme] issuer_root",
+            ),
+            (
+                "[acme]\ndirectory = \"https://x/dir\"\nissuer_root = \"/r\"\ncontact = [\"ops@x\"]",
+                "[acme] contact",
+            ),
+            (
+                "[acme]\ndirectory = \"https://x/dir\"\nissuer_root = \"/r\"\neab_kid = \"k\"",
+                "[acme] eab_hmac_key",
+            ),
+            (
+                "[acme]\ndirectory = \"https://x/dir\"\nissuer_root = \"/r\"\neab_kid = \"k\"\neab_hmac_key = \"%%\"",
+                "[acme] eab_hmac_key",
+            ),
+            (
+                "[acme]\ndirectory = \"https://x/dir\"\nissuer_root = \"/r\"\nhttp_port = 0",
+                "[acme] http_port",
+            ),
+            (
+                "[acme]\ndirectory = \"https://x/dir\"\nissuer_root = \"/r\"\nchallenge = \"dns-01\"",
+                "[acme] challenge",
+            ),
+        ] {
+            let e = p(text).unwrap_err().to_string();
+            assert!(e.contains(key), "{text}: {e}");
+        }
     }
 
     #[test]
@@ -979,6 +1262,12 @@ mod tests {
                 "[clients] validity",
             ),
             ("[ca]\nkey_type = \"dsa\"", "[ca] key_type"),
+            ("[ca]\nkey_lifetime = \"soon\"", "[ca] key_lifetime"),
+            ("[ca]\nrollover_overlap = \"10s\"", "[ca] rollover_overlap"),
+            (
+                "[ca]\nkey_lifetime = \"20d\"\nrollover_overlap = \"30d\"",
+                "[ca] key_lifetime",
+            ),
             (
                 "[server]\nip_addresses = [\"10.0.0.300\"]",
                 "[server] ip_addresses",

@@ -12,6 +12,7 @@ use crate::config::{self, Settings};
 use crate::docker::{self, daemon::UnixDocker, execute::Snapshot, plan::DockerPlan};
 use crate::files::{Backups, StateLock};
 use crate::host::HostIdentity;
+use crate::layout::DockerdInputs;
 use crate::pki::inspect::{self, DiskState};
 use crate::pki::plan::{self, Force, Plan};
 use crate::pki::{Layout, Slot, execute};
@@ -23,20 +24,24 @@ pub const LOCK_WAIT: Duration = Duration::from_secs(60);
 #[derive(Clone)]
 pub struct Ctx {
     pub settings: Settings,
-    pub layout: Layout,
 }
 
 impl Ctx {
     pub fn load(config_path: Option<&Path>) -> Result<Ctx> {
-        let settings = config::load(config_path)?;
-        let layout = Layout::new(&settings.paths);
-        Ok(Ctx { settings, layout })
+        Ok(Ctx {
+            settings: config::load(config_path)?,
+        })
+    }
+
+    /// Every file the manager owns or reads.
+    pub fn layout(&self) -> &Layout {
+        &self.settings.paths
     }
 
     /// Where backups go, and their retention.
     pub fn backups(&self) -> Backups {
         Backups {
-            dir: self.layout.backup_dir(),
+            dir: self.layout().backup_dir(),
             retention: self.settings.backup,
         }
     }
@@ -44,13 +49,13 @@ impl Ctx {
     /// Clients from the config and those added with `client add`.
     pub fn client_names(&self) -> Vec<String> {
         let mut names: BTreeSet<String> = self.settings.clients.names.iter().cloned().collect();
-        names.extend(self.layout.clients_on_disk());
+        names.extend(self.layout().clients_on_disk());
         names.into_iter().collect()
     }
 
     pub fn inspect(&self) -> DiskState {
         inspect::inspect(
-            &self.layout,
+            self.layout(),
             &self.client_names(),
             self.settings.docker.manage,
         )
@@ -90,6 +95,8 @@ pub struct Outcome {
     pub deconfigured: bool,
     /// What the authorization plugin's step did.
     pub authz: Vec<String>,
+    /// What dockerd reads (daemon.json with `--config-file` followed), once observed.
+    pub dockerd: Option<DockerdInputs>,
 }
 
 /// One convergence under the state lock: the PKI, then Docker (verified, rolled back on
@@ -106,10 +113,13 @@ pub async fn converge_once(
     // `--pki-only` runs from the unit ordered before docker.service, also when the service
     // itself restarts Docker while holding the lock: it must not wait for it.
     let wait = if pki_only { Duration::ZERO } else { LOCK_WAIT };
-    let _lock = StateLock::acquire_async(&ctx.settings.paths.state_dir, wait).await?;
-    remove_stale_temps(ctx);
+    let _lock = StateLock::acquire(ctx.layout(), wait).await?;
+    remove_stale_temps(ctx, &DockerdInputs::configured(ctx.layout()), true);
+    if !pki_only {
+        scheduled_rollover(ctx, now)?;
+    }
     let (disk, mut plan) = ctx.plan(&host, now, force)?;
-    let marker = docker::plan::deconfigured_path(&ctx.settings);
+    let marker = ctx.layout().deconfigured();
     let deconfigured = marker.exists();
     let configure_docker =
         ctx.settings.docker.manage && !pki_only && !(deconfigured && intent == Intent::Maintain);
@@ -124,6 +134,7 @@ pub async fn converge_once(
             let side = DockerSide::connect(&ctx.settings).await?;
             let mut obs = side.observe(&ctx.settings).await?;
             obs.pki_changes_server = true;
+            out.dockerd = Some(obs.dockerd_inputs());
             anyhow::Ok(docker::plan::plan_configure(&obs, &ctx.settings)?)
         };
         match look.await {
@@ -139,33 +150,59 @@ pub async fn converge_once(
         }
     }
     // What Docker reads, as it was: restored if Docker cannot start with the new files.
-    let (server_cert, server_key) = ctx.layout.cert_and_key(&Slot::Server);
-    let (probe_cert, probe_key) = ctx.layout.cert_and_key(&Slot::Probe);
-    let probe_ca = ctx
-        .layout
-        .ca_copy(&Slot::Probe)
-        .expect("the probe has a CA copy");
-    let before: Vec<Snapshot> = [
-        ctx.layout.ca_cert(),
-        ctx.layout.ca_key(),
-        server_cert,
-        server_key,
-        probe_cert,
-        probe_key,
-        probe_ca,
-    ]
-    .iter()
-    .filter(|p| p.exists())
-    .map(|p| Snapshot::take(p))
-    .collect();
+    let before: Vec<Snapshot> = ctx
+        .layout()
+        .docker_reads()
+        .iter()
+        .filter(|p| p.exists())
+        .map(|p| Snapshot::take(p))
+        .collect();
+    // The server certificate from the ACME CA: ordered now (network I/O), written by the
+    // executor. If the CA cannot be reached or refuses, the rest of the plan still runs, the
+    // current certificate stays served, and the run fails so that it is retried with backoff.
+    let mut acme_error = None;
+    let mut acme_server = None;
+    if let Some(acme) = &ctx.settings.acme
+        && plan.issues_server()
+    {
+        let sans: Vec<_> = plan.server_sans.iter().cloned().collect();
+        match crate::acme::issue(
+            acme,
+            &ctx.layout().acme_account(),
+            &sans,
+            ctx.settings.server.policy.key_type,
+        )
+        .await
+        {
+            Ok(issued) => acme_server = Some(issued),
+            Err(e) => {
+                tracing::error!("no certificate from the ACME CA: {e:#}");
+                if let Some(p) = plan.without_server_changes() {
+                    plan = p;
+                }
+                acme_error = Some(e.context("the server certificate from the ACME CA"));
+            }
+        }
+    }
     out.pki = Some(plan.clone());
-    execute::execute(&plan, &ctx.layout, &ctx.settings, &host, now)?;
+    execute::execute_with(
+        &plan,
+        ctx.layout(),
+        &ctx.settings,
+        &host,
+        now,
+        acme_server.as_ref(),
+    )?;
     out.pki_done = true;
+    if let Some(e) = acme_error.take_if(|_| !ctx.layout().cert_and_key(&Slot::Server).0.exists()) {
+        // No server certificate yet: nothing Docker could serve; it is left as it is.
+        return Err(e);
+    }
     // Remember the costly checks of what is on disk now, for the next inspection (`status`).
     if plan.is_empty() {
-        disk.memo.save(&ctx.layout);
+        disk.memo.save(ctx.layout());
     } else {
-        ctx.inspect().memo.save(&ctx.layout);
+        ctx.inspect().memo.save(ctx.layout());
     }
     inject_fault(ctx)?;
     if let Some(mut d) = held_back {
@@ -184,20 +221,23 @@ pub async fn converge_once(
             tracing::warn!("{w}");
         }
         out.docker = Some(d);
-        return Ok(());
+        return acme_error.map_or(Ok(()), Err);
     }
     if !ctx.settings.docker.manage || pki_only {
-        return Ok(());
+        return acme_error.map_or(Ok(()), Err);
     }
     if !configure_docker {
         out.deconfigured = true;
         tracing::info!(
             "Docker left alone: `deconfigure` ran; `docker-tls-manager apply` configures it again"
         );
-        return Ok(());
+        return acme_error.map_or(Ok(()), Err);
     }
     let side = DockerSide::connect(&ctx.settings).await?;
     let obs = side.observe(&ctx.settings).await?;
+    out.dockerd = Some(obs.dockerd_inputs());
+    // Where that daemon.json really is, temp files of a write cut short there go too.
+    remove_stale_temps(ctx, &obs.dockerd_inputs(), false);
     let dplan = docker::plan::plan_configure(&obs, &ctx.settings)?;
     for w in &dplan.warnings {
         tracing::warn!("{w}");
@@ -208,7 +248,7 @@ pub async fn converge_once(
     } else {
         vec![]
     };
-    let cx = side.exec_context(&obs, ctx.layout.backup_dir(), also_restore);
+    let cx = side.exec_context(&obs, ctx.layout().backup_dir(), also_restore);
     docker::execute::execute(&dplan, &cx).await?;
     // Docker's authorization plugin (issue 11): after Docker is configured, never before.
     out.authz = crate::authz::setup::converge(
@@ -224,14 +264,64 @@ pub async fn converge_once(
             .with_context(|| format!("cannot remove '{}'", marker.display()))?;
         tracing::info!("configured again after `deconfigure`");
     }
-    Ok(())
+    acme_error.map_or(Ok(()), Err)
 }
 
-/// Temp files of an atomic write cut short (power loss, SIGKILL): safe to remove under the lock.
-/// The backup tree is walked whole: a copy cut short there may hold an old key.
-fn remove_stale_temps(ctx: &Ctx) {
-    let mut dirs = crate::watch::watch_dirs(&ctx.settings, Path::new(config::DEFAULT_CONFIG_PATH));
-    let mut stack = vec![ctx.layout.backup_dir()];
+/// The automatic CA key rollover (`[ca] key_lifetime`, `rollover_overlap`; see
+/// `pki::rollover`): records phase 1 when the CA key is that old, phase 2 when the overlap is
+/// over. The PKI plan does the rest. Under the state lock.
+fn scheduled_rollover(ctx: &Ctx, now: SystemTime) -> Result<()> {
+    use crate::pki::rollover::{self, Phase, Schedule};
+    let layout = ctx.layout();
+    if ctx.settings.ca_rollover.key_lifetime.is_none() {
+        return Ok(());
+    }
+    let disk = ctx.inspect();
+    let step = rollover::scheduled(&disk.rollover, &ctx.settings.ca_rollover, now);
+    match (step, disk.rollover.record.clone()) {
+        (Schedule::StartNow, None) => {
+            // Never in the way of renewals: what stops a start is logged and left to the admin.
+            let r = match rollover::start_record(&disk, layout, now, true) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!("the CA key reached [ca] key_lifetime, but: {e:#}");
+                    return Ok(());
+                }
+            };
+            tracing::warn!(
+                "the CA key reached [ca] key_lifetime: CA key rollover, phase 1 (bundles handed \
+                 out before keep working for [ca] rollover_overlap; hand out new ones)"
+            );
+            rollover::write_record(layout, &r)
+        }
+        (Schedule::FinishNow, Some(mut r)) if r.phase == Phase::Overlap => {
+            let holders = crate::status::old_ca_holders(layout, &ctx.client_names(), &r);
+            if holders.is_empty() {
+                tracing::warn!("[ca] rollover_overlap is over: CA key rollover, phase 2");
+            } else {
+                tracing::warn!(
+                    "[ca] rollover_overlap is over: CA key rollover, phase 2; these clients still \
+                     hold a bundle from the previous CA, which stops working now: {}",
+                    holders.join(", ")
+                );
+            }
+            r.phase = Phase::Finish;
+            rollover::write_record(layout, &r)
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Temp files of an atomic write cut short (power loss, SIGKILL) in the directories we write:
+/// safe to remove under the lock. The backup tree (`with_backups`) is walked whole: a copy cut
+/// short there may hold an old key.
+fn remove_stale_temps(ctx: &Ctx, dockerd: &DockerdInputs, with_backups: bool) {
+    let mut dirs = ctx.layout().write_dirs(dockerd);
+    let mut stack = if with_backups {
+        vec![ctx.layout().backup_dir()]
+    } else {
+        vec![]
+    };
     while let Some(d) = stack.pop() {
         for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
             if e.file_type().is_ok_and(|t| t.is_dir()) {
@@ -260,7 +350,7 @@ fn remove_stale_temps(ctx: &Ctx) {
 fn inject_fault(ctx: &Ctx) -> Result<()> {
     if std::env::var("DOCKER_TLS_MANAGER_FAULT").as_deref() == Ok("corrupt-server-key") {
         tracing::warn!("fault injection: corrupting the server key");
-        let key = ctx.layout.cert_and_key(&Slot::Server).1;
+        let key = ctx.layout().cert_and_key(&Slot::Server).1;
         crate::files::atomic_write(
             &key,
             b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",

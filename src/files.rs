@@ -12,6 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{Context, Result, bail};
 
 use crate::config::BackupSettings;
+use crate::layout::Layout;
 
 /// Prefix of temporary files; anything starting with it in our directories is a leftover.
 pub const TEMP_PREFIX: &str = ".dtm-tmp-";
@@ -316,9 +317,9 @@ pub struct StateLock {
 }
 
 impl StateLock {
-    fn open(state_dir: &Path) -> Result<(File, PathBuf)> {
-        ensure_dir(state_dir, 0o700)?;
-        let path = state_dir.join("lock");
+    fn open(layout: &Layout) -> Result<(File, PathBuf)> {
+        ensure_dir(&layout.state_dir, 0o700)?;
+        let path = layout.lock();
         let file = OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -342,22 +343,9 @@ impl StateLock {
         Ok(false)
     }
 
-    /// Waits up to `wait` for the lock, blocking the thread (the CLI).
-    pub fn acquire(state_dir: &Path, wait: Duration) -> Result<StateLock> {
-        let (file, path) = Self::open(state_dir)?;
-        let deadline = Instant::now() + wait;
-        while !Self::try_lock(&file, &path)? {
-            if Instant::now() >= deadline {
-                return Err(LockBusy(path).into());
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Ok(StateLock { _file: file })
-    }
-
-    /// Waits up to `wait` for the lock without blocking the runtime (the service).
-    pub async fn acquire_async(state_dir: &Path, wait: Duration) -> Result<StateLock> {
-        let (file, path) = Self::open(state_dir)?;
+    /// Waits up to `wait` for the lock (`Layout::lock`) without blocking the runtime.
+    pub async fn acquire(layout: &Layout, wait: Duration) -> Result<StateLock> {
+        let (file, path) = Self::open(layout)?;
         let deadline = Instant::now() + wait;
         while !Self::try_lock(&file, &path)? {
             if Instant::now() >= deadline {
@@ -680,12 +668,28 @@ mod tests {
         assert_eq!(copies("key.pem"), ["key 4"]);
     }
 
-    #[test]
-    fn lock_is_exclusive() {
+    #[tokio::test]
+    async fn lock_is_exclusive() {
         let d = tempfile::tempdir().unwrap();
-        let _a = StateLock::acquire(d.path(), Duration::ZERO).unwrap();
+        let lock = Layout {
+            cert_dir: d.path().join("certs"),
+            state_dir: d.path().join("state"),
+            systemd_dir: d.path().join("units"),
+            daemon_json: d.path().join("daemon.json"),
+            acme_issuer_root: None,
+        };
+        let _a = StateLock::acquire(&lock, Duration::ZERO).await.unwrap();
+        assert_eq!(
+            fs::metadata(d.path().join("state"))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
+            0o700
+        );
         // flock locks belong to the open file description: a second open conflicts.
-        let e = StateLock::acquire(d.path(), Duration::from_millis(150))
+        let e = StateLock::acquire(&lock, Duration::from_millis(150))
+            .await
             .err()
             .unwrap();
         assert!(e.to_string().contains("holds the lock"), "{e}");

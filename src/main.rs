@@ -1,6 +1,7 @@
 //! docker-tls-manager: the command-line entry point. Parses arguments, sets up logging, runs
 //! the command and maps errors to the documented exit codes (0 ok, 1 failed, 2 bad usage).
 
+mod acme;
 mod authz;
 mod bundle;
 mod cli;
@@ -11,6 +12,8 @@ mod docker;
 mod error;
 mod files;
 mod host;
+mod layout;
+mod manual;
 mod metrics;
 mod pki;
 mod service;
@@ -24,7 +27,8 @@ use clap::Parser;
 /// authorization plugin's audit: `journalctl -u docker-tls-manager-authz CLIENT=NAME`).
 fn init_tracing(journal_fields: bool) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("DTM_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter =
+        EnvFilter::try_from_env(manual::LOG_ENV).unwrap_or_else(|_| EnvFilter::new("info"));
     if journal_fields
         && std::env::var_os("JOURNAL_STREAM").is_some()
         && let Ok(layer) = tracing_journald::layer()

@@ -100,6 +100,42 @@ pub fn render(disk: &DiskState, m: &Metrics, next_due: Option<std::time::SystemT
     s
 }
 
+/// The CA key rollover (see `pki::rollover`): its phase (0 none, 1 both CAs trusted, 2
+/// finishing), how many clients still hold a bundle from the previous CA, and when the service
+/// takes its next step on its own (`[ca] key_lifetime`).
+pub fn render_rollover(
+    phase: Option<crate::pki::rollover::Phase>,
+    old_bundles: usize,
+    next_step: Option<SystemTime>,
+) -> String {
+    use crate::pki::rollover::Phase;
+    let mut s = String::new();
+    s.push_str("# HELP docker_tls_manager_ca_rollover_phase CA key rollover: 0 none, 1 both CAs trusted, 2 finishing.\n");
+    s.push_str("# TYPE docker_tls_manager_ca_rollover_phase gauge\n");
+    let n = match phase {
+        None => 0,
+        Some(Phase::Overlap) => 1,
+        Some(Phase::Finish) => 2,
+    };
+    let _ = writeln!(s, "docker_tls_manager_ca_rollover_phase {n}");
+    s.push_str("# HELP docker_tls_manager_ca_rollover_old_bundles Clients whose last bundle handed out is from the previous CA (refused when the rollover finishes).\n");
+    s.push_str("# TYPE docker_tls_manager_ca_rollover_old_bundles gauge\n");
+    let _ = writeln!(
+        s,
+        "docker_tls_manager_ca_rollover_old_bundles {old_bundles}"
+    );
+    if let Some(t) = next_step {
+        s.push_str("# HELP docker_tls_manager_ca_rollover_next_step_timestamp_seconds When the service starts or finishes a CA key rollover, or re-signs its cross certificate.\n");
+        s.push_str("# TYPE docker_tls_manager_ca_rollover_next_step_timestamp_seconds gauge\n");
+        let _ = writeln!(
+            s,
+            "docker_tls_manager_ca_rollover_next_step_timestamp_seconds {}",
+            secs(t)
+        );
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -133,5 +169,23 @@ mod tests {
             let (name, value) = line.rsplit_once(' ').unwrap();
             assert!(!name.is_empty() && value.parse::<f64>().is_ok(), "{line}");
         }
+    }
+
+    #[test]
+    fn rollover_metrics() {
+        use crate::pki::rollover::Phase;
+        let t = UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
+        let out = render_rollover(Some(Phase::Overlap), 2, Some(t));
+        assert!(
+            out.contains("docker_tls_manager_ca_rollover_phase 1\n"),
+            "{out}"
+        );
+        assert!(out.contains("docker_tls_manager_ca_rollover_old_bundles 2\n"));
+        assert!(
+            out.contains("docker_tls_manager_ca_rollover_next_step_timestamp_seconds 1700000000\n")
+        );
+        let out = render_rollover(None, 0, None);
+        assert!(out.contains("docker_tls_manager_ca_rollover_phase 0\n"));
+        assert!(!out.contains("next_step"));
     }
 }

@@ -18,10 +18,11 @@ use crate::config::DEFAULT_CONFIG_PATH;
 use crate::converge::{Ctx, Intent, Outcome, converge_once};
 use crate::docker::plan::Step;
 use crate::files::{LockBusy, atomic_write};
+use crate::layout::DockerdInputs;
 use crate::metrics::{self, LastRun, Metrics};
 use crate::pki::Slot;
-use crate::pki::plan::{Action, Force, next_due, renewal_time};
-use crate::watch::{AddressWatcher, FileWatcher, Trigger, classify, watch_dirs};
+use crate::pki::plan::{Action, Force, next_due};
+use crate::watch::{AddressWatcher, FileWatcher, Targets, Trigger};
 
 /// This service's unit.
 pub const SERVICE_UNIT: &str = "docker-tls-manager.service";
@@ -53,6 +54,74 @@ fn short_time(t: SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
 }
 
+/// How long the worker sleeps: until a retry if one is set, else until the earliest
+/// renewal, and never longer than [`RECHECK`] (the wall clock is re-read: suspend, clock
+/// jumps) nor shorter than a second (no tight loop, whatever the clock says).
+pub fn next_wakeup(retry_in: Option<Duration>, due_in: Option<Duration>) -> Duration {
+    retry_in
+        .or(due_in)
+        .map_or(RECHECK, |d| d.min(RECHECK))
+        .max(Duration::from_secs(1))
+}
+
+/// What the worker knows when it reports, for [`status_line`].
+pub struct StatusFacts<'a> {
+    /// The served certificate's expiry and renewal time.
+    pub server: Option<(SystemTime, SystemTime)>,
+    pub clients: usize,
+    /// A Docker restart waits for containers without live-restore.
+    pub deferred: bool,
+    /// `deconfigure` ran: Docker is left alone until `apply`.
+    pub deconfigured: bool,
+    /// Client bundles whose CA copy expires soon.
+    pub bundles_to_hand_out: usize,
+    /// A CA key rollover runs or is near (`status::rollover_warnings`, shortened).
+    pub rollover: Option<String>,
+    pub last_error: Option<&'a str>,
+    /// Failed convergences in a row.
+    pub failures: u32,
+}
+
+/// The one line `systemctl status` shows (STATUS=): the certificate, then whatever needs the
+/// admin, the last failure last (its first line, at most 300 characters).
+pub fn status_line(f: &StatusFacts) -> String {
+    let mut status = match f.server {
+        Some((expires, renewal)) => format!(
+            "server cert valid until {}, renewal {}; {} clients",
+            short_time(expires),
+            short_time(renewal),
+            f.clients
+        ),
+        None => "no server certificate yet".to_string(),
+    };
+    if f.deferred {
+        status.push_str("; Docker restart deferred (containers running without live-restore)");
+    }
+    if f.deconfigured {
+        status.push_str(
+            "; Docker left alone since deconfigure (`docker-tls-manager apply` configures it again)",
+        );
+    }
+    if let Some(r) = &f.rollover {
+        status.push_str("; ");
+        status.push_str(r);
+    }
+    if f.bundles_to_hand_out > 0 {
+        status.push_str(&format!(
+            "; {} client bundle(s) need handing out again",
+            f.bundles_to_hand_out
+        ));
+    }
+    if let Some(e) = f.last_error {
+        let first: String = e.lines().next().unwrap_or("").chars().take(300).collect();
+        status.push_str(&format!(
+            "; last attempt failed ({} in a row): {first}",
+            f.failures
+        ));
+    }
+    status
+}
+
 /// How soon to retry when the CLI holds the state lock (not a failure).
 pub const LOCK_RETRY: Duration = Duration::from_secs(5);
 
@@ -81,6 +150,8 @@ struct Worker {
     deconfigured: bool,
     warnings: BTreeSet<String>,
     refresh: mpsc::UnboundedSender<Vec<PathBuf>>,
+    /// What dockerd reads, as the last convergence found it.
+    dockerd: DockerdInputs,
     /// Content hash and mode of the watched files after the last convergence: an event whose
     /// file is still so is our own write (or no change) and is ignored.
     known: BTreeMap<PathBuf, FileState>,
@@ -91,20 +162,31 @@ struct Worker {
 }
 
 impl Worker {
+    /// The configuration file as loaded (absolute), else as named, else the default.
     fn config_file(&self) -> PathBuf {
-        self.config_path
+        self.ctx
+            .settings
+            .source
             .clone()
+            .or_else(|| self.config_path.clone())
             .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH))
     }
 
+    fn targets<'a>(&'a self, config: &'a Path) -> Targets<'a> {
+        Targets {
+            layout: self.ctx.layout(),
+            dockerd: &self.dockerd,
+            config,
+        }
+    }
+
     fn refresh_watches(&self) {
-        let _ = self
-            .refresh
-            .send(watch_dirs(&self.ctx.settings, &self.config_file()));
+        let config = self.config_file();
+        let _ = self.refresh.send(self.targets(&config).dirs());
     }
 
     fn metrics_state_path(&self) -> PathBuf {
-        self.ctx.settings.paths.state_dir.join("metrics-state.json")
+        self.ctx.layout().metrics_state()
     }
 
     /// One convergence, with its bookkeeping: metrics, backoff, STATUS=. It runs in its own
@@ -155,6 +237,9 @@ impl Worker {
             self.deferred = d.deferred;
         }
         self.deconfigured = out.deconfigured;
+        if let Some(d) = out.dockerd {
+            self.dockerd = d;
+        }
         match result {
             Ok(()) => {
                 self.failures = 0;
@@ -188,18 +273,17 @@ impl Worker {
 
     fn remember_files(&mut self) {
         let config = self.config_file();
-        self.known.clear();
-        for dir in watch_dirs(&self.ctx.settings, &config) {
+        let targets = self.targets(&config);
+        let mut known = BTreeMap::new();
+        for dir in targets.dirs() {
             for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
                 let p = e.path();
-                if matches!(
-                    classify(&self.ctx.settings, &config, &p),
-                    Some(Trigger::File(_))
-                ) {
-                    self.known.insert(p.clone(), file_state(&p));
+                if matches!(targets.classify(&p), Some(Trigger::File(_))) {
+                    known.insert(p.clone(), file_state(&p));
                 }
             }
         }
+        self.known = known;
     }
 
     /// Whether a changed path is worth acting on: not our own write, not unchanged.
@@ -220,6 +304,19 @@ impl Worker {
             .is_none_or(|i| i.sans != wanted)
     }
 
+    /// The rollover's metrics (`metrics::render_rollover`).
+    fn rollover_metrics(&self, disk: &crate::pki::inspect::DiskState, now: SystemTime) -> String {
+        let ro = &disk.rollover;
+        let old = ro.record.as_ref().map_or(0, |r| {
+            crate::status::old_ca_holders(self.ctx.layout(), &self.ctx.client_names(), r).len()
+        });
+        metrics::render_rollover(
+            ro.phase(),
+            old,
+            crate::pki::rollover::next_step(ro, &self.ctx.settings.ca_rollover, now),
+        )
+    }
+
     /// Writes metrics (and their state, so a restart keeps them), logs new warnings, sets STATUS=.
     fn report(&mut self) {
         let now = SystemTime::now();
@@ -232,7 +329,8 @@ impl Worker {
             if path.parent().is_some_and(|d| d.is_dir())
                 && let Err(e) = atomic_write(
                     path,
-                    metrics::render(&disk, &self.metrics, next_due(&disk, &self.ctx.settings))
+                    (metrics::render(&disk, &self.metrics, next_due(&disk, &self.ctx.settings))
+                        + &self.rollover_metrics(&disk, now))
                         .as_bytes(),
                     0o644,
                 )
@@ -240,72 +338,64 @@ impl Worker {
                 warn!("cannot write metrics: {e:#}");
             }
         }
-        let warnings: BTreeSet<String> = crate::status::handed_out_warnings(
-            &self.ctx.layout,
+        let handed = crate::status::handed_out_warnings(
+            self.ctx.layout(),
             &self.ctx.client_names(),
             &self.ctx.settings,
             now,
-        )
-        .into_iter()
-        .collect();
+        );
+        let bundles_to_hand_out = handed.len();
+        let rollover = crate::status::rollover_warnings(
+            self.ctx.layout(),
+            &self.ctx.client_names(),
+            &self.ctx.settings,
+            now,
+        );
+        let rollover_line = rollover.first().map(|w| {
+            let short: String = w
+                .split(" (hand each")
+                .next()
+                .unwrap_or(w)
+                .chars()
+                .take(300)
+                .collect();
+            short
+        });
+        let warnings: BTreeSet<String> = handed.into_iter().chain(rollover).collect();
         for w in warnings.difference(&self.warnings) {
             warn!("{w}");
         }
         self.warnings = warnings;
-        let mut status = match disk.get(&Slot::Server).info() {
-            Some(i) => format!(
-                "server cert valid until {}, renewal {}; {} clients",
-                short_time(i.not_after),
-                short_time(renewal_time(i.not_after, &self.ctx.settings.server.policy)),
-                self.ctx.client_names().len()
-            ),
-            None => "no server certificate yet".to_string(),
-        };
-        if self.deferred {
-            status.push_str("; Docker restart deferred (containers running without live-restore)");
-        }
-        if self.deconfigured {
-            status.push_str(
-                "; Docker left alone since deconfigure (`docker-tls-manager apply` configures it again)",
-            );
-        }
-        if !self.warnings.is_empty() {
-            status.push_str(&format!(
-                "; {} client bundle(s) need handing out again",
-                self.warnings.len()
-            ));
-        }
-        if let Some(e) = &self.last_error {
-            let first = e
-                .lines()
-                .next()
-                .unwrap_or("")
-                .chars()
-                .take(300)
-                .collect::<String>();
-            status.push_str(&format!(
-                "; last attempt failed ({} in a row): {first}",
-                self.failures
-            ));
-        }
+        let server = disk.get(&Slot::Server).info();
+        let status = status_line(&StatusFacts {
+            server: server.map(|i| {
+                (
+                    i.not_after,
+                    crate::pki::plan::renewal_at(&self.ctx.settings, &Slot::Server, i),
+                )
+            }),
+            clients: self.ctx.client_names().len(),
+            deferred: self.deferred,
+            deconfigured: self.deconfigured,
+            bundles_to_hand_out,
+            rollover: rollover_line,
+            last_error: self.last_error.as_deref(),
+            failures: self.failures,
+        });
         notify(&[NotifyState::Status(&status)]);
     }
 
-    /// How long to sleep: until the earliest renewal, a retry, or the next re-check.
-    fn next_wakeup(&self) -> Duration {
-        let now = SystemTime::now();
-        let mut next = RECHECK;
-        if let Some(r) = self.retry_at {
-            next = next.min(r.saturating_duration_since(Instant::now()));
-        } else if let Some(due) = next_due(&self.ctx.inspect(), &self.ctx.settings) {
-            next = next.min(due.duration_since(now).unwrap_or(Duration::ZERO));
-        }
-        // Never a tight loop, whatever the clock says.
-        next.max(Duration::from_secs(1))
-    }
-
     fn rearm(&mut self) {
-        self.deadline = tokio::time::Instant::now() + self.next_wakeup();
+        let now = SystemTime::now();
+        let retry_in = self
+            .retry_at
+            .map(|r| r.saturating_duration_since(Instant::now()));
+        let due_in = match retry_in {
+            Some(_) => None,
+            None => next_due(&self.ctx.inspect(), &self.ctx.settings)
+                .map(|due| due.duration_since(now).unwrap_or(Duration::ZERO)),
+        };
+        self.deadline = tokio::time::Instant::now() + next_wakeup(retry_in, due_in);
     }
 
     /// After a timer wake-up: converge if something is due, a retry is due, a deferred restart
@@ -315,7 +405,18 @@ impl Worker {
             && match crate::host::HostIdentity::detect()
                 .and_then(|h| self.ctx.plan(&h, SystemTime::now(), Force::default()))
             {
-                Ok((_, plan)) => !plan.is_empty(),
+                Ok((disk, plan)) => {
+                    !plan.is_empty()
+                        || matches!(
+                            crate::pki::rollover::scheduled(
+                                &disk.rollover,
+                                &self.ctx.settings.ca_rollover,
+                                SystemTime::now(),
+                            ),
+                            crate::pki::rollover::Schedule::StartNow
+                                | crate::pki::rollover::Schedule::FinishNow
+                        )
+                }
                 Err(_) => true,
             };
         let full_due = self.last_full.is_none_or(|t| t.elapsed() >= FULL_CHECK);
@@ -372,7 +473,9 @@ impl Worker {
         let mut relevant: Vec<Trigger> = batch
             .into_iter()
             .filter_map(|t| match t {
-                Trigger::File(p) => classify(&self.ctx.settings, &config, &p)
+                Trigger::File(p) => self
+                    .targets(&config)
+                    .classify(&p)
                     .filter(|t| *t == Trigger::Config || self.changed(&p)),
                 other => Some(other),
             })
@@ -552,6 +655,7 @@ fn ended(name: &str, r: Result<Result<String>, tokio::task::JoinError>) -> bool 
 /// Runs the service until SIGTERM. A bad configuration at start is an error (exit 2).
 pub async fn run(config_path: Option<&Path>) -> Result<()> {
     let ctx = Ctx::load(config_path)?;
+    let dockerd_default = DockerdInputs::configured(ctx.layout());
     info!(config = %ctx.settings.source.as_ref().map_or("defaults".into(), |p| p.display().to_string()), "starting");
     let (trig_tx, trig_rx) = mpsc::unbounded_channel();
     let (refresh_tx, refresh_rx) = mpsc::unbounded_channel();
@@ -568,6 +672,7 @@ pub async fn run(config_path: Option<&Path>) -> Result<()> {
         deconfigured: false,
         warnings: BTreeSet::new(),
         refresh: refresh_tx,
+        dockerd: dockerd_default,
         known: BTreeMap::new(),
         watchdog: sd_notify::watchdog_enabled().map(|d| d / 2),
         deadline: tokio::time::Instant::now(),
@@ -652,6 +757,71 @@ mod tests {
             Some("periodic check")
         );
         assert_eq!(timer_decision(None, now, false, false, false), None);
+    }
+
+    #[test]
+    fn wakeup_follows_retry_then_renewal_within_bounds() {
+        let s = Duration::from_secs;
+        assert_eq!(next_wakeup(None, None), RECHECK);
+        assert_eq!(next_wakeup(None, Some(s(90))), s(90));
+        assert_eq!(next_wakeup(None, Some(s(86400))), RECHECK);
+        // A retry set wins over a renewal (the planner would only fail again sooner).
+        assert_eq!(next_wakeup(Some(s(30)), Some(s(5))), s(30));
+        // Overdue, or a clock that went backwards: one second, never a tight loop.
+        assert_eq!(next_wakeup(None, Some(Duration::ZERO)), s(1));
+        assert_eq!(next_wakeup(Some(Duration::ZERO), None), s(1));
+    }
+
+    #[test]
+    fn status_line_says_what_needs_the_admin() {
+        let t = |x: &str| humantime::parse_rfc3339(x).unwrap();
+        let mut f = StatusFacts {
+            server: Some((t("2027-11-26T12:00:00Z"), t("2027-10-27T12:00:00Z"))),
+            clients: 2,
+            deferred: false,
+            deconfigured: false,
+            bundles_to_hand_out: 0,
+            rollover: None,
+            last_error: None,
+            failures: 0,
+        };
+        assert_eq!(
+            status_line(&f),
+            "server cert valid until 2027-11-26T12:00:00Z, renewal 2027-10-27T12:00:00Z; 2 clients"
+        );
+        let long = format!("cannot reach systemd\ncaused by: {}", "x".repeat(400));
+        f.deferred = true;
+        f.deconfigured = true;
+        f.bundles_to_hand_out = 3;
+        f.rollover = Some("CA key rollover, phase 1: both CAs trusted since X; clients still holding a bundle from the previous CA: a".into());
+        f.last_error = Some(&long);
+        f.failures = 4;
+        let line = status_line(&f);
+        assert!(line.contains("; Docker restart deferred"), "{line}");
+        assert!(
+            line.contains("; Docker left alone since deconfigure"),
+            "{line}"
+        );
+        assert!(
+            line.contains("; 3 client bundle(s) need handing out again"),
+            "{line}"
+        );
+        assert!(
+            line.contains("; CA key rollover, phase 1: both CAs trusted since X; clients still holding a bundle from the previous CA: a;"),
+            "{line}"
+        );
+        assert!(
+            line.ends_with("; last attempt failed (4 in a row): cannot reach systemd"),
+            "only the first line of the error: {line}"
+        );
+        assert!(!line.contains('\n'));
+        f.server = None;
+        f.last_error = Some(&long[..0]);
+        assert!(status_line(&f).starts_with("no server certificate yet;"));
+        let huge = "y".repeat(1000);
+        f.last_error = Some(&huge);
+        assert!(status_line(&f).ends_with(&"y".repeat(300)));
+        assert!(!status_line(&f).contains(&"y".repeat(301)));
     }
 
     #[test]

@@ -9,7 +9,7 @@ use serde::Serialize;
 use crate::config::Settings;
 use crate::pki::Slot;
 use crate::pki::inspect::{CertState, DiskState};
-use crate::pki::plan::{Action, Plan, policy_of, renewal_time};
+use crate::pki::plan::{Action, Plan, renewal_time};
 
 #[derive(Serialize, Debug)]
 pub struct CertStatus {
@@ -96,7 +96,6 @@ pub fn report(
             Action::Issue { slot: s, .. } => s == slot,
             _ => false,
         });
-        let policy = policy_of(settings, slot);
         let mut st = CertStatus {
             kind: kind.into(),
             name,
@@ -133,7 +132,9 @@ pub fn report(
             st.not_before = Some(rfc3339(i.not_before));
             st.not_after = Some(rfc3339(i.not_after));
             st.days_left = Some(days_between(now, i.not_after));
-            st.next_renewal = Some(rfc3339(renewal_time(i.not_after, policy).max(now)));
+            st.next_renewal = Some(rfc3339(
+                crate::pki::plan::renewal_at(settings, slot, i).max(now),
+            ));
             st.key_type = i.key_type.map(|k| k.to_string());
             st.fingerprint_sha256 = Some(i.fingerprint.clone());
         }
@@ -249,6 +250,64 @@ mod tests {
     use std::time::Duration;
 
     #[test]
+    fn a_rollover_is_announced_ahead_and_names_the_old_bundles() {
+        use crate::pki::rollover::{Phase, Record, write_record};
+        const DAY: Duration = Duration::from_secs(86_400);
+        let dir = tempfile::tempdir().unwrap();
+        let settings = crate::config::parse(
+            &format!(
+                "[paths]\ncert_dir = \"{0}/c\"\nstate_dir = \"{0}/s\"\n[docker]\nmanage = false\n\
+                 [ca]\nkey_lifetime = \"365d\"\nrollover_overlap = \"30d\"\n",
+                dir.path().display()
+            ),
+            std::path::Path::new("t.toml"),
+        )
+        .unwrap();
+        let l = &settings.paths;
+        std::fs::create_dir_all(&l.state_dir).unwrap();
+        let key = std::fs::File::create(l.ca_key()).unwrap();
+        let now = SystemTime::now();
+        key.set_modified(now - 300 * DAY).unwrap();
+        assert!(rollover_warnings(l, &[], &settings, now).is_empty());
+        key.set_modified(now - 340 * DAY).unwrap();
+        let w = rollover_warnings(l, &[], &settings, now);
+        assert!(w[0].contains("reaches [ca] key_lifetime"), "{w:?}");
+
+        let t = |t: SystemTime| humantime::format_rfc3339_seconds(t).to_string();
+        write_record(
+            l,
+            &Record {
+                phase: Phase::Overlap,
+                started: t(now - DAY),
+                previous_public_key: "00".into(),
+                previous_key_id: Some("aa".into()),
+                automatic: true,
+            },
+        )
+        .unwrap();
+        for (name, id, at) in [
+            ("a", Some("aa"), now),
+            ("b", Some("bb"), now),
+            ("c", None, now - 2 * DAY),
+            ("d", None, now),
+        ] {
+            std::fs::create_dir_all(l.client_dir(name)).unwrap();
+            let h = HandedOut {
+                fingerprint_sha256: "f".into(),
+                not_after: t(now + 300 * DAY),
+                at: t(at),
+                ca_key_id: id.map(str::to_string),
+            };
+            std::fs::write(l.handed_out(name), serde_json::to_vec(&h).unwrap()).unwrap();
+        }
+        let names: Vec<String> = ["a", "b", "c", "d", "e"].map(String::from).to_vec();
+        let w = rollover_warnings(l, &names, &settings, now);
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].contains("from the previous CA: a, c ("), "{w:?}");
+        assert!(w[0].contains("the service finishes it at"), "{w:?}");
+    }
+
+    #[test]
     fn days() {
         let now = UNIX_EPOCH + Duration::from_secs(1_000_000);
         assert_eq!(
@@ -265,10 +324,9 @@ pub struct HandedOut {
     pub fingerprint_sha256: String,
     pub not_after: String,
     pub at: String,
-}
-
-pub fn handed_out_path(layout: &crate::pki::Layout, name: &str) -> std::path::PathBuf {
-    layout.client_dir(name).join("handed-out.json")
+    /// Hex of the certificate's authority key identifier: which CA's bundle it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_key_id: Option<String>,
 }
 
 /// Bundles already handed out cannot be renewed remotely: warn when one is about to expire
@@ -281,7 +339,7 @@ pub fn handed_out_warnings(
 ) -> Vec<String> {
     let mut out = Vec::new();
     for name in clients {
-        let Ok(data) = std::fs::read(handed_out_path(layout, name)) else {
+        let Ok(data) = std::fs::read(layout.handed_out(name)) else {
             continue;
         };
         let Ok(h) = serde_json::from_slice::<HandedOut>(&data) else {
@@ -303,6 +361,91 @@ pub fn handed_out_warnings(
                 days_between(now, not_after)
             ));
         }
+    }
+    out
+}
+
+// --- CA key rollover (see `pki::rollover`) ---
+
+/// Clients whose last bundle handed out is from the previous CA of the rollover `r`: its
+/// certificate names the previous CA's key as authority (records from before that was noted:
+/// handed out before the rollover started).
+pub fn old_ca_holders(
+    layout: &crate::pki::Layout,
+    clients: &[String],
+    r: &crate::pki::rollover::Record,
+) -> Vec<String> {
+    let started = r.started_at();
+    clients
+        .iter()
+        .filter(|name| {
+            let Some(h) = std::fs::read(layout.handed_out(name))
+                .ok()
+                .and_then(|d| serde_json::from_slice::<HandedOut>(&d).ok())
+            else {
+                return false;
+            };
+            match (&h.ca_key_id, &r.previous_key_id) {
+                (Some(k), Some(p)) => k == p,
+                _ => humantime::parse_rfc3339(&h.at)
+                    .ok()
+                    .zip(started)
+                    .is_some_and(|(at, s)| at < s),
+            }
+        })
+        .cloned()
+        .collect()
+}
+
+/// The rollover's warnings for `status`, the log and `STATUS=`: the phase, when it finishes,
+/// and who still holds a bundle of the previous CA.
+pub fn rollover_warnings(
+    layout: &crate::pki::Layout,
+    clients: &[String],
+    settings: &Settings,
+    now: SystemTime,
+) -> Vec<String> {
+    use crate::pki::rollover::{self, Schedule};
+    let record = rollover::load_record(layout).ok().flatten();
+    let schedule = rollover::schedule(
+        settings.ca_rollover.key_lifetime,
+        settings.ca_rollover.overlap,
+        rollover::key_born(layout),
+        record.as_ref(),
+        now,
+    );
+    let mut out = Vec::new();
+    match (&record, schedule) {
+        (Some(r), s) => {
+            let holders = old_ca_holders(layout, clients, r);
+            let when = match s {
+                Schedule::FinishesAt(t) => format!(
+                    "; the service finishes it at {} ({} days)",
+                    rfc3339(t),
+                    days_between(now, t)
+                ),
+                _ => String::new(),
+            };
+            let who = if holders.is_empty() {
+                "no client holds a bundle from the previous CA".to_string()
+            } else {
+                format!(
+                    "clients still holding a bundle from the previous CA: {} (hand each a new one:                      `docker-tls-manager client bundle NAME`)",
+                    holders.join(", ")
+                )
+            };
+            out.push(format!(
+                "CA key rollover, {} since {}{when}; {who}",
+                r.phase, r.started
+            ));
+        }
+        (None, Schedule::StartsAt(t)) if t <= now + settings.ca_rollover.overlap => {
+            out.push(format!(
+                "the CA key reaches [ca] key_lifetime at {}: the service then starts a CA key                  rollover (bundles handed out before keep working for [ca] rollover_overlap)",
+                rfc3339(t)
+            ));
+        }
+        _ => {}
     }
     out
 }

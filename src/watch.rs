@@ -3,7 +3,6 @@
 //! (rtnetlink address notifications: no polling). Both only send [`Trigger`]s; the service
 //! loop decides what to do.
 
-use std::collections::BTreeSet;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
@@ -12,10 +11,7 @@ use notify::{EventKind, RecursiveMode, Watcher};
 use tokio::io::unix::AsyncFd;
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::config::Settings;
-use crate::docker::plan::{dropin_path, guard_unit_path, socket_path};
-use crate::files::TEMP_PREFIX;
-use crate::pki::Layout;
+use crate::layout::{DockerdInputs, Layout};
 
 /// Why the service loop should look again.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -28,51 +24,30 @@ pub enum Trigger {
     Addresses,
 }
 
-/// Decides whether a changed path matters, and how.
-pub fn classify(settings: &Settings, config: &Path, path: &Path) -> Option<Trigger> {
-    let name = path.file_name()?.to_string_lossy();
-    if name.starts_with(TEMP_PREFIX) {
-        return None;
-    }
-    if path == config {
-        return Some(Trigger::Config);
-    }
-    let layout = Layout::new(&settings.paths);
-    let pem = name.ends_with(".pem");
-    let parent = path.parent()?;
-    let ours = (pem && parent == layout.cert_dir)
-        || path == layout.ca_key()
-        || (pem && parent.parent() == Some(layout.clients_dir().as_path()))
-        || (pem && parent == layout.state_dir.join("probe"))
-        || path == socket_path(settings)
-        || path == dropin_path(settings)
-        || path == guard_unit_path(settings)
-        || path == settings.paths.daemon_json;
-    ours.then(|| Trigger::File(path.to_path_buf()))
+/// What the watcher looks at: the file map, what dockerd reads (the daemon.json named by
+/// `--config-file` in its ExecStart, its environment files: learned at each convergence), the
+/// configuration file.
+pub struct Targets<'a> {
+    pub layout: &'a Layout,
+    pub dockerd: &'a DockerdInputs,
+    pub config: &'a Path,
 }
 
-/// The directories to watch (those that exist are watched; the rest once they appear).
-pub fn watch_dirs(settings: &Settings, config: &Path) -> Vec<PathBuf> {
-    let layout = Layout::new(&settings.paths);
-    let mut dirs = BTreeSet::new();
-    dirs.insert(layout.cert_dir.clone());
-    dirs.insert(layout.state_dir.clone());
-    dirs.insert(layout.state_dir.join("probe"));
-    dirs.insert(layout.clients_dir());
-    for c in layout.clients_on_disk() {
-        dirs.insert(layout.client_dir(&c));
+impl Targets<'_> {
+    /// Decides whether a changed path matters, and how.
+    pub fn classify(&self, path: &Path) -> Option<Trigger> {
+        if path == self.config {
+            return Some(Trigger::Config);
+        }
+        self.layout
+            .is_watched_file(self.dockerd, path)
+            .then(|| Trigger::File(path.to_path_buf()))
     }
-    dirs.insert(settings.paths.systemd_dir.clone());
-    if let Some(d) = dropin_path(settings).parent() {
-        dirs.insert(d.to_path_buf());
+
+    /// The directories to watch (those that exist are watched; the rest once they appear).
+    pub fn dirs(&self) -> Vec<PathBuf> {
+        self.layout.watch_dirs(self.dockerd, self.config)
     }
-    if let Some(d) = settings.paths.daemon_json.parent() {
-        dirs.insert(d.to_path_buf());
-    }
-    if let Some(d) = config.parent() {
-        dirs.insert(d.to_path_buf());
-    }
-    dirs.into_iter().collect()
 }
 
 /// inotify watches on directories, (re)added as directories appear or are recreated.
@@ -114,6 +89,17 @@ impl FileWatcher {
                 .map(|m| m.ino())
         };
         self.watched.retain(|d, ino| inode(d) == Some(*ino));
+        // Directories no longer on the list (daemon.json moved elsewhere): unwatched.
+        let gone: Vec<PathBuf> = self
+            .watched
+            .keys()
+            .filter(|d| !dirs.contains(d))
+            .cloned()
+            .collect();
+        for d in gone {
+            let _ = self.watcher.unwatch(&d);
+            self.watched.remove(&d);
+        }
         for d in dirs {
             let Some(ino) = inode(d) else { continue };
             if self.watched.get(d) == Some(&ino) {
@@ -229,8 +215,16 @@ mod tests {
             Path::new("/e/config.toml"),
         )
         .unwrap();
-        let c = Path::new("/e/config.toml");
-        let f = |p: &str| classify(&s, c, Path::new(p));
+        let dockerd = DockerdInputs {
+            daemon_json: "/etc/docker/other/daemon.json".into(),
+            environment_files: vec![],
+        };
+        let t = Targets {
+            layout: &s.paths,
+            dockerd: &dockerd,
+            config: Path::new("/e/config.toml"),
+        };
+        let f = |p: &str| t.classify(Path::new(p));
         assert_eq!(f("/e/config.toml"), Some(Trigger::Config));
         assert!(matches!(f("/c/server-key.pem"), Some(Trigger::File(_))));
         assert!(matches!(f("/s/ca-key.pem"), Some(Trigger::File(_))));
@@ -244,6 +238,14 @@ mod tests {
             Some(Trigger::File(_))
         ));
         assert!(matches!(f("/d/daemon.json"), Some(Trigger::File(_))));
+        // The one dockerd really reads (`--config-file`), and its directory is watched.
+        assert!(matches!(
+            f("/etc/docker/other/daemon.json"),
+            Some(Trigger::File(_))
+        ));
+        assert!(t.dirs().contains(&PathBuf::from("/etc/docker/other")));
+        assert!(t.dirs().contains(&PathBuf::from("/u/docker.service.d")));
+        assert!(t.dirs().contains(&PathBuf::from("/e")));
         assert_eq!(f("/s/lock"), None);
         assert_eq!(f("/s/backup/x/c/server-key.pem"), None);
         assert_eq!(f("/c/.dtm-tmp-12-server-key.pem"), None);

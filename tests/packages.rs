@@ -1,6 +1,7 @@
 //! The packages built by packaging/build.sh (tests/run.sh builds them first): the .deb through
 //! the user's whole path in a throwaway systemd + Docker machine, the .rpm by inspection with
-//! rpm (no RPM-based system is available here), and the unit's hardening score.
+//! rpm (no RPM-based system is available here), both through their distribution's linter
+//! (lintian, rpmlint), and the unit's hardening score.
 
 mod common;
 
@@ -51,6 +52,10 @@ fn deb_install_enable_restart_upgrade_remove_purge() {
     copy_in(&m, &upgrade, "docker-tls-manager-upgrade.deb");
 
     // 1. Install: nothing enabled or started; then the one command.
+    // (packaging) As on a real host: no policy-rc.d (the machine boots this host's tree, a
+    // Docker image whose policy-rc.d forbids maintainer scripts to start or stop services;
+    // step 6 puts it back).
+    m.ok("rm -f /usr/sbin/policy-rc.d");
     m.ok("cd /root && apt-get install -y ./docker-tls-manager.deb");
     // As on a real host: the packaged binary is the only one.
     m.ok("rm -f /usr/local/bin/docker-tls-manager");
@@ -70,7 +75,7 @@ fn deb_install_enable_restart_upgrade_remove_purge() {
                 .lines()
                 .any(|l| l.contains(" = ") && !l.starts_with('#'))
     );
-    m.ok("man -w docker-tls-manager >/dev/null 2>&1 || test -e /usr/share/man/man8/docker-tls-manager.8.gz || test -e /usr/share/man/man8/docker-tls-manager.8");
+    m.ok("test -e /usr/share/man/man8/docker-tls-manager.8.gz && test -e /usr/share/man/man5/docker-tls-manager.toml.5.gz");
     m.ok("test -e /usr/share/bash-completion/completions/docker-tls-manager && test -e /usr/share/doc/docker-tls-manager/README.md");
     m.ok("systemctl enable --now docker-tls-manager");
     m.ok(&format!("{ENV} docker version >/dev/null"));
@@ -90,6 +95,8 @@ fn deb_install_enable_restart_upgrade_remove_purge() {
         m.ok("dpkg-query -W -f '${Version}' docker-tls-manager")
             .contains("upgrade")
     );
+    // (packaging) The units stay enabled across the upgrade (postinst's deb-systemd-helper).
+    m.ok("systemctl is-enabled docker-tls-manager && test -L /etc/systemd/system/docker.service.wants/docker-tls-manager-prepare.service");
     assert_eq!(
         m.ok("systemctl is-active docker-tls-manager").trim(),
         "active"
@@ -141,14 +148,50 @@ fn deb_install_enable_restart_upgrade_remove_purge() {
     assert!(!dj.contains("\"docker-tls-manager\""), "{dj}");
     m.ok("test ! -e /etc/systemd/system/docker-tls-manager-authz.socket && timeout 5 docker ps >/dev/null");
     m.ok("systemctl restart docker && docker run --rm --network none dtm-busybox /bin/true");
-    m.ok("cd /root && apt-get install -y ./docker-tls-manager-upgrade.deb && systemctl enable --now docker-tls-manager");
+    // (packaging) Removal disabled both units: no link left, and a reinstall enables and
+    // starts nothing (the admin enables it again).
+    m.ok("test ! -e /etc/systemd/system/multi-user.target.wants/docker-tls-manager.service && test ! -e /etc/systemd/system/docker.service.wants/docker-tls-manager-prepare.service");
+    m.ok("cd /root && apt-get install -y ./docker-tls-manager-upgrade.deb");
+    assert_eq!(
+        text(&m.sh("systemctl is-enabled docker-tls-manager").stdout).trim(),
+        "disabled"
+    );
+    m.ok("test ! -e /etc/systemd/system/docker-tcp.socket");
+    m.ok("systemctl enable --now docker-tls-manager");
     m.ok(&format!("{old} docker version >/dev/null"));
-    // 5. Remove and purge: configuration gone, CA and certificates kept, Docker healthy.
-    m.ok("apt-get purge -y docker-tls-manager");
+    // 5. Remove (the service running), then purge: configuration gone, CA and certificates
+    //    kept, Docker healthy. (`apt-get purge` of the installed package runs the same scripts:
+    //    prerm remove, postrm remove, postrm purge.)
+    m.ok("apt-get remove -y docker-tls-manager && dpkg --purge docker-tls-manager");
     m.ok("test ! -e /etc/docker-tls-manager/config.toml && test -s /var/lib/docker-tls-manager/ca-key.pem");
+    // (packaging) deb-systemd-helper's record of the units is gone with the purge.
+    m.ok("! ls /var/lib/systemd/deb-systemd-helper-enabled/ 2>/dev/null | grep -q docker-tls-manager");
     m.ok("systemctl restart docker && systemctl is-active docker && docker run --rm --network none dtm-busybox /bin/true");
     // Nothing docker.service reads points at a missing file.
     m.ok("for f in $(grep -o '\"/[^\"]*\\.pem\"' /etc/docker/daemon.json 2>/dev/null | tr -d '\"'); do test -s $f; done");
+
+    // 6. (packaging) Removed where policy-rc.d forbids stopping services: the service and
+    //    Docker are left alone (the service is not raced by a deconfigure), the port keeps
+    //    mutual TLS, and the guard closes it at Docker's next start, the binary gone.
+    m.ok("cd /root && apt-get install -y ./docker-tls-manager-upgrade.deb && systemctl enable --now docker-tls-manager");
+    m.ok(&format!("{old} docker version >/dev/null"));
+    m.ok("printf '#!/bin/sh\\nexit 101\\n' > /usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d");
+    let o = m.sh("apt-get remove -y docker-tls-manager");
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let said = text(&o.stdout) + &text(&o.stderr);
+    assert!(said.contains("policy-rc.d forbids"), "{said}");
+    m.ok("test ! -e /usr/bin/docker-tls-manager && systemctl is-active docker-tls-manager");
+    m.ok(&format!("{old} docker version >/dev/null"));
+    m.ok("test ! -e /etc/systemd/system/multi-user.target.wants/docker-tls-manager.service");
+    m.ok("systemctl stop docker-tls-manager; systemctl restart docker && docker run --rm --network none dtm-busybox /bin/true");
+    assert_eq!(
+        m.sh("curl -s --max-time 5 http://127.0.0.1:2376/_ping")
+            .status
+            .code(),
+        Some(7),
+        "port 2376 served after Docker's restart without the binary"
+    );
+    m.ok("rm -f /usr/sbin/policy-rc.d && dpkg --purge docker-tls-manager");
 }
 
 #[test]
@@ -171,10 +214,22 @@ fn rpm_metadata_files_modes_and_scriptlets() {
             "/usr/lib/systemd/system/docker-tls-manager.service",
         ),
         ("-rw-r--r--", "/etc/docker-tls-manager/config.toml"),
-        ("-rw-r--r--", "/usr/share/man/man8/docker-tls-manager.8"),
+        ("-rw-r--r--", "/usr/share/man/man8/docker-tls-manager.8.gz"),
+        (
+            "-rw-r--r--",
+            "/usr/share/man/man5/docker-tls-manager.toml.5.gz",
+        ),
         (
             "-rw-r--r--",
             "/usr/share/bash-completion/completions/docker-tls-manager",
+        ),
+        (
+            "-rw-r--r--",
+            "/usr/share/licenses/docker-tls-manager/LICENSE",
+        ),
+        (
+            "-rw-r--r--",
+            "/usr/share/licenses/docker-tls-manager/THIRD-PARTY",
         ),
     ] {
         assert!(
@@ -233,7 +288,96 @@ fn deb_metadata() {
         files.contains("./lib/systemd/system/docker-tls-manager.service"),
         "{files}"
     );
+    for f in [
+        "./usr/share/doc/docker-tls-manager/changelog.Debian.gz",
+        "./usr/share/doc/docker-tls-manager/copyright",
+        "./usr/share/doc/docker-tls-manager/THIRD-PARTY",
+        "./usr/share/lintian/overrides/docker-tls-manager",
+        "./usr/share/man/man8/docker-tls-manager.8.gz",
+        "./usr/share/man/man5/docker-tls-manager.toml.5.gz",
+    ] {
+        assert!(
+            files.lines().any(|l| l.ends_with(f)),
+            "{f} missing:\n{files}"
+        );
+    }
+    // The notices of the crates linked in, the C one (aws-lc) included.
+    let third = host(&format!(
+        "dpkg-deb --fsys-tarfile {d} | tar -xO ./usr/share/doc/docker-tls-manager/THIRD-PARTY"
+    ));
+    for krate in ["rustls ", "aws-lc-sys ", "zbus ", "tokio "] {
+        assert!(
+            third.lines().any(|l| l.starts_with(krate)),
+            "THIRD-PARTY lists no {krate}"
+        );
+    }
+    // The changelog's newest entry is the package's version (cargo-deb's default revision -1).
+    let version = env!("CARGO_PKG_VERSION");
+    let changelog = host(&format!(
+        "dpkg-deb --fsys-tarfile {d} | tar -xO ./usr/share/doc/docker-tls-manager/changelog.Debian.gz | gzip -d"
+    ));
+    assert!(
+        changelog.starts_with(&format!("docker-tls-manager ({version}-1) ")),
+        "packaging/debian/changelog: the newest entry must be {version}-1:\n{changelog}"
+    );
 }
+
+// ---- Linters (packaging/): a finding fails with the linter's own output. ----
+
+/// lintian as Debian's archive runs it: no error and no warning (each remaining tag is
+/// overridden, with its reason, in packaging/debian/lintian-overrides, shipped in the
+/// package), and no override left that matches nothing.
+#[test]
+fn deb_lintian_clean() {
+    let deb = one_file("target/debian", "deb");
+    let o = Command::new("lintian")
+        .args(["--fail-on", "error,warning", "--display-info"])
+        .arg(&deb)
+        .output()
+        .expect("lintian (scripts/install-deps.sh installs it)");
+    let out = text(&o.stdout);
+    let findings: Vec<&str> = out
+        .lines()
+        .filter(|l| {
+            l.starts_with("E: ")
+                || l.starts_with("W: ")
+                || l.contains("unused-override")
+                || l.contains("mismatched-override")
+        })
+        .collect();
+    assert!(
+        o.status.success() && findings.is_empty(),
+        "lintian {}:\n{out}{}",
+        deb.display(),
+        text(&o.stderr)
+    );
+}
+
+/// rpmlint with the settings of the distributions we target (packaging/rpm/rpmlint.toml) and
+/// the findings that cannot be fixed with cargo-generate-rpm filtered, each with its reason
+/// (packaging/rpm/docker-tls-manager.rpmlintrc; a filter that matches nothing is an error).
+#[test]
+fn rpm_rpmlint_clean() {
+    let rpm = one_file("target/generate-rpm", "rpm");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/rpm");
+    let o = Command::new("rpmlint")
+        .arg("-c")
+        .arg(dir.join("rpmlint.toml"))
+        .arg("-r")
+        .arg(dir.join("docker-tls-manager.rpmlintrc"))
+        .arg(&rpm)
+        .output()
+        .expect("rpmlint (scripts/install-deps.sh installs it)");
+    let out = text(&o.stdout);
+    assert!(
+        o.status.success() && out.contains(" 0 errors, 0 warnings"),
+        "rpmlint {}:\n{out}{}",
+        rpm.display(),
+        text(&o.stderr)
+    );
+}
+
+// ---- End of the linters. ----
 
 #[test]
 fn unit_hardening_exposure_at_most_2_5() {

@@ -708,3 +708,295 @@ fn the_ca_keeps_its_subject_when_renewed_or_resigned_after_a_host_rename() {
     assert_eq!(openssl_subject(&ca), subject);
     openssl_verify(&ca, &admin);
 }
+
+/// `ca export` on one host, `ca import` on another: one client bundle for both, the key never
+/// written unprotected, a wrong passphrase or a refused import changing nothing.
+#[test]
+fn ca_export_import_gives_two_hosts_one_client_trust() {
+    use std::os::unix::fs::PermissionsExt;
+    let a = Sandbox::new("[server]\ndns_names = [\"a.example.net\"]");
+    let b = Sandbox::new("[server]\ndns_names = [\"b.example.net\"]");
+    a.ok(&["apply"]);
+    b.ok(&["apply"]);
+    // Export with a passphrase made here: printed once on stderr, never on stdout or the log.
+    let export = a.path("fleet-ca.pem");
+    let o = a.run(&["ca", "export", "-o", export.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let err = text(&o.stderr);
+    let pass = err
+        .lines()
+        .find_map(|l| l.split("separately from the file): ").nth(1))
+        .unwrap_or_else(|| panic!("no passphrase printed: {err}"))
+        .to_string();
+    assert_eq!(err.matches(&pass).count(), 1, "{err}");
+    assert!(!text(&o.stdout).contains(&pass));
+    let sealed = std::fs::read_to_string(&export).unwrap();
+    assert_eq!(
+        std::fs::metadata(&export).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert!(!sealed.contains("BEGIN PRIVATE KEY"), "{sealed}");
+    // openssl opens it with the passphrase (the key is A's CA key), and not without.
+    let pass_file = a.path("pass");
+    std::fs::write(&pass_file, format!("{pass}\n")).unwrap();
+    let key_of = |args: &[&str], file: &std::path::Path| {
+        let o = tool("openssl")
+            .args(["pkey", "-pubout", "-in"])
+            .arg(file)
+            .args(args)
+            .output()
+            .unwrap();
+        (o.status.success(), text(&o.stdout))
+    };
+    let pass_arg = format!("file:{}", pass_file.display());
+    let (ok, opened) = key_of(&["-passin", &pass_arg], &export);
+    assert!(ok);
+    assert_eq!(opened, key_of(&[], &a.path("state/ca-key.pem")).1);
+    assert!(!key_of(&["-passin", "pass:wrong"], &export).0);
+
+    // A wrong passphrase: exit 2, B untouched.
+    let before = snapshot(b.dir.path());
+    let wrong = b.path("wrong");
+    std::fs::write(&wrong, "nope\n").unwrap();
+    let o = b.run(&[
+        "ca",
+        "import",
+        export.to_str().unwrap(),
+        "--passphrase-file",
+        wrong.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("passphrase is wrong"),
+        "{}",
+        text(&o.stderr)
+    );
+    // B's own CA has issued a client certificate: refused without --force, naming it.
+    let o = b.run(&[
+        "ca",
+        "import",
+        export.to_str().unwrap(),
+        "--passphrase-file",
+        pass_file.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));
+    assert!(text(&o.stderr).contains("'admin'"), "{}", text(&o.stderr));
+    let after: Vec<_> = snapshot(b.dir.path())
+        .into_iter()
+        .filter(|(p, ..)| !p.ends_with("wrong") && !p.ends_with("lock"))
+        .collect();
+    let before: Vec<_> = before
+        .into_iter()
+        .filter(|(p, ..)| !p.ends_with("lock"))
+        .collect();
+    assert_eq!(after, before, "a refused import changed files");
+
+    let out = b.ok(&[
+        "ca",
+        "import",
+        export.to_str().unwrap(),
+        "--passphrase-file",
+        pass_file.to_str().unwrap(),
+        "--force",
+    ]);
+    assert!(out.contains("CA imported"), "{out}");
+    // One trust: A's bundle verifies B's server, B's client verifies against A's CA, and
+    // B issued its own server certificate (its own name) from the shared key.
+    let a_ca = a.path("certs/ca.pem");
+    openssl_verify(&a_ca, &b.path("certs/server-cert.pem"));
+    openssl_verify(&a_ca, &b.path("state/clients/admin/cert.pem"));
+    openssl_verify(
+        &b.path("certs/ca.pem"),
+        &a.path("state/clients/admin/cert.pem"),
+    );
+    assert!(openssl_text(&b.path("certs/server-cert.pem")).contains("DNS:b.example.net"));
+    assert_eq!(
+        std::fs::metadata(b.path("state/ca-key.pem"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
+    // What it replaced is in the backups; importing again is a no-op.
+    assert!(
+        snapshot(&b.path("state/backup"))
+            .iter()
+            .any(|(p, ..)| p.ends_with("ca-key.pem")),
+        "old CA key not backed up"
+    );
+    let again = b.ok(&[
+        "ca",
+        "import",
+        export.to_str().unwrap(),
+        "--passphrase-file",
+        pass_file.to_str().unwrap(),
+    ]);
+    assert!(again.contains("already uses this CA"), "{again}");
+    // An unencrypted key in place of the export is refused.
+    let plain = b.path("plain.pem");
+    std::fs::write(
+        &plain,
+        format!(
+            "{}{}",
+            std::fs::read_to_string(a.path("certs/ca.pem")).unwrap(),
+            std::fs::read_to_string(a.path("state/ca-key.pem")).unwrap()
+        ),
+    )
+    .unwrap();
+    let o = b.run(&[
+        "ca",
+        "import",
+        plain.to_str().unwrap(),
+        "--passphrase-file",
+        pass_file.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        text(&o.stderr).contains("not encrypted"),
+        "{}",
+        text(&o.stderr)
+    );
+}
+
+/// `ca import` killed at every write (the N-th rename: the atomic-write helper renames each
+/// file into place), then `apply`: the host ends on one CA, whole — the imported one, trusted
+/// by the other host's clients, or its own, trusted by its own — never a mix.
+#[test]
+fn ca_import_killed_at_every_write_converges_on_one_ca() {
+    let a = Sandbox::new("");
+    a.ok(&["apply"]);
+    let export = a.path("fleet-ca.pem");
+    let pass = a.path("pass");
+    std::fs::write(&pass, "correct horse\n").unwrap();
+    a.ok(&[
+        "ca",
+        "export",
+        "-o",
+        export.to_str().unwrap(),
+        "--passphrase-file",
+        pass.to_str().unwrap(),
+    ]);
+    let pubkey = |cert: &std::path::Path| {
+        let o = tool("openssl")
+            .args(["x509", "-noout", "-pubkey", "-in"])
+            .arg(cert)
+            .output()
+            .unwrap();
+        text(&o.stdout)
+    };
+    let a_ca = a.path("certs/ca.pem");
+    let mut finished = false;
+    for n in 1..40 {
+        let b = Sandbox::new("");
+        b.ok(&["apply"]);
+        let own_ca = b.path("own-ca.pem");
+        std::fs::copy(b.path("certs/ca.pem"), &own_ca).unwrap();
+        let o = tool("strace")
+            .args(["-f", "-o", "/dev/null", "-e", "trace=renameat", "-e"])
+            .arg(format!("inject=renameat:signal=KILL:when={n}"))
+            .arg(env!("CARGO_BIN_EXE_docker-tls-manager"))
+            .arg("--config")
+            .arg(&b.config)
+            .args(["ca", "import", "--force", "--passphrase-file"])
+            .arg(&pass)
+            .arg(&export)
+            .output()
+            .unwrap();
+        let killed = !o.status.success();
+        b.ok(&["apply"]);
+        let ca = b.path("certs/ca.pem");
+        let key_pub = tool("openssl")
+            .args(["pkey", "-pubout", "-in"])
+            .arg(b.path("state/ca-key.pem"))
+            .output()
+            .unwrap();
+        assert_eq!(
+            text(&key_pub.stdout),
+            pubkey(&ca),
+            "kill #{n}: CA key and certificate differ"
+        );
+        if pubkey(&ca) == pubkey(&a_ca) {
+            // Imported: the other host's clients trust this server, and it trusts them.
+            openssl_verify(&a_ca, &b.path("certs/server-cert.pem"));
+            openssl_verify(&ca, &a.path("state/clients/admin/cert.pem"));
+        } else {
+            assert_eq!(pubkey(&ca), pubkey(&own_ca), "kill #{n}: a third CA");
+            openssl_verify(&own_ca, &b.path("certs/server-cert.pem"));
+            openssl_verify(&own_ca, &b.path("state/clients/admin/cert.pem"));
+        }
+        let temps: Vec<_> = snapshot(b.dir.path())
+            .into_iter()
+            .filter(|(p, ..)| p.to_string_lossy().contains(".dtm-tmp-"))
+            .collect();
+        assert!(temps.is_empty(), "kill #{n}: temp files left: {temps:?}");
+        if !killed {
+            assert!(
+                n > 3,
+                "the import finished after {n} renames: too few to be real"
+            );
+            finished = true;
+            break;
+        }
+    }
+    assert!(finished, "the import never ran to the end");
+}
+
+/// Export and import move one CA: refused while a rollover holds two, nothing changed.
+#[test]
+fn ca_export_and_import_wait_for_a_rollover_to_finish() {
+    let a = Sandbox::new("");
+    let b = Sandbox::new("");
+    a.ok(&["apply"]);
+    b.ok(&["apply"]);
+    let pass = a.path("pass");
+    std::fs::write(&pass, "p\n").unwrap();
+    let export = a.path("fleet-ca.pem");
+    b.ok(&[
+        "ca",
+        "export",
+        "-o",
+        export.to_str().unwrap(),
+        "--passphrase-file",
+        pass.to_str().unwrap(),
+    ]);
+    // A shared CA is not rolled over on one host alone (the others would keep the old key).
+    let o = b.run(&["ca", "rollover", "start"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("shared with other hosts"),
+        "{}",
+        text(&o.stderr)
+    );
+    a.ok(&["ca", "rollover", "start"]);
+    let before = snapshot(&a.path("state"));
+    for args in [
+        vec!["ca", "export", "-o", "/dev/null", "--passphrase-file"],
+        vec![
+            "ca",
+            "import",
+            export.to_str().unwrap(),
+            "--force",
+            "--passphrase-file",
+        ],
+    ] {
+        let mut args = args.clone();
+        args.push(pass.to_str().unwrap());
+        let o = a.run(&args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", text(&o.stderr));
+        assert!(
+            text(&o.stderr).contains("rollover is in progress"),
+            "{}",
+            text(&o.stderr)
+        );
+    }
+    let after: Vec<_> = snapshot(&a.path("state"))
+        .into_iter()
+        .filter(|(p, ..)| !p.ends_with("lock"))
+        .collect();
+    let before: Vec<_> = before
+        .into_iter()
+        .filter(|(p, ..)| !p.ends_with("lock"))
+        .collect();
+    assert_eq!(after, before);
+}

@@ -9,7 +9,8 @@ cd "$(dirname "$0")/.."
 # What the tests need, from Debian's packages (as on a fresh Debian 12 machine): installed when
 # missing. docker.io: dockerd for the throwaway machines; systemd-container: systemd-nspawn;
 # busybox-static: the container image; openssl, curl: independent checks; rpm: inspecting the
-# .rpm; binutils: strip for the packages; strace: kills at every write boundary.
+# .rpm; binutils: strip for the packages; strace: kills at every write boundary; lintian,
+# rpmlint: the packages' linters; man-db, groff-base: the man page checks.
 bash scripts/install-deps.sh
 # Each test powers off its own machines; `bash tests/machine/machine.sh down-all` clears
 # leftovers of an interrupted run.

@@ -172,6 +172,23 @@ fn deleted_key_repaired_new_address_covered_bad_reload_rejected() {
     // Reached on that address, by name-less clients using the IP.
     m.ok(&format!("{CLIENT} test \"$(curl -s --max-time 5 --cacert $C/ca.pem --cert $C/cert.pem --key $C/key.pem https://192.0.2.55:2376/_ping)\" = OK"));
 
+    // The daemon.json dockerd really reads (--config-file in $DOCKER_OPTS) is watched, not
+    // only the configured one: a change of docker.service's environment file is seen, and an
+    // edit of the file it names is repaired; a temp file of a write cut short there is swept.
+    m.ok("mkdir -p /etc/docker/cm && cp /etc/docker/daemon.json /etc/docker/cm/alt.json && echo 'DOCKER_OPTS=\"--config-file=/etc/docker/cm/alt.json\"' > /etc/default/docker && systemctl restart docker");
+    m.wait_for(
+        "journalctl -u docker-tls-manager --no-pager | grep -q 'reason=\"/etc/default/docker changed'",
+        Duration::from_secs(20),
+    );
+    m.ok("sleep 2; touch /etc/docker/cm/.dtm-tmp-stale; python3 -c 'import json; p=\"/etc/docker/cm/alt.json\"; d=json.load(open(p)); del d[\"tlsverify\"]; json.dump(d, open(p, \"w\"))'");
+    let took = m.wait_for(
+        &format!("grep -q tlsverify /etc/docker/cm/alt.json && {SERVED_IS_DISK}"),
+        Duration::from_secs(30),
+    );
+    eprintln!("edit of the --config-file daemon.json repaired in {took:?}");
+    m.ok("test ! -e /etc/docker/cm/.dtm-tmp-stale");
+    m.ok("rm /etc/default/docker && systemctl restart docker");
+
     // 5. SIGHUP with a broken config: still running on the old one, error in the journal.
     let pid = m.ok("systemctl show -p MainPID --value docker-tls-manager");
     m.ok("echo '[server]\nvalidity = \"banana\"' > /etc/docker-tls-manager/config.toml && systemctl reload docker-tls-manager");

@@ -1,5 +1,5 @@
-# %systemd_postun_with_restart equivalent: reload; on upgrade ($1 >= 1), restart the service
-# only if it was running. Certificates and Docker's TLS setup are kept on erase.
+# %systemd_postun_with_restart: reload; on upgrade ($1 >= 1), restart the service only if it
+# was running (try-restart). Erase: the certificates are kept (see %preun).
 if [ -d /run/systemd/system ]; then
     systemctl daemon-reload >/dev/null 2>&1 || :
 fi

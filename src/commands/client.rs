@@ -12,7 +12,7 @@ pub(crate) async fn client(ctx: &Ctx, cmd: ClientCommand) -> Result<()> {
                 crate::authz::Role::parse(&role).map_err(|m| UsageError(format!("--role: {m}")))?;
             if ctx.client_names().contains(&name)
                 && ctx
-                    .layout
+                    .layout()
                     .cert_and_key(&Slot::Client(name.clone()))
                     .0
                     .exists()
@@ -22,9 +22,9 @@ pub(crate) async fn client(ctx: &Ctx, cmd: ClientCommand) -> Result<()> {
                 );
             }
             {
-                let _lock = StateLock::acquire(&ctx.settings.paths.state_dir, LOCK_WAIT)?;
-                ensure_dir(&ctx.layout.clients_dir(), KEY_DIR_MODE)?;
-                ensure_dir(&ctx.layout.client_dir(&name), KEY_DIR_MODE)?;
+                let _lock = StateLock::acquire(ctx.layout(), LOCK_WAIT).await?;
+                ensure_dir(&ctx.layout().clients_dir(), KEY_DIR_MODE)?;
+                ensure_dir(&ctx.layout().client_dir(&name), KEY_DIR_MODE)?;
                 let files = crate::authz::Files::new(&ctx.settings);
                 let given = (role != crate::authz::Role::Admin).then_some(role);
                 crate::authz::policy::set_role(
@@ -90,14 +90,14 @@ pub(crate) async fn client(ctx: &Ctx, cmd: ClientCommand) -> Result<()> {
                 ))
                 .into());
             }
-            let dir = ctx.layout.client_dir(&name);
+            let dir = ctx.layout().client_dir(&name);
             if !dir.is_dir() {
                 return Err(UsageError(format!(
                     "no client '{name}' (see `docker-tls-manager client list`)"
                 ))
                 .into());
             }
-            let _lock = StateLock::acquire(&ctx.settings.paths.state_dir, LOCK_WAIT)?;
+            let _lock = StateLock::acquire(ctx.layout(), LOCK_WAIT).await?;
             let not_after = ctx
                 .inspect()
                 .get(&Slot::Client(name.clone()))
@@ -114,7 +114,7 @@ pub(crate) async fn client(ctx: &Ctx, cmd: ClientCommand) -> Result<()> {
                 .with_context(|| format!("cannot remove '{}'", dir.display()))?;
             println!(
                 "client '{name}' removed (files backed up in '{}')",
-                ctx.layout.backup_dir().display()
+                ctx.layout().backup_dir().display()
             );
             print_revoked(ctx, &name, &revoked);
             if let Some(t) = not_after.filter(|t| *t > now)
@@ -133,11 +133,11 @@ pub(crate) async fn client(ctx: &Ctx, cmd: ClientCommand) -> Result<()> {
             known_client(ctx, &name)?;
             let now = SystemTime::now();
             let revoked = {
-                let _lock = StateLock::acquire(&ctx.settings.paths.state_dir, LOCK_WAIT)?;
+                let _lock = StateLock::acquire(ctx.layout(), LOCK_WAIT).await?;
                 let revoked = revoke_all(ctx, &name, now)?;
                 // A new certificate for the name, to hand out: the old files go (backed up)
                 // and the convergence issues new ones.
-                let (cert, key) = ctx.layout.cert_and_key(&Slot::Client(name.clone()));
+                let (cert, key) = ctx.layout().cert_and_key(&Slot::Client(name.clone()));
                 for p in [&cert, &key] {
                     backup(p, &ctx.backups(), now)?;
                     match std::fs::remove_file(p) {
@@ -170,7 +170,7 @@ pub(crate) async fn client(ctx: &Ctx, cmd: ClientCommand) -> Result<()> {
         } => {
             known_client(ctx, &name)?;
             // Under the lock: never a key and a certificate from either side of a renewal.
-            let _lock = StateLock::acquire(&ctx.settings.paths.state_dir, LOCK_WAIT)?;
+            let _lock = StateLock::acquire(ctx.layout(), LOCK_WAIT).await?;
             let files = client_files(ctx, &name)?;
             let host = client_host(host)?;
             let port = ctx.settings.docker.listen[0].port;
@@ -203,7 +203,7 @@ pub(crate) async fn client(ctx: &Ctx, cmd: ClientCommand) -> Result<()> {
         }
         ClientCommand::Env { name, host } => {
             known_client(ctx, &name)?;
-            let _lock = StateLock::acquire(&ctx.settings.paths.state_dir, LOCK_WAIT)?;
+            let _lock = StateLock::acquire(ctx.layout(), LOCK_WAIT).await?;
             client_files(ctx, &name)?;
             let host = client_host(host)?;
             let port = ctx.settings.docker.listen[0].port;
@@ -211,7 +211,7 @@ pub(crate) async fn client(ctx: &Ctx, cmd: ClientCommand) -> Result<()> {
             println!("export DOCKER_TLS_VERIFY=1");
             println!(
                 "export DOCKER_CERT_PATH={}",
-                ctx.layout.client_dir(&name).display()
+                ctx.layout().client_dir(&name).display()
             );
             Ok(())
         }
@@ -226,9 +226,10 @@ fn record_handed_out(ctx: &Ctx, name: &str, cert_pem: &[u8]) -> Result<()> {
         fingerprint_sha256: info.fingerprint,
         not_after: humantime::format_rfc3339_seconds(info.not_after).to_string(),
         at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+        ca_key_id: info.authority_key_id.as_ref().map(hex::encode),
     };
     atomic_write(
-        &report::handed_out_path(&ctx.layout, name),
+        &ctx.layout().handed_out(name),
         serde_json::to_string_pretty(&rec)?.as_bytes(),
         0o600,
     )
@@ -269,8 +270,8 @@ fn known_client(ctx: &Ctx, name: &str) -> Result<()> {
 fn client_files(ctx: &Ctx, name: &str) -> Result<ClientFiles> {
     known_client(ctx, name)?;
     let slot = Slot::Client(name.to_string());
-    let (cert, key) = ctx.layout.cert_and_key(&slot);
-    let ca = ctx.layout.ca_copy(&slot).expect("clients have a CA copy");
+    let (cert, key) = ctx.layout().cert_and_key(&slot);
+    let ca = ctx.layout().ca_copy(&slot).expect("clients have a CA copy");
     let read = |p: &Path| {
         std::fs::read(p).with_context(|| {
             format!(
@@ -284,9 +285,11 @@ fn client_files(ctx: &Ctx, name: &str) -> Result<ClientFiles> {
         cert: read(&cert)?,
         key: read(&key)?,
     };
-    let current = ctx.layout.ca_cert();
+    let current = ctx.layout().ca_cert();
     let current_ca = read(&current)?;
-    let why = match bundle::check(&files, &current_ca, SystemTime::now()) {
+    let trust = crate::pki::inspect::server_trust(ctx.layout(), Some(&current_ca))
+        .context("cannot read [acme] issuer_root")?;
+    let why = match bundle::check(&files, &current_ca, &trust, SystemTime::now()) {
         Ok(()) => return Ok(files),
         Err(bundle::Unfit::CertUnreadable(e)) => format!("'{}': {e}", cert.display()),
         Err(bundle::Unfit::KeyUnreadable(e)) => format!("'{}': {e}", key.display()),
@@ -329,7 +332,7 @@ fn revoke_all(
     now: SystemTime,
 ) -> Result<Vec<crate::authz::policy::Revoked>> {
     let files = crate::authz::Files::new(&ctx.settings);
-    let certs = crate::authz::policy::client_certificates(&ctx.layout, name);
+    let certs = crate::authz::policy::client_certificates(ctx.layout(), name);
     crate::authz::policy::revoke(&files, name, &certs, &ctx.backups(), now)
 }
 

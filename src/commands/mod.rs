@@ -1,7 +1,8 @@
 //! The commands: each loads what it needs, plans, and acts, through the convergence engine
 //! (`crate::converge`). Output for humans goes to stdout; logs (tracing) go to stderr. By noun:
-//! `client`, `status`, `check`; apply, renew and deconfigure here.
+//! `ca`, `client`, `status`, `check`; apply, renew and deconfigure here.
 
+mod ca;
 mod check;
 mod client;
 mod status;
@@ -20,8 +21,8 @@ use crate::docker::{self, plan::DockerPlan};
 use crate::error::UsageError;
 use crate::files::{StateLock, atomic_write, ensure_dir};
 use crate::host::HostIdentity;
+use crate::layout::KEY_DIR_MODE;
 use crate::pki::Slot;
-use crate::pki::layout::KEY_DIR_MODE;
 use crate::pki::plan::{Force, Plan};
 use crate::status as report;
 use crate::systemd::Systemd;
@@ -96,6 +97,7 @@ pub async fn run(cmd: Command, config_path: Option<&Path>) -> Result<()> {
         }
         Command::Status { json } => status::status_cmd(&ctx, json).await,
         Command::Check => check::check(&ctx).await,
+        Command::Ca(c) => ca::ca(&ctx, c).await,
         Command::Client(c) => client::client(&ctx, c).await,
         Command::Deconfigure => deconfigure(&ctx).await,
         Command::Run
@@ -166,7 +168,7 @@ pub(crate) async fn converge(
 /// Puts Docker back as it was and records that the admin asked for it, so that neither the
 /// service nor `renew` configures Docker again until `apply`.
 async fn deconfigure(ctx: &Ctx) -> Result<()> {
-    let _lock = StateLock::acquire(&ctx.settings.paths.state_dir, LOCK_WAIT)?;
+    let _lock = StateLock::acquire(ctx.layout(), LOCK_WAIT).await?;
     let side = DockerSide::connect(&ctx.settings).await?;
     // The authorization plugin first: our entry out of daemon.json (reload), then its units.
     let before = side.observe(&ctx.settings).await?;
@@ -185,7 +187,7 @@ async fn deconfigure(ctx: &Ctx) -> Result<()> {
     // Recorded before anything changes: a crash halfway must not let the service (which
     // watches the files removed below) configure Docker again at the next boot. Taken back
     // if the run fails: the rollback restored the configuration, which the service keeps.
-    let marker = docker::plan::deconfigured_path(&ctx.settings);
+    let marker = ctx.layout().deconfigured();
     let had_marker = marker.exists();
     ensure_dir(&ctx.settings.paths.state_dir, KEY_DIR_MODE)?;
     atomic_write(
@@ -197,7 +199,7 @@ async fn deconfigure(ctx: &Ctx) -> Result<()> {
         .as_bytes(),
         0o600,
     )?;
-    let cx = side.exec_context(&obs, ctx.layout.backup_dir(), vec![]);
+    let cx = side.exec_context(&obs, ctx.layout().backup_dir(), vec![]);
     if let Err(e) = docker::execute::execute(&dplan, &cx).await {
         if !had_marker {
             let _ = std::fs::remove_file(&marker);
@@ -279,18 +281,16 @@ pub(crate) fn print_plan(plan: &Plan, dry_run: bool) {
     }
 }
 
-/// The man page (section 8) and bash, zsh and fish completions, generated from the clap
-/// definition so they never drift from it.
+/// The man pages (crate::manual), bash, zsh and fish completions and the packaged config.toml,
+/// generated from the code so they never drift from it.
 fn generate_assets(dir: &Path) -> Result<()> {
     use clap::CommandFactory;
     use clap_complete::Shell;
     ensure_dir(dir, 0o755)?;
     let cmd = crate::cli::Cli::command();
-    let mut man = Vec::new();
-    clap_mangen::Man::new(cmd.clone())
-        .section("8")
-        .render(&mut man)?;
-    atomic_write(&dir.join("docker-tls-manager.8"), &man, 0o644)?;
+    for page in crate::manual::pages() {
+        atomic_write(&dir.join(&page.file_name), page.text.as_bytes(), 0o644)?;
+    }
     for (shell, name) in [
         (Shell::Bash, "docker-tls-manager.bash"),
         (Shell::Zsh, "_docker-tls-manager"),
@@ -306,7 +306,7 @@ fn generate_assets(dir: &Path) -> Result<()> {
         0o644,
     )?;
     println!(
-        "wrote the man page, completions and the packaged config.toml to {}",
+        "wrote the man pages, completions and the packaged config.toml to {}",
         dir.display()
     );
     Ok(())

@@ -14,7 +14,14 @@ pub(crate) async fn status_cmd(ctx: &Ctx, json: bool) -> Result<()> {
             ..Plan::default()
         },
     };
-    let handed = report::handed_out_warnings(&ctx.layout, &ctx.client_names(), &ctx.settings, now);
+    let mut handed =
+        report::handed_out_warnings(ctx.layout(), &ctx.client_names(), &ctx.settings, now);
+    handed.extend(report::rollover_warnings(
+        ctx.layout(),
+        &ctx.client_names(),
+        &ctx.settings,
+        now,
+    ));
     let mut report = report::report(&disk, &plan, &ctx.settings, now, handed);
     if ctx.settings.docker.manage {
         report.docker = Some(docker_status(ctx).await);
@@ -80,7 +87,7 @@ async fn docker_status(ctx: &Ctx) -> report::DockerStatus {
         st.serving_current_certificate =
             obs.served.is_some() && obs.served.as_deref() == Some(obs.wanted.as_str());
         st.served_sha256 = obs.served.clone();
-        st.deconfigured = docker::plan::deconfigured_path(&ctx.settings).exists();
+        st.deconfigured = ctx.layout().deconfigured().exists();
         match docker::plan::plan_configure(&obs, &ctx.settings) {
             Ok(p) => {
                 st.restart_deferred = p.deferred;

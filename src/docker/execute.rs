@@ -1,7 +1,7 @@
 //! Runs a Docker plan against systemd, verifies the result, and on any failure puts the
 //! previous files back, reloads systemd, resets the start limit and starts Docker again.
 
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -235,7 +235,8 @@ async fn run_step<S: Systemd, P: Prober, D: DockerDaemon>(
         Step::VerifyClosed => {
             wait_active(sd, VERIFY_TIMEOUT).await?;
             let addr = cx.probe.addr();
-            if TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_ok() {
+            let connect = tokio::net::TcpStream::connect(addr);
+            if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(2), connect).await {
                 bail!("{addr} still accepts connections after deconfigure");
             }
             Ok(())
@@ -497,7 +498,7 @@ mod tests {
                 "start docker.service"
             ]
         );
-        assert!(s.paths.systemd_dir.join("docker-tcp.socket").is_file());
+        assert!(s.paths.socket_unit().is_file());
         assert!(
             s.paths
                 .systemd_dir
@@ -566,7 +567,7 @@ mod tests {
                 "start docker.service"
             ]
         );
-        assert!(!s.paths.systemd_dir.join("docker-tcp.socket").exists());
+        assert!(!s.paths.socket_unit().exists());
         assert!(
             !s.paths
                 .systemd_dir
@@ -582,7 +583,7 @@ mod tests {
             "live-restore must survive the rollback, the TLS keys must not"
         );
         // deconfigure still knows live-restore was ours.
-        let owned = std::fs::read_to_string(s.paths.state_dir.join("docker-owned.json")).unwrap();
+        let owned = std::fs::read_to_string(s.paths.docker_owned()).unwrap();
         assert!(owned.contains("live-restore"), "{owned}");
     }
 
@@ -605,7 +606,7 @@ mod tests {
             "{:?}",
             sd.calls()
         );
-        assert!(!s.paths.systemd_dir.join("docker-tcp.socket").exists());
+        assert!(!s.paths.socket_unit().exists());
     }
 
     /// daemon.json as config management leaves it: a link into daemon.d, mode 0640, group 4.

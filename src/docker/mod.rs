@@ -15,7 +15,7 @@ pub mod render;
 use anyhow::{Context, Result};
 
 use crate::config::Settings;
-use crate::pki::{Layout, Slot};
+use crate::pki::Slot;
 use crate::systemd::Systemd;
 use daemon::DockerDaemon;
 use plan::{Observed, Owned};
@@ -24,7 +24,7 @@ use render::{DOCKER_SERVICE, SOCKET_UNIT};
 
 /// The probe that checks Docker with the manager's own client identity.
 pub fn tls_probe(settings: &Settings) -> TlsProbe {
-    let layout = Layout::new(&settings.paths);
+    let layout = &settings.paths;
     let (cert, key) = layout.cert_and_key(&Slot::Probe);
     let first = &settings.docker.listen[0];
     TlsProbe {
@@ -35,6 +35,10 @@ pub fn tls_probe(settings: &Settings) -> TlsProbe {
             .unwrap_or_else(|| layout.ca_cert()),
         cert,
         key,
+        name_from: settings
+            .acme
+            .is_some()
+            .then(|| layout.cert_and_key(&Slot::Server).0),
     }
 }
 
@@ -45,12 +49,12 @@ pub async fn observe<S: Systemd, D: DockerDaemon, P: Prober>(
     daemon: &D,
     probe: &P,
 ) -> Result<Observed> {
-    let layout = Layout::new(&settings.paths);
+    let layout = &settings.paths;
     // What dockerd really gets: `$DOCKER_OPTS` and the like expanded as systemd does.
     let docker = dockerd::expanded(systemd.unit(DOCKER_SERVICE).await?);
     let socket = systemd.unit(SOCKET_UNIT).await?;
     let daemon_json_path = dockerd::daemon_json_path(&docker, settings);
-    let owned_path = plan::owned_path(settings);
+    let owned_path = settings.paths.docker_owned();
     let owned: Owned = match std::fs::read(&owned_path) {
         Ok(b) => serde_json::from_slice(&b).with_context(|| {
             format!(
@@ -67,10 +71,10 @@ pub async fn observe<S: Systemd, D: DockerDaemon, P: Prober>(
     let running = docker.is_active();
     let guard_binary = guard::guard_binary();
     Ok(Observed {
-        socket_file: std::fs::read_to_string(plan::socket_path(settings)).ok(),
-        dropin_file: std::fs::read_to_string(plan::dropin_path(settings)).ok(),
-        legacy_dropin_file: std::fs::read_to_string(plan::legacy_dropin_path(settings)).ok(),
-        guard_unit_file: std::fs::read_to_string(plan::guard_unit_path(settings)).ok(),
+        socket_file: std::fs::read_to_string(settings.paths.socket_unit()).ok(),
+        dropin_file: std::fs::read_to_string(settings.paths.dropin()).ok(),
+        legacy_dropin_file: std::fs::read_to_string(settings.paths.legacy_dropin()).ok(),
+        guard_unit_file: std::fs::read_to_string(settings.paths.guard_unit()).ok(),
         guard_binary_problem: guard::unsafe_for_root(&guard_binary),
         guard_binary,
         daemon_json: std::fs::read_to_string(&daemon_json_path).ok(),

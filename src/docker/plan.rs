@@ -17,7 +17,7 @@ use super::render::{
 };
 use crate::config::{LiveRestore, Settings};
 use crate::error::UsageError;
-use crate::pki::{Layout, Slot};
+use crate::pki::Slot;
 use crate::systemd::UnitInfo;
 
 /// What the manager changed in daemon.json, to put back on `deconfigure`: each key it set,
@@ -63,6 +63,21 @@ pub struct Observed {
     /// the look before issuing that holds a renewal back with a deferred restart).
     pub pki_changes_server: bool,
     pub owned: Owned,
+}
+
+impl Observed {
+    /// What dockerd reads besides our files, for the watcher and the sweep.
+    pub fn dockerd_inputs(&self) -> crate::layout::DockerdInputs {
+        crate::layout::DockerdInputs {
+            daemon_json: self.daemon_json_path.clone(),
+            environment_files: self
+                .docker
+                .environment_files
+                .iter()
+                .map(|(p, _)| PathBuf::from(p))
+                .collect(),
+        }
+    }
 }
 
 /// One step, run in order by the executor.
@@ -139,32 +154,6 @@ pub struct DockerPlan {
     pub deferred: bool,
 }
 
-pub fn socket_path(settings: &Settings) -> PathBuf {
-    settings.paths.systemd_dir.join(SOCKET_UNIT)
-}
-
-pub fn dropin_path(settings: &Settings) -> PathBuf {
-    settings
-        .paths
-        .systemd_dir
-        .join("docker.service.d")
-        .join(render::DROPIN_NAME)
-}
-
-/// The guard unit docker.service waits for.
-pub fn guard_unit_path(settings: &Settings) -> PathBuf {
-    settings.paths.systemd_dir.join(render::GUARD_UNIT)
-}
-
-/// Where earlier versions wrote the drop-in (the name `systemctl edit` uses).
-pub fn legacy_dropin_path(settings: &Settings) -> PathBuf {
-    settings
-        .paths
-        .systemd_dir
-        .join("docker.service.d")
-        .join(render::LEGACY_DROPIN_NAME)
-}
-
 /// How our units call the guard, or a refusal when a path cannot go into a unit file as it is.
 fn guard(obs: &Observed, settings: &Settings) -> Result<Guard, UsageError> {
     if let Some(problem) = &obs.guard_binary_problem {
@@ -177,11 +166,11 @@ fn guard(obs: &Observed, settings: &Settings) -> Result<Guard, UsageError> {
     }
     let g = Guard {
         binary: obs.guard_binary.clone(),
-        ca: Layout::new(&settings.paths).ca_cert(),
+        ca: settings.paths.ca_cert(),
         daemon_json: obs.daemon_json_path.clone(),
         default_daemon_json: settings.paths.daemon_json.clone(),
-        dropin: dropin_path(settings),
-        guard_unit: guard_unit_path(settings),
+        dropin: settings.paths.dropin(),
+        guard_unit: settings.paths.guard_unit(),
         config: settings
             .source
             .clone()
@@ -222,15 +211,6 @@ fn legacy_ours(obs: &Observed) -> bool {
     obs.legacy_dropin_file
         .as_deref()
         .is_some_and(|t| t.starts_with(HEADER_FIRST_LINE))
-}
-
-pub fn owned_path(settings: &Settings) -> PathBuf {
-    settings.paths.state_dir.join("docker-owned.json")
-}
-
-/// Present after `deconfigure`: nothing but `apply` configures Docker again.
-pub fn deconfigured_path(settings: &Settings) -> PathBuf {
-    settings.paths.state_dir.join("deconfigured")
 }
 
 fn refuse(msg: String) -> UsageError {
@@ -322,7 +302,7 @@ fn check_conflicts(
 /// re-checks daemon.json at every start of dockerd), then the socket unit (whose guard
 /// refuses to listen unless both are in place).
 pub fn plan_configure(obs: &Observed, settings: &Settings) -> Result<DockerPlan, UsageError> {
-    let layout = Layout::new(&settings.paths);
+    let layout = &settings.paths;
     let flags = obs
         .docker
         .exec_start
@@ -433,7 +413,7 @@ pub fn plan_configure(obs: &Observed, settings: &Settings) -> Result<DockerPlan,
         }
         if owned != obs.owned {
             plan.steps.push(Step::Write {
-                path: owned_path(settings),
+                path: settings.paths.docker_owned(),
                 content: serde_json::to_string_pretty(&owned).expect("serializable") + "\n",
                 mode: 0o600,
             });
@@ -468,26 +448,26 @@ pub fn plan_configure(obs: &Observed, settings: &Settings) -> Result<DockerPlan,
     }
     if legacy {
         plan.steps.push(Step::Remove {
-            path: legacy_dropin_path(settings),
+            path: settings.paths.legacy_dropin(),
         });
     }
     if guard_unit_changed {
         plan.steps.push(Step::Write {
-            path: guard_unit_path(settings),
+            path: settings.paths.guard_unit(),
             content: guard_unit_content,
             mode: 0o644,
         });
     }
     if dropin_changed {
         plan.steps.push(Step::Write {
-            path: dropin_path(settings),
+            path: settings.paths.dropin(),
             content: dropin_content,
             mode: 0o644,
         });
     }
     if socket_changed {
         plan.steps.push(Step::Write {
-            path: socket_path(settings),
+            path: settings.paths.socket_unit(),
             content: socket_content,
             mode: 0o644,
         });
@@ -568,22 +548,22 @@ pub fn plan_deconfigure(obs: &Observed, settings: &Settings) -> Result<DockerPla
     }
     if obs.socket_file.is_some() {
         plan.steps.push(Step::Remove {
-            path: socket_path(settings),
+            path: settings.paths.socket_unit(),
         });
     }
     if obs.dropin_file.is_some() {
         plan.steps.push(Step::Remove {
-            path: dropin_path(settings),
+            path: settings.paths.dropin(),
         });
     }
     if legacy_ours(obs) {
         plan.steps.push(Step::Remove {
-            path: legacy_dropin_path(settings),
+            path: settings.paths.legacy_dropin(),
         });
     }
     if obs.guard_unit_file.is_some() {
         plan.steps.push(Step::Remove {
-            path: guard_unit_path(settings),
+            path: settings.paths.guard_unit(),
         });
     }
     if !plan.steps.is_empty() {
@@ -639,7 +619,7 @@ pub fn plan_deconfigure(obs: &Observed, settings: &Settings) -> Result<DockerPla
     }
     if !obs.owned.original.is_empty() || obs.owned.created_daemon_json {
         plan.steps.push(Step::Remove {
-            path: owned_path(settings),
+            path: settings.paths.docker_owned(),
         });
     }
     Ok(plan)

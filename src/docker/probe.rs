@@ -30,6 +30,9 @@ pub struct TlsProbe {
     pub ca: PathBuf,
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// With `[acme]`: the server certificate on disk, whose first name the served one must
+    /// carry (the ACME CA's certificates have no `localhost`, which ours always have).
+    pub name_from: Option<PathBuf>,
 }
 
 impl TlsProbe {
@@ -48,7 +51,18 @@ impl TlsProbe {
         let config = rustls::ClientConfig::builder()
             .with_root_certificates(roots)
             .with_client_auth_cert(chain, key)?;
-        let name = ServerName::try_from("localhost")?;
+        let name = match &self.name_from {
+            None => ServerName::try_from("localhost")?,
+            Some(server_cert) => {
+                let info = crate::pki::inspect::read_cert_info(server_cert)
+                    .with_context(|| format!("cannot read '{}'", server_cert.display()))?;
+                match info.sans.iter().next() {
+                    Some(crate::pki::inspect::San::Ip(ip)) => ServerName::IpAddress((*ip).into()),
+                    Some(crate::pki::inspect::San::Dns(d)) => ServerName::try_from(d.clone())?,
+                    None => anyhow::bail!("'{}' names no host", server_cert.display()),
+                }
+            }
+        };
         let conn = rustls::ClientConnection::new(Arc::new(config), name)?;
         let tcp = TcpStream::connect_timeout(&self.addr, Duration::from_secs(5))
             .with_context(|| format!("cannot connect to {}", self.addr))?;

@@ -11,21 +11,36 @@ use tracing::info;
 
 use super::inspect::{CaName, CaRecord, San, cert_info, read_cert_info};
 use super::issue::{self, Leaf};
-use super::layout::{CERT_MODE, KEY_DIR_MODE, KEY_MODE};
-use super::plan::{Action, Plan, common_name, policy_of};
+use super::plan::{Action, Plan, Reason, common_name, policy_of};
+use super::rollover::{self, Phase};
 use super::{Layout, Slot};
 use crate::config::Settings;
 use crate::files::{Backups, atomic_write, backup, ensure_dir, set_mode, write_if_changed};
 use crate::host::HostIdentity;
+use crate::layout::{CERT_MODE, KEY_DIR_MODE, KEY_MODE};
 
 /// Runs every action of `plan` in order. Stops at the first error; what was written until then
 /// is complete and consistent file by file, and the next run picks up from there.
+#[cfg(test)]
 pub fn execute(
     plan: &Plan,
     layout: &Layout,
     settings: &Settings,
     host: &HostIdentity,
     now: SystemTime,
+) -> Result<()> {
+    execute_with(plan, layout, settings, host, now, None)
+}
+
+/// [`execute`], with the server certificate the ACME CA issued for this plan (`[acme]`: the
+/// convergence orders it before, since that is network I/O; see `acme`).
+pub fn execute_with(
+    plan: &Plan,
+    layout: &Layout,
+    settings: &Settings,
+    host: &HostIdentity,
+    now: SystemTime,
+    acme_server: Option<&crate::acme::Issued>,
 ) -> Result<()> {
     let backups = Backups {
         dir: layout.backup_dir(),
@@ -34,7 +49,7 @@ pub fn execute(
     for action in &plan.actions {
         info!(action = %action, "pki");
         match action {
-            Action::IssueCa { new_key, .. } => issue_ca(
+            Action::IssueCa { new_key, reason } => issue_ca(
                 layout,
                 &backups,
                 settings,
@@ -42,7 +57,26 @@ pub fn execute(
                 now,
                 *new_key,
                 plan.ca_subject.as_ref(),
+                *reason == Reason::RolloverStart,
             )?,
+            Action::Issue {
+                slot: Slot::Server, ..
+            } if layout.acme_issuer_root.is_some() => {
+                let issued = acme_server.context(
+                    "the server certificate comes from the ACME CA ([acme]), and none was obtained",
+                )?;
+                let (cert_path, key_path) = layout.cert_and_key(&Slot::Server);
+                ensure_key_dirs(layout, &Slot::Server)?;
+                backup(&key_path, &backups, now)?;
+                atomic_write(&key_path, issued.key_pem.as_bytes(), KEY_MODE)?;
+                replace(
+                    &backups,
+                    &cert_path,
+                    issued.chain_pem.as_bytes(),
+                    CERT_MODE,
+                    now,
+                )?;
+            }
             Action::Issue { slot, .. } => issue_leaf(
                 layout,
                 &backups,
@@ -51,13 +85,35 @@ pub fn execute(
                 now,
                 slot,
                 &plan.server_sans,
+                plan.rollover == Some(Phase::Overlap),
             )?,
             Action::CopyCa { slot } => {
-                let ca_pem =
-                    std::fs::read(layout.ca_cert()).context("cannot read the CA certificate")?;
+                let trust = server_trust_pem(layout)?;
                 let copy = layout.ca_copy(slot).expect("only clients have a CA copy");
-                replace(&backups, &copy, &ca_pem, CERT_MODE, now)?;
+                replace(&backups, &copy, &trust, CERT_MODE, now)?;
             }
+            Action::SavePreviousCa => {
+                ensure_key_dirs(layout, &Slot::Ca)?;
+                let key = std::fs::read(layout.ca_key()).context("cannot read the CA key")?;
+                atomic_write(
+                    &layout.ca_previous_cert(),
+                    &current_ca_pem(layout)?,
+                    CERT_MODE,
+                )?;
+                atomic_write(&layout.ca_previous_key(), &key, KEY_MODE)?;
+            }
+            Action::CrossSign => cross_sign(layout, now)?,
+            Action::WriteTrust { with_previous } => {
+                let mut trust = current_ca_pem(layout)?;
+                if *with_previous {
+                    let prev = std::fs::read(layout.ca_previous_cert())
+                        .context("cannot read the previous CA certificate")?;
+                    trust.extend_from_slice(rollover::first_block(&prev));
+                }
+                replace(&backups, &layout.ca_cert(), &trust, CERT_MODE, now)?;
+            }
+            Action::DestroyPreviousCa => destroy_previous(layout)?,
+            Action::EndRollover => remove_if_present(&layout.rollover_record())?,
             Action::RecordCaSubject => record_ca_subject(layout)?,
             Action::FixMode { path, mode, .. } => set_mode(path, *mode)?,
         }
@@ -89,6 +145,38 @@ fn read_ca_key(layout: &Layout) -> Result<rcgen::KeyPair> {
         .with_context(|| format!("cannot parse the CA key '{}'", path.display()))
 }
 
+/// Puts an imported CA in place of this host's (`ca import`), backing up what it replaces.
+/// Order, so that a crash between any two writes converges on the imported CA: its subject
+/// record first (ignored while the key on disk is another one), then its key (the planner
+/// re-signs a certificate for a key that lacks one under the recorded subject, which every
+/// client of the fleet already trusts), then its certificate.
+pub fn install_ca(
+    layout: &Layout,
+    backups: &Backups,
+    ca: &super::transfer::CaMaterial,
+    now: SystemTime,
+) -> Result<()> {
+    ensure_key_dirs(layout, &Slot::Ca)?;
+    ensure_dir(&layout.cert_dir, KEY_DIR_MODE)?;
+    let record = serde_json::to_vec_pretty(&CaRecord::of(&ca.cert))?;
+    replace(backups, &layout.ca_subject_record(), &record, KEY_MODE, now)?;
+    replace(
+        backups,
+        &layout.ca_key(),
+        ca.key_pem.as_bytes(),
+        KEY_MODE,
+        now,
+    )?;
+    replace(
+        backups,
+        &layout.ca_cert(),
+        ca.cert_pem.as_bytes(),
+        CERT_MODE,
+        now,
+    )?;
+    Ok(())
+}
+
 /// Writes `state_dir/ca-subject.json` from the CA certificate on disk.
 fn record_ca_subject(layout: &Layout) -> Result<()> {
     let path = layout.ca_cert();
@@ -99,8 +187,93 @@ fn record_ca_subject(layout: &Layout) -> Result<()> {
     Ok(())
 }
 
+/// The current CA certificate alone (ca.pem also holds the previous one during a rollover).
+/// What a client's copy holds: see `inspect::server_trust`.
+fn server_trust_pem(layout: &Layout) -> Result<Vec<u8>> {
+    let ca = std::fs::read(layout.ca_cert()).ok();
+    super::inspect::server_trust(layout, ca.as_deref()).with_context(|| {
+        match &layout.acme_issuer_root {
+            Some(r) => format!("cannot read [acme] issuer_root '{}'", r.display()),
+            None => "cannot read the CA certificate".to_string(),
+        }
+    })
+}
+
+fn current_ca_pem(layout: &Layout) -> Result<Vec<u8>> {
+    let pem = std::fs::read(layout.ca_cert()).context("cannot read the CA certificate")?;
+    Ok(rollover::first_block(&pem).to_vec())
+}
+
+fn remove_if_present(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("cannot remove '{}'", path.display()))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Certifies the previous CA (its exact name, key and key identifier) with the current CA
+/// key, for [`rollover::CROSS_VALIDITY`] at most (never beyond the previous CA itself).
+fn cross_sign(layout: &Layout, now: SystemTime) -> Result<()> {
+    let prev_path = layout.ca_previous_cert();
+    let prev = read_cert_info(&prev_path).with_context(|| {
+        format!(
+            "cannot read the previous CA certificate '{}'",
+            prev_path.display()
+        )
+    })?;
+    let prev_key_path = layout.ca_previous_key();
+    let prev_key = std::fs::read_to_string(&prev_key_path)
+        .ok()
+        .and_then(|t| rcgen::KeyPair::from_pem(&t).ok())
+        .with_context(|| {
+            format!(
+                "cannot read the previous CA key '{}'",
+                prev_key_path.display()
+            )
+        })?;
+    let validity =
+        rollover::CROSS_VALIDITY.min(prev.not_after.duration_since(now).unwrap_or_default());
+    let mut params = issue::ca_params("", now, validity);
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
+    params.distinguished_name = issue::distinguished_name(&prev.subject_der)?;
+    if let Some(id) = &prev.subject_key_id {
+        params.key_identifier_method = rcgen::KeyIdMethod::PreSpecified(id.clone());
+    }
+    params.use_authority_key_identifier_extension = true;
+    let ca_pem = String::from_utf8(current_ca_pem(layout)?)?;
+    let cert = issue::sign(&params, &prev_key, &ca_pem, read_ca_key(layout)?)?;
+    atomic_write(&layout.ca_cross(), cert.as_bytes(), CERT_MODE)
+}
+
+/// Destroys the previous CA: its key first, then every copy of that key in the backups, then
+/// its certificate and the cross certificate. Removal, not secure erasure.
+fn destroy_previous(layout: &Layout) -> Result<()> {
+    let public_key = rollover::load_record(layout)
+        .ok()
+        .flatten()
+        .and_then(|r| r.previous_public_key())
+        .or_else(
+            || match super::inspect::read_key(&layout.ca_previous_key()) {
+                super::inspect::KeyState::Readable { public_key } => Some(public_key),
+                _ => None,
+            },
+        );
+    remove_if_present(&layout.ca_previous_key())?;
+    if let Some(pk) = public_key {
+        for copy in rollover::key_copies(&layout.backup_dir(), &pk) {
+            info!(path = %copy.display(), "removing a backup copy of the previous CA key");
+            remove_if_present(&copy)?;
+        }
+    }
+    remove_if_present(&layout.ca_cross())?;
+    remove_if_present(&layout.ca_previous_cert())
+}
+
 /// Self-signs the CA: with a new key (named after the host), or re-signing the existing key
 /// under `name` when given: the same subject bytes and subject key identifier.
+#[allow(clippy::too_many_arguments)]
 fn issue_ca(
     layout: &Layout,
     backups: &Backups,
@@ -109,20 +282,35 @@ fn issue_ca(
     now: SystemTime,
     new_key: bool,
     name: Option<&CaName>,
+    rollover_start: bool,
 ) -> Result<()> {
     ensure_key_dirs(layout, &Slot::Ca)?;
     ensure_dir(&layout.cert_dir, KEY_DIR_MODE)?;
     let key = if new_key {
         let key = issue::generate_key(settings.ca.key_type)?;
         let path = layout.ca_key();
-        backup(&path, backups, now)?;
+        // A rollover keeps the old key as the previous CA's until it finishes, then destroys
+        // it: no backup copy.
+        if !rollover_start {
+            backup(&path, backups, now)?;
+        }
         atomic_write(&path, key.serialize_pem().as_bytes(), KEY_MODE)?;
         key
     } else {
         read_ca_key(layout)?
     };
-    let mut params = issue::ca_params(&common_name(&Slot::Ca, host), now, settings.ca.validity);
     let name = if new_key { None } else { name };
+    // A new CA beside a previous one gets its own name (the previous is named after the host
+    // too): Go and OpenSSL look issuers up by name.
+    let cn = match name {
+        None if layout.ca_previous_cert().exists() => format!(
+            "{} {}",
+            common_name(&Slot::Ca, host),
+            humantime::format_rfc3339_seconds(now)
+        ),
+        _ => common_name(&Slot::Ca, host),
+    };
+    let mut params = issue::ca_params(&cn, now, settings.ca.validity);
     if let Some(name) = name {
         params.distinguished_name = issue::distinguished_name(&name.subject_der)?;
         if let Some(id) = &name.key_id {
@@ -155,6 +343,7 @@ fn issue_ca(
     record_ca_subject(layout)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn issue_leaf(
     layout: &Layout,
     backups: &Backups,
@@ -163,6 +352,7 @@ fn issue_leaf(
     now: SystemTime,
     slot: &Slot,
     sans: &BTreeSet<San>,
+    overlap: bool,
 ) -> Result<()> {
     ensure_key_dirs(layout, slot)?;
     let policy = policy_of(settings, slot);
@@ -172,15 +362,28 @@ fn issue_leaf(
     };
     let params = issue::leaf_params(leaf, &common_name(slot, host), now, policy.validity)?;
     let key = issue::generate_key(policy.key_type)?;
-    let ca_pem =
-        std::fs::read_to_string(layout.ca_cert()).context("cannot read the CA certificate")?;
-    let cert_pem = issue::sign(&params, &key, &ca_pem, read_ca_key(layout)?)?;
+    let ca_pem = String::from_utf8(current_ca_pem(layout)?)?;
+    // In phase 1 of a rollover the server certificate is the previous CA's, followed by the
+    // cross certificate (see `pki::rollover`).
+    let cert_pem = if overlap && *slot == Slot::Server {
+        let prev_pem = std::fs::read_to_string(layout.ca_previous_cert())
+            .context("cannot read the previous CA certificate")?;
+        let prev_key = std::fs::read_to_string(layout.ca_previous_key())
+            .ok()
+            .and_then(|t| rcgen::KeyPair::from_pem(&t).ok())
+            .context("cannot read the previous CA key")?;
+        let cross = std::fs::read_to_string(layout.ca_cross())
+            .context("cannot read the cross certificate")?;
+        issue::sign(&params, &key, &prev_pem, prev_key)? + &cross
+    } else {
+        issue::sign(&params, &key, &ca_pem, read_ca_key(layout)?)?
+    };
     let (cert_path, key_path) = layout.cert_and_key(slot);
     backup(&key_path, backups, now)?;
     atomic_write(&key_path, key.serialize_pem().as_bytes(), KEY_MODE)?;
     replace(backups, &cert_path, cert_pem.as_bytes(), CERT_MODE, now)?;
     if let Some(copy) = layout.ca_copy(slot) {
-        replace(backups, &copy, ca_pem.as_bytes(), CERT_MODE, now)?;
+        replace(backups, &copy, &server_trust_pem(layout)?, CERT_MODE, now)?;
     }
     Ok(())
 }

@@ -13,10 +13,10 @@ use x509_parser::oid_registry::OID_SIG_ED25519;
 use x509_parser::prelude::{FromDer, X509Certificate};
 use x509_parser::public_key::PublicKey;
 
-use super::layout::{CERT_MODE, KEY_DIR_MODE, KEY_MODE};
 use super::{Layout, Slot};
 use crate::config::KeyType;
 use crate::files::mode_of;
+use crate::layout::{CERT_MODE, KEY_DIR_MODE, KEY_MODE};
 
 /// A subject alternative name.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
@@ -73,6 +73,15 @@ pub enum KeyState {
     },
 }
 
+impl KeyState {
+    pub fn public_key(&self) -> Option<Vec<u8>> {
+        match self {
+            KeyState::Readable { public_key } => Some(public_key.clone()),
+            _ => None,
+        }
+    }
+}
+
 /// The state of a certificate file.
 #[derive(Clone, Debug)]
 pub enum CertState {
@@ -118,6 +127,8 @@ pub struct DiskState {
     pub ca_key_issuers: Vec<CaName>,
     /// The costly checks of this inspection, to remember (`Memo::save`).
     pub memo: Memo,
+    /// A CA key rollover's files (see `pki::rollover`).
+    pub rollover: super::rollover::Observed,
 }
 
 /// Results of the elliptic-curve and RSA work of an inspection (a private key's public key, a
@@ -268,13 +279,14 @@ pub fn inspect(layout: &Layout, clients: &[String], probe: bool) -> DiskState {
         _ => false,
     };
     let mut memo = Memo::load(layout);
+    let trust = server_trust(layout, ca_pem.as_deref());
     let mut out = BTreeMap::new();
     for slot in slots {
         let mut obs = observe(
             layout,
             &slot,
             ca_der.as_deref(),
-            ca_pem.as_deref(),
+            trust.as_deref(),
             &mut memo,
         );
         obs.signed_by_ca_key = slot != Slot::Ca
@@ -286,11 +298,17 @@ pub fn inspect(layout: &Layout, clients: &[String], probe: bool) -> DiskState {
     let ca_record = std::fs::read(layout.ca_subject_record())
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok());
+    let rollover = super::rollover::inspect(
+        layout,
+        ca_der.as_deref(),
+        &layout.cert_and_key(&Slot::Server).0,
+    );
     DiskState {
         ca_key_issuers: ca_key_issuers(layout, &out, spki.as_deref()),
         slots: out,
         ca_record,
         memo,
+        rollover,
     }
 }
 
@@ -338,11 +356,42 @@ fn ca_key_issuers(
     issuers
 }
 
+/// What clients (and the probe) trust for the server, as their copy must hold it: the ACME
+/// CA's root with `[acme]`, else our current CA (ca.pem's first certificate: during a rollover
+/// it also holds the previous one).
+pub fn server_trust(layout: &Layout, ca_pem: Option<&[u8]>) -> Option<Vec<u8>> {
+    match &layout.acme_issuer_root {
+        Some(root) => std::fs::read(root).ok(),
+        None => ca_pem.map(|p| super::rollover::first_block(p).to_vec()),
+    }
+}
+
+/// Whether `chain_pem` (leaf first, then intermediates) verifies up to the root `root_pem`:
+/// each certificate signed by the next, the last by the root.
+pub fn chain_verifies(chain_pem: &[u8], root_pem: &[u8]) -> bool {
+    let ders = |pem: &[u8]| -> Vec<Vec<u8>> {
+        x509_parser::pem::Pem::iter_from_buffer(pem)
+            .filter_map(|p| p.ok())
+            .filter(|p| p.label == "CERTIFICATE")
+            .map(|p| p.contents)
+            .collect()
+    };
+    let mut chain = ders(chain_pem);
+    let Some(root) = ders(root_pem).into_iter().next() else {
+        return false;
+    };
+    if chain.is_empty() {
+        return false;
+    }
+    chain.push(root);
+    chain.windows(2).all(|w| verify_signed_by(&w[0], &w[1]))
+}
+
 fn observe(
     layout: &Layout,
     slot: &Slot,
     ca_der: Option<&[u8]>,
-    ca_pem: Option<&[u8]>,
+    trust: Option<&[u8]>,
     memo: &mut Memo,
 ) -> SlotObservation {
     let (cert_path, key_path) = layout.cert_and_key(slot);
@@ -359,6 +408,15 @@ fn observe(
         Err(_) => read_key(&key_path),
     };
     let signed_by_ca = match (&cert, ca_der) {
+        // From the ACME CA: the chain in the file up to its root.
+        (CertState::Present(_), _)
+            if *slot == Slot::Server && layout.acme_issuer_root.is_some() =>
+        {
+            match (std::fs::read(&cert_path), trust) {
+                (Ok(chain), Some(root)) => chain_verifies(&chain, root),
+                _ => false,
+            }
+        }
         (CertState::Present(info), Some(ca)) => {
             memo.signed(&info.der, ca, || verify_signed_by(&info.der, ca))
         }
@@ -380,7 +438,8 @@ fn observe(
     let mut ca_copy_current = true;
     if let Some(copy) = layout.ca_copy(slot) {
         check(&copy, CERT_MODE);
-        ca_copy_current = match (std::fs::read(&copy), ca_pem) {
+        // The copy holds what clients trust for the server (see `server_trust`).
+        ca_copy_current = match (std::fs::read(&copy), trust) {
             (Ok(have), Some(want)) => have == want,
             _ => false,
         };

@@ -53,10 +53,11 @@ fn base_params(cn: &str, now: SystemTime, validity: Duration) -> CertificatePara
     p
 }
 
-/// Parameters of the self-signed CA.
+/// Parameters of the self-signed CA. `pathlen:1`: room for the one intermediate of a key
+/// rollover (the previous CA certified by this one, see `pki::rollover`).
 pub fn ca_params(cn: &str, now: SystemTime, validity: Duration) -> CertificateParams {
     let mut p = base_params(cn, now, validity);
-    p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    p.is_ca = IsCa::Ca(BasicConstraints::Constrained(1));
     p.key_usages = vec![
         KeyUsagePurpose::KeyCertSign,
         KeyUsagePurpose::CrlSign,

@@ -1,15 +1,16 @@
 //! The PKI: the CA, the daemon's server certificate and the client certificates.
-//! `layout` says where each file lives, `inspect` reads what is on disk with a real X.509
+//! `crate::layout` says where each file lives, `inspect` reads what is on disk with a real X.509
 //! parser, `plan` decides (purely, from disk + settings + clock) what to do, `issue` makes keys
 //! and certificates with rcgen, and `execute` carries out a plan through the atomic-write helper.
 
 pub mod execute;
 pub mod inspect;
 pub mod issue;
-pub mod layout;
 pub mod plan;
+pub mod rollover;
+pub mod transfer;
 
-pub use layout::Layout;
+pub use crate::layout::Layout;
 
 use std::fmt;
 

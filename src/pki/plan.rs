@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime};
 use anyhow::{Result, bail};
 
 use super::inspect::{CaName, CaRecord, CertState, DiskState, KeyState, San, SlotObservation};
+use super::rollover::Phase;
 use super::{PROBE_CN, Slot};
 use crate::config::{CertPolicy, KeyType, Settings};
 use crate::host::{Fqdn, HostIdentity};
@@ -44,6 +45,10 @@ pub enum Reason {
         wanted: KeyType,
     },
     CaReplaced,
+    /// A CA key rollover starts: the CA gets a new key, bundles handed out keep working.
+    RolloverStart,
+    /// A CA key rollover changes what Docker trusts or presents (a Docker restart).
+    RolloverChain,
     Due {
         not_after: SystemTime,
     },
@@ -63,7 +68,11 @@ impl Reason {
     pub fn is_renewal(&self) -> bool {
         matches!(
             self,
-            Reason::Due { .. } | Reason::Expired { .. } | Reason::Forced
+            Reason::Due { .. }
+                | Reason::Expired { .. }
+                | Reason::Forced
+                | Reason::RolloverStart
+                | Reason::RolloverChain
         )
     }
 }
@@ -95,6 +104,10 @@ impl fmt::Display for Reason {
                 found.map_or("unknown".to_string(), |k| k.to_string())
             ),
             Reason::CaReplaced => f.write_str("the CA gets a new key"),
+            Reason::RolloverStart => f.write_str(
+                "CA key rollover, phase 1 (bundles handed out keep working until it finishes)",
+            ),
+            Reason::RolloverChain => f.write_str("CA key rollover"),
             Reason::Due { not_after } => write!(f, "due for renewal (expires {})", t(not_after)),
             Reason::Expired { not_after } => write!(f, "expired at {}", t(not_after)),
             Reason::NotYetValid { not_before } => write!(
@@ -118,6 +131,16 @@ pub enum Action {
     CopyCa { slot: Slot },
     /// Record the CA's subject (`state_dir/ca-subject.json`), missing or stale.
     RecordCaSubject,
+    /// Rollover: keep the current CA and its key as the previous one.
+    SavePreviousCa,
+    /// Rollover: certify the previous CA (its name and key) with the current CA key.
+    CrossSign,
+    /// Write what dockerd trusts (ca.pem): the current CA, and the previous one in phase 1.
+    WriteTrust { with_previous: bool },
+    /// Rollover: remove the previous CA, its key and every backup copy of that key.
+    DestroyPreviousCa,
+    /// Rollover: done; remove its record.
+    EndRollover,
     /// Set the mode of a file or directory.
     FixMode {
         path: PathBuf,
@@ -140,6 +163,22 @@ impl fmt::Display for Action {
             Action::Issue { slot, reason } => write!(f, "issue {slot} certificate: {reason}"),
             Action::CopyCa { slot } => write!(f, "refresh the CA copy of {slot}"),
             Action::RecordCaSubject => f.write_str("record the CA subject"),
+            Action::SavePreviousCa => {
+                f.write_str("keep the current CA and its key as the previous CA")
+            }
+            Action::CrossSign => {
+                f.write_str("certify the previous CA with the new CA key (for new bundles)")
+            }
+            Action::WriteTrust {
+                with_previous: true,
+            } => f.write_str("trust client certificates of the new and the previous CA"),
+            Action::WriteTrust {
+                with_previous: false,
+            } => f.write_str("trust client certificates of the current CA only"),
+            Action::DestroyPreviousCa => {
+                f.write_str("destroy the previous CA key (and its backup copies)")
+            }
+            Action::EndRollover => f.write_str("end the CA key rollover"),
             Action::FixMode { path, mode, found } => {
                 write!(f, "chmod {mode:o} '{}' (was {found:o})", path.display())
             }
@@ -156,6 +195,9 @@ pub struct Plan {
     pub ca_subject: Option<CaName>,
     /// The SANs a server certificate issued by this plan gets.
     pub server_sans: BTreeSet<San>,
+    /// The rollover phase this plan leaves (`None`: none, or ended): in phase 1 the server
+    /// certificate is signed by the previous CA and presented with the cross certificate.
+    pub rollover: Option<super::rollover::Phase>,
 }
 
 impl Plan {
@@ -175,6 +217,8 @@ impl Plan {
                 Reason::Due { .. }
                     | Reason::Forced
                     | Reason::CaReplaced
+                    | Reason::RolloverStart
+                    | Reason::RolloverChain
                     | Reason::SansChanged { .. }
                     | Reason::KeyTypeChanged { .. }
             )
@@ -182,6 +226,12 @@ impl Plan {
         let mut ca_changes = false;
         for a in &self.actions {
             match a {
+                // A rollover's steps wait for the restart as a whole.
+                Action::SavePreviousCa
+                | Action::CrossSign
+                | Action::WriteTrust { .. }
+                | Action::DestroyPreviousCa
+                | Action::EndRollover => ca_changes = true,
                 Action::IssueCa { reason, new_key } => {
                     if !can_wait(reason) {
                         return None;
@@ -201,7 +251,12 @@ impl Plan {
             .actions
             .iter()
             .filter(|a| match a {
-                Action::IssueCa { .. } => false,
+                Action::IssueCa { .. }
+                | Action::SavePreviousCa
+                | Action::CrossSign
+                | Action::WriteTrust { .. }
+                | Action::DestroyPreviousCa
+                | Action::EndRollover => false,
                 Action::Issue {
                     slot: Slot::Server, ..
                 } => false,
@@ -217,6 +272,19 @@ impl Plan {
         })
     }
 
+    /// Whether the server certificate is (re)issued.
+    pub fn issues_server(&self) -> bool {
+        self.actions.iter().any(|a| {
+            matches!(
+                a,
+                Action::Issue {
+                    slot: Slot::Server,
+                    ..
+                }
+            )
+        })
+    }
+
     /// Whether the certificate or key Docker serves changes.
     pub fn changes_server(&self) -> bool {
         self.actions.iter().any(|a| {
@@ -226,6 +294,7 @@ impl Plan {
                     slot: Slot::Server,
                     ..
                 } | Action::IssueCa { .. }
+                    | Action::WriteTrust { .. }
             )
         })
     }
@@ -281,7 +350,7 @@ pub fn wanted_server_sans(
     let current = disk
         .slots
         .get(&Slot::Server)
-        .filter(|o| o.signed_by_ca || o.signed_by_ca_key)
+        .filter(|o| o.signed_by_ca || o.signed_by_ca_key || disk.rollover.server_signed_by_previous)
         .and_then(|o| o.info())
         .map(|i| &i.sans);
     let Some(current) = current else {
@@ -310,6 +379,43 @@ pub fn wanted_server_sans(
     sans
 }
 
+/// The server certificate's names when an ACME CA issues it (`[acme]`): no loopback address,
+/// no `localhost` and no bare host name (without a dot): no ACME CA validates those.
+pub fn acme_sans(sans: BTreeSet<San>) -> BTreeSet<San> {
+    sans.into_iter()
+        .filter(|s| match s {
+            San::Ip(ip) => !ip.is_loopback(),
+            San::Dns(d) => d.contains('.') && d != "localhost",
+        })
+        .collect()
+}
+
+/// When a certificate from the ACME CA is renewed: between 60 % and two thirds of its
+/// lifetime, at a point drawn from its serial (so hosts renewing the same day spread out, and
+/// every run agrees on the moment). Short lifetimes are the norm there (step-ca: 24 h).
+pub fn acme_renewal_time(info: &super::inspect::CertInfo) -> SystemTime {
+    let life = info
+        .not_after
+        .duration_since(info.not_before)
+        .unwrap_or_default();
+    let seed = info
+        .serial
+        .bytes()
+        .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(b as u32));
+    let u = f64::from(seed % 1000) / 1000.0;
+    info.not_before + life.mul_f64(0.6 + (2.0 / 3.0 - 0.6) * u)
+}
+
+/// When a slot's certificate is due for renewal: `renew_before` its expiry, or, for a server
+/// certificate from the ACME CA, [`acme_renewal_time`].
+pub fn renewal_at(settings: &Settings, slot: &Slot, info: &super::inspect::CertInfo) -> SystemTime {
+    if *slot == Slot::Server && settings.acme.is_some() {
+        acme_renewal_time(info)
+    } else {
+        renewal_time(info.not_after, policy_of(settings, slot))
+    }
+}
+
 /// When a certificate with `not_after` is due for renewal under `policy`.
 pub fn renewal_time(not_after: SystemTime, policy: &CertPolicy) -> SystemTime {
     not_after
@@ -321,12 +427,12 @@ pub fn renewal_time(not_after: SystemTime, policy: &CertPolicy) -> SystemTime {
 /// renew_before`); `None` when none can be read. The one answer to "when is the next thing
 /// due", for the service's timer, `status` and the metrics.
 pub fn next_due(disk: &DiskState, settings: &Settings) -> Option<SystemTime> {
+    let rollover =
+        super::rollover::next_step(&disk.rollover, &settings.ca_rollover, SystemTime::now());
     disk.slots
         .iter()
-        .filter_map(|(slot, obs)| {
-            obs.info()
-                .map(|i| renewal_time(i.not_after, policy_of(settings, slot)))
-        })
+        .filter_map(|(slot, obs)| obs.info().map(|i| renewal_at(settings, slot, i)))
+        .chain(rollover)
         .min()
 }
 
@@ -406,7 +512,7 @@ pub fn plan(
              because every client certificate depends on it: restore it (backups are in '{}'), \
              fix its permissions, or move it away to create a new CA and then hand every client \
              a new bundle",
-            settings.paths.state_dir.join("backup").display()
+            settings.paths.backup_dir().display()
         ),
         KeyState::Missing => Some(Action::IssueCa {
             new_key: true,
@@ -432,8 +538,8 @@ pub fn plan(
                             if info.key_type != Some(settings.ca.key_type) {
                                 p.warnings.push(format!(
                                     "the CA key is {} but [ca] key_type is {}; the CA is not \
-                                     replaced automatically (it would invalidate every client \
-                                     bundle): run `docker-tls-manager renew --force ca` to switch",
+                                     replaced automatically: `docker-tls-manager ca rollover \
+                                     start` switches without breaking a client bundle",
                                     info.key_type
                                         .map_or("of an unknown type".into(), |k| k.to_string()),
                                     settings.ca.key_type
@@ -454,6 +560,9 @@ pub fn plan(
             })
         }
     };
+    let (phase, rollover_pre, ca_action) = rollover_ca_step(disk, settings, force, ca_action)?;
+    p.rollover = phase;
+    p.actions.extend(rollover_pre);
     // Leaves signed by the CA's previous key no longer verify once the CA certificate carries
     // another key: a new key, or a certificate that did not match the key file.
     let ca_new_key = matches!(
@@ -467,11 +576,19 @@ pub fn plan(
         )
     );
     let ca_changes = ca_action.is_some();
+    let ca_rollover_start = matches!(
+        ca_action,
+        Some(Action::IssueCa {
+            reason: Reason::RolloverStart,
+            ..
+        })
+    );
     if let (Some(Action::IssueCa { new_key: false, .. }), KeyState::Readable { public_key }) =
         (&ca_action, &ca.key)
     {
         p.ca_subject = kept_ca_subject(disk, public_key);
-        if p.ca_subject.is_none() {
+        // In phase 1 a CA whose name is lost is the new one: no bundle names it yet.
+        if p.ca_subject.is_none() && phase != Some(Phase::Overlap) {
             p.warnings.push(
                 "the CA's subject is found neither in ca.pem, nor in the record, nor in any \
                  certificate it signed: the CA is re-signed under a new name, and bundles handed \
@@ -491,15 +608,61 @@ pub fn plan(
             mode_fixes(ca, &mut p.actions)
         }
     }
-    if matches!(ca_action_new_key(&p), Some(true)) && !matches!(ca.cert, CertState::Missing) {
+    if matches!(ca_action_new_key(&p), Some(true))
+        && !matches!(ca.cert, CertState::Missing)
+        && !ca_rollover_start
+    {
         p.warnings.push(
             "the CA gets a new key: every client bundle handed out before must be handed out again"
                 .into(),
         );
     }
 
+    // Rollover: the cross certificate and what dockerd trusts. The server certificate is
+    // reissued whenever what Docker trusts or presents changes: its fingerprint is what tells
+    // that Docker restarted with the files on disk, also after a crash between the two.
+    let ro = &disk.rollover;
+    let overlap = phase == Some(Phase::Overlap);
+    let mut server_refresh = false;
+    if overlap && (ca_changes || !ro.cross_current(now)) {
+        p.actions.push(Action::CrossSign);
+        server_refresh = true;
+    }
+    let trust_ok = match (&ca.cert, ca_changes) {
+        // The CA is written alone; the previous one is added after it.
+        (_, true) => !overlap,
+        (CertState::Present(info), false) => {
+            let mut want = vec![info.der.clone()];
+            if overlap && let Some(prev) = &ro.previous_cert {
+                want.push(prev.der.clone());
+            }
+            ro.trust == want
+        }
+        _ => true,
+    };
+    if !trust_ok {
+        p.actions.push(Action::WriteTrust {
+            with_previous: overlap,
+        });
+        server_refresh = true;
+    }
+    let wanted_chain: Vec<Vec<u8>> = match (&ro.cross, overlap) {
+        (Some(x), true) => vec![x.der.clone()],
+        _ => vec![],
+    };
+    // (From the ACME CA the chain is the CA's own; a trust change still reissues it.)
+    if settings.acme.is_none()
+        && (ro.server_chain != wanted_chain || (!overlap && ro.server_signed_by_previous))
+    {
+        server_refresh = true;
+    }
+
     // Leaves: server, probe, clients.
-    let wanted_sans = wanted_server_sans(disk, settings, host, force.keep_sans);
+    let acme = settings.acme.is_some();
+    let mut wanted_sans = wanted_server_sans(disk, settings, host, force.keep_sans);
+    if acme {
+        wanted_sans = acme_sans(wanted_sans);
+    }
     p.server_sans = wanted_sans.clone();
     for (slot, obs) in &disk.slots {
         if *slot == Slot::Ca {
@@ -519,18 +682,36 @@ pub fn plan(
                     i.issuer_der == n.subject_der
                         && (i.authority_key_id.is_none() || i.authority_key_id == n.key_id)
                 }));
-        let reason = leaf_reason(
+        // In phase 1 the server certificate is the previous CA's (old bundles verify it
+        // directly; new ones through the cross certificate).
+        let from_acme = acme && *slot == Slot::Server;
+        let signed = if from_acme {
+            // The chain in the file verifies up to [acme] issuer_root.
+            obs.signed_by_ca
+        } else if overlap && *slot == Slot::Server {
+            ro.server_signed_by_previous
+        } else {
+            signed
+        };
+        let mut reason = leaf_reason(
             obs,
             slot,
             policy,
             &wanted_sans,
             host,
             now,
-            ca_new_key,
+            ca_new_key && !from_acme,
             forced,
             signed,
             force.keep_sans,
+            from_acme,
         );
+        if *slot == Slot::Server
+            && server_refresh
+            && matches!(reason, None | Some(Reason::NotSignedByCa))
+        {
+            reason = Some(Reason::RolloverChain);
+        }
         match reason {
             Some(reason) => p.actions.push(Action::Issue {
                 slot: slot.clone(),
@@ -546,7 +727,78 @@ pub fn plan(
             }
         }
     }
+    if phase == Some(Phase::Finish) && ro.record.is_some() {
+        p.actions.push(Action::EndRollover);
+    }
     Ok(p)
+}
+
+/// The CA step of a CA key rollover (see `pki::rollover`): the phase this plan leaves, the
+/// actions that come before the CA's, and the CA action (a new key when phase 1 starts).
+fn rollover_ca_step(
+    disk: &DiskState,
+    settings: &Settings,
+    force: Force,
+    ca_action: Option<Action>,
+) -> Result<(Option<Phase>, Vec<Action>, Option<Action>)> {
+    let ro = &disk.rollover;
+    if let Some(e) = &ro.record_error {
+        bail!("{e}");
+    }
+    let mut pre = Vec::new();
+    match ro.phase() {
+        None => Ok((None, pre, ca_action)),
+        Some(_) if force.ca => {
+            // The immediate replacement ends a rollover: no previous CA stays trusted.
+            if ro.previous_left() {
+                pre.push(Action::DestroyPreviousCa);
+            }
+            if ro.record.is_some() {
+                pre.push(Action::EndRollover);
+            }
+            Ok((None, pre, ca_action))
+        }
+        Some(Phase::Finish) => {
+            if ro.previous_left() {
+                pre.push(Action::DestroyPreviousCa);
+            }
+            Ok((Some(Phase::Finish), pre, ca_action))
+        }
+        Some(Phase::Overlap) => {
+            let ca = disk.get(&Slot::Ca);
+            let current = match &ca.key {
+                KeyState::Readable { public_key } => Some(public_key.as_slice()),
+                _ => None,
+            };
+            let prev = ro.previous_public_key();
+            let saved = prev.as_deref().is_some_and(|k| ro.previous_saved(k));
+            let unchanged = prev.is_some() && current == prev.as_deref();
+            if !saved {
+                let cert_is_prev = matches!(&ca.cert, CertState::Present(i)
+                    if Some(i.public_key.as_slice()) == prev.as_deref());
+                if !(unchanged && cert_is_prev) {
+                    let l = &settings.paths;
+                    bail!(
+                        "a CA key rollover is in phase 1, but the previous CA ('{}', '{}') is                          missing or is not the one '{}' names: restore them from '{}', or end the                          rollover with `docker-tls-manager ca rollover finish --force` (bundles of                          the previous CA then stop working)",
+                        l.ca_previous_cert().display(),
+                        l.ca_previous_key().display(),
+                        l.rollover_record().display(),
+                        l.backup_dir().display()
+                    );
+                }
+                pre.push(Action::SavePreviousCa);
+            }
+            let ca_action = if unchanged {
+                Some(Action::IssueCa {
+                    new_key: true,
+                    reason: Reason::RolloverStart,
+                })
+            } else {
+                ca_action
+            };
+            Ok((Some(Phase::Overlap), pre, ca_action))
+        }
+    }
 }
 
 /// The name (subject and key identifier) a CA re-signed with its existing key keeps: Go
@@ -582,6 +834,7 @@ fn leaf_reason(
     forced: bool,
     signed_by_ca: bool,
     keep_sans: bool,
+    from_acme: bool,
 ) -> Option<Reason> {
     if matches!(obs.cert, CertState::Missing) {
         return Some(Reason::Missing);
@@ -625,7 +878,8 @@ fn leaf_reason(
         ));
     }
     let cn = common_name(slot, host);
-    if info.common_name != cn {
+    // The ACME CA names its certificates itself.
+    if !from_acme && info.common_name != cn {
         return Some(Reason::WrongUsage(format!(
             "common name '{}' is not '{cn}'",
             info.common_name
@@ -641,6 +895,19 @@ fn leaf_reason(
         return Some(Reason::KeyTypeChanged {
             found: info.key_type,
             wanted: policy.key_type,
+        });
+    }
+    if from_acme {
+        return not_yet_valid(info.not_before, now).or_else(|| {
+            if now >= info.not_after {
+                Some(Reason::Expired {
+                    not_after: info.not_after,
+                })
+            } else {
+                (now >= acme_renewal_time(info)).then_some(Reason::Due {
+                    not_after: info.not_after,
+                })
+            }
         });
     }
     not_yet_valid(info.not_before, now).or_else(|| due(info.not_after, policy, now))
@@ -693,11 +960,10 @@ mod tests {
         fn new() -> Fixture {
             let dir = tempfile::tempdir().unwrap();
             let settings = settings_for(dir.path(), "");
-            let layout = Layout::new(&settings.paths);
             Fixture {
                 _dir: dir,
+                layout: settings.paths.clone(),
                 settings,
-                layout,
                 host: host(),
                 t0: SystemTime::now(),
             }
@@ -1069,7 +1335,7 @@ mod tests {
             )]
         );
         assert!(
-            p.warnings.iter().any(|w| w.contains("renew --force ca")),
+            p.warnings.iter().any(|w| w.contains("ca rollover start")),
             "{:?}",
             p.warnings
         );
@@ -1363,5 +1629,324 @@ mod tests {
             }]
         );
         f.converge(f.t0);
+    }
+
+    // ---- CA key rollover (see `pki::rollover`): phase × what a crash left on disk ----
+
+    use crate::pki::rollover::{self, Record, cert_ders, first_block};
+
+    fn begin_rollover(f: &Fixture) {
+        let ca = read_cert_info_at(&f.layout.ca_cert());
+        rollover::write_record(
+            &f.layout,
+            &Record {
+                phase: Phase::Overlap,
+                started: humantime::format_rfc3339_seconds(f.t0).to_string(),
+                previous_public_key: hex::encode(&ca.public_key),
+                previous_key_id: ca.subject_key_id.as_ref().map(hex::encode),
+                automatic: false,
+            },
+        )
+        .unwrap();
+    }
+
+    fn request_finish(f: &Fixture) {
+        let mut r = rollover::load_record(&f.layout).unwrap().unwrap();
+        r.phase = Phase::Finish;
+        rollover::write_record(&f.layout, &r).unwrap();
+    }
+
+    fn read_cert_info_at(p: &Path) -> crate::pki::inspect::CertInfo {
+        crate::pki::inspect::read_cert_info(p).unwrap()
+    }
+
+    fn ders(p: &Path) -> Vec<Vec<u8>> {
+        cert_ders(&std::fs::read(p).unwrap())
+    }
+
+    /// Runs plans until nothing is left (a crash may leave two rounds of work); at most 3.
+    fn converge_fully(f: &Fixture, now: SystemTime) {
+        for _ in 0..3 {
+            let p = f.plan_at(now, Force::default());
+            if p.is_empty() {
+                return;
+            }
+            execute(&p, &f.layout, &f.settings, &f.host, now).unwrap();
+        }
+        panic!(
+            "not converged: {:?}",
+            f.plan_at(now, Force::default()).actions
+        );
+    }
+
+    /// Phase 1 on disk: dockerd trusts [new, old]; the server presents [leaf of old, cross];
+    /// the cross is the old CA (name, key, key id) signed by the new key; clients are the new
+    /// CA's and their copy holds the new CA alone; the two CAs have different names.
+    fn assert_overlap(f: &Fixture, old: &crate::pki::inspect::CertInfo) {
+        let trust = ders(&f.layout.ca_cert());
+        assert_eq!(trust.len(), 2, "ca.pem must hold the new and the old CA");
+        assert_eq!(trust[1], old.der, "the old CA is the second one");
+        let new = crate::pki::inspect::cert_info(&trust[0]).unwrap();
+        assert_ne!(new.public_key, old.public_key, "no new key");
+        assert_ne!(
+            new.subject_der, old.subject_der,
+            "the new CA needs its own name"
+        );
+        let server = ders(&f.layout.cert_and_key(&Slot::Server).0);
+        assert_eq!(server.len(), 2, "leaf and cross");
+        assert!(
+            verify_signed_by(&server[0], &old.der),
+            "leaf not the old CA's"
+        );
+        assert!(
+            verify_signed_by(&server[1], &trust[0]),
+            "cross not signed by the new CA"
+        );
+        let cross = crate::pki::inspect::cert_info(&server[1]).unwrap();
+        assert_eq!(cross.subject_der, old.subject_der);
+        assert_eq!(cross.public_key, old.public_key);
+        assert_eq!(cross.subject_key_id, old.subject_key_id);
+        assert!(cross.not_after <= f.t0 + rollover::CROSS_VALIDITY + DAY);
+        let admin = Slot::Client("admin".into());
+        let c = ders(&f.layout.cert_and_key(&admin).0);
+        assert!(
+            verify_signed_by(&c[0], &trust[0]),
+            "client not the new CA's"
+        );
+        let ca_pem = std::fs::read(f.layout.ca_cert()).unwrap();
+        assert_eq!(
+            std::fs::read(f.layout.ca_copy(&admin).unwrap()).unwrap(),
+            first_block(&ca_pem),
+            "a client's CA copy must be the new CA alone"
+        );
+        assert_eq!(
+            crate::pki::inspect::read_key(&f.layout.ca_previous_key()).public_key(),
+            Some(old.public_key.clone())
+        );
+    }
+
+    /// Finished: the new CA alone, the server its leaf alone, nothing of the old CA left.
+    fn assert_finished(f: &Fixture, old: &crate::pki::inspect::CertInfo) {
+        let trust = ders(&f.layout.ca_cert());
+        assert_eq!(trust.len(), 1);
+        assert_ne!(trust[0], old.der);
+        let server = ders(&f.layout.cert_and_key(&Slot::Server).0);
+        assert_eq!(server.len(), 1);
+        assert!(verify_signed_by(&server[0], &trust[0]));
+        for p in [
+            f.layout.ca_previous_key(),
+            f.layout.ca_previous_cert(),
+            f.layout.ca_cross(),
+            f.layout.rollover_record(),
+        ] {
+            assert!(!p.exists(), "{p:?} left");
+        }
+        assert!(
+            rollover::key_copies(&f.layout.state_dir, &old.public_key).is_empty(),
+            "a copy of the old CA key is left"
+        );
+    }
+
+    use crate::pki::inspect::verify_signed_by;
+
+    #[test]
+    fn rollover_phase_1_then_phase_2() {
+        let f = Fixture::new().issued();
+        let old = read_cert_info_at(&f.layout.ca_cert());
+        begin_rollover(&f);
+        let p = f.plan_at(f.t0, Force::default());
+        assert_eq!(p.rollover, Some(Phase::Overlap));
+        assert!(p.changes_server());
+        assert!(p.warnings.is_empty(), "{:?}", p.warnings);
+        assert_eq!(
+            p.actions[..4],
+            [
+                Action::SavePreviousCa,
+                Action::IssueCa {
+                    new_key: true,
+                    reason: Reason::RolloverStart
+                },
+                Action::CrossSign,
+                Action::WriteTrust {
+                    with_previous: true
+                },
+            ]
+        );
+        // A deferred Docker restart holds the whole rollover back (and the leaves under it).
+        let held = p.without_server_changes().unwrap();
+        assert!(!held.changes_server(), "{:?}", held.actions);
+        assert!(held.actions.is_empty(), "{:?}", held.actions);
+        f.converge(f.t0);
+        assert_overlap(&f, &old);
+        // The cross certificate is re-signed before it expires, with a new server leaf (the
+        // restart that presents it).
+        let later = f.t0 + rollover::CROSS_VALIDITY - rollover::CROSS_RENEW_BEFORE;
+        let r = reasons(&f.plan_at(later, Force::default()));
+        assert!(
+            f.plan_at(later, Force::default())
+                .actions
+                .contains(&Action::CrossSign)
+        );
+        assert!(
+            r.contains(&("server".into(), Reason::RolloverChain)),
+            "{r:?}"
+        );
+
+        // Near the old CA's end the cross certificate cannot outlive it: re-signed once, not at
+        // every run (each would restart Docker).
+        let late = old.not_after - DAY;
+        f.converge(late);
+        assert_eq!(
+            read_cert_info_at(&f.layout.ca_cross()).not_after,
+            old.not_after
+        );
+        f.converge(late + DAY / 2);
+
+        request_finish(&f);
+        // A copy of the old key in the backups (an older run's) goes too.
+        let stray = f
+            .layout
+            .backup_dir()
+            .join("2020-01-01T000000Z/x/ca-key.pem");
+        std::fs::create_dir_all(stray.parent().unwrap()).unwrap();
+        std::fs::copy(f.layout.ca_previous_key(), &stray).unwrap();
+        let p = f.plan_at(f.t0, Force::default());
+        assert_eq!(
+            p.actions[0],
+            Action::DestroyPreviousCa,
+            "the key goes first"
+        );
+        assert!(p.changes_server());
+        assert_eq!(p.actions.last(), Some(&Action::EndRollover));
+        f.converge(f.t0);
+        assert_finished(&f, &old);
+        assert!(!stray.exists());
+    }
+
+    /// Kill after any action of either phase (each action's writes are atomic): the next run
+    /// converges on the phase asked for.
+    #[test]
+    fn a_crash_between_any_two_steps_of_a_rollover_converges() {
+        for finish in [false, true] {
+            let n = {
+                let f = Fixture::new().issued();
+                begin_rollover(&f);
+                if finish {
+                    f.converge(f.t0);
+                    request_finish(&f);
+                }
+                f.plan_at(f.t0, Force::default()).actions.len()
+            };
+            for k in 0..n {
+                let f = Fixture::new().issued();
+                let old = read_cert_info_at(&f.layout.ca_cert());
+                begin_rollover(&f);
+                if finish {
+                    f.converge(f.t0);
+                    request_finish(&f);
+                }
+                let mut p = f.plan_at(f.t0, Force::default());
+                p.actions.truncate(k);
+                execute(&p, &f.layout, &f.settings, &f.host, f.t0).unwrap();
+                converge_fully(&f, f.t0);
+                if finish {
+                    assert_finished(&f, &old);
+                } else {
+                    assert_overlap(&f, &old);
+                }
+            }
+        }
+    }
+
+    /// Killed inside the new CA's issuance, between its key and its certificate: ca.pem still
+    /// holds the old CA. The next run makes the new CA around that key, under a new name.
+    #[test]
+    fn a_crash_between_the_new_ca_key_and_its_certificate_converges() {
+        let f = Fixture::new().issued();
+        let old = read_cert_info_at(&f.layout.ca_cert());
+        begin_rollover(&f);
+        let mut p = f.plan_at(f.t0, Force::default());
+        p.actions.truncate(1);
+        execute(&p, &f.layout, &f.settings, &f.host, f.t0).unwrap();
+        let key = crate::pki::issue::generate_key(KeyType::EcdsaP256).unwrap();
+        crate::files::atomic_write(&f.layout.ca_key(), key.serialize_pem().as_bytes(), 0o600)
+            .unwrap();
+        let p = f.plan_at(f.t0, Force::default());
+        assert!(p.warnings.is_empty(), "{:?}", p.warnings);
+        converge_fully(&f, f.t0);
+        assert_overlap(&f, &old);
+        assert_eq!(
+            read_cert_info_at(&f.layout.ca_cert()).public_key,
+            key.public_key_raw(),
+            "the new key was replaced again"
+        );
+    }
+
+    /// The immediate replacement during a rollover ends it: no previous CA stays trusted.
+    #[test]
+    fn replacing_the_ca_now_ends_a_rollover() {
+        let f = Fixture::new().issued();
+        let old = read_cert_info_at(&f.layout.ca_cert());
+        begin_rollover(&f);
+        f.converge(f.t0);
+        let p = f.plan_at(
+            f.t0,
+            Force {
+                ca: true,
+                ..Force::default()
+            },
+        );
+        assert_eq!(p.rollover, None);
+        assert_eq!(
+            p.actions[..3],
+            [
+                Action::DestroyPreviousCa,
+                Action::EndRollover,
+                Action::IssueCa {
+                    new_key: true,
+                    reason: Reason::Forced
+                }
+            ]
+        );
+        execute(&p, &f.layout, &f.settings, &f.host, f.t0).unwrap();
+        converge_fully(&f, f.t0);
+        assert_finished(&f, &old);
+    }
+
+    /// Phase 1 with the old CA's files gone: an error that says what to do, not a guess.
+    #[test]
+    fn a_lost_previous_ca_in_phase_1_is_an_error_naming_the_way_out() {
+        let f = Fixture::new().issued();
+        begin_rollover(&f);
+        f.converge(f.t0);
+        std::fs::remove_file(f.layout.ca_previous_key()).unwrap();
+        let disk = inspect(&f.layout, &f.settings.clients.names, false);
+        let e = plan(&disk, &f.settings, &f.host, f.t0, Force::default()).unwrap_err();
+        assert!(e.to_string().contains("ca rollover finish --force"), "{e}");
+        request_finish(&f);
+        converge_fully(&f, f.t0);
+        assert_eq!(ders(&f.layout.ca_cert()).len(), 1);
+    }
+
+    /// What dockerd trusts is derived, whatever the phase: an extra CA in ca.pem (a rollback
+    /// after phase 2, a hand edit) leaves with a new server leaf (the restart that loads it).
+    #[test]
+    fn an_extra_ca_in_what_docker_trusts_is_removed() {
+        let f = Fixture::new().issued();
+        let ca = std::fs::read(f.layout.ca_cert()).unwrap();
+        let other = Fixture::new().issued();
+        let extra = std::fs::read(other.layout.ca_cert()).unwrap();
+        std::fs::write(f.layout.ca_cert(), [ca, extra].concat()).unwrap();
+        let p = f.plan_at(f.t0, Force::default());
+        assert!(
+            p.actions.contains(&Action::WriteTrust {
+                with_previous: false
+            }),
+            "{:?}",
+            p.actions
+        );
+        assert!(reasons(&p).contains(&("server".into(), Reason::RolloverChain)));
+        f.converge(f.t0);
+        assert_eq!(ders(&f.layout.ca_cert()).len(), 1);
     }
 }

@@ -97,4 +97,6 @@ pub fn snapshot(dir: &Path) -> Vec<(PathBuf, u32, Vec<u8>)> {
     out.sort();
     out
 }
+pub mod lan;
 pub mod machine;
+pub mod pebble;

@@ -1,0 +1,201 @@
+//! The server certificate from an ACME CA (`[acme]`), against Pebble (Debian's ACME test
+//! server) on a network of the test's own, with a real systemd + dockerd machine as the Docker
+//! host: issuance by http-01 on an IP identifier, the full chain served, clients of our CA
+//! let in and an ACME leaf presented as a client refused, renewal at two thirds of a short
+//! lifetime under a polling client with a container kept, and the ACME server unreachable at
+//! renewal time: retried, the served certificate kept, renewed once it is back.
+
+mod common;
+
+use std::time::Duration;
+
+use common::lan::Lan;
+use common::machine::{Machine, POLLER, SERVED_IS_DISK, assert_no_client_failed, poll};
+use common::pebble::Pebble;
+
+const HOST: &str = "10.77.0.11";
+
+fn serial(m: &Machine) -> String {
+    m.ok("openssl x509 -in /etc/docker/tls/server-cert.pem -noout -serial")
+}
+
+#[test]
+fn server_certificate_from_pebble_issued_renewed_and_kept_while_unreachable() {
+    let m = Machine::up("acme");
+    let lan = Lan::connect("acme", &[(&m, "10.77.0.11/24")]);
+    // 90 s certificates: renewed between 54 and 60 s of age.
+    let pebble = Pebble::start(&lan, "10.77.0.1", 5002, 90);
+    std::fs::create_dir_all(m.root.join("etc/docker-tls-manager")).unwrap();
+    std::fs::copy(
+        &pebble.https_ca,
+        m.root.join("etc/docker-tls-manager/acme-https-ca.pem"),
+    )
+    .unwrap();
+    std::fs::copy(
+        &pebble.issuer_root,
+        m.root.join("etc/docker-tls-manager/acme-root.pem"),
+    )
+    .unwrap();
+    m.install_service(&format!(
+        "[acme]\ndirectory = \"{}\"\ndirectory_ca = \"/etc/docker-tls-manager/acme-https-ca.pem\"\n\
+         issuer_root = \"/etc/docker-tls-manager/acme-root.pem\"\nhttp_port = 5002\n",
+        pebble.directory
+    ));
+    m.ok("systemctl enable --now docker-tls-manager");
+
+    // Issued by Pebble for the host's LAN address, the chain in the file, served.
+    let text =
+        m.ok("openssl x509 -in /etc/docker/tls/server-cert.pem -noout -issuer -ext subjectAltName");
+    assert!(text.contains("Pebble"), "{text}");
+    assert!(text.contains(&format!("IP Address:{HOST}")), "{text}");
+    assert!(!text.contains("127.0.0.1"), "{text}");
+    assert_eq!(
+        m.ok("grep -c 'BEGIN CERTIFICATE' /etc/docker/tls/server-cert.pem")
+            .trim(),
+        "2"
+    );
+    m.ok(SERVED_IS_DISK);
+    // Clients: Pebble's root for the server, our CA's certificate for themselves.
+    m.ok("cmp /var/lib/docker-tls-manager/clients/admin/ca.pem /etc/docker-tls-manager/acme-root.pem");
+    let admin = "/var/lib/docker-tls-manager/clients/admin";
+    m.ok(&format!(
+        "C={admin}; /usr/bin/docker --tlsverify --tlscacert $C/ca.pem --tlscert $C/cert.pem \
+         --tlskey $C/key.pem -H tcp://{HOST}:2376 version --format '{{{{.Server.Version}}}}'"
+    ));
+    m.ok(&format!(
+        "C={admin}; test \"$(curl -s --max-time 5 --cacert $C/ca.pem --cert $C/cert.pem --key $C/key.pem https://{HOST}:2376/_ping)\" = OK"
+    ));
+    // A certificate from the ACME CA (it carries clientAuth) is no client of Docker's.
+    let o = m.sh(&format!(
+        "curl -s --max-time 5 --cacert /etc/docker-tls-manager/acme-root.pem \
+         --cert /etc/docker/tls/server-cert.pem --key /etc/docker/tls/server-key.pem \
+         https://{HOST}:2376/_ping"
+    ));
+    assert!(
+        !common::text(&o.stdout).contains("OK"),
+        "an ACME leaf was let in as a client"
+    );
+    let status = m.ok("docker-tls-manager status");
+    assert!(status.contains(HOST), "{status}");
+
+    // Renewal at two thirds of the lifetime, under a polling client, a container kept.
+    m.ok("docker run -d --name c1 --network none dtm-busybox sleep 100000");
+    let pid = m.ok("docker inspect -f '{{.State.Pid}}' c1");
+    let first = serial(&m);
+    m.ok(&format!(
+        "export POLL_NAME={HOST}; {}",
+        POLLER.replace("127.0.0.1", HOST)
+    ));
+    m.wait_for(
+        &format!(
+            "test \"$(openssl x509 -in /etc/docker/tls/server-cert.pem -noout -serial)\" != '{}' && {SERVED_IS_DISK}",
+            first.trim()
+        ),
+        Duration::from_secs(120),
+    );
+    let p = poll(&m);
+    assert_no_client_failed(&m, &p, 1);
+    assert_eq!(m.ok("docker inspect -f '{{.State.Pid}}' c1"), pid);
+
+    // Pebble unreachable when the next renewal is due: the served certificate stays, the
+    // failure shows in STATUS= and the journal, and the renewal happens once it is back.
+    pebble.cut();
+    let second = serial(&m);
+    m.wait_for(
+        "systemctl show -p StatusText --value docker-tls-manager | grep -q 'last attempt failed'",
+        Duration::from_secs(120),
+    );
+    assert_eq!(
+        serial(&m),
+        second,
+        "the certificate changed while the CA was unreachable"
+    );
+    m.ok(SERVED_IS_DISK);
+    m.ok("journalctl -u docker-tls-manager --no-pager | grep -q 'no certificate from the ACME CA'");
+    pebble.reconnect();
+    // The service retries with backoff (15 s, 30 s, ...).
+    m.wait_for(
+        &format!(
+            "test \"$(openssl x509 -in /etc/docker/tls/server-cert.pem -noout -serial)\" != '{}' && {SERVED_IS_DISK}",
+            second.trim()
+        ),
+        Duration::from_secs(150),
+    );
+    assert_eq!(m.ok("docker inspect -f '{{.State.Pid}}' c1"), pid);
+    drop(pebble);
+    drop(lan);
+}
+
+/// What the ACME CA refuses is said with the key to look at, and nothing is half-done: a wrong
+/// external account binding on a fresh host leaves Docker as it was (no certificate to serve),
+/// then the right one enrolls it.
+#[test]
+fn wrong_external_account_binding_is_named_and_leaves_docker_alone() {
+    let m = Machine::up("acme-eab");
+    let lan = Lan::connect("acme-eab", &[(&m, "10.77.0.11/24")]);
+    let good = "zWNDZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wG44nMEtx3MUAsUDkMTQ12W";
+    let pebble = Pebble::start_with_eab(&lan, "10.77.0.1", 5002, 3600, Some(("kid-1", good)));
+    let dir = m.root.join("etc/docker-tls-manager");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(&pebble.https_ca, dir.join("acme-https-ca.pem")).unwrap();
+    std::fs::copy(&pebble.issuer_root, dir.join("acme-root.pem")).unwrap();
+    let config = |key: &str| {
+        format!(
+            "[acme]\ndirectory = \"{}\"\ndirectory_ca = \"/etc/docker-tls-manager/acme-https-ca.pem\"\n\
+             issuer_root = \"/etc/docker-tls-manager/acme-root.pem\"\nhttp_port = 5002\n\
+             eab_kid = \"kid-1\"\neab_hmac_key = \"{key}\"\n",
+            pebble.directory
+        )
+    };
+    std::fs::write(
+        dir.join("config.toml"),
+        config("b10lLJs8l1GPIzsLP0s6pMt8O0XVGnfTaCeROxQM0BIt2XrJMDHJZBM5NuQmQJQH"),
+    )
+    .unwrap();
+    let o = m.sh("docker-tls-manager apply");
+    let err = common::text(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("eab_kid") && err.contains("eab_hmac_key"),
+        "{err}"
+    );
+    m.ok("test ! -e /etc/docker/tls/server-cert.pem && test ! -e /etc/systemd/system/docker-tcp.socket");
+    m.ok("systemctl is-active docker && ! grep -q tlsverify /etc/docker/daemon.json 2>/dev/null");
+    m.ok("test ! -e /var/lib/docker-tls-manager/acme-account.json");
+    std::fs::write(dir.join("config.toml"), config(good)).unwrap();
+    m.ok("docker-tls-manager apply");
+    m.ok(SERVED_IS_DISK);
+    drop(pebble);
+    drop(lan);
+}
+
+/// tls-alpn-01 (RFC 8737, RFC 8738 for an address) instead of http-01.
+#[test]
+fn tls_alpn_01_enrolls_the_host_too() {
+    let m = Machine::up("acme-alpn");
+    let lan = Lan::connect("acme-alpn", &[(&m, "10.77.0.11/24")]);
+    let pebble = Pebble::start(&lan, "10.77.0.1", 5002, 3600);
+    let dir = m.root.join("etc/docker-tls-manager");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(&pebble.https_ca, dir.join("acme-https-ca.pem")).unwrap();
+    std::fs::copy(&pebble.issuer_root, dir.join("acme-root.pem")).unwrap();
+    std::fs::write(
+        dir.join("config.toml"),
+        format!(
+            "[acme]\ndirectory = \"{}\"\ndirectory_ca = \"/etc/docker-tls-manager/acme-https-ca.pem\"\n\
+             issuer_root = \"/etc/docker-tls-manager/acme-root.pem\"\nchallenge = \"tls-alpn-01\"\n\
+             tls_port = 5001\n",
+            pebble.directory
+        ),
+    )
+    .unwrap();
+    m.ok("docker-tls-manager apply");
+    let issuer = m.ok("openssl x509 -in /etc/docker/tls/server-cert.pem -noout -issuer");
+    assert!(issuer.contains("Pebble"), "{issuer}");
+    m.ok(SERVED_IS_DISK);
+    // Nothing answered http-01 (Pebble validates it on port 5002, where nothing listened):
+    // the order went through tls-alpn-01 on port 5001.
+    m.ok("! ss -ltn | grep -q ':5002 '");
+    drop(pebble);
+    drop(lan);
+}
