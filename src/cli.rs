@@ -66,6 +66,9 @@ pub enum Command {
     /// The long-running service (systemd Type=notify): converge, renew before expiry, repair,
     /// follow address changes
     Run,
+    /// Docker's authorization plugin (revocation, roles, audit)
+    #[command(subcommand, hide = true)]
+    Authz(AuthzCommand),
     /// Write the man pages, shell completions and the packaged config.toml into DIR (used to build the packages)
     #[command(hide = true)]
     GenerateAssets { dir: PathBuf },
@@ -90,12 +93,32 @@ pub enum Command {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum AuthzCommand {
+    /// Serve the plugin on the socket systemd passes (docker-tls-manager-authz.socket)
+    Serve {
+        /// Listen on this unix socket instead (tests)
+        #[arg(long, value_name = "PATH")]
+        listen: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 pub enum ClientCommand {
     /// Add a client and issue its certificate
-    Add { name: String },
-    /// List clients and when their certificates expire
+    Add {
+        name: String,
+        /// What it may do: admin (everything), operator (monitoring plus start, stop, restart,
+        /// kill, pause, unpause containers), monitoring (list and inspect). The config's
+        /// [authz] roles win.
+        #[arg(long, value_name = "ROLE", default_value = "admin")]
+        role: String,
+    },
+    /// List clients, their role, when their certificates expire, and revoked certificates
     List,
-    /// Remove a client's files (its certificate stays valid until it expires)
+    /// Revoke a client's certificates at once (refused by Docker from the next request) and
+    /// issue it a new one, to hand out with `client bundle`
+    Revoke { name: String },
+    /// Remove a client: its certificates revoked, its files removed (backed up)
     Remove { name: String },
     /// Write a client's bundle: ca.pem, cert.pem, key.pem
     Bundle {

@@ -320,6 +320,17 @@ pub struct Settings {
     pub backup: BackupSettings,
     /// `None`: the server certificate comes from our CA.
     pub acme: Option<AcmeSettings>,
+    pub authz: AuthzSettings,
+}
+
+/// `[authz]`: Docker's authorization plugin served by us (revocation, roles, audit).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuthzSettings {
+    /// Our name in daemon.json's `authorization-plugins` (default true).
+    pub enabled: bool,
+    /// Role of each named client; the others have the role given at `client add --role`,
+    /// else `admin`.
+    pub roles: std::collections::BTreeMap<String, crate::authz::Role>,
 }
 
 // ---- The file as written: every key optional, unknown keys rejected. ----
@@ -343,6 +354,15 @@ struct RawConfig {
     backup: RawBackup,
     #[serde(default)]
     acme: RawAcme,
+    #[serde(default)]
+    authz: RawAuthz,
+}
+
+#[derive(Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+struct RawAuthz {
+    enabled: Option<bool>,
+    roles: Option<std::collections::BTreeMap<String, String>>,
 }
 
 #[derive(Deserialize, Default, Debug)]
@@ -841,6 +861,17 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Settings, UsageError> {
     let mut paths = paths;
     paths.acme_issuer_root = acme.as_ref().map(|a| a.issuer_root.clone());
 
+    let mut roles = std::collections::BTreeMap::new();
+    for (name, role) in raw.authz.roles.unwrap_or_default() {
+        validate_client_name(&name).map_err(|m| bad("[authz] roles", m))?;
+        let r = crate::authz::Role::parse(&role).map_err(|m| bad("[authz] roles", m))?;
+        roles.insert(name, r);
+    }
+    let authz = AuthzSettings {
+        enabled: raw.authz.enabled.unwrap_or(true),
+        roles,
+    };
+
     Ok(Settings {
         source: Some(path.to_path_buf()),
         paths,
@@ -851,6 +882,7 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Settings, UsageError> {
         docker,
         service,
         backup,
+        authz,
         acme,
     })
 }
@@ -1007,7 +1039,9 @@ pub fn validate_client_name(name: &str) -> Result<(), String> {
             .is_some_and(|c| c.is_ascii_alphanumeric())
         && name
             .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        // The manager's own identity, always allowed by the authorization plugin.
+        && name != crate::pki::PROBE_CN;
     if ok {
         Ok(())
     } else {

@@ -93,6 +93,8 @@ pub struct Outcome {
     pub docker: Option<DockerPlan>,
     /// Docker was left alone because the admin ran `deconfigure`.
     pub deconfigured: bool,
+    /// What the authorization plugin's step did.
+    pub authz: Vec<String>,
     /// What dockerd reads (daemon.json with `--config-file` followed), once observed.
     pub dockerd: Option<DockerdInputs>,
 }
@@ -254,6 +256,15 @@ pub async fn converge_once(
     };
     let cx = side.exec_context(&obs, ctx.layout().backup_dir(), also_restore);
     docker::execute::execute(&dplan, &cx).await?;
+    // Docker's authorization plugin (issue 11): after Docker is configured, never before.
+    out.authz = crate::authz::setup::converge(
+        &ctx.settings,
+        &side.sd,
+        &obs.daemon_json_path,
+        &obs.guard_binary,
+        &ctx.backups(),
+    )
+    .await?;
     if deconfigured {
         std::fs::remove_file(&marker)
             .with_context(|| format!("cannot remove '{}'", marker.display()))?;
@@ -312,6 +323,7 @@ fn scheduled_rollover(ctx: &Ctx, now: SystemTime) -> Result<()> {
 /// short there may hold an old key.
 fn remove_stale_temps(ctx: &Ctx, dockerd: &DockerdInputs, with_backups: bool) {
     let mut dirs = ctx.layout().write_dirs(dockerd);
+    dirs.push(crate::authz::Files::new(&ctx.settings).dir);
     let mut stack = if with_backups {
         vec![ctx.layout().backup_dir()]
     } else {

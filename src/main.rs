@@ -2,6 +2,7 @@
 //! the command and maps errors to the documented exit codes (0 ok, 1 failed, 2 bad usage).
 
 mod acme;
+mod authz;
 mod bundle;
 mod cli;
 mod commands;
@@ -22,10 +23,23 @@ mod watch;
 
 use clap::Parser;
 
-fn init_tracing() {
+/// `journal_fields`: under journald, send each event's fields as journal fields (the
+/// authorization plugin's audit: `journalctl -u docker-tls-manager-authz CLIENT=NAME`).
+fn init_tracing(journal_fields: bool) {
     use tracing_subscriber::EnvFilter;
     let filter =
         EnvFilter::try_from_env(manual::LOG_ENV).unwrap_or_else(|_| EnvFilter::new("info"));
+    if journal_fields
+        && std::env::var_os("JOURNAL_STREAM").is_some()
+        && let Ok(layer) = tracing_journald::layer()
+    {
+        use tracing_subscriber::prelude::*;
+        tracing_subscriber::registry()
+            .with(filter)
+            .with(layer.with_field_prefix(None))
+            .init();
+        return;
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -40,7 +54,7 @@ fn init_tracing() {
 
 fn main() {
     let cli = cli::Cli::parse();
-    init_tracing();
+    init_tracing(matches!(cli.command, cli::Command::Authz(_)));
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

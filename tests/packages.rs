@@ -120,6 +120,8 @@ fn deb_install_enable_restart_upgrade_remove_purge() {
     );
     m.ok("systemctl start docker-tls-manager");
 
+    // The service configured the authorization plugin (issue 11).
+    m.ok("grep -q '\"docker-tls-manager\"' /etc/docker/daemon.json");
     // 4. Remove: Docker put back as it was (nothing would renew the certificates), the
     //    running container kept, the CA kept. Reinstall + enable: the old bundle works again.
     let c1 = m.ok("docker inspect -f '{{.State.Pid}}' c1");
@@ -141,6 +143,10 @@ fn deb_install_enable_restart_upgrade_remove_purge() {
         "port 2376 still open after apt remove"
     );
     assert_eq!(m.ok("docker inspect -f '{{.State.Pid}}' c1"), c1);
+    // The plugin taken out before the binary went: Docker answers at once (issue 11).
+    let dj = text(&m.sh("cat /etc/docker/daemon.json").stdout);
+    assert!(!dj.contains("\"docker-tls-manager\""), "{dj}");
+    m.ok("test ! -e /etc/systemd/system/docker-tls-manager-authz.socket && timeout 5 docker ps >/dev/null");
     m.ok("systemctl restart docker && docker run --rm --network none dtm-busybox /bin/true");
     // (packaging) Removal disabled both units: no link left, and a reinstall enables and
     // starts nothing (the admin enables it again).

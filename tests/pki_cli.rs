@@ -464,7 +464,14 @@ fn clients_add_list_bundle_env_remove() {
     let out = s.ok(&["client", "remove", "ci-runner"]);
     assert!(out.contains("stays valid until"), "{out}");
     assert!(!s.path("state/clients/ci-runner").exists());
-    assert!(!s.ok(&["client", "list"]).contains("ci-runner"));
+    let list = s.ok(&["client", "list"]);
+    assert!(
+        list.lines()
+            .filter(|l| l.starts_with("ci-runner\t"))
+            .all(|l| l.starts_with("ci-runner\trevoked\tserial ")),
+        "{list}"
+    );
+    assert!(list.contains("ci-runner\trevoked\tserial "), "{list}");
     let o = s.run(&["client", "bundle", "ci-runner"]);
     assert_eq!(o.status.code(), Some(2));
 }

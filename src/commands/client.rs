@@ -6,8 +6,10 @@ use crate::pki::inspect;
 
 pub(crate) async fn client(ctx: &Ctx, cmd: ClientCommand) -> Result<()> {
     match cmd {
-        ClientCommand::Add { name } => {
+        ClientCommand::Add { name, role } => {
             config::validate_client_name(&name).map_err(UsageError)?;
+            let role =
+                crate::authz::Role::parse(&role).map_err(|m| UsageError(format!("--role: {m}")))?;
             if ctx.client_names().contains(&name)
                 && ctx
                     .layout()
@@ -23,17 +25,35 @@ pub(crate) async fn client(ctx: &Ctx, cmd: ClientCommand) -> Result<()> {
                 let _lock = StateLock::acquire(ctx.layout(), LOCK_WAIT).await?;
                 ensure_dir(&ctx.layout().clients_dir(), KEY_DIR_MODE)?;
                 ensure_dir(&ctx.layout().client_dir(&name), KEY_DIR_MODE)?;
+                let files = crate::authz::Files::new(&ctx.settings);
+                let given = (role != crate::authz::Role::Admin).then_some(role);
+                crate::authz::policy::set_role(
+                    &files,
+                    &name,
+                    given,
+                    &ctx.backups(),
+                    SystemTime::now(),
+                )?;
             }
             converge(ctx, Force::default(), false, false, Intent::Maintain).await?;
+            let files = crate::authz::Files::new(&ctx.settings);
+            let effective = crate::authz::policy::role_of(&ctx.settings, &files, &name);
             println!(
-                "client '{name}' added: `docker-tls-manager client bundle {name}` hands it out"
+                "client '{name}' added with role {effective}: `docker-tls-manager client bundle {name}` hands it out"
             );
+            if effective != role {
+                println!(
+                    "warning: [authz] roles in the configuration gives '{name}' the role {effective}, which wins over --role {role}"
+                );
+            }
             Ok(())
         }
         ClientCommand::List => {
             let now = SystemTime::now();
             let disk = ctx.inspect();
+            let files = crate::authz::Files::new(&ctx.settings);
             for name in ctx.client_names() {
+                let role = crate::authz::policy::role_of(&ctx.settings, &files, &name);
                 let obs = disk.get(&Slot::Client(name.clone()));
                 let source = if ctx.settings.clients.names.contains(&name) {
                     "config"
@@ -42,12 +62,18 @@ pub(crate) async fn client(ctx: &Ctx, cmd: ClientCommand) -> Result<()> {
                 };
                 match obs.info() {
                     Some(i) => println!(
-                        "{name}\t{source}\texpires {}\t{} days left",
+                        "{name}\t{source}\trole {role}\texpires {}\t{} days left",
                         humantime::format_rfc3339_seconds(i.not_after),
                         report::days_between(now, i.not_after)
                     ),
-                    None => println!("{name}\t{source}\tnot issued yet (run apply)"),
+                    None => println!("{name}\t{source}\trole {role}\tnot issued yet (run apply)"),
                 }
+            }
+            for r in crate::authz::policy::RevocationList::load(&files.revoked)?.revoked {
+                println!(
+                    "{}\trevoked\tserial {}\tat {}\t(valid until {})",
+                    r.name, r.serial, r.revoked_at, r.not_after
+                );
             }
             Ok(())
         }
@@ -78,6 +104,9 @@ pub(crate) async fn client(ctx: &Ctx, cmd: ClientCommand) -> Result<()> {
                 .info()
                 .map(|i| i.not_after);
             let now = SystemTime::now();
+            let revoked = revoke_all(ctx, &name, now)?;
+            let files = crate::authz::Files::new(&ctx.settings);
+            crate::authz::policy::set_role(&files, &name, None, &ctx.backups(), now)?;
             for entry in std::fs::read_dir(&dir)? {
                 backup(&entry?.path(), &ctx.backups(), now)?;
             }
@@ -87,11 +116,48 @@ pub(crate) async fn client(ctx: &Ctx, cmd: ClientCommand) -> Result<()> {
                 "client '{name}' removed (files backed up in '{}')",
                 ctx.layout().backup_dir().display()
             );
-            if let Some(t) = not_after.filter(|t| *t > now) {
+            print_revoked(ctx, &name, &revoked);
+            if let Some(t) = not_after.filter(|t| *t > now)
+                && !plugin_on(ctx)
+            {
                 println!(
-                    "warning: its certificate stays valid until {} (dockerd cannot revoke certificates); \
-                     to shut it out now, `docker-tls-manager renew --force ca` and hand the other clients new bundles",
+                    "warning: Docker does not ask the revocation list here ([docker] manage or [authz] enabled \
+                     is false): its certificate stays valid until {}; to shut it out now, `docker-tls-manager \
+                     renew --force ca` and hand the other clients new bundles",
                     humantime::format_rfc3339_seconds(t)
+                );
+            }
+            Ok(())
+        }
+        ClientCommand::Revoke { name } => {
+            known_client(ctx, &name)?;
+            let now = SystemTime::now();
+            let revoked = {
+                let _lock = StateLock::acquire(ctx.layout(), LOCK_WAIT).await?;
+                let revoked = revoke_all(ctx, &name, now)?;
+                // A new certificate for the name, to hand out: the old files go (backed up)
+                // and the convergence issues new ones.
+                let (cert, key) = ctx.layout().cert_and_key(&Slot::Client(name.clone()));
+                for p in [&cert, &key] {
+                    backup(p, &ctx.backups(), now)?;
+                    match std::fs::remove_file(p) {
+                        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                            return Err(e)
+                                .with_context(|| format!("cannot remove '{}'", p.display()));
+                        }
+                        _ => {}
+                    }
+                }
+                revoked
+            };
+            print_revoked(ctx, &name, &revoked);
+            converge(ctx, Force::default(), false, false, Intent::Maintain).await?;
+            println!(
+                "client '{name}' has a new certificate: `docker-tls-manager client bundle {name}` hands it out"
+            );
+            if !plugin_on(ctx) {
+                println!(
+                    "warning: Docker does not ask the revocation list here ([docker] manage or [authz] enabled is false)"
                 );
             }
             Ok(())
@@ -257,4 +323,29 @@ fn client_files(ctx: &Ctx, name: &str) -> Result<ClientFiles> {
     bail!(
         "client '{name}' cannot be handed out: {why}; nothing written: `docker-tls-manager apply` repairs it"
     )
+}
+
+/// Revokes every certificate of `name` found (current and backed up). Call under the lock.
+fn revoke_all(
+    ctx: &Ctx,
+    name: &str,
+    now: SystemTime,
+) -> Result<Vec<crate::authz::policy::Revoked>> {
+    let files = crate::authz::Files::new(&ctx.settings);
+    let certs = crate::authz::policy::client_certificates(ctx.layout(), name);
+    crate::authz::policy::revoke(&files, name, &certs, &ctx.backups(), now)
+}
+
+fn print_revoked(ctx: &Ctx, name: &str, revoked: &[crate::authz::policy::Revoked]) {
+    for r in revoked {
+        println!(
+            "revoked certificate of '{name}': serial {} (valid until {}); Docker refuses it from the next request",
+            r.serial, r.not_after
+        );
+    }
+    let _ = ctx;
+}
+
+fn plugin_on(ctx: &Ctx) -> bool {
+    ctx.settings.authz.enabled && ctx.settings.docker.manage
 }

@@ -31,6 +31,10 @@ pub async fn run(cmd: Command, config_path: Option<&Path>) -> Result<()> {
     match cmd {
         Command::Run => return crate::service::run(config_path).await,
         Command::GenerateAssets { dir } => return generate_assets(&dir),
+        // Before loading the config: a bad one must not stop the plugin (it then refuses TLS).
+        Command::Authz(crate::cli::AuthzCommand::Serve { listen }) => {
+            return crate::authz::server::serve(config_path, listen.as_deref());
+        }
         Command::Guard {
             ca,
             daemon_json,
@@ -96,7 +100,10 @@ pub async fn run(cmd: Command, config_path: Option<&Path>) -> Result<()> {
         Command::Ca(c) => ca::ca(&ctx, c).await,
         Command::Client(c) => client::client(&ctx, c).await,
         Command::Deconfigure => deconfigure(&ctx).await,
-        Command::Run | Command::GenerateAssets { .. } | Command::Guard { .. } => {
+        Command::Run
+        | Command::GenerateAssets { .. }
+        | Command::Guard { .. }
+        | Command::Authz(_) => {
             unreachable!("handled above")
         }
     }
@@ -147,6 +154,9 @@ pub(crate) async fn converge(
     if let Some(d) = &outcome.docker {
         print_docker_plan(d, false);
     }
+    for d in &outcome.authz {
+        println!("authz: {d}");
+    }
     if outcome.deconfigured {
         println!(
             "docker: left alone since `deconfigure`; `docker-tls-manager apply` configures mutual TLS again"
@@ -160,6 +170,18 @@ pub(crate) async fn converge(
 async fn deconfigure(ctx: &Ctx) -> Result<()> {
     let _lock = StateLock::acquire(ctx.layout(), LOCK_WAIT).await?;
     let side = DockerSide::connect(&ctx.settings).await?;
+    // The authorization plugin first: our entry out of daemon.json (reload), then its units.
+    let before = side.observe(&ctx.settings).await?;
+    for d in crate::authz::setup::remove(
+        &ctx.settings,
+        &side.sd,
+        &before.daemon_json_path,
+        &ctx.backups(),
+    )
+    .await?
+    {
+        println!("authz: {d}");
+    }
     let obs = side.observe(&ctx.settings).await?;
     let dplan = docker::plan::plan_deconfigure(&obs, &ctx.settings)?;
     // Recorded before anything changes: a crash halfway must not let the service (which

@@ -26,12 +26,52 @@ pub(crate) async fn status_cmd(ctx: &Ctx, json: bool) -> Result<()> {
     if ctx.settings.docker.manage {
         report.docker = Some(docker_status(ctx).await);
     }
+    let authz = authz_status(ctx);
     if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        let mut v = serde_json::to_value(&report)?;
+        if let Some(o) = v.as_object_mut() {
+            o.insert("authz".into(), authz);
+        }
+        println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         print!("{}", report::render_text(&report));
+        println!(
+            "authorization plugin: {}",
+            if authz["enabled"] == true {
+                "on"
+            } else {
+                "off"
+            }
+        );
+        match authz["revoked"].as_array() {
+            Some(list) => {
+                for r in list {
+                    println!(
+                        "  revoked: {} serial {} at {} (valid until {})",
+                        r["name"].as_str().unwrap_or(""),
+                        r["serial"].as_str().unwrap_or(""),
+                        r["revoked_at"].as_str().unwrap_or(""),
+                        r["not_after"].as_str().unwrap_or("")
+                    );
+                }
+            }
+            None => println!("  warning: {}", authz["error"].as_str().unwrap_or("")),
+        }
     }
     Ok(())
+}
+
+/// The plugin for `status`: on or off, and the revoked certificates (or why they cannot be read).
+fn authz_status(ctx: &Ctx) -> serde_json::Value {
+    let files = crate::authz::Files::new(&ctx.settings);
+    let enabled = ctx.settings.authz.enabled && ctx.settings.docker.manage;
+    match crate::authz::policy::RevocationList::load(&files.revoked) {
+        Ok(l) => serde_json::json!({ "enabled": enabled, "revoked": l.revoked }),
+        Err(e) => serde_json::json!({
+            "enabled": enabled,
+            "error": format!("{e:#}; Docker refuses every request over TLS until it is repaired"),
+        }),
+    }
 }
 
 /// Docker's side for `status`: what systemd and the TLS endpoint say, and what apply would do.

@@ -127,6 +127,105 @@ pub fn guard_unit(guard: &Guard) -> String {
     s
 }
 
+// ---- The authorization plugin's units (issue 11): see `crate::authz`. ----
+
+/// What the authorization plugin's units need to know.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AuthzUnits {
+    pub binary: PathBuf,
+    /// `--config` when not the default file.
+    pub config: Option<PathBuf>,
+    /// The shell script the fallback unit runs (in the state directory).
+    pub fallback_script: PathBuf,
+    /// The directory of the plugin's metrics file, writable in the service's sandbox.
+    pub metrics_dir: Option<PathBuf>,
+}
+
+/// The plugin socket: held by systemd, so requests queue while the server restarts. Stopped
+/// or failed outside a shutdown, the fallback takes our entry out of daemon.json: dockerd
+/// would otherwise wait 32 s on every request, those on the local unix socket included.
+pub fn authz_socket_unit() -> String {
+    use crate::authz::{FALLBACK_UNIT, PLUGIN_SOCKET, SERVICE_UNIT};
+    let mut s = String::from(HEADER);
+    s.push_str(&format!(
+        "[Unit]\nDescription=Docker authorization plugin socket (docker-tls-manager: revocation, roles, audit)\n\
+         # Listening before dockerd starts; stopped after it at shutdown.\nBefore={DOCKER_SERVICE}\n\n\
+         [Socket]\nListenStream={PLUGIN_SOCKET}\nSocketMode=0600\nRemoveOnStop=yes\nService={SERVICE_UNIT}\n\
+         # Closed while the system runs (stopped by hand, failed): Docker must not wait for a\n\
+         # plugin nobody serves.\n\
+         ExecStopPost=/bin/sh -c 'systemctl is-system-running | grep -qx stopping || exec systemctl start --no-block {FALLBACK_UNIT}'\n\n\
+         [Install]\nWantedBy=sockets.target\n"
+    ));
+    s
+}
+
+/// The plugin server, started by its socket, restarted always and without a rate limit. A
+/// kill or a stop only restarts it (the socket keeps the requests); our binary gone, or an
+/// exit of its own (it never exits by itself), runs the fallback.
+pub fn authz_service_unit(u: &AuthzUnits) -> String {
+    use crate::authz::{FALLBACK_UNIT, SOCKET_UNIT};
+    let mut s = String::from(HEADER);
+    s.push_str(&format!(
+        "[Unit]\nDescription=Docker authorization plugin: revocation, roles, audit (docker-tls-manager)\n\
+         Requires={SOCKET_UNIT}\nAfter={SOCKET_UNIT}\nStartLimitIntervalSec=0\n\n\
+         [Service]\nExecStart={} {}authz serve\nRestart=always\nRestartSec=100ms\n\
+         # Our binary gone: the socket stops (ending the restarts), its stop runs the fallback.\n\
+         ExecStopPost=/bin/sh -c 'test -x {} || exec /bin/systemctl stop --no-block {SOCKET_UNIT}; case \"$$SERVICE_RESULT\" in success|signal) exit 0;; esac; exec /bin/systemctl start --no-block {FALLBACK_UNIT}'\n\
+         UMask=0077\nProtectSystem=strict\nProtectHome=yes\nPrivateTmp=yes\nNoNewPrivileges=yes\n\
+         RestrictAddressFamilies=AF_UNIX\nProtectKernelTunables=yes\nProtectKernelModules=yes\nProtectControlGroups=yes\n{}",
+        u.binary.display(),
+        u.config
+            .as_ref()
+            .map(|c| format!("--config {} ", c.display()))
+            .unwrap_or_default(),
+        u.binary.display(),
+        u.metrics_dir
+            .as_ref()
+            .map(|d| format!("ReadWritePaths=-{}\n", d.display()))
+            .unwrap_or_default(),
+    ));
+    s
+}
+
+/// The fallback: a shell oneshot, no binary of ours needed.
+pub fn authz_fallback_unit(u: &AuthzUnits) -> String {
+    let mut s = String::from(HEADER);
+    s.push_str(&format!(
+        "[Unit]\nDescription=Take docker-tls-manager out of Docker's authorization plugins when it cannot answer\n\n\
+         [Service]\nType=oneshot\nExecStart=/bin/sh {}\n",
+        u.fallback_script.display()
+    ));
+    s
+}
+
+/// The fallback's script: if daemon.json still holds our entry and is the very file we last
+/// wrote or saw (its SHA-256), swap in the copy without our entry (same directory, mode and
+/// owner kept, rename) and reload Docker (SIGHUP, never a restart). If the admin changed it
+/// since, it is left alone and the journal says what to do.
+pub fn authz_fallback_script(daemon_json: &Path, without: &Path, sha256: &Path) -> String {
+    format!(
+        "{HEADER}# Run by {fallback} when Docker's authorization plugin {name} cannot answer.\n\
+set -u\n\
+f={dj}\n\
+grep -q '\"{name}\"' \"$f\" 2>/dev/null || exit 0\n\
+t=$(readlink -f \"$f\")\n\
+if [ \"$(sha256sum < \"$t\" | cut -d' ' -f1)\" != \"$(cat {sha} 2>/dev/null)\" ] || [ ! -s {without} ]; then\n\
+  echo \"the authorization plugin {name} cannot answer and $f changed since {name} last saw it: left as it is. Docker waits on every request: remove {name} from authorization-plugins in $f, then systemctl reload docker\" >&2\n\
+  exit 1\n\
+fi\n\
+tmp=\"$(dirname \"$t\")/.dtm-tmp-fallback.$$\"\n\
+cp {without} \"$tmp\" && chmod --reference=\"$t\" \"$tmp\" && chown --reference=\"$t\" \"$tmp\" && sync \"$tmp\" && mv -f \"$tmp\" \"$t\" || {{ rm -f \"$tmp\"; exit 1; }}\n\
+echo \"the authorization plugin {name} cannot answer: taken out of authorization-plugins in $f (revocation and roles are not enforced until docker-tls-manager apply, or the service, puts it back)\" >&2\n\
+if systemctl is-active -q {docker}; then exec systemctl reload --no-block {docker}; fi\n",
+        fallback = crate::authz::FALLBACK_UNIT,
+        name = crate::authz::PLUGIN_NAME,
+        dj = daemon_json.display(),
+        without = without.display(),
+        sha = sha256.display(),
+        docker = DOCKER_SERVICE,
+    )
+}
+
 /// The daemon.json keys the manager owns.
 pub const TLS_KEYS: [&str; 4] = ["tlsverify", "tlscacert", "tlscert", "tlskey"];
 pub const LIVE_RESTORE_KEY: &str = "live-restore";
@@ -229,6 +328,30 @@ mod tests {
     fn dropin_golden() {
         golden("docker-tls-manager.conf", &dropin());
         golden("docker-tls-manager-guard.service", &guard_unit(&guard()));
+    }
+
+    #[test]
+    fn authz_units_golden() {
+        let u = AuthzUnits {
+            binary: "/usr/bin/docker-tls-manager".into(),
+            config: None,
+            fallback_script: "/var/lib/docker-tls-manager/authz/fallback.sh".into(),
+            metrics_dir: Some("/var/lib/prometheus/node-exporter".into()),
+        };
+        golden("docker-tls-manager-authz.socket", &authz_socket_unit());
+        golden("docker-tls-manager-authz.service", &authz_service_unit(&u));
+        golden(
+            "docker-tls-manager-authz-fallback.service",
+            &authz_fallback_unit(&u),
+        );
+        golden(
+            "docker-tls-manager-authz-fallback.sh",
+            &authz_fallback_script(
+                Path::new("/etc/docker/daemon.json"),
+                Path::new("/var/lib/docker-tls-manager/authz/daemon.json.without-plugin"),
+                Path::new("/var/lib/docker-tls-manager/authz/daemon.json.with-plugin.sha256"),
+            ),
+        );
     }
 
     #[test]

@@ -1,0 +1,114 @@
+//! Docker's authorization plugin, served by us: revocation of client certificates (by serial
+//! and issuer), a role per client, and an audit line per request over TLS. `roles` is the pure
+//! matcher (method + path against each role's table), `policy` the state it reads (revocation
+//! list, roles) and the decision, `server` the plugin protocol on the socket systemd holds,
+//! `setup` the convergence step (units, daemon.json's `authorization-plugins`, the fallback
+//! that takes our entry out when the plugin cannot answer).
+//!
+//! Every file name of this feature is here, once.
+
+pub mod policy;
+pub mod roles;
+pub mod server;
+pub mod setup;
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::Settings;
+
+/// Our name in daemon.json's `authorization-plugins` and in dockerd's messages
+/// ("authorization denied by plugin docker-tls-manager: ...").
+pub const PLUGIN_NAME: &str = "docker-tls-manager";
+/// Where dockerd looks for a legacy plugin of that name; held by `SOCKET_UNIT`.
+pub const PLUGIN_SOCKET: &str = "/run/docker/plugins/docker-tls-manager.sock";
+/// The daemon.json key.
+pub const DAEMON_JSON_KEY: &str = "authorization-plugins";
+/// systemd holds the plugin socket, so requests queue while the server restarts.
+pub const SOCKET_UNIT: &str = "docker-tls-manager-authz.socket";
+/// `docker-tls-manager authz serve`, socket-activated, restarted always.
+pub const SERVICE_UNIT: &str = "docker-tls-manager-authz.service";
+/// A shell oneshot that takes our entry out of daemon.json (and reloads Docker) when the
+/// plugin cannot answer: needs neither our binary nor our service.
+pub const FALLBACK_UNIT: &str = "docker-tls-manager-authz-fallback.service";
+
+/// What a client may do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Everything (the default).
+    Admin,
+    /// Monitoring, plus start, stop, restart, kill, pause, unpause of containers.
+    Operator,
+    /// List and inspect containers, images, networks, volumes; info, version, events, ping.
+    Monitoring,
+}
+
+impl Role {
+    pub const ALL: [Role; 3] = [Role::Admin, Role::Operator, Role::Monitoring];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Operator => "operator",
+            Role::Monitoring => "monitoring",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Role, String> {
+        Role::ALL
+            .into_iter()
+            .find(|r| r.name() == s)
+            .ok_or_else(|| {
+                format!("'{s}' is not a role: use \"admin\", \"operator\" or \"monitoring\"")
+            })
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The files of this feature.
+#[derive(Clone, Debug)]
+pub struct Files {
+    /// `state_dir/authz`: our state (mode 0700).
+    pub dir: PathBuf,
+    /// The revoked certificates (serial + issuer), 0600: read by the plugin at each change.
+    pub revoked: PathBuf,
+    /// Roles given by `client add NAME --role ROLE` (the config's `[authz] roles` win).
+    pub roles: PathBuf,
+    /// daemon.json without our entry, as the fallback unit puts it back.
+    pub fallback_daemon_json: PathBuf,
+    /// SHA-256 of the daemon.json we last wrote or saw with our entry: the fallback swaps only
+    /// if the file is still that one.
+    pub fallback_sha256: PathBuf,
+    /// The plugin's counters (node_exporter textfile), beside the service's metrics file.
+    pub metrics: Option<PathBuf>,
+}
+
+impl Files {
+    pub fn new(settings: &Settings) -> Files {
+        let dir = settings.paths.state_dir.join("authz");
+        Files {
+            revoked: dir.join("revoked.json"),
+            roles: dir.join("roles.json"),
+            fallback_daemon_json: dir.join("daemon.json.without-plugin"),
+            fallback_sha256: dir.join("daemon.json.with-plugin.sha256"),
+            metrics: settings
+                .service
+                .metrics_file
+                .as_ref()
+                .and_then(|m| m.parent())
+                .map(|d| d.join("docker-tls-manager-authz.prom")),
+            dir,
+        }
+    }
+
+    pub fn unit_path(settings: &Settings, unit: &str) -> PathBuf {
+        settings.paths.systemd_dir.join(unit)
+    }
+}

@@ -1,0 +1,552 @@
+//! The state the plugin decides on: the revocation list (serial + issuer of each revoked
+//! certificate) and the roles, read again only when one of their files changes; and the
+//! decision for one request.
+
+use std::collections::{BTreeMap, HashSet};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::{Files, Role, roles};
+use crate::pki::PROBE_CN;
+
+/// One revoked certificate.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revoked {
+    /// The client name (its CN) when it was revoked: for people, not for matching.
+    pub name: String,
+    /// Serial number, lowercase hex without leading zeros.
+    pub serial: String,
+    /// SHA-256 of the issuer name's DER: with the serial, what identifies the certificate.
+    pub issuer_sha256: String,
+    /// The issuer, readable.
+    pub issuer: String,
+    pub not_after: String,
+    pub revoked_at: String,
+}
+
+/// `authz/revoked.json`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevocationList {
+    pub revoked: Vec<Revoked>,
+}
+
+impl RevocationList {
+    /// Absent: nothing revoked. Unreadable or corrupt: an error (the plugin then refuses TLS).
+    pub fn load(path: &Path) -> Result<RevocationList> {
+        match std::fs::read(path) {
+            Ok(b) => serde_json::from_slice(&b).with_context(|| {
+                format!(
+                    "the revocation list '{}' is corrupt; restore it from the backup directory",
+                    path.display()
+                )
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(RevocationList::default()),
+            Err(e) => Err(e)
+                .with_context(|| format!("cannot read the revocation list '{}'", path.display())),
+        }
+    }
+
+    pub fn contains(&self, id: &CertId) -> bool {
+        self.revoked
+            .iter()
+            .any(|r| r.serial == id.serial && r.issuer_sha256 == id.issuer_sha256)
+    }
+}
+
+/// `authz/roles.json`: roles given by `client add --role`.
+pub fn load_roles(path: &Path) -> Result<BTreeMap<String, Role>> {
+    match std::fs::read(path) {
+        Ok(b) => serde_json::from_slice(&b).with_context(|| {
+            format!(
+                "'{}' is corrupt; restore it from the backup directory",
+                path.display()
+            )
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
+        Err(e) => Err(e).with_context(|| format!("cannot read '{}'", path.display())),
+    }
+}
+
+/// What identifies a certificate for revocation, read from its DER.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct CertId {
+    pub cn: String,
+    pub serial: String,
+    pub issuer_sha256: String,
+    pub issuer: String,
+    pub not_after: String,
+}
+
+pub fn cert_id(der: &[u8]) -> Result<CertId> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der)
+        .map_err(|e| anyhow::anyhow!("not a valid certificate: {e}"))?;
+    let serial = cert.tbs_certificate.raw_serial();
+    let first = serial.iter().position(|b| *b != 0).unwrap_or(serial.len());
+    let serial = if first == serial.len() {
+        "0".to_string()
+    } else {
+        hex::encode(&serial[first..])
+    };
+    let cn = cert
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|c| c.as_str().ok())
+        .unwrap_or("")
+        .to_string();
+    Ok(CertId {
+        cn,
+        serial,
+        issuer_sha256: hex::encode(Sha256::digest(cert.issuer().as_raw())),
+        issuer: cert.issuer().to_string(),
+        not_after: cert.validity().not_after.to_string(),
+    })
+}
+
+/// The first certificate of one `RequestPeerCertificates` entry, as DER. dockerd sends each
+/// as a JSON byte string, that is base64 of the PEM text; plain PEM is taken too.
+pub fn pem_to_der(entry: &str) -> Result<Vec<u8>> {
+    let pem = if entry.trim_start().starts_with("-----BEGIN") {
+        entry.as_bytes().to_vec()
+    } else {
+        base64_decode(entry).context("a peer certificate is neither PEM nor base64")?
+    };
+    crate::pki::inspect::first_cert_der(&pem).map_err(|e| anyhow::anyhow!(e))
+}
+
+/// Standard base64 with padding (what Go's encoding/json writes for []byte).
+fn base64_decode(s: &str) -> Option<Vec<u8>> {
+    let val = |c: u8| -> Option<u32> {
+        Some(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        } as u32)
+    };
+    let b: Vec<u8> = s.bytes().filter(|c| !c.is_ascii_whitespace()).collect();
+    if !b.len().is_multiple_of(4) {
+        return None;
+    }
+    let mut out = Vec::with_capacity(b.len() / 4 * 3);
+    for chunk in b.chunks(4) {
+        let pad = chunk.iter().rev().take_while(|c| **c == b'=').count();
+        if pad > 2 {
+            return None;
+        }
+        let mut n = 0u32;
+        for (i, c) in chunk.iter().enumerate() {
+            n <<= 6;
+            if i < 4 - pad {
+                n |= val(*c)?;
+            } else if *c != b'=' {
+                return None;
+            }
+        }
+        let bytes = [(n >> 16) as u8, (n >> 8) as u8, n as u8];
+        out.extend_from_slice(&bytes[..3 - pad]);
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    /// A certificate for `cn` as dockerd sends it: base64 of the PEM text.
+    fn peer(cn: &str) -> (String, CertId) {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut p = rcgen::CertificateParams::new(vec![]).unwrap();
+        p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        p.serial_number = Some(rcgen::SerialNumber::from_slice(&[0, 0x12, 0x34]));
+        let cert = p.self_signed(&key).unwrap();
+        let id = cert_id(cert.der()).unwrap();
+        (base64_encode(cert.pem().as_bytes()), id)
+    }
+
+    fn base64_encode(b: &[u8]) -> String {
+        const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let mut out = String::new();
+        for c in b.chunks(3) {
+            let n = (c[0] as u32) << 16
+                | (*c.get(1).unwrap_or(&0) as u32) << 8
+                | *c.get(2).unwrap_or(&0) as u32;
+            for i in 0..4 {
+                if i <= c.len() {
+                    out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+                } else {
+                    out.push('=');
+                }
+            }
+        }
+        out
+    }
+
+    fn req(cert: Option<&str>, method: &str, uri: &str) -> AuthzRequest {
+        AuthzRequest {
+            user: cert.map(|_| "x".to_string()).unwrap_or_default(),
+            authn: cert.map(|_| "TLS".to_string()).unwrap_or_default(),
+            method: method.into(),
+            uri: uri.into(),
+            certs: cert.map(|c| vec![c.to_string()]),
+        }
+    }
+
+    #[test]
+    fn decisions() {
+        let (mon, mon_id) = peer("mon");
+        let (probe, _) = peer(PROBE_CN);
+        let (gone, gone_id) = peer("gone");
+        assert_eq!(gone_id.serial, "1234", "leading zeros dropped");
+        let mut roles = BTreeMap::new();
+        roles.insert("mon".to_string(), Role::Monitoring);
+        let ok: Result<Policy, String> = Ok(Policy {
+            revoked: [(gone_id.serial.clone(), gone_id.issuer_sha256.clone())].into(),
+            roles,
+        });
+        let broken: Result<Policy, String> = Err("corrupt".into());
+        let ids = &mut HashMap::new();
+        // The unix socket: always, even with a corrupt list.
+        for p in [&ok, &broken] {
+            let d = decide(p, &req(None, "POST", "/containers/create"), ids);
+            assert!(d.allow && !d.tls, "{d:?}");
+        }
+        // The probe: always, even with a corrupt list.
+        assert!(decide(&broken, &req(Some(&probe), "GET", "/_ping"), ids).allow);
+        // A corrupt list refuses everyone else over TLS.
+        let d = decide(&broken, &req(Some(&mon), "GET", "/_ping"), ids);
+        assert!(!d.allow && d.tls && d.reason.contains("corrupt"), "{d:?}");
+        // Revoked by serial + issuer; the same name with another serial is fine.
+        let d = decide(&ok, &req(Some(&gone), "GET", "/_ping"), ids);
+        assert!(!d.allow && d.reason.contains("revoked"), "{d:?}");
+        let gone_again = {
+            let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+            let mut p = rcgen::CertificateParams::new(vec![]).unwrap();
+            p.distinguished_name.push(rcgen::DnType::CommonName, "gone");
+            p.serial_number = Some(rcgen::SerialNumber::from_slice(&[0x56]));
+            base64_encode(p.self_signed(&key).unwrap().pem().as_bytes())
+        };
+        assert!(decide(&ok, &req(Some(&gone_again), "GET", "/_ping"), ids).allow);
+        // Roles: monitoring lists, cannot exec; unknown names are admin.
+        assert!(decide(&ok, &req(Some(&mon), "GET", "/v1.41/containers/json"), ids).allow);
+        let d = decide(
+            &ok,
+            &req(Some(&mon), "POST", "/v1.41/containers/c1/exec"),
+            ids,
+        );
+        assert!(
+            !d.allow && d.client == "mon" && d.serial == mon_id.serial,
+            "{d:?}"
+        );
+        // TLS without a certificate, or with garbage: refused.
+        let mut r = req(Some(&mon), "GET", "/_ping");
+        r.certs = None;
+        assert!(!decide(&ok, &r, ids).allow);
+        assert!(!decide(&ok, &req(Some("bm90IGEgY2VydA=="), "GET", "/_ping"), ids).allow);
+    }
+
+    #[test]
+    fn base64_as_go_writes_it() {
+        assert_eq!(base64_decode("aGVsbG8=").unwrap(), b"hello");
+        assert_eq!(base64_decode("aGVsbG8h").unwrap(), b"hello!");
+        assert_eq!(base64_decode("aGk=").unwrap(), b"hi");
+        assert_eq!(base64_decode("aA==").unwrap(), b"h");
+        assert!(base64_decode("aGk").is_none());
+        assert!(base64_decode("a=Gk").is_none());
+        assert!(base64_decode("a*Gk").is_none());
+    }
+}
+
+/// What the plugin decides on, read from the files.
+#[derive(Debug, Default)]
+pub struct Policy {
+    revoked: HashSet<(String, String)>,
+    roles: BTreeMap<String, Role>,
+}
+
+impl Policy {
+    fn load(files: &Files, config: Option<&Path>) -> Result<Policy> {
+        let list = RevocationList::load(&files.revoked)?;
+        let mut roles = load_roles(&files.roles)?;
+        let settings = crate::config::load(config).map_err(|e| anyhow::anyhow!(e.0))?;
+        roles.extend(settings.authz.roles);
+        Ok(Policy {
+            revoked: list
+                .revoked
+                .into_iter()
+                .map(|r| (r.serial, r.issuer_sha256))
+                .collect(),
+            roles,
+        })
+    }
+}
+
+type Stamp = Option<(u64, u64, i64, i64, u64)>;
+
+fn stamp(p: &Path) -> Stamp {
+    std::fs::metadata(p)
+        .ok()
+        .map(|m| (m.dev(), m.ino(), m.mtime(), m.mtime_nsec(), m.size()))
+}
+
+/// The policy, read again when the revocation list, the roles or the configuration change
+/// (three `stat`s per request).
+pub struct Cached {
+    files: Files,
+    config: Option<PathBuf>,
+    config_path: PathBuf,
+    stamps: Vec<Stamp>,
+    policy: Result<Policy, String>,
+}
+
+impl Cached {
+    pub fn new(files: Files, config: Option<PathBuf>) -> Cached {
+        let config_path = config
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(crate::config::DEFAULT_CONFIG_PATH));
+        Cached {
+            files,
+            config,
+            config_path,
+            stamps: vec![],
+            policy: Err("not read yet".into()),
+        }
+    }
+
+    pub fn get(&mut self) -> &Result<Policy, String> {
+        let now = vec![
+            stamp(&self.files.revoked),
+            stamp(&self.files.roles),
+            stamp(&self.config_path),
+        ];
+        if now != self.stamps || self.stamps.is_empty() {
+            self.policy =
+                Policy::load(&self.files, self.config.as_deref()).map_err(|e| format!("{e:#}"));
+            match &self.policy {
+                Ok(p) => tracing::info!(
+                    revoked = p.revoked.len(),
+                    roles = p.roles.len(),
+                    "policy read"
+                ),
+                Err(e) => {
+                    tracing::error!("{e}; requests over TLS are refused until it is repaired")
+                }
+            }
+            self.stamps = now;
+        }
+        &self.policy
+    }
+}
+
+/// One request, as dockerd describes it to the plugin.
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct AuthzRequest {
+    #[serde(rename = "User", default)]
+    pub user: String,
+    #[serde(rename = "UserAuthNMethod", default)]
+    pub authn: String,
+    #[serde(rename = "RequestMethod", default)]
+    pub method: String,
+    #[serde(rename = "RequestUri", default)]
+    pub uri: String,
+    #[serde(rename = "RequestPeerCertificates", default)]
+    pub certs: Option<Vec<String>>,
+}
+
+/// The answer and what the audit line says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decision {
+    pub allow: bool,
+    /// Over TLS (audited at info/warning), not the unix socket (debug).
+    pub tls: bool,
+    pub client: String,
+    pub serial: String,
+    pub reason: String,
+}
+
+/// Decides one request. Unix-socket requests (no user, no certificate) are always allowed;
+/// over TLS the manager's probe is allowed, then a policy that cannot be read refuses, then a
+/// revoked certificate is refused, then the client's role decides.
+/// `ids` caches what each certificate's PEM says.
+pub fn decide(
+    policy: &Result<Policy, String>,
+    req: &AuthzRequest,
+    ids: &mut std::collections::HashMap<String, CertId>,
+) -> Decision {
+    let certs = req.certs.as_deref().unwrap_or_default();
+    let mut d = Decision {
+        allow: false,
+        tls: true,
+        client: req.user.clone(),
+        serial: String::new(),
+        reason: String::new(),
+    };
+    if req.authn.is_empty() && req.user.is_empty() && certs.is_empty() {
+        d.tls = false;
+        d.allow = true;
+        d.reason = "local unix socket".into();
+        return d;
+    }
+    let Some(leaf) = certs.first() else {
+        d.reason = format!("no client certificate (authentication '{}')", req.authn);
+        return d;
+    };
+    let id = match ids.get(leaf) {
+        Some(id) => id.clone(),
+        None => match pem_to_der(leaf).and_then(|der| cert_id(&der)) {
+            Ok(id) => {
+                ids.insert(leaf.clone(), id.clone());
+                id
+            }
+            Err(e) => {
+                d.reason = format!("client certificate unreadable: {e:#}");
+                return d;
+            }
+        },
+    };
+    d.client = id.cn.clone();
+    d.serial = id.serial.clone();
+    if id.cn == PROBE_CN {
+        d.allow = true;
+        d.reason = "the manager's probe".into();
+        return d;
+    }
+    let p = match policy {
+        Ok(p) => p,
+        Err(e) => {
+            d.reason = format!("revocation list or roles unreadable, refusing every client: {e}");
+            return d;
+        }
+    };
+    if p.revoked
+        .contains(&(id.serial.clone(), id.issuer_sha256.clone()))
+    {
+        d.reason = format!(
+            "certificate of client '{}' (serial {}) is revoked",
+            id.cn, id.serial
+        );
+        return d;
+    }
+    let role = p.roles.get(&id.cn).copied().unwrap_or(Role::Admin);
+    match roles::check(role, &req.method, &req.uri) {
+        Ok(()) => {
+            d.allow = true;
+            d.reason = format!("role {role}");
+        }
+        Err(why) => d.reason = format!("client '{}': {why}", id.cn),
+    }
+    d
+}
+
+/// Every certificate of client `name` we can find: its current one and the older ones kept in
+/// the backups (renewed certificates stay valid until they expire).
+pub fn client_certificates(layout: &crate::pki::Layout, name: &str) -> Vec<PathBuf> {
+    let current = layout
+        .cert_and_key(&crate::pki::Slot::Client(name.to_string()))
+        .0;
+    let rel = current.strip_prefix("/").unwrap_or(&current).to_path_buf();
+    let mut found = vec![current];
+    let mut stack = vec![layout.backup_dir()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(p);
+            } else if p.ends_with(&rel) {
+                found.push(p);
+            }
+        }
+    }
+    found
+}
+
+/// Adds the certificates at `paths` whose CN is `name` to the revocation list (backed up,
+/// 0600, atomic). Returns those newly revoked. A corrupt list is an error, never overwritten.
+pub fn revoke(
+    files: &Files,
+    name: &str,
+    paths: &[PathBuf],
+    backups: &crate::files::Backups,
+    now: std::time::SystemTime,
+) -> Result<Vec<Revoked>> {
+    let mut list = RevocationList::load(&files.revoked)?;
+    let mut added = vec![];
+    for p in paths {
+        let Ok(pem) = std::fs::read(p) else { continue };
+        let Ok(der) = crate::pki::inspect::first_cert_der(&pem) else {
+            continue;
+        };
+        let Ok(id) = cert_id(&der) else { continue };
+        if id.cn != name
+            || list.contains(&id)
+            || added
+                .iter()
+                .any(|r: &Revoked| r.serial == id.serial && r.issuer_sha256 == id.issuer_sha256)
+        {
+            continue;
+        }
+        added.push(Revoked {
+            name: name.to_string(),
+            serial: id.serial,
+            issuer_sha256: id.issuer_sha256,
+            issuer: id.issuer,
+            not_after: id.not_after,
+            revoked_at: humantime::format_rfc3339_seconds(now).to_string(),
+        });
+    }
+    if added.is_empty() {
+        return Ok(added);
+    }
+    list.revoked.extend(added.iter().cloned());
+    crate::files::ensure_dir(&files.dir, 0o700)?;
+    crate::files::backup(&files.revoked, backups, now)?;
+    let text = serde_json::to_string_pretty(&list)? + "\n";
+    crate::files::atomic_write(&files.revoked, text.as_bytes(), 0o600)?;
+    Ok(added)
+}
+
+/// Sets (or with `None` clears) the role `client add --role` gave a client.
+pub fn set_role(
+    files: &Files,
+    name: &str,
+    role: Option<Role>,
+    backups: &crate::files::Backups,
+    now: std::time::SystemTime,
+) -> Result<()> {
+    let mut roles = load_roles(&files.roles)?;
+    let before = roles.clone();
+    match role {
+        Some(r) => roles.insert(name.to_string(), r),
+        None => roles.remove(name),
+    };
+    if roles == before {
+        return Ok(());
+    }
+    crate::files::ensure_dir(&files.dir, 0o700)?;
+    crate::files::backup(&files.roles, backups, now)?;
+    let text = serde_json::to_string_pretty(&roles)? + "\n";
+    crate::files::atomic_write(&files.roles, text.as_bytes(), 0o600)
+}
+
+/// The role a client has: the config's, else the one given at `client add`, else admin.
+pub fn role_of(settings: &crate::config::Settings, files: &Files, name: &str) -> Role {
+    settings
+        .authz
+        .roles
+        .get(name)
+        .copied()
+        .or_else(|| {
+            load_roles(&files.roles)
+                .ok()
+                .and_then(|r| r.get(name).copied())
+        })
+        .unwrap_or(Role::Admin)
+}

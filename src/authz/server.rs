@@ -1,0 +1,394 @@
+//! `docker-tls-manager authz serve`: Docker's plugin protocol (HTTP/1.1 + JSON) on the unix
+//! socket systemd passes (socket activation: requests queue in the socket while this process
+//! restarts), or on `--listen PATH`. One thread per connection; dockerd keeps a few open.
+//! Endpoints: `/Plugin.Activate`, `/AuthZPlugin.AuthZReq` (the decision),
+//! `/AuthZPlugin.AuthZRes` (always allowed: we decide on the request).
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::FromRawFd;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+
+use super::Files;
+use super::policy::{AuthzRequest, Cached, CertId, Decision, decide};
+
+const CONTENT_TYPE: &str = "application/vnd.docker.plugins.v1.2+json";
+/// A connection idle this long is closed (dockerd opens another when it needs one).
+const IDLE: Duration = Duration::from_secs(300);
+const MAX_HEADER: usize = 64 * 1024;
+const MAX_BODY: usize = 64 * 1024 * 1024;
+
+struct State {
+    policy: Mutex<Cached>,
+    /// Certificates already read (dockerd sends the same few over and over).
+    ids: Mutex<HashMap<String, CertId>>,
+    /// (client, decision) -> requests, for the metrics file.
+    counters: Mutex<BTreeMap<(String, &'static str), u64>>,
+}
+
+/// The listener systemd passed (`LISTEN_FDS`), else `listen` bound here.
+fn listener(listen: Option<&Path>) -> Result<UnixListener> {
+    let ours = std::env::var("LISTEN_PID")
+        .ok()
+        .and_then(|p| p.parse::<u32>().ok())
+        == Some(std::process::id());
+    let fds = std::env::var("LISTEN_FDS")
+        .ok()
+        .and_then(|n| n.parse::<i32>().ok())
+        .unwrap_or(0);
+    // SAFETY: unsetenv before any other thread exists.
+    unsafe {
+        std::env::remove_var("LISTEN_PID");
+        std::env::remove_var("LISTEN_FDS");
+        std::env::remove_var("LISTEN_FDNAMES");
+    }
+    if ours && fds >= 1 {
+        // SAFETY: systemd passes the socket as fd 3 (SD_LISTEN_FDS_START), ours to own.
+        let l = unsafe { UnixListener::from_raw_fd(3) };
+        // SAFETY: FD_CLOEXEC on an fd we own.
+        unsafe { libc::fcntl(3, libc::F_SETFD, libc::FD_CLOEXEC) };
+        return Ok(l);
+    }
+    match listen {
+        Some(p) => {
+            let _ = std::fs::remove_file(p);
+            UnixListener::bind(p).with_context(|| format!("cannot listen on '{}'", p.display()))
+        }
+        None => bail!(
+            "no socket passed by systemd (run through {}) and no --listen PATH",
+            super::SOCKET_UNIT
+        ),
+    }
+}
+
+pub fn serve(config: Option<&Path>, listen: Option<&Path>) -> Result<()> {
+    let l = listener(listen)?;
+    let settings = crate::config::load(config);
+    let files = match &settings {
+        Ok(s) => Files::new(s),
+        // Unreadable config: default paths; the policy then fails and refuses TLS requests.
+        Err(_) => Files::new(&crate::config::parse("", Path::new("-")).expect("defaults")),
+    };
+    let metrics = files.metrics.clone();
+    let state = Arc::new(State {
+        policy: Mutex::new(Cached::new(files, config.map(Path::to_path_buf))),
+        ids: Mutex::new(HashMap::new()),
+        counters: Mutex::new(BTreeMap::new()),
+    });
+    state.policy.lock().unwrap_or_else(|e| e.into_inner()).get();
+    if let Some(m) = metrics {
+        let st = state.clone();
+        std::thread::spawn(move || {
+            block_term();
+            write_metrics(&st, &m)
+        });
+    }
+    on_sigterm_interrupt();
+    tracing::info!("authorization plugin {} serving", super::PLUGIN_NAME);
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    loop {
+        match accept(&l) {
+            Ok(s) => {
+                let st = state.clone();
+                let n = in_flight.clone();
+                std::thread::spawn(move || {
+                    block_term();
+                    if let Err(e) = connection(s, &st, &n) {
+                        tracing::debug!("plugin connection ended: {e:#}");
+                    }
+                });
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                tracing::warn!("accept: {e}");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        if TERM.load(Ordering::SeqCst) {
+            // Stopped or restarted: the requests accepted are answered first; the others
+            // wait in systemd's socket for the next instance.
+            let t0 = std::time::Instant::now();
+            while in_flight.load(Ordering::SeqCst) > 0 && t0.elapsed() < Duration::from_secs(5) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            tracing::info!("stopping");
+            return Ok(());
+        }
+    }
+}
+
+/// `accept4` once: unlike std's `accept`, returns `Interrupted` on a signal (SIGTERM).
+fn accept(l: &UnixListener) -> std::io::Result<UnixStream> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: accept4 on our listening fd; a returned fd is new and ours to own.
+    let fd = unsafe {
+        libc::accept4(
+            l.as_raw_fd(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            libc::SOCK_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd is a connected socket just returned by accept4.
+    Ok(unsafe { UnixStream::from_raw_fd(fd) })
+}
+
+static TERM: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_term(_: libc::c_int) {
+    TERM.store(true, Ordering::SeqCst);
+}
+
+/// Other threads leave SIGTERM to the accepting one.
+fn block_term() {
+    // SAFETY: a signal set built by sigemptyset/sigaddset, applied to this thread only.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+}
+
+/// SIGTERM sets `TERM` and interrupts `accept` (no SA_RESTART).
+fn on_sigterm_interrupt() {
+    // SAFETY: the handler only stores to an atomic; the mask is emptied before use.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = on_term as *const () as usize;
+        libc::sigemptyset(&mut sa.sa_mask);
+        sa.sa_flags = 0;
+        libc::sigaction(libc::SIGTERM, &sa, std::ptr::null_mut());
+    }
+}
+
+/// One HTTP request: method, path, body.
+struct Request {
+    path: String,
+    body: Vec<u8>,
+    close: bool,
+}
+
+fn read_request(r: &mut BufReader<UnixStream>) -> Result<Option<Request>> {
+    let mut line = String::new();
+    let mut total = 0;
+    if r.read_line(&mut line)? == 0 {
+        return Ok(None);
+    }
+    let mut parts = line.split_whitespace();
+    let (_method, path, version) = (
+        parts.next().unwrap_or(""),
+        parts.next().unwrap_or("").to_string(),
+        parts.next().unwrap_or(""),
+    );
+    let mut close = version == "HTTP/1.0";
+    let mut length = 0usize;
+    let mut chunked = false;
+    loop {
+        let mut h = String::new();
+        let n = r.read_line(&mut h)?;
+        total += n;
+        if n == 0 || total > MAX_HEADER {
+            bail!("headers cut short or too long");
+        }
+        let h = h.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':') {
+            let v = v.trim();
+            match k.trim().to_ascii_lowercase().as_str() {
+                "content-length" => length = v.parse().context("bad Content-Length")?,
+                "transfer-encoding" => chunked = v.eq_ignore_ascii_case("chunked"),
+                "connection" => close = v.eq_ignore_ascii_case("close"),
+                _ => {}
+            }
+        }
+    }
+    let mut body = Vec::new();
+    if chunked {
+        loop {
+            let mut size = String::new();
+            r.read_line(&mut size)?;
+            let n = usize::from_str_radix(size.trim().split(';').next().unwrap_or(""), 16)
+                .context("bad chunk size")?;
+            if body.len() + n > MAX_BODY {
+                bail!("body too large");
+            }
+            let start = body.len();
+            body.resize(start + n, 0);
+            r.read_exact(&mut body[start..])?;
+            let mut crlf = String::new();
+            r.read_line(&mut crlf)?;
+            if n == 0 {
+                break;
+            }
+        }
+    } else {
+        if length > MAX_BODY {
+            bail!("body too large");
+        }
+        body.resize(length, 0);
+        r.read_exact(&mut body)?;
+    }
+    Ok(Some(Request { path, body, close }))
+}
+
+/// Serves one connection; `in_flight` counts the requests read and not yet answered.
+fn connection(stream: UnixStream, st: &State, in_flight: &AtomicUsize) -> Result<()> {
+    stream.set_read_timeout(Some(IDLE))?;
+    let mut w = stream.try_clone()?;
+    let mut r = BufReader::new(stream);
+    // Kept alive as dockerd asks (a new connection per call doubled the added latency). If
+    // this process is killed, a call in flight or sent on a connection it held is retried by
+    // dockerd with an empty body (allowed, see `answer`); new connections queue in the socket
+    // systemd holds.
+    loop {
+        // Waiting for the next request: a stop does not wait for this connection.
+        if TERM.load(Ordering::SeqCst) {
+            break;
+        }
+        let Some(req) = read_request(&mut r)? else {
+            break;
+        };
+        in_flight.fetch_add(1, Ordering::SeqCst);
+        let (status, body) = answer(&req, st);
+        // One write: a kill cannot leave dockerd half an answer (which it does not retry).
+        let out = format!(
+            "HTTP/1.1 {status}\r\nContent-Type: {CONTENT_TYPE}\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len(),
+        );
+        let written = w.write_all(out.as_bytes());
+        in_flight.fetch_sub(1, Ordering::SeqCst);
+        written?;
+        if req.close {
+            break;
+        }
+    }
+    Ok(())
+}
+
+fn json_escape(s: &str) -> String {
+    serde_json::to_string(s).expect("a string serializes")
+}
+
+fn answer(req: &Request, st: &State) -> (&'static str, String) {
+    match req.path.as_str() {
+        "/Plugin.Activate" => ("200 OK", r#"{"Implements":["authz"]}"#.into()),
+        "/AuthZPlugin.AuthZRes" => ("200 OK", r#"{"Allow":true}"#.into()),
+        "/AuthZPlugin.AuthZReq" => {
+            // dockerd retries a plugin call whose connection broke (this process killed
+            // mid-request) with the body it already consumed: empty. It carries nothing to
+            // decide on; refusing it would fail unix-socket requests too. Allowed, logged.
+            if req.body.iter().all(u8::is_ascii_whitespace) {
+                tracing::warn!(
+                    decision = "allow",
+                    reason = "empty request: dockerd's retry after the plugin was interrupted",
+                    "docker request"
+                );
+                return ("200 OK", r#"{"Allow":true}"#.into());
+            }
+            let d = match serde_json::from_slice::<AuthzRequest>(&req.body) {
+                Ok(ar) => {
+                    let mut cache = st.policy.lock().unwrap_or_else(|e| e.into_inner());
+                    let mut ids = st.ids.lock().unwrap_or_else(|e| e.into_inner());
+                    if ids.len() > 10_000 {
+                        ids.clear();
+                    }
+                    let d = decide(cache.get(), &ar, &mut ids);
+                    drop(ids);
+                    drop(cache);
+                    audit(&ar, &d);
+                    d
+                }
+                Err(e) => Decision {
+                    allow: false,
+                    tls: true,
+                    client: String::new(),
+                    serial: String::new(),
+                    reason: format!("unreadable request from dockerd: {e}"),
+                },
+            };
+            if d.tls {
+                let mut c = st.counters.lock().unwrap_or_else(|e| e.into_inner());
+                *c.entry((d.client.clone(), if d.allow { "allow" } else { "deny" }))
+                    .or_default() += 1;
+            }
+            if d.allow {
+                ("200 OK", r#"{"Allow":true}"#.into())
+            } else {
+                (
+                    "200 OK",
+                    format!(r#"{{"Allow":false,"Msg":{}}}"#, json_escape(&d.reason)),
+                )
+            }
+        }
+        _ => ("404 Not Found", r#"{"Err":"unknown endpoint"}"#.into()),
+    }
+}
+
+/// The audit line: every request over TLS at info, denials at warning; the unix socket at debug.
+fn audit(r: &AuthzRequest, d: &Decision) {
+    let decision = if d.allow { "allow" } else { "deny" };
+    if !d.tls {
+        tracing::debug!(method = %r.method, path = %r.uri, decision, reason = %d.reason, "docker request");
+    } else if d.allow {
+        tracing::info!(client = %d.client, serial = %d.serial, method = %r.method, path = %r.uri, decision, reason = %d.reason, "docker request");
+    } else {
+        tracing::warn!(client = %d.client, serial = %d.serial, method = %r.method, path = %r.uri, decision, reason = %d.reason, "docker request");
+    }
+}
+
+/// Renders the counters as a node_exporter textfile.
+pub fn render_metrics(c: &BTreeMap<(String, &'static str), u64>) -> String {
+    let mut s = String::from(
+        "# HELP docker_tls_manager_authz_requests_total Docker API requests over TLS seen by the authorization plugin, by client and decision (since the plugin started).\n\
+         # TYPE docker_tls_manager_authz_requests_total counter\n",
+    );
+    for ((client, decision), n) in c {
+        let client = client
+            .replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\n', "\\n");
+        s.push_str(&format!(
+            "docker_tls_manager_authz_requests_total{{client=\"{client}\",decision=\"{decision}\"}} {n}\n"
+        ));
+    }
+    s
+}
+
+fn write_metrics(st: &State, path: &Path) {
+    let mut last = String::new();
+    loop {
+        let text = render_metrics(&st.counters.lock().unwrap_or_else(|e| e.into_inner()));
+        if text != last && path.parent().is_some_and(Path::is_dir) {
+            match crate::files::atomic_write(path, text.as_bytes(), 0o644) {
+                Ok(()) => last = text,
+                Err(e) => tracing::debug!("metrics: {e:#}"),
+            }
+        }
+        std::thread::sleep(Duration::from_secs(5));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_escape_labels() {
+        let mut c = BTreeMap::new();
+        c.insert(("a\"b".to_string(), "deny"), 3);
+        let t = render_metrics(&c);
+        assert!(t.contains(r#"{client="a\"b",decision="deny"} 3"#), "{t}");
+    }
+}
