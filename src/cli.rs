@@ -120,6 +120,10 @@ pub enum ClientCommand {
     Revoke { name: String },
     /// Remove a client: its certificates revoked, its files removed (backed up)
     Remove { name: String },
+    /// Share revocations with the other hosts of a group sharing one CA (`ca export`/`ca
+    /// import`): export this host's revocation list, import another host's (merged)
+    #[command(subcommand)]
+    Revocations(RevocationsCommand),
     /// Write a client's bundle: ca.pem, cert.pem, key.pem
     Bundle {
         name: String,
@@ -139,6 +143,22 @@ pub enum ClientCommand {
         /// Host name clients use to reach Docker [default: this host's FQDN or hostname]
         #[arg(long)]
         host: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RevocationsCommand {
+    /// Write the revocation list (JSON; no secret in it)
+    Export {
+        /// Output file (`-`: standard output)
+        #[arg(short, long, value_name = "FILE")]
+        output: PathBuf,
+    },
+    /// Add the revocations of another host's list to this host's (Docker refuses them from the
+    /// next request)
+    Import {
+        /// A file `client revocations export` wrote
+        file: PathBuf,
     },
 }
 

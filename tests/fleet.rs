@@ -5,7 +5,8 @@
 //! Then the three take their server certificates from an ACME CA (Pebble beside them): the
 //! same client identity still works everywhere, its bundle now carrying the ACME root. The
 //! time each host takes to enroll (order, restart, verification) is printed (`--nocapture`;
-//! docs/benchmarks.md).
+//! docs/benchmarks.md). Last, a client revoked on one host is refused by all three once the
+//! revocation list is exported and imported (`client revocations`).
 
 mod common;
 
@@ -120,5 +121,46 @@ fn one_bundle_works_on_every_host_after_ca_import() {
         );
     }
     a.ok("cmp /var/lib/docker-tls-manager/clients/admin/ca.pem /etc/docker-tls-manager/acme-root.pem");
+
+    // A client revoked once is refused by every host: revoked on A, the list exported and
+    // imported on B and C (our authorization plugin answers on each).
+    a.ok("docker-tls-manager client add mobile && cp -a /var/lib/docker-tls-manager/clients/mobile /root/mobile");
+    for (_, ip) in hosts {
+        let o = docker_at(&a, "/root/mobile", ip, "ps");
+        assert!(
+            o.status.success(),
+            "mobile against {ip}: {}",
+            common::text(&o.stderr)
+        );
+    }
+    a.ok("docker-tls-manager client revoke mobile && docker-tls-manager client revocations export -o /root/revoked.json");
+    let list = std::fs::read(a.root.join("root/revoked.json")).unwrap();
+    for m in [&b, &c] {
+        std::fs::write(m.root.join("root/revoked.json"), &list).unwrap();
+        let out = m.ok("docker-tls-manager client revocations import /root/revoked.json");
+        assert!(out.contains("1 new revocation"), "{out}");
+    }
+    for (_, ip) in hosts {
+        let o = docker_at(&a, "/root/mobile", ip, "ps");
+        assert!(
+            !o.status.success(),
+            "a revoked client still gets in at {ip}"
+        );
+        assert!(
+            common::text(&o.stderr).contains("authorization denied by plugin"),
+            "{ip}: {}",
+            common::text(&o.stderr)
+        );
+        // The others are not affected.
+        let o = docker_at(&a, admin, ip, "ps");
+        assert!(
+            o.status.success(),
+            "admin against {ip}: {}",
+            common::text(&o.stderr)
+        );
+    }
+    // Importing again adds nothing.
+    let out = b.ok("docker-tls-manager client revocations import /root/revoked.json");
+    assert!(out.contains("0 new revocation"), "{out}");
     drop(pebble);
 }

@@ -1024,3 +1024,48 @@ fn ca_export_and_import_wait_for_a_rollover_to_finish() {
         .collect();
     assert_eq!(after, before);
 }
+
+/// `client revocations import` takes only what `export` writes; a bad file changes nothing.
+#[test]
+fn revocations_import_refuses_what_export_does_not_write() {
+    let a = Sandbox::new("");
+    a.ok(&["apply"]);
+    a.ok(&["client", "add", "bob"]);
+    a.ok(&["client", "revoke", "bob"]);
+    let list = a.path("revoked.json");
+    a.ok(&[
+        "client",
+        "revocations",
+        "export",
+        "-o",
+        list.to_str().unwrap(),
+    ]);
+    let b = Sandbox::new("");
+    b.ok(&["apply"]);
+    let before = snapshot(&b.path("state"));
+    for bad in [
+        "not json",
+        "{\"revoked\": [{\"name\": \"x\", \"serial\": \"zz\", \"issuer_sha256\": \"00\", \"issuer\": \"\", \"not_after\": \"\", \"revoked_at\": \"\"}]}",
+        "{\"revoked\": [], \"extra\": 1}",
+    ] {
+        let f = b.path("bad.json");
+        std::fs::write(&f, bad).unwrap();
+        let o = b.run(&["client", "revocations", "import", f.to_str().unwrap()]);
+        assert_eq!(o.status.code(), Some(2), "{bad}: {}", text(&o.stderr));
+        assert!(
+            text(&o.stderr).contains("nothing was changed"),
+            "{}",
+            text(&o.stderr)
+        );
+    }
+    let strip = |v: Vec<(std::path::PathBuf, u32, Vec<u8>)>| -> Vec<_> {
+        v.into_iter()
+            .filter(|(p, ..)| !p.ends_with("lock"))
+            .collect()
+    };
+    assert_eq!(strip(snapshot(&b.path("state"))), strip(before));
+    let out = b.ok(&["client", "revocations", "import", list.to_str().unwrap()]);
+    assert!(out.contains("1 new revocation"), "{out}");
+    let listed = b.ok(&["client", "list"]);
+    assert!(listed.contains("bob"), "{listed}");
+}

@@ -513,6 +513,55 @@ pub fn revoke(
     Ok(added)
 }
 
+/// Adds the entries of `incoming` (another host's list) not yet in this host's (backed up,
+/// 0600, atomic). Returns those added. Entries are checked first: nothing is written if one is
+/// not a revocation as `revoke` writes it.
+pub fn merge(
+    files: &Files,
+    incoming: &RevocationList,
+    backups: &crate::files::Backups,
+    now: std::time::SystemTime,
+) -> Result<Vec<Revoked>> {
+    let hex = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_hexdigit());
+    if let Some(bad) = incoming
+        .revoked
+        .iter()
+        .find(|r| !hex(&r.serial) || r.issuer_sha256.len() != 64 || !hex(&r.issuer_sha256))
+    {
+        anyhow::bail!(
+            "entry for '{}' has no serial and issuer as `client revocations export` writes them",
+            bad.name
+        );
+    }
+    let mut list = RevocationList::load(&files.revoked)?;
+    let mut added = vec![];
+    for r in &incoming.revoked {
+        let id = |x: &Revoked| {
+            (
+                x.serial.to_ascii_lowercase(),
+                x.issuer_sha256.to_ascii_lowercase(),
+            )
+        };
+        if list.revoked.iter().chain(&added).any(|x| id(x) == id(r)) {
+            continue;
+        }
+        added.push(Revoked {
+            serial: r.serial.to_ascii_lowercase(),
+            issuer_sha256: r.issuer_sha256.to_ascii_lowercase(),
+            ..r.clone()
+        });
+    }
+    if added.is_empty() {
+        return Ok(added);
+    }
+    list.revoked.extend(added.iter().cloned());
+    crate::files::ensure_dir(&files.dir, 0o700)?;
+    crate::files::backup(&files.revoked, backups, now)?;
+    let text = serde_json::to_string_pretty(&list)? + "\n";
+    crate::files::atomic_write(&files.revoked, text.as_bytes(), 0o600)?;
+    Ok(added)
+}
+
 /// Sets (or with `None` clears) the role `client add --role` gave a client.
 pub fn set_role(
     files: &Files,

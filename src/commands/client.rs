@@ -1,6 +1,7 @@
 //! `client`: add, list, remove, bundle and env of client identities.
 
 use super::*;
+use crate::cli::RevocationsCommand;
 use crate::files::backup;
 use crate::pki::inspect;
 
@@ -73,6 +74,64 @@ pub(crate) async fn client(ctx: &Ctx, cmd: ClientCommand) -> Result<()> {
                 println!(
                     "{}\trevoked\tserial {}\tat {}\t(valid until {})",
                     r.name, r.serial, r.revoked_at, r.not_after
+                );
+            }
+            Ok(())
+        }
+        ClientCommand::Revocations(RevocationsCommand::Export { output }) => {
+            let files = crate::authz::Files::new(&ctx.settings);
+            let list = {
+                let _lock = StateLock::acquire(ctx.layout(), LOCK_WAIT).await?;
+                crate::authz::policy::RevocationList::load(&files.revoked)?
+            };
+            let text = serde_json::to_string_pretty(&list)? + "\n";
+            if output == Path::new("-") {
+                print!("{text}");
+            } else {
+                atomic_write(&output, text.as_bytes(), 0o644)?;
+                println!(
+                    "{} revoked certificate(s) written to '{}': on the other hosts sharing this CA, \
+                     `docker-tls-manager client revocations import FILE`",
+                    list.revoked.len(),
+                    output.display()
+                );
+            }
+            Ok(())
+        }
+        ClientCommand::Revocations(RevocationsCommand::Import { file }) => {
+            let text = std::fs::read(&file)
+                .map_err(|e| UsageError(format!("cannot read '{}': {e}", file.display())))?;
+            let incoming: crate::authz::policy::RevocationList = serde_json::from_slice(&text)
+                .map_err(|e| {
+                    UsageError(format!(
+                        "'{}' is not a revocation list from `client revocations export` ({e}); \
+                         nothing was changed",
+                        file.display()
+                    ))
+                })?;
+            let files = crate::authz::Files::new(&ctx.settings);
+            let added = {
+                let _lock = StateLock::acquire(ctx.layout(), LOCK_WAIT).await?;
+                crate::authz::policy::merge(&files, &incoming, &ctx.backups(), SystemTime::now())
+                    .map_err(|e| {
+                        UsageError(format!("'{}': {e:#}; nothing was changed", file.display()))
+                    })?
+            };
+            for r in &added {
+                println!(
+                    "revoked certificate of '{}': serial {} (valid until {}); Docker refuses it \
+                     from the next request",
+                    r.name, r.serial, r.not_after
+                );
+            }
+            println!(
+                "{} new revocation(s), {} already known",
+                added.len(),
+                incoming.revoked.len() - added.len()
+            );
+            if !plugin_on(ctx) {
+                println!(
+                    "warning: Docker does not ask the revocation list here ([docker] manage or [authz] enabled is false)"
                 );
             }
             Ok(())
