@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Installs, from Debian's packages, what the demo and the tests need, when something is missing
 # (a fresh Debian 12 machine has Rust, gcc, Python, git and the docker CLI). Needs root.
+# mmdebstrap builds the Debian 13 root the machines also boot (tests/machine/machine.sh os-root).
 #   bash scripts/install-deps.sh
 set -euo pipefail
 packages=(docker.io systemd-container dbus curl openssl busybox-static iproute2 util-linux procps
-    ca-certificates rpm binutils strace)
-tools=(dockerd systemd-nspawn dbus-daemon curl openssl busybox ip nsenter ps rpm strip strace)
+    ca-certificates rpm binutils strace mmdebstrap)
+tools=(dockerd systemd-nspawn dbus-daemon curl openssl busybox ip nsenter ps rpm strip strace mmdebstrap)
 missing=0
 for t in "${tools[@]}"; do
     command -v "$t" > /dev/null || [[ -x /usr/sbin/$t ]] || missing=1

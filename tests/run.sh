@@ -9,7 +9,8 @@ cd "$(dirname "$0")/.."
 # What the tests need, from Debian's packages (as on a fresh Debian 12 machine): installed when
 # missing. docker.io: dockerd for the throwaway machines; systemd-container: systemd-nspawn;
 # busybox-static: the container image; openssl, curl: independent checks; rpm: inspecting the
-# .rpm; binutils: strip for the packages; strace: kills at every write boundary.
+# .rpm; binutils: strip for the packages; strace: kills at every write boundary; mmdebstrap:
+# the Debian 13 root the machines boot too.
 bash scripts/install-deps.sh
 # Each test powers off its own machines; `bash tests/machine/machine.sh down-all` clears
 # leftovers of an interrupted run.
@@ -22,8 +23,13 @@ echo "== cargo fmt --check, cargo clippy (warnings are errors)"
 cargo fmt --check
 cargo clippy --locked --all-targets -- -D warnings
 
-echo "== harness self-test: systemd + dockerd machine"
+echo "== harness self-test: systemd + dockerd machine (Debian 12, this host's tree)"
 bash tests/machine/selftest.sh dtm-selftest-$$
+
+echo "== the Debian 13 root (cached in /var/cache/dtm; rebuilt when missing, incomplete or older than the archive)"
+bash tests/machine/machine.sh os-root trixie --refresh
+echo "== harness self-test: systemd + dockerd machine (Debian 13)"
+DTM_MACHINE_OS=trixie bash tests/machine/selftest.sh dtm-selftest13-$$
 
 echo "== packages: a higher-versioned .deb for the upgrade test, then the .deb and .rpm"
 # (in this order: cargo-deb empties target/debian when it builds)
