@@ -26,6 +26,8 @@ cargo clippy --locked --all-targets -- -D warnings
 echo "== harness self-test: systemd + dockerd machine (Debian 12, this host's tree)"
 bash tests/machine/selftest.sh dtm-selftest-$$
 
+echo "== the Debian 13 root: its cache on a bad day (mirror out of reach, a build cut short)"
+bash tests/machine/os-root-selftest.sh
 echo "== the Debian 13 root (cached in /var/cache/dtm; rebuilt when missing, incomplete or older than the archive)"
 bash tests/machine/machine.sh os-root trixie --refresh
 echo "== harness self-test: systemd + dockerd machine (Debian 13)"
