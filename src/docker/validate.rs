@@ -107,6 +107,15 @@ impl Validator for Dockerd {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
+        // Killed (a sandbox's system-call filter, the OOM killer) or silent: no verdict on the
+        // file, which must not be blamed for it.
+        if out.status.code().is_none() || (!out.status.success() && said.trim().is_empty()) {
+            bail!(
+                "'{}' ended with {} and said nothing",
+                argv.join(" "),
+                out.status
+            );
+        }
         Ok(verdict(out.status.success(), &said, || {
             Command::new(&argv[0])
                 .arg("--version")

@@ -503,7 +503,8 @@ cmd_up() {
     local t0 lower=/ os=${DTM_MACHINE_OS:-host}
     t0=$(now)
     if [[ $os != host ]]; then
-        lower=$(os_root "$os") || die "no $os root to boot (see above)"
+        mkdir -p "$d"
+        lower=$(os_root "$os" "" "$d/os") || die "no $os root to boot (see above)"
     fi
     mount_overlay "$name" "$lower"
     # remembered for `boot` after `powerfail`, and so that `os-root` never removes it
@@ -694,12 +695,22 @@ os_outdated() { # ROOT: a suite it came from was published after it was built (0
     return $rc
 }
 
-os_root() { # OS [refresh]: print a complete root of OS, building or refreshing it as needed
-    local os=$1 refresh=${2:-} cur new rc=0
+os_root() { # OS [refresh] [MARK]: print a complete root of OS, building or refreshing it as
+    # needed; MARK: a file to write its path to while the lock is held (a machine's `os`, so
+    # that no concurrent rebuild prunes it between this and the mount)
+    local os=$1 refresh=${2:-} mark=${3:-} root
     os_check "$os"
     mkdir -p "$OS_CACHE"
     exec 8>"$OS_CACHE/.$os.lock"
     flock -w 300 8 || die "could not lock $OS_CACHE/.$os.lock (another build of the $os root?)"
+    root=$(os_pick "$os" "$refresh") || exit 1
+    [[ -z $mark ]] || echo "$root" >"$mark"
+    exec 8>&-
+    echo "$root"
+}
+
+os_pick() { # OS [refresh]: (under the lock) the current root, built or refreshed as needed
+    local os=$1 refresh=${2:-} cur new rc=0
     if cur=$(os_current "$os"); then
         if [[ -n $refresh ]]; then
             os_outdated "$cur" || rc=$?
@@ -724,7 +735,6 @@ os_root() { # OS [refresh]: print a complete root of OS, building or refreshing 
     else
         os_build "$os"
     fi
-    exec 8>&-
 }
 
 cmd_os_root() {

@@ -71,5 +71,12 @@ rc=0
 offline os-root trixie >/dev/null 2>&1 || rc=$?
 check "a root built from another package list is not booted (rc $rc)" test "$rc" != 0
 
+# 5. An OS the harness does not know: said so, nothing built.
+rc=0
+out=$(DTM_MACHINE_OS=buster bash "$MACHINE" up dtm-os-selftest-$$ 2>&1) || rc=$?
+check "an unknown DTM_MACHINE_OS is refused (rc $rc)" \
+    bash -c "[[ $rc != 0 ]] && grep -q \"unknown OS 'buster'\" <<<\"\$1\"" _ "$out"
+bash "$MACHINE" down dtm-os-selftest-$$ >/dev/null 2>&1 || true
+
 echo "$passed passed, $failed failed"
 ((failed == 0))
