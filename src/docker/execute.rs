@@ -111,6 +111,13 @@ pub async fn execute<S: Systemd, P: Prober, D: DockerDaemon>(
         && let Err(e) = check_daemon_json(plan, check)
     {
         error!("{e:#}");
+        if crate::error::exit_code(&e) == crate::error::EXIT_USAGE {
+            // The admin's file: as with any Docker setup we refuse, certificates renewed just
+            // before stay (they wait for Docker's next restart) and nothing else was written.
+            return Err(e.context(format!(
+                "{DOCKER_SERVICE} was not restarted and nothing was written for Docker"
+            )));
+        }
         return match rollback(&snapshots, &socket_before, false, cx).await {
             Ok(()) => Err(e.context(format!(
                 "{DOCKER_SERVICE} was not restarted and the previous files were restored"
