@@ -216,7 +216,11 @@ fn check_daemon_json(plan: &DockerPlan, check: &Check<'_>) -> Result<()> {
     };
     for text in targets {
         let msg = match ask(text) {
-            None | Some(Verdict::Accepted) => continue,
+            None => continue,
+            Some(Verdict::Accepted) => {
+                info!("`dockerd --validate` accepts '{path}'");
+                continue;
+            }
             Some(Verdict::Unavailable(version)) => {
                 info!(
                     "{version} has no `dockerd --validate` (Docker 23 and later have it): '{path}' is checked \
