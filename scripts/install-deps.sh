@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # Installs, from Debian's packages, what the demo and the tests need, when something is missing
 # (a fresh Debian 12 machine has Rust, gcc, Python, git and the docker CLI). Needs root.
+# mmdebstrap builds the Debian 13 root the machines also boot (tests/machine/machine.sh os-root).
 #   bash scripts/install-deps.sh
 set -euo pipefail
 packages=(docker.io systemd-container dbus curl openssl busybox-static iproute2 util-linux procps
-    ca-certificates rpm binutils strace python3-docker)
+    ca-certificates rpm binutils strace python3-docker mmdebstrap)
 # The packages' linters and the man page checks (tests/packages.rs, tests/manual.rs).
 packages+=(lintian rpmlint man-db groff-base)
 # The ACME test server (tests/acme.rs).
 packages+=(pebble)
-tools=(dockerd systemd-nspawn dbus-daemon curl openssl busybox ip nsenter ps rpm strip strace)
+tools=(dockerd systemd-nspawn dbus-daemon curl openssl busybox ip nsenter ps rpm strip strace mmdebstrap)
 tools+=(lintian rpmlint man groff pebble)
 missing=0
 for t in "${tools[@]}"; do

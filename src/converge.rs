@@ -254,7 +254,8 @@ pub async fn converge_once(
     } else {
         vec![]
     };
-    let cx = side.exec_context(&obs, ctx.layout().backup_dir(), also_restore);
+    let validator = docker::validate::Dockerd::for_unit(&obs.docker);
+    let cx = side.exec_context(&obs, &validator, ctx.layout().backup_dir(), also_restore);
     docker::execute::execute(&dplan, &cx).await?;
     // Docker's authorization plugin (issue 11): after Docker is configured, never before.
     out.authz = crate::authz::setup::converge(
@@ -395,12 +396,13 @@ impl DockerSide {
         docker::observe(settings, &self.sd, &self.daemon, &self.probe).await
     }
 
-    pub fn exec_context(
-        &self,
+    pub fn exec_context<'a>(
+        &'a self,
         obs: &docker::plan::Observed,
+        validator: &'a docker::validate::Dockerd,
         backup_dir: PathBuf,
         also_restore: Vec<Snapshot>,
-    ) -> docker::execute::ExecContext<'_, Dbus, docker::probe::TlsProbe, UnixDocker> {
+    ) -> docker::execute::ExecContext<'a, Dbus, docker::probe::TlsProbe, UnixDocker> {
         docker::execute::ExecContext {
             systemd: &self.sd,
             probe: &self.probe,
@@ -412,6 +414,11 @@ impl DockerSide {
                 retention: self.backup_retention,
             },
             also_restore,
+            validate: Some(docker::validate::Check {
+                validator,
+                path: obs.daemon_json_path.clone(),
+                current: obs.daemon_json.clone(),
+            }),
         }
     }
 }

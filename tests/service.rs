@@ -122,6 +122,15 @@ fn automatic_rotation_before_expiry_with_no_failed_request() {
     );
     let j = journal(&m);
     assert!(j.contains("renewal due"), "{j}");
+    // dockerd 23+ checked daemon.json from inside the service's sandbox (no capabilities, a
+    // system-call filter) before the restart; older dockerd is named as having no --validate.
+    assert!(
+        j.contains("`dockerd --validate` accepts") || j.contains("has no `dockerd --validate`"),
+        "{j}"
+    );
+    if m.ok("dockerd --help").contains("--validate") {
+        assert!(!j.contains("cannot run `dockerd --validate`"), "{j}");
+    }
 }
 
 #[test]

@@ -363,3 +363,163 @@ fn failed_ca_rotation_is_rolled_back_and_recovers() {
     m.ok(&format!("{ENV} docker version >/dev/null"));
     m.ok("test \"$(curl -s --max-time 10 --cacert /tmp/old/ca.pem --cert /tmp/old/cert.pem --key /tmp/old/key.pem https://127.0.0.1:2376/_ping)\" = OK");
 }
+
+/// docker-ce's unit: `/usr/bin/dockerd`, no `$DOCKER_OPTS`, `Requires=docker.socket`. apply,
+/// forced rotations and deconfigure against it, the flags read from ExecStart as systemd has it.
+#[test]
+fn docker_ce_style_unit_apply_rotation_and_deconfigure() {
+    let m = Machine::up("dockerce");
+    m.ok(
+        r#"test -e /usr/bin/dockerd || ln -s /usr/sbin/dockerd /usr/bin/dockerd
+cat > /etc/systemd/system/docker.service <<'UNIT'
+[Unit]
+Description=Docker Application Container Engine
+Documentation=https://docs.docker.com
+After=network-online.target docker.socket firewalld.service containerd.service time-set.target
+Wants=network-online.target containerd.service
+Requires=docker.socket
+
+[Service]
+Type=notify
+ExecStart=/usr/bin/dockerd -H fd:// --containerd=/run/containerd/containerd.sock
+ExecReload=/bin/kill -s HUP $MAINPID
+TimeoutStartSec=0
+RestartSec=2
+Restart=always
+StartLimitBurst=3
+StartLimitInterval=60s
+LimitNPROC=infinity
+LimitCORE=infinity
+TasksMax=infinity
+Delegate=yes
+KillMode=process
+OOMScoreAdjust=-500
+
+[Install]
+WantedBy=multi-user.target
+UNIT
+systemctl daemon-reload && systemctl restart docker"#,
+    );
+    m.wait_for(
+        "docker version >/dev/null 2>&1",
+        std::time::Duration::from_secs(30),
+    );
+    let exec = m.ok("systemctl show -p ExecStart --value docker.service");
+    assert!(
+        exec.contains("/usr/bin/dockerd") && !exec.contains("DOCKER_OPTS"),
+        "{exec}"
+    );
+    let user = "{\n    \"log-level\": \"warn\"\n}\n";
+    m.ok(&format!("printf '%s' '{user}' > /etc/docker/daemon.json"));
+    let out = m.ok("docker-tls-manager check");
+    assert!(out.contains("/usr/bin/dockerd -H fd://"), "{out}");
+    m.ok("docker-tls-manager apply");
+    m.ok(&format!("{ENV} docker version >/dev/null"));
+    m.ok("docker run -d --network none --name c1 dtm-busybox /bin/sleep 100000");
+    let pid = m.ok("docker inspect -f '{{.State.Pid}}' c1");
+    let old = fingerprint_served(&m);
+    m.ok(POLLER);
+    m.ok("sleep 1");
+    for _ in 0..2 {
+        m.ok("docker-tls-manager renew --force server >/dev/null; sleep 1");
+    }
+    let p = poll(&m);
+    assert_no_client_failed(&m, &p, 2);
+    assert_ne!(old, fingerprint_served(&m));
+    assert_eq!(fingerprint_served(&m), fingerprint_on_disk(&m));
+    assert_eq!(m.ok("docker inspect -f '{{.State.Pid}}' c1"), pid);
+    // The unit dockerd runs under is still docker-ce's, with our drop-in beside it.
+    assert!(
+        m.ok("systemctl show -p ExecStart --value docker.service")
+            .contains("/usr/bin/dockerd")
+    );
+    m.ok("docker-tls-manager deconfigure");
+    assert_eq!(
+        m.sh("curl -s --max-time 5 http://127.0.0.1:2376/")
+            .status
+            .code(),
+        Some(7),
+        "port still open"
+    );
+    assert_eq!(m.ok("cat /etc/docker/daemon.json"), user);
+    assert_eq!(m.ok("systemctl is-active docker").trim(), "active");
+    assert_eq!(m.ok("docker inspect -f '{{.State.Pid}}' c1"), pid);
+}
+
+/// The major version of the machine's dockerd.
+fn dockerd_major(m: &Machine) -> u32 {
+    m.ok("dockerd --version")
+        .split_whitespace()
+        .nth(2)
+        .and_then(|v| v.split('.').next())
+        .and_then(|v| v.parse().ok())
+        .expect("dockerd --version")
+}
+
+/// A daemon.json the user broke in ways only dockerd knows (an unknown key; live-restore given
+/// both as a flag in `$DOCKER_OPTS` and in the file) while dockerd runs. With `dockerd
+/// --validate` (Docker 23+): refused with dockerd's own words, exit 2, nothing restarted or
+/// written. Without it (20.10): the log says so, the restart fails and is rolled back.
+#[test]
+fn a_daemon_json_only_dockerd_can_judge_is_refused_before_any_restart() {
+    let m = Machine::up("validate");
+    m.ok("docker-tls-manager apply");
+    let major = dockerd_major(&m);
+    let check = m.ok("docker-tls-manager check");
+    assert!(check.contains("--validate"), "{check}");
+    let cases = [
+        (
+            "unknown key",
+            "",
+            r#"s/"tlsverify"/"bogus-key": 1, "tlsverify"/"#,
+            "bogus-key",
+        ),
+        (
+            "flag and file",
+            "DOCKER_OPTS=--live-restore",
+            "",
+            "live-restore",
+        ),
+    ];
+    for (what, opts, sed, needle) in cases {
+        let before = m.ok("cat /etc/docker/daemon.json");
+        let pid = m.main_pid();
+        if !opts.is_empty() {
+            m.ok(&format!("echo '{opts}' > /etc/default/docker"));
+        }
+        if !sed.is_empty() {
+            m.ok(&format!("sed -i '{sed}' /etc/docker/daemon.json"));
+        }
+        let broken = m.ok("cat /etc/docker/daemon.json");
+        let o = m.sh("docker-tls-manager renew --force server");
+        let err = text(&o.stderr);
+        if major >= 23 {
+            assert_eq!(o.status.code(), Some(2), "{what}: {err}");
+            assert!(
+                err.contains("dockerd refuses '/etc/docker/daemon.json' as it is now")
+                    && err.contains(needle)
+                    && err.contains("not restarted"),
+                "{what}: {err}"
+            );
+            assert_eq!(m.main_pid(), pid, "{what}: docker restarted");
+            assert_eq!(m.ok("cat /etc/docker/daemon.json"), broken, "{what}");
+            m.ok(&format!("{ENV} docker version >/dev/null"));
+            let c = m.sh("docker-tls-manager check");
+            assert!(
+                text(&c.stdout).contains(needle) && c.status.code() == Some(1),
+                "{what}: check: {}",
+                text(&c.stdout)
+            );
+        } else {
+            assert_ne!(o.status.code(), Some(0), "{what}: {err}");
+            let log = text(&o.stderr) + &text(&o.stdout);
+            assert!(log.contains("has no `dockerd --validate`"), "{what}: {log}");
+        }
+        // Put the user's file right again; apply brings mutual TLS back.
+        m.ok(&format!(
+            "rm -f /etc/default/docker; printf '%s' '{before}' > /etc/docker/daemon.json; systemctl reset-failed docker; systemctl restart docker || true"
+        ));
+        m.ok("docker-tls-manager apply");
+        m.ok(&format!("{ENV} docker version >/dev/null"));
+    }
+}

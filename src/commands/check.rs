@@ -1,6 +1,7 @@
 //! `check`: the configuration and the environment, changing nothing.
 
 use super::*;
+use crate::docker::validate::{Validator, Verdict};
 
 /// Validates config and environment; changes nothing. Exit 1 if anything would fail.
 pub(crate) async fn check(ctx: &Ctx) -> Result<()> {
@@ -106,20 +107,22 @@ async fn check_docker(ctx: &Ctx) -> usize {
     let mut problems = 0;
     if let Some(argv) = obs.docker.exec_start.first() {
         println!("ok: docker.service ExecStart: {}", argv.join(" "));
-        let validate = std::process::Command::new(&argv[0])
-            .arg("--help")
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).contains("--validate"))
-            .unwrap_or(false);
-        println!(
-            "{}: `dockerd --validate` {}",
-            if validate { "ok" } else { "info" },
-            if validate {
-                "available"
-            } else {
-                "not available (Docker < 23): configurations are checked by starting dockerd"
+        // What dockerd would say about daemon.json as it is, with docker.service's flags.
+        let validator = crate::docker::validate::Dockerd::for_unit(&obs.docker);
+        let path = obs.daemon_json_path.display();
+        match obs.daemon_json.as_deref().map(|t| validator.validate(t)) {
+            None => println!("ok: '{path}' does not exist yet"),
+            Some(Ok(Verdict::Accepted)) => println!("ok: `dockerd --validate` accepts '{path}'"),
+            Some(Ok(Verdict::Refused(msg))) => {
+                problems += 1;
+                println!("error: `dockerd --validate` refuses '{path}': {msg}");
             }
-        );
+            Some(Ok(Verdict::Unavailable(v))) => println!(
+                "info: {v} has no `dockerd --validate` (Docker 23+): '{path}' is checked by starting dockerd \
+                 (verified, rolled back on failure)"
+            ),
+            Some(Err(e)) => println!("info: cannot run `dockerd --validate`: {e:#}"),
+        }
     }
     println!("ok: daemon.json is '{}'", obs.daemon_json_path.display());
     match &obs.daemon {

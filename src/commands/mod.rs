@@ -199,7 +199,8 @@ async fn deconfigure(ctx: &Ctx) -> Result<()> {
         .as_bytes(),
         0o600,
     )?;
-    let cx = side.exec_context(&obs, ctx.layout().backup_dir(), vec![]);
+    let validator = docker::validate::Dockerd::for_unit(&obs.docker);
+    let cx = side.exec_context(&obs, &validator, ctx.layout().backup_dir(), vec![]);
     if let Err(e) = docker::execute::execute(&dplan, &cx).await {
         if !had_marker {
             let _ = std::fs::remove_file(&marker);

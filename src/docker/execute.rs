@@ -12,6 +12,8 @@ use super::daemon::DockerDaemon;
 use super::plan::{DockerPlan, Step};
 use super::probe::Prober;
 use super::render::{DOCKER_SERVICE, SOCKET_UNIT};
+use super::validate::{Check, Verdict};
+use crate::error::UsageError;
 use crate::files::{Backups, atomic_write_preserving, backup, ensure_dir};
 use crate::systemd::{JobKind, Systemd};
 
@@ -67,6 +69,8 @@ pub struct ExecContext<'a, S: Systemd, P: Prober, D: DockerDaemon> {
     /// Files changed before this plan (the PKI files Docker and the probe read) to restore on
     /// failure.
     pub also_restore: Vec<Snapshot>,
+    /// `dockerd --validate` on daemon.json before Docker is restarted or reloaded.
+    pub validate: Option<Check<'a>>,
 }
 
 /// Whether a step acts on the running Docker (after it, a rollback must restart Docker). A
@@ -98,6 +102,31 @@ pub async fn execute<S: Systemd, P: Prober, D: DockerDaemon>(
         }
     }
     let socket_before = cx.systemd.unit(SOCKET_UNIT).await.unwrap_or_default();
+    // Before anything is written: a daemon.json dockerd would refuse stops the run here.
+    if let Some(check) = &cx.validate
+        && plan
+            .steps
+            .iter()
+            .any(|s| touches_docker(s) || *s == Step::ReloadDocker)
+        && let Err(e) = check_daemon_json(plan, check)
+    {
+        error!("{e:#}");
+        if crate::error::exit_code(&e) == crate::error::EXIT_USAGE {
+            // The admin's file: as with any Docker setup we refuse, certificates renewed just
+            // before stay (they wait for Docker's next restart) and nothing else was written.
+            return Err(e.context(format!(
+                "{DOCKER_SERVICE} was not restarted and nothing was written for Docker"
+            )));
+        }
+        return match rollback(&snapshots, &socket_before, false, cx).await {
+            Ok(()) => Err(e.context(format!(
+                "{DOCKER_SERVICE} was not restarted and the previous files were restored"
+            ))),
+            Err(r) => Err(e.context(format!(
+                "{DOCKER_SERVICE} was not restarted, but restoring the previous files failed: {r:#}"
+            ))),
+        };
+    }
     let now = SystemTime::now();
     let mut backed_up: Vec<PathBuf> = Vec::new();
     let mut docker_touched = false;
@@ -151,6 +180,71 @@ pub async fn execute<S: Systemd, P: Prober, D: DockerDaemon>(
                 ))),
             };
         }
+    }
+    Ok(())
+}
+
+/// `dockerd --validate` on the daemon.json dockerd will read: each one the plan writes, else
+/// the one there now. A refusal is the admin's to fix (a UsageError, exit 2) when the file as
+/// it is now is refused for the same reason, except for TLS material, which is ours; anything
+/// else is a failure (exit 1). Without `--validate` (Docker < 23) the log says so, and the
+/// verification after the restart, with its rollback, is what checks the file.
+fn check_daemon_json(plan: &DockerPlan, check: &Check<'_>) -> Result<()> {
+    let path = check.path.display();
+    let mut targets: Vec<&str> = plan
+        .steps
+        .iter()
+        .filter_map(|s| match s {
+            Step::Write { path, content, .. } if *path == check.path => Some(content.as_str()),
+            _ => None,
+        })
+        .collect();
+    if targets.is_empty() {
+        match &check.current {
+            Some(c) => targets.push(c),
+            None => return Ok(()),
+        }
+    }
+    let ask = |text: &str| match check.validator.validate(text) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            warn!(
+                "cannot run `dockerd --validate` ({e:#}): '{path}' is checked by starting dockerd"
+            );
+            None
+        }
+    };
+    for text in targets {
+        let msg = match ask(text) {
+            None => continue,
+            Some(Verdict::Accepted) => {
+                info!("`dockerd --validate` accepts '{path}'");
+                continue;
+            }
+            Some(Verdict::Unavailable(version)) => {
+                info!(
+                    "{version} has no `dockerd --validate` (Docker 23 and later have it): '{path}' is checked \
+                     by starting dockerd, verified, and rolled back if dockerd fails"
+                );
+                return Ok(());
+            }
+            Some(Verdict::Refused(msg)) => msg,
+        };
+        // TLS material is ours, whatever file names it.
+        let current = check.current.as_deref();
+        let users = !msg.starts_with("invalid TLS configuration")
+            && (current == Some(text)
+                || current.and_then(ask) == Some(Verdict::Refused(msg.clone())));
+        if users {
+            return Err(UsageError(format!(
+                "dockerd refuses '{path}' as it is now (`dockerd --validate`): {msg}. Fix it (dockerd would \
+                 not start with it, after a restart or a rollback alike), then run apply again"
+            ))
+            .into());
+        }
+        bail!(
+            "dockerd refuses '{path}' with what this run would put in place (`dockerd --validate`): {msg}"
+        );
     }
     Ok(())
 }
@@ -399,6 +493,7 @@ mod tests {
     use super::*;
     use crate::docker::daemon::fake::FixedDaemon;
     use crate::docker::plan::{Observed, plan_configure};
+    use crate::docker::validate::fake::FakeValidator;
     use crate::systemd::UnitInfo;
     use crate::systemd::fake::Recorder;
 
@@ -461,6 +556,18 @@ mod tests {
 
     /// Runs a plan against the fakes; the probe sees the wanted certificate "fp".
     async fn run(plan: &DockerPlan, sd: &Recorder, daemon: &FixedDaemon, dir: &Path) -> Result<()> {
+        run_validated(plan, sd, daemon, dir, None).await
+    }
+
+    /// `run`, with `dockerd --validate` answered by `validator` (the current daemon.json is
+    /// read from `dir`).
+    async fn run_validated(
+        plan: &DockerPlan,
+        sd: &Recorder,
+        daemon: &FixedDaemon,
+        dir: &Path,
+        validator: Option<&FakeValidator>,
+    ) -> Result<()> {
         let probe = FakeProbe("fp".into());
         let cx = ExecContext {
             systemd: sd,
@@ -475,6 +582,11 @@ mod tests {
                     .backup,
             },
             also_restore: vec![],
+            validate: validator.map(|v| Check {
+                validator: v,
+                path: dir.join("daemon.json"),
+                current: std::fs::read_to_string(dir.join("daemon.json")).ok(),
+            }),
         };
         execute(plan, &cx).await
     }
@@ -731,6 +843,90 @@ mod tests {
             std::fs::read_to_string(d.path().join("daemon.json")).unwrap(),
             "{\"debug\": true}"
         );
+    }
+
+    /// A key only dockerd knows is wrong, in the user's daemon.json: refused with dockerd's
+    /// message as the admin's to fix (exit 2), before any file is written or Docker touched.
+    #[tokio::test]
+    async fn a_daemon_json_dockerd_refuses_stops_the_run_before_anything_changes() {
+        let (d, s, mut obs, sd) = setup();
+        let broken = "{\"debug\": true, \"bogus-key\": 1}";
+        std::fs::write(d.path().join("daemon.json"), broken).unwrap();
+        obs.daemon_json = Some(broken.into());
+        let plan = plan_configure(&obs, &s).unwrap();
+        let daemon = FixedDaemon(Some(live_restore_on()));
+        let v = FakeValidator {
+            refuse_if: Some((
+                "bogus-key".into(),
+                "the following directives don't match any configuration option: bogus-key".into(),
+            )),
+            ..Default::default()
+        };
+        let e = run_validated(&plan, &sd, &daemon, d.path(), Some(&v))
+            .await
+            .unwrap_err();
+        assert_eq!(crate::error::exit_code(&e), 2, "{e:#}");
+        let e = format!("{e:#}");
+        assert!(
+            e.contains("don't match any configuration option: bogus-key")
+                && e.contains("as it is now")
+                && e.contains("not restarted"),
+            "{e}"
+        );
+        assert!(
+            !sd.calls().iter().any(|c| c.ends_with("docker.service")),
+            "Docker touched: {:?}",
+            sd.calls()
+        );
+        assert_eq!(
+            std::fs::read_to_string(d.path().join("daemon.json")).unwrap(),
+            broken
+        );
+        assert!(!s.paths.systemd_dir.join("docker-tcp.socket").exists());
+        // Asked about what it would write and about the file as it is now.
+        assert_eq!(v.asked.lock().unwrap().len(), 2);
+    }
+
+    /// dockerd cannot load the TLS material we would point it at: our failure (exit 1), not
+    /// the admin's, and still nothing restarted.
+    #[tokio::test]
+    async fn tls_material_dockerd_refuses_is_our_failure_and_nothing_restarts() {
+        let (d, s, obs, sd) = setup();
+        let plan = plan_configure(&obs, &s).unwrap();
+        let daemon = FixedDaemon(Some(live_restore_on()));
+        let v = FakeValidator {
+            refuse_if: Some((
+                "tlskey".into(),
+                "invalid TLS configuration: Could not load X509 key pair".into(),
+            )),
+            ..Default::default()
+        };
+        let e = run_validated(&plan, &sd, &daemon, d.path(), Some(&v))
+            .await
+            .unwrap_err();
+        assert_eq!(crate::error::exit_code(&e), 1, "{e:#}");
+        assert!(format!("{e:#}").contains("would put in place"), "{e:#}");
+        assert!(!sd.calls().iter().any(|c| c.ends_with("docker.service")));
+        assert_eq!(
+            std::fs::read_to_string(d.path().join("daemon.json")).unwrap(),
+            "{\"debug\": true}"
+        );
+    }
+
+    /// dockerd 20.10: no `--validate`; the plan runs, checked by its verification.
+    #[tokio::test]
+    async fn without_validate_the_plan_runs_as_before() {
+        let (d, s, obs, sd) = setup();
+        let plan = plan_configure(&obs, &s).unwrap();
+        let daemon = FixedDaemon(Some(live_restore_on()));
+        let v = FakeValidator {
+            unavailable: true,
+            ..Default::default()
+        };
+        run_validated(&plan, &sd, &daemon, d.path(), Some(&v))
+            .await
+            .unwrap();
+        assert!(sd.calls().contains(&"start docker.service".to_string()));
     }
 
     #[tokio::test]

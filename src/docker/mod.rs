@@ -2,7 +2,7 @@
 //! (`render`), the planner (`plan`), the executor with rollback (`execute`), dockerd as
 //! systemd starts it (`dockerd`), the check systemd runs before the socket listens and before
 //! dockerd starts (`guard`), dockerd's Engine API (`daemon`) and the mutual-TLS probe
-//! (`probe`). `observe` gathers what the planner needs.
+//! (`probe`), `dockerd --validate` (`validate`). `observe` gathers what the planner needs.
 
 pub mod daemon;
 pub mod dockerd;
@@ -11,6 +11,7 @@ pub mod guard;
 pub mod plan;
 pub mod probe;
 pub mod render;
+pub mod validate;
 
 use anyhow::{Context, Result};
 

@@ -17,8 +17,15 @@
 #                              (no first-boot setup, no image import); wait for systemd + dockerd
 #   machine.sh down NAME          power off and clean up (idempotent)
 #   machine.sh down-all           down every machine under the base dir
+#   machine.sh os-root OS [--refresh]
+#                              print the cached root of OS (trixie), building it with mmdebstrap
+#                              when missing or incomplete; --refresh: also rebuild it when the
+#                              Debian archive changed since it was built (needs the mirror; a
+#                              cached root is kept, with a warning, when it is out of reach)
 #
-# Environment: DTM_MACHINES_DIR (default /var/tmp/dtm-machines), DTM_MACHINE_TIMEOUT
+# Environment: DTM_MACHINE_OS (host: boot this host's own tree, the default; trixie: boot the
+# cached Debian 13 root from `os-root`), DTM_OS_CACHE (default /var/cache/dtm),
+# DTM_MACHINES_DIR (default /var/tmp/dtm-machines), DTM_MACHINE_TIMEOUT
 # (seconds to wait for boot, default 60), DTM_MACHINE_KEEP_FAILED=1 (leave a machine whose
 # boot failed running, for a look), DTM_MACHINE_QUIET=1 (no progress lines on stderr).
 #
@@ -34,10 +41,20 @@ IMAGE=dtm-busybox
 INNER_PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 # The host may carry a newer docker CLI in /usr/local/bin; talk to the packaged one.
 DOCKER=/usr/bin/docker
-# Units that only slow the boot down or would act on their own later; masked in the overlay.
+# Units that only slow the boot down, would act on their own later, or cannot work in a
+# container (systemd-modules-load: Debian 13 fails it there); masked in the overlay.
 MASK_UNITS="postgresql.service postgresql@.service e2scrub_reap.service e2scrub_all.timer
 apt-daily.timer apt-daily-upgrade.timer man-db.timer dpkg-db-backup.timer
-systemd-tmpfiles-clean.timer fstrim.timer logrotate.timer"
+systemd-tmpfiles-clean.timer fstrim.timer logrotate.timer
+systemd-modules-load.service"
+
+# What a Debian 13 machine carries besides minbase: systemd, D-Bus and Docker (dockerd and the
+# CLI are separate packages there), and what the tests run inside: ip, curl, openssl, python3
+# (bench/poller.py), strace (tests/crash.rs), procps (pgrep), busybox (nc). Changing this list
+# rebuilds the cached root.
+OS_CACHE=${DTM_OS_CACHE:-/var/cache/dtm}
+OS_PACKAGES=systemd,systemd-sysv,dbus,docker.io,docker-cli,iproute2,curl,ca-certificates,openssl,python3,strace,procps,busybox-static
+OS_SUPPORTED="trixie"
 
 PROG=$(basename "$0")
 die() { echo "$PROG: error: $*" >&2; exit 1; }
@@ -241,7 +258,7 @@ do_down() {
         rmdir "$d/$sub" 2>/dev/null || die "$d/$sub is not empty after unmount; leaving $d alone"
     done
     rm -rf --one-file-system "$d/up" "$d/work" "$d/img"
-    rm -f "$d/console.log" "$d/leader" "$d/nspawn.pid" "$d/started" "$d/binds" "$d/powerfail"
+    rm -f "$d/console.log" "$d/leader" "$d/nspawn.pid" "$d/started" "$d/binds" "$d/powerfail" "$d/os"
     rmdir "$d" 2>/dev/null || rm -rf --one-file-system "$d"
     rm -f "/run/systemd/nspawn/propagate/$name" 2>/dev/null || rmdir "/run/systemd/nspawn/propagate/$name" 2>/dev/null || true
     return 0
@@ -308,11 +325,11 @@ probe_container() {
     [[ $running == true ]] || die "probe container is not running (inspect said: $running)"
 }
 
-mount_overlay() { # NAME: bind / as the lower dir and mount the overlay on root (upper dir kept)
-    local d
+mount_overlay() { # NAME LOWER: bind LOWER (/ or an OS root) as the lower dir, overlay on root
+    local d lower=$2
     d=$(mdir "$1")
     mkdir -p "$d"/{lower,up,work,root}
-    mount --bind / "$d/lower" || die "mount --bind / $d/lower failed"
+    mount --bind "$lower" "$d/lower" || die "mount --bind $lower $d/lower failed"
     if ! mount -t overlay overlay -o "lowerdir=$d/lower,upperdir=$d/up,workdir=$d/work" "$d/root"; then
         umount "$d/lower" || true
         die "overlay mount on $d/root failed"
@@ -483,9 +500,15 @@ cmd_up() {
         log "removing stale machine dir $d"
         do_down "$name"
     fi
-    local t0
+    local t0 lower=/ os=${DTM_MACHINE_OS:-host}
     t0=$(now)
-    mount_overlay "$name"
+    if [[ $os != host ]]; then
+        mkdir -p "$d"
+        lower=$(os_root "$os" "" "$d/os") || die "no $os root to boot (see above)"
+    fi
+    mount_overlay "$name" "$lower"
+    # remembered for `boot` after `powerfail`, and so that `os-root` never removes it
+    echo "$lower" >"$d/os"
     # Everything below writes into the overlay's upper dir only.
     : >"$d/root/etc/machine-id"
     echo "$name" >"$d/root/etc/hostname"
@@ -507,7 +530,7 @@ cmd_up() {
     build_image "$name" "$LEADER"
     probe_container "$LEADER"
     date +%s >"$d/started"
-    echo "machine $name up in $(elapsed "$t0")s: leader pid $LEADER, root $d/root," \
+    echo "machine $name up in $(elapsed "$t0")s: leader pid $LEADER, root $d/root ($os)," \
         "systemd $STATE, dockerd $DV, image $IMAGE ok, container probe ok"
 }
 
@@ -560,14 +583,165 @@ cmd_boot() {
     leader_pid "$name" >/dev/null && die "machine '$name' is running (run: $PROG powerfail $name first)"
     nspawn_pid "$name" >/dev/null && die "systemd-nspawn of '$name' is still running"
     mountpoint -q "$d/root" && die "$d/root is still mounted"
-    local t0
+    local t0 lower=/
     t0=$(now)
-    mount_overlay "$name"
+    [[ -r $d/os ]] && lower=$(cat "$d/os")
+    [[ -d $lower/usr ]] || die "the root '$lower' that '$name' booted from is gone"
+    mount_overlay "$name" "$lower"
     echo "---- boot after power loss ----" >>"$d/console.log"
     local LEADER NSPAWN STATE DV
     launch_and_wait "$name" boot
     rm -f "$d/powerfail"
     echo "machine $name booted again in $(elapsed "$t0")s: leader pid $LEADER, systemd $STATE, dockerd $DV"
+}
+
+# ------------------------------------------------------------------------------- os-root
+#
+# $OS_CACHE/OS/root-ID: one complete root each, made by mmdebstrap; root-ID.stamp beside it is
+# written last (a root without one is a build cut short, removed at the next build);
+# $OS_CACHE/OS/current names the one `up` boots. Old roots are removed once no machine boots
+# from them ($BASE/*/os), so a rebuild never pulls the lower dir from under a running machine.
+
+os_check() {
+    [[ " $OS_SUPPORTED " == *" $1 "* ]] || die "unknown OS '$1' (known: host $OS_SUPPORTED)"
+}
+
+os_stamp_field() { # STAMP KEY
+    awk -v k="$2" -F': ' '$1 == k { print $2; exit }' "$1" 2>/dev/null
+}
+
+os_current() { # OS: print the current complete root, or fail
+    local dir=$OS_CACHE/$1 cur
+    cur=$(readlink "$dir/current" 2>/dev/null) || return 1
+    [[ $cur == root-* && -r $dir/$cur.stamp && -x $dir/$cur/usr/sbin/dockerd && -x $dir/$cur/usr/lib/systemd/systemd ]] || return 1
+    [[ $(os_stamp_field "$dir/$cur.stamp" packages) == "$OS_PACKAGES" ]] || return 1
+    echo "$dir/$cur"
+}
+
+os_in_use() { # ROOT: a machine (up or powered off) boots from ROOT
+    local f
+    for f in "$BASE"/*/os; do
+        [[ -r $f && $(cat "$f") == "$1" ]] && return 0
+    done
+    return 1
+}
+
+os_prune() { # OS: remove roots that are neither current nor in use, and builds cut short
+    local dir=$OS_CACHE/$1 cur r
+    cur=$(readlink "$dir/current" 2>/dev/null || true)
+    for r in "$dir"/root-*; do
+        [[ -d $r ]] || continue
+        [[ $(basename "$r") == "$cur" ]] && continue
+        os_in_use "$r" && continue
+        # an interrupted mmdebstrap can leave /proc, /sys, /dev mounted inside
+        unmount_all_under "$r" || { warn "cannot unmount everything under $r; leaving it"; continue; }
+        rm -rf --one-file-system "$r" && rm -f "$r.stamp"
+    done
+    for r in "$dir"/root-*.stamp; do
+        [[ -e $r && ! -d ${r%.stamp} ]] && rm -f "$r"
+    done
+    return 0
+}
+
+os_build() { # OS: build a new root, make it current; print its path
+    local os=$1 dir=$OS_CACHE/$1 id new log
+    command -v mmdebstrap >/dev/null || die "mmdebstrap not found (bash scripts/install-deps.sh installs it)"
+    mkdir -p "$dir"
+    os_prune "$os"
+    id=$(date -u +%Y%m%dT%H%M%S)
+    new=$dir/root-$id
+    log=$dir/build.log
+    log "building the Debian $os root in $new (mmdebstrap, about 20 s; log: $log)"
+    if ! mmdebstrap --variant=minbase --include="$OS_PACKAGES" "$os" "$new" >"$log" 2>&1; then
+        unmount_all_under "$new" || true
+        rm -rf --one-file-system "$new"
+        echo "---- last lines of $log ----" >&2
+        tail -n 15 "$log" >&2
+        echo "----" >&2
+        die "mmdebstrap could not build the Debian $os root: is the Debian mirror reachable (apt-get update works)? The log is $log"
+    fi
+    local v
+    v=$(chroot "$new" /usr/sbin/dockerd --version 2>&1) || die "the new $os root has no working dockerd: $v"
+    {
+        echo "packages: $OS_PACKAGES"
+        echo "built: $(date +%s)"
+        echo "dockerd: $v"
+        echo "systemd: $(chroot "$new" /usr/lib/systemd/systemd --version 2>/dev/null | head -n1)"
+    } >"$new.stamp.tmp"
+    sync -f "$new"
+    mv "$new.stamp.tmp" "$new.stamp"
+    ln -sfn "root-$id" "$dir/current.tmp"
+    mv -T "$dir/current.tmp" "$dir/current"
+    os_prune "$os"
+    log "Debian $os root ready: $v"
+    echo "$new"
+}
+
+os_outdated() { # ROOT: a suite it came from was published after it was built (0),
+    # are as they were (1), or could not be asked (2)
+    local root=$1 built uri suite lm t rc=1
+    built=$(os_stamp_field "$root.stamp" built)
+    [[ $built =~ ^[0-9]+$ ]] || return 0
+    # the sources mmdebstrap wrote into the root: the suite, its updates and security
+    while read -r _ uri suite _; do
+        [[ -n $uri && -n $suite ]] || continue
+        # the Date: field in the first lines of the suite's signed index
+        lm=$(curl -sf --max-time 10 "$uri/dists/$suite/InRelease" 2>/dev/null \
+            | awk '/^Date: / { sub(/^Date: /, ""); print; exit }' | tr -d '\r') || true
+        [[ -n $lm ]] || return 2
+        t=$(date -d "$lm" +%s 2>/dev/null) || return 2
+        ((t > built)) && rc=0
+    done < <(grep -h '^deb ' "$root/etc/apt/sources.list" "$root"/etc/apt/sources.list.d/*.list 2>/dev/null)
+    return $rc
+}
+
+os_root() { # OS [refresh] [MARK]: print a complete root of OS, building or refreshing it as
+    # needed; MARK: a file to write its path to while the lock is held (a machine's `os`, so
+    # that no concurrent rebuild prunes it between this and the mount)
+    local os=$1 refresh=${2:-} mark=${3:-} root
+    os_check "$os"
+    mkdir -p "$OS_CACHE"
+    exec 8>"$OS_CACHE/.$os.lock"
+    flock -w 300 8 || die "could not lock $OS_CACHE/.$os.lock (another build of the $os root?)"
+    root=$(os_pick "$os" "$refresh") || exit 1
+    [[ -z $mark ]] || echo "$root" >"$mark"
+    exec 8>&-
+    echo "$root"
+}
+
+os_pick() { # OS [refresh]: (under the lock) the current root, built or refreshed as needed
+    local os=$1 refresh=${2:-} cur new rc=0
+    if cur=$(os_current "$os"); then
+        if [[ -n $refresh ]]; then
+            os_outdated "$cur" || rc=$?
+            case $rc in
+                0)
+                    log "the Debian archive changed since $cur was built: rebuilding"
+                    # in a subshell: a failed build dies there, and the old root is kept
+                    if new=$(os_build "$os"); then echo "$new"; else
+                        warn "keeping $cur: the rebuild failed"
+                        echo "$cur"
+                    fi
+                    ;;
+                1) echo "$cur" ;;
+                *)
+                    warn "cannot reach the Debian mirror to check for newer $os packages; using $cur (built $(date -u -d "@$(os_stamp_field "$cur.stamp" built)" +%FT%TZ))"
+                    echo "$cur"
+                    ;;
+            esac
+        else
+            echo "$cur"
+        fi
+    else
+        os_build "$os"
+    fi
+}
+
+cmd_os_root() {
+    [[ $# -ge 1 && $# -le 2 ]] || usage
+    need_root
+    [[ $# == 1 || $2 == --refresh ]] || usage
+    os_root "$1" "${2:+refresh}"
 }
 
 # ---------------------------------------------------------------------------------- exec
@@ -618,6 +792,7 @@ main() {
         powerfail) cmd_powerfail "$@" ;;
         boot) cmd_boot "$@" ;;
         down-all) cmd_down_all "$@" ;;
+        os-root) cmd_os_root "$@" ;;
         -h | --help | help) usage ;;
         *) echo "$PROG: unknown subcommand '$sub'" >&2; usage ;;
     esac
