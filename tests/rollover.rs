@@ -153,6 +153,8 @@ fn staged_rollover_refuses_no_client_then_shuts_the_old_ca_out() {
             .contains("no client holds")
     );
 
+    // The cross certificate every phase-1 handshake hands out, kept by an old client.
+    m.ok(&format!("cp {STATE}/ca-cross.pem /tmp/cross.pem"));
     // Phase 2: one restart; a client polling with the new bundle is never refused.
     m.ok(&poller(NEW));
     let dockerd = m.main_pid();
@@ -171,6 +173,33 @@ fn staged_rollover_refuses_no_client_then_shuts_the_old_ca_out() {
         !mixed.status.success(),
         "dockerd still trusts the old CA's client certificates"
     );
+    // ...also when it sends the cross certificate as an intermediate (old leaf -> cross -> new
+    // CA): the cross certificate is for server authentication only.
+    m.ok(&format!(
+        "cat {OLD}/cert.pem /tmp/cross.pem > /tmp/old-chain.pem"
+    ));
+    for (client, cmd) in [
+        (
+            "curl",
+            format!(
+                "curl -sS --fail --max-time 10 --cacert {NEW}/ca.pem --cert /tmp/old-chain.pem \
+                 --key {OLD}/key.pem https://localhost:2376/_ping"
+            ),
+        ),
+        (
+            "docker CLI",
+            format!(
+                "timeout 20 /usr/bin/docker --tlsverify --tlscacert {NEW}/ca.pem --tlscert \
+                 /tmp/old-chain.pem --tlskey {OLD}/key.pem -H tcp://localhost:2376 ps"
+            ),
+        ),
+    ] {
+        let o = m.sh(&cmd);
+        assert!(
+            !o.status.success(),
+            "{client}: an old client certificate got in through the cross certificate"
+        );
+    }
     // The old key is gone: no file, no backup copy, no temp file.
     assert_eq!(copies_of_key(&m, old_key), "", "copies of the old CA key");
     let left = m.ok(&format!(

@@ -186,7 +186,7 @@ fn deleted_key_repaired_new_address_covered_bad_reload_rejected() {
     // edit of the file it names is repaired; a temp file of a write cut short there is swept.
     m.ok("mkdir -p /etc/docker/cm && cp /etc/docker/daemon.json /etc/docker/cm/alt.json && echo 'DOCKER_OPTS=\"--config-file=/etc/docker/cm/alt.json\"' > /etc/default/docker && systemctl restart docker");
     m.wait_for(
-        "journalctl -u docker-tls-manager --no-pager | grep -q 'reason=\"/etc/default/docker changed'",
+        "journalctl -u docker-tls-manager --no-pager | grep -q 'converging.*/etc/default/docker changed'",
         Duration::from_secs(20),
     );
     m.ok("sleep 2; touch /etc/docker/cm/.dtm-tmp-stale; python3 -c 'import json; p=\"/etc/docker/cm/alt.json\"; d=json.load(open(p)); del d[\"tlsverify\"]; json.dump(d, open(p, \"w\"))'");

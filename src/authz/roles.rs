@@ -111,11 +111,32 @@ fn percent_decode(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
+/// The oldest Engine API version a role other than admin may name. Before 1.24 some calls
+/// carry settings that later ones refuse (`POST /containers/ID/start` with a HostConfig:
+/// privileged, binds), and dockerd 20.10 still accepts versions from 1.12.
+pub const MIN_API_VERSION: (u32, u32) = (1, 24);
+
+/// The API version a request names (`/v1.41/...`), if any.
+fn api_version(uri: &str) -> Option<(u32, u32)> {
+    let raw = uri.split_once('?').map_or(uri, |(p, _)| p);
+    let path = percent_decode(raw)?;
+    let rest = path.strip_prefix("/v")?;
+    let v = &rest[..rest.find('/')?];
+    let (major, minor) = v.split_once('.')?;
+    Some((major.parse().ok()?, minor.parse().ok()?))
+}
+
 /// Whether `role` may send `method` to `uri` (the raw request target); Err: why not.
 pub fn check(role: Role, method: &str, uri: &str) -> Result<(), String> {
     let path = route_path(uri).map_err(str::to_string)?;
     if role == Role::Admin {
         return Ok(());
+    }
+    if api_version(uri).is_some_and(|v| v < MIN_API_VERSION) {
+        return Err(format!(
+            "API versions before {}.{} are refused for role {role}",
+            MIN_API_VERSION.0, MIN_API_VERSION.1
+        ));
     }
     let table: Vec<&Rule> = match role {
         Role::Admin => unreachable!(),
@@ -131,6 +152,19 @@ pub fn check(role: Role, method: &str, uri: &str) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn old_api_versions_are_refused_for_every_role_but_admin() {
+        let start = "/v1.23/containers/c2/start";
+        assert!(check(Role::Operator, "POST", start).is_err());
+        assert!(check(Role::Operator, "POST", "/v1.12/containers/c2/start").is_err());
+        assert!(check(Role::Operator, "POST", "/v1%2E23/containers/c2/start").is_err());
+        assert!(check(Role::Monitoring, "GET", "/v1.23/containers/json").is_err());
+        assert!(check(Role::Operator, "POST", "/v1.24/containers/c2/start").is_ok());
+        assert!(check(Role::Operator, "POST", "/v1.41/containers/c2/start").is_ok());
+        assert!(check(Role::Operator, "POST", "/containers/c2/start").is_ok());
+        assert!(check(Role::Admin, "POST", start).is_ok());
+    }
+
     use super::*;
 
     fn ok(role: Role, m: &str, uri: &str) -> bool {

@@ -2,7 +2,8 @@
 //! socket systemd passes (socket activation: requests queue in the socket while this process
 //! restarts), or on `--listen PATH`. One thread per connection; dockerd keeps a few open.
 //! Endpoints: `/Plugin.Activate`, `/AuthZPlugin.AuthZReq` (the decision),
-//! `/AuthZPlugin.AuthZRes` (always allowed: we decide on the request).
+//! `/AuthZPlugin.AuthZRes` (the same decision again, so a request dockerd retried empty after an
+//! interruption does not hand its answer to a client that may not have it).
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -284,7 +285,29 @@ fn json_escape(s: &str) -> String {
 fn answer(req: &Request, st: &State) -> (&'static str, String) {
     match req.path.as_str() {
         "/Plugin.Activate" => ("200 OK", r#"{"Implements":["authz"]}"#.into()),
-        "/AuthZPlugin.AuthZRes" => ("200 OK", r#"{"Allow":true}"#.into()),
+        // The same decision again on the response: what an interrupted AuthZReq let through
+        // unchecked (dockerd's empty retry, below) is not handed back to a client that may
+        // not have it (a revoked one, a role that may not read it). Allowed responses are not
+        // audited twice.
+        "/AuthZPlugin.AuthZRes" => {
+            let Ok(ar) = serde_json::from_slice::<AuthzRequest>(&req.body) else {
+                return ("200 OK", r#"{"Allow":true}"#.into());
+            };
+            let mut cache = st.policy.lock().unwrap_or_else(|e| e.into_inner());
+            let mut ids = st.ids.lock().unwrap_or_else(|e| e.into_inner());
+            let d = decide(cache.get(), &ar, &mut ids);
+            drop(ids);
+            drop(cache);
+            if d.allow {
+                ("200 OK", r#"{"Allow":true}"#.into())
+            } else {
+                audit(&ar, &d);
+                (
+                    "200 OK",
+                    format!(r#"{{"Allow":false,"Msg":{}}}"#, json_escape(&d.reason)),
+                )
+            }
+        }
         "/AuthZPlugin.AuthZReq" => {
             // dockerd retries a plugin call whose connection broke (this process killed
             // mid-request) with the body it already consumed: empty. It carries nothing to

@@ -82,6 +82,8 @@ pub struct DockerdFlags {
     pub live_restore: bool,
     /// TLS flags present (each conflicts with the same key in daemon.json).
     pub tls_flags: Vec<String>,
+    /// `--authorization-plugin` given (conflicts with `authorization-plugins` in daemon.json).
+    pub authz_plugin_flag: bool,
 }
 
 /// Reads the flags we care about from dockerd's argv (pflag syntax: `-H x`, `-Hx`, `--host=x`).
@@ -99,7 +101,12 @@ pub fn parse_dockerd_flags(argv: &[String]) -> DockerdFlags {
         };
         let takes_value = matches!(
             name.as_str(),
-            "-H" | "--host" | "--config-file" | "--tlscacert" | "--tlscert" | "--tlskey"
+            "-H" | "--host"
+                | "--config-file"
+                | "--tlscacert"
+                | "--tlscert"
+                | "--tlskey"
+                | "--authorization-plugin"
         );
         let value = if takes_value && inline.is_none() {
             i += 1;
@@ -114,6 +121,7 @@ pub fn parse_dockerd_flags(argv: &[String]) -> DockerdFlags {
             "--tls" | "--tlsverify" | "--tlscacert" | "--tlscert" | "--tlskey" => {
                 f.tls_flags.push(name.clone())
             }
+            "--authorization-plugin" => f.authz_plugin_flag = true,
             _ => {}
         }
         i += 1;

@@ -311,6 +311,16 @@ pub fn plan_configure(obs: &Observed, settings: &Settings) -> Result<DockerPlan,
         .unwrap_or_default();
     let existing = parse_daemon_json(&obs.daemon_json_path, obs.daemon_json.as_deref())?;
     check_conflicts(obs, &flags, &existing)?;
+    if settings.authz.enabled && flags.authz_plugin_flag {
+        return Err(refuse(format!(
+            "{DOCKER_SERVICE}'s ExecStart passes --authorization-plugin, and our authorization \
+             plugin goes into '{}' (`authorization-plugins`): dockerd refuses a setting given both \
+             ways, so Docker would not start again. Move that plugin into daemon.json's \
+             \"authorization-plugins\" list (ours is appended, yours kept) and remove the flag (see \
+             `systemctl cat docker.service`), or set [authz] enabled = false",
+            obs.daemon_json_path.display()
+        )));
+    }
     let guard = guard(obs, settings)?;
     let mut plan = DockerPlan::default();
 
@@ -1035,6 +1045,14 @@ mod tests {
                 "/usr/bin/dockerd -H fd:// --tlsverify --tlscert=/x",
                 "--tlsverify, --tlscert",
             ),
+            (
+                "/usr/bin/dockerd -H fd:// --authorization-plugin=opa",
+                "--authorization-plugin",
+            ),
+            (
+                "/usr/bin/dockerd -H fd:// --authorization-plugin opa",
+                "--authorization-plugin",
+            ),
         ];
         for (cmd, needle) in cases {
             let mut o = stock();
@@ -1050,6 +1068,10 @@ mod tests {
                 .0
                 .contains("not valid JSON")
         );
+        // Without our plugin, the flag is the admin's business.
+        let mut o = stock();
+        o.docker.exec_start = vec![argv("/usr/bin/dockerd -H fd:// --authorization-plugin=opa")];
+        assert!(plan_configure(&o, &settings("[authz]\nenabled = false")).is_ok());
         let mut o = stock();
         o.docker.exec_start = vec![argv("/etc/init.d/docker start")];
         assert!(plan_configure(&o, &s).unwrap_err().0.contains("SysV"));

@@ -278,6 +278,10 @@ fn cross_sign(layout: &Layout, now: SystemTime) -> Result<()> {
         rollover::CROSS_VALIDITY.min(prev.not_after.duration_since(now).unwrap_or_default());
     let mut params = issue::ca_params("", now, validity);
     params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
+    // Server authentication only: Go, OpenSSL and Python apply an intermediate's EKU, so an
+    // old client certificate sent with this cross certificate (which every phase-1 handshake
+    // hands out) does not chain to the new CA for client authentication.
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
     params.distinguished_name = issue::distinguished_name(&prev.subject_der)?;
     if let Some(id) = &prev.subject_key_id {
         params.key_identifier_method = rcgen::KeyIdMethod::PreSpecified(id.clone());

@@ -225,6 +225,9 @@ impl Observed {
         match (&self.cross, &self.previous_cert) {
             (Some(x), Some(p)) => {
                 self.cross_signed_by_current
+                    // For server authentication only (see `execute::cross_sign`).
+                    && x.server_auth
+                    && !x.client_auth
                     && x.subject_der == p.subject_der
                     && x.public_key == p.public_key
                     && x.subject_key_id == p.subject_key_id
