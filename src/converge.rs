@@ -324,7 +324,6 @@ fn scheduled_rollover(ctx: &Ctx, now: SystemTime) -> Result<()> {
 /// short there may hold an old key.
 fn remove_stale_temps(ctx: &Ctx, dockerd: &DockerdInputs, with_backups: bool) {
     let mut dirs = ctx.layout().write_dirs(dockerd);
-    dirs.push(crate::authz::Files::new(&ctx.settings).dir);
     let mut stack = if with_backups {
         vec![ctx.layout().backup_dir()]
     } else {

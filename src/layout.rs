@@ -9,6 +9,7 @@
 //! | state_dir | `ca-key.pem` | the CA key (never beside what Docker reads) |
 //! | state_dir | `ca-subject.json`, `check-memo.json` | the CA's subject for life; memo of costly checks |
 //! | state_dir | `clients/NAME/{ca,cert,key}.pem`, `clients/NAME/handed-out.json`, `probe/{ca,cert,key}.pem` | client bundles and when each went out; our own probe identity |
+//! | state_dir | `authz/revoked.json`, `authz/roles.json`, `authz/daemon.json.*`, `authz/fallback.sh` | the authorization plugin: revocations, roles, the fallback's daemon.json, its hash and its script |
 //! | state_dir | `acme-account.json`, `acme-pending.pem` | the ACME account's key and URL (`[acme]`); a certificate from it being installed |
 //! | state_dir | `ca-shared.json` | the CA was exported or imported: shared with other hosts |
 //! | state_dir | `rollover.json`, `ca-previous.pem`, `ca-previous-key.pem`, `ca-cross.pem` | a CA key rollover: its phase; the previous CA and its key (destroyed at the end); the previous CA certified by the new key (see `pki::rollover`) |
@@ -108,6 +109,30 @@ impl Layout {
     /// The ACME account's credentials (`[acme]`; see `acme`).
     pub fn acme_account(&self) -> PathBuf {
         self.state_dir.join("acme-account.json")
+    }
+    /// The authorization plugin's state (0700; see `authz`).
+    pub fn authz_dir(&self) -> PathBuf {
+        self.state_dir.join("authz")
+    }
+    /// The revoked certificates (serial + issuer), 0600: read by the plugin at each change.
+    pub fn authz_revoked(&self) -> PathBuf {
+        self.authz_dir().join("revoked.json")
+    }
+    /// Roles given by `client add NAME --role ROLE`.
+    pub fn authz_roles(&self) -> PathBuf {
+        self.authz_dir().join("roles.json")
+    }
+    /// daemon.json without our plugin entry, as the fallback unit puts it back.
+    pub fn authz_fallback_daemon_json(&self) -> PathBuf {
+        self.authz_dir().join("daemon.json.without-plugin")
+    }
+    /// SHA-256 of the daemon.json we last wrote or saw with our entry.
+    pub fn authz_fallback_sha256(&self) -> PathBuf {
+        self.authz_dir().join("daemon.json.with-plugin.sha256")
+    }
+    /// The fallback unit's script: takes our entry out of daemon.json without our binary.
+    pub fn authz_fallback_script(&self) -> PathBuf {
+        self.authz_dir().join("fallback.sh")
     }
     /// The phase of a CA key rollover, while one runs (see `pki::rollover`).
     pub fn rollover_record(&self) -> PathBuf {
@@ -228,6 +253,7 @@ impl Layout {
         for c in self.clients_on_disk() {
             dirs.insert(self.client_dir(&c));
         }
+        dirs.insert(self.authz_dir());
         dirs.insert(self.systemd_dir.clone());
         dirs.insert(self.docker_dropin_dir());
         for f in inputs.daemon_json_files(self) {

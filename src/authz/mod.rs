@@ -86,25 +86,29 @@ pub struct Files {
     /// SHA-256 of the daemon.json we last wrote or saw with our entry: the fallback swaps only
     /// if the file is still that one.
     pub fallback_sha256: PathBuf,
+    /// The fallback unit's shell script.
+    pub fallback_script: PathBuf,
     /// The plugin's counters (node_exporter textfile), beside the service's metrics file.
     pub metrics: Option<PathBuf>,
 }
 
 impl Files {
+    /// The feature's files, from the one map (`crate::layout`).
     pub fn new(settings: &Settings) -> Files {
-        let dir = settings.paths.state_dir.join("authz");
+        let l = &settings.paths;
         Files {
-            revoked: dir.join("revoked.json"),
-            roles: dir.join("roles.json"),
-            fallback_daemon_json: dir.join("daemon.json.without-plugin"),
-            fallback_sha256: dir.join("daemon.json.with-plugin.sha256"),
+            revoked: l.authz_revoked(),
+            roles: l.authz_roles(),
+            fallback_daemon_json: l.authz_fallback_daemon_json(),
+            fallback_sha256: l.authz_fallback_sha256(),
+            fallback_script: l.authz_fallback_script(),
             metrics: settings
                 .service
                 .metrics_file
                 .as_ref()
                 .and_then(|m| m.parent())
                 .map(|d| d.join("docker-tls-manager-authz.prom")),
-            dir,
+            dir: l.authz_dir(),
         }
     }
 

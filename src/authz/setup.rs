@@ -25,7 +25,7 @@ use crate::systemd::{JobKind, Systemd};
 const ACTIVATE_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn script_path(files: &Files) -> PathBuf {
-    files.dir.join("fallback.sh")
+    files.fallback_script.clone()
 }
 
 /// The unit files and the fallback script, as they must be.
