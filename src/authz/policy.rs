@@ -477,7 +477,7 @@ pub fn revoke(
     backups: &crate::files::Backups,
     now: std::time::SystemTime,
 ) -> Result<Vec<Revoked>> {
-    let mut list = RevocationList::load(&files.revoked)?;
+    let list = RevocationList::load(&files.revoked)?;
     let mut added = vec![];
     for p in paths {
         let Ok(pem) = std::fs::read(p) else { continue };
@@ -502,15 +502,7 @@ pub fn revoke(
             revoked_at: humantime::format_rfc3339_seconds(now).to_string(),
         });
     }
-    if added.is_empty() {
-        return Ok(added);
-    }
-    list.revoked.extend(added.iter().cloned());
-    crate::files::ensure_dir(&files.dir, 0o700)?;
-    crate::files::backup(&files.revoked, backups, now)?;
-    let text = serde_json::to_string_pretty(&list)? + "\n";
-    crate::files::atomic_write(&files.revoked, text.as_bytes(), 0o600)?;
-    Ok(added)
+    append(files, list, added, backups, now)
 }
 
 /// Adds the entries of `incoming` (another host's list) not yet in this host's (backed up,
@@ -533,7 +525,7 @@ pub fn merge(
             bad.name
         );
     }
-    let mut list = RevocationList::load(&files.revoked)?;
+    let list = RevocationList::load(&files.revoked)?;
     let mut added = vec![];
     for r in &incoming.revoked {
         let id = |x: &Revoked| {
@@ -551,6 +543,17 @@ pub fn merge(
             ..r.clone()
         });
     }
+    append(files, list, added, backups, now)
+}
+
+/// Writes `list` with `added` appended (backed up, 0600, atomic); nothing when none is new.
+fn append(
+    files: &Files,
+    mut list: RevocationList,
+    added: Vec<Revoked>,
+    backups: &crate::files::Backups,
+    now: std::time::SystemTime,
+) -> Result<Vec<Revoked>> {
     if added.is_empty() {
         return Ok(added);
     }
