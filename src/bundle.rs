@@ -183,7 +183,7 @@ mod tests {
             .unwrap()
             .pem();
         let key = issue::generate_key(KeyType::EcdsaP256).unwrap();
-        let params = issue::leaf_params(issue::Leaf::Client, "c", now, day).unwrap();
+        let params = issue::leaf_params(issue::Leaf::Client { role: None }, "c", now, day).unwrap();
         let cert = issue::sign(&params, &key, &ca, ca_key).unwrap();
         let files = ClientFiles {
             ca: ca.clone().into_bytes(),

@@ -33,7 +33,8 @@ pub const SERVICE_UNIT: &str = "docker-tls-manager-authz.service";
 /// plugin cannot answer: needs neither our binary nor our service.
 pub const FALLBACK_UNIT: &str = "docker-tls-manager-authz-fallback.service";
 
-/// What a client may do.
+/// What a client may do. Ordered from the most power to the least: of two roles, `max` is
+/// the more restrictive (each one's table holds the next one's).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
@@ -66,6 +67,38 @@ impl Role {
     }
 }
 
+/// How a client certificate names its role: one subject OU `role=NAME`, set when we sign it,
+/// so every host that trusts our CA (a shared CA, see `ca export`) applies the same role.
+pub const ROLE_OU_PREFIX: &str = "role=";
+
+impl Role {
+    /// The subject OU a certificate of this role carries.
+    pub fn ou(self) -> String {
+        format!("{ROLE_OU_PREFIX}{}", self.name())
+    }
+
+    /// The role a client may have on this host: the most restrictive of the one its
+    /// certificate carries and the one this host gives it (config, then `client add --role`);
+    /// admin when neither names one (certificates signed before roles were carried).
+    /// Err: the certificate names a role this version does not know.
+    pub fn effective(in_cert: Option<&str>, local: Option<Role>) -> Result<Role, String> {
+        let cert = in_cert
+            .map(|n| {
+                Role::parse(n).map_err(|_| {
+                    format!(
+                        "its certificate carries the role '{n}', which this version does not know"
+                    )
+                })
+            })
+            .transpose()?;
+        Ok(match (cert, local) {
+            (Some(c), Some(l)) => c.max(l),
+            (Some(r), None) | (None, Some(r)) => r,
+            (None, None) => Role::Admin,
+        })
+    }
+}
+
 impl std::fmt::Display for Role {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name())
@@ -81,6 +114,8 @@ pub struct Files {
     pub revoked: PathBuf,
     /// Roles given by `client add NAME --role ROLE` (the config's `[authz] roles` win).
     pub roles: PathBuf,
+    /// Every unexpired client certificate we signed, recorded at signing (0600).
+    pub issued: PathBuf,
     /// daemon.json without our entry, as the fallback unit puts it back.
     pub fallback_daemon_json: PathBuf,
     /// SHA-256 of the daemon.json we last wrote or saw with our entry: the fallback swaps only
@@ -99,6 +134,7 @@ impl Files {
         Files {
             revoked: l.authz_revoked(),
             roles: l.authz_roles(),
+            issued: l.authz_issued(),
             fallback_daemon_json: l.authz_fallback_daemon_json(),
             fallback_sha256: l.authz_fallback_sha256(),
             fallback_script: l.authz_fallback_script(),

@@ -58,6 +58,87 @@ impl RevocationList {
     }
 }
 
+/// One client certificate we signed (`authz/issued.json`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Issued {
+    pub name: String,
+    /// Serial number, lowercase hex without leading zeros.
+    pub serial: String,
+    /// SHA-256 of the issuer name's DER.
+    pub issuer_sha256: String,
+    pub issuer: String,
+    /// As in [`Revoked::not_after`].
+    pub not_after: String,
+    /// Seconds since the epoch: when the entry can go (the certificate has expired).
+    pub expires: u64,
+}
+
+/// `authz/issued.json`: every client certificate we signed that has not expired, written
+/// before the certificate is, so `client revoke` reaches certificates whose files and backups
+/// are gone (a renewal's old certificate stays valid until it expires).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssuedList {
+    pub issued: Vec<Issued>,
+}
+
+impl IssuedList {
+    /// Absent: empty. Unreadable or corrupt: an error naming the file.
+    pub fn load(path: &Path) -> Result<IssuedList> {
+        match std::fs::read(path) {
+            Ok(b) => serde_json::from_slice(&b).with_context(|| {
+                format!(
+                    "the record of issued client certificates '{}' is corrupt",
+                    path.display()
+                )
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(IssuedList::default()),
+            Err(e) => Err(e).with_context(|| format!("cannot read '{}'", path.display())),
+        }
+    }
+}
+
+/// Records a client certificate we are about to write (backed up, 0600, atomic); entries of
+/// expired certificates go. A corrupt record is kept in the backups and started afresh (the
+/// certificates' files and backups still name what it held).
+pub fn record_issued(
+    path: &Path,
+    cert_pem: &[u8],
+    backups: &crate::files::Backups,
+    now: std::time::SystemTime,
+) -> Result<()> {
+    let der = crate::pki::inspect::first_cert_der(cert_pem).map_err(|e| anyhow::anyhow!(e))?;
+    let id = cert_id(&der)?;
+    let info = crate::pki::inspect::cert_info(&der).map_err(|e| anyhow::anyhow!(e))?;
+    let secs = |t: std::time::SystemTime| {
+        t.duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    };
+    let mut list = IssuedList::load(path).unwrap_or_else(|e| {
+        tracing::warn!(
+            "{e:#}: starting it afresh (the old one is kept in the backups; revocation still finds \
+             the certificates on disk and in the backups)"
+        );
+        IssuedList::default()
+    });
+    list.issued.retain(|i| i.expires > secs(now));
+    list.issued.push(Issued {
+        name: id.cn,
+        serial: id.serial,
+        issuer_sha256: id.issuer_sha256,
+        issuer: id.issuer,
+        not_after: id.not_after,
+        expires: secs(info.not_after),
+    });
+    if let Some(dir) = path.parent() {
+        crate::files::ensure_dir(dir, 0o700)?;
+    }
+    crate::files::backup(path, backups, now)?;
+    let text = serde_json::to_string_pretty(&list)? + "\n";
+    crate::files::atomic_write(path, text.as_bytes(), 0o600)
+}
+
 /// `authz/roles.json`: roles given by `client add --role`.
 pub fn load_roles(path: &Path) -> Result<BTreeMap<String, Role>> {
     match std::fs::read(path) {
@@ -76,6 +157,8 @@ pub fn load_roles(path: &Path) -> Result<BTreeMap<String, Role>> {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct CertId {
     pub cn: String,
+    /// The role the certificate carries (subject OU `role=NAME`), if any.
+    pub role: Option<String>,
     pub serial: String,
     pub issuer_sha256: String,
     pub issuer: String,
@@ -100,6 +183,7 @@ pub fn cert_id(der: &[u8]) -> Result<CertId> {
         .unwrap_or("")
         .to_string();
     Ok(CertId {
+        role: crate::pki::inspect::role_in_subject(cert.subject()),
         cn,
         serial,
         issuer_sha256: hex::encode(Sha256::digest(cert.issuer().as_raw())),
@@ -251,6 +335,139 @@ mod tests {
         r.certs = None;
         assert!(!decide(&ok, &r, ids).allow);
         assert!(!decide(&ok, &req(Some("bm90IGEgY2VydA=="), "GET", "/_ping"), ids).allow);
+    }
+
+    /// A certificate for `cn` carrying the subject OU `ou`, as dockerd sends it.
+    fn peer_with_ou(cn: &str, ou: &str) -> String {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut p = rcgen::CertificateParams::new(vec![]).unwrap();
+        p.distinguished_name
+            .push(rcgen::DnType::OrganizationalUnitName, ou);
+        p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        base64_encode(p.self_signed(&key).unwrap().pem().as_bytes())
+    }
+
+    #[test]
+    fn the_role_a_certificate_carries() {
+        let mut roles = BTreeMap::new();
+        roles.insert("ops".to_string(), Role::Monitoring);
+        let ok: Result<Policy, String> = Ok(Policy {
+            revoked: HashSet::new(),
+            roles,
+        });
+        let ids = &mut HashMap::new();
+        let run = "/v1.41/containers/create";
+        let start = "/v1.41/containers/c1/start";
+        // A name this host never heard of (a shared CA): the certificate's role applies.
+        let stranger = peer_with_ou("stranger", &Role::Monitoring.ou());
+        assert!(
+            decide(
+                &ok,
+                &req(Some(&stranger), "GET", "/v1.41/containers/json"),
+                ids
+            )
+            .allow
+        );
+        let d = decide(&ok, &req(Some(&stranger), "POST", run), ids);
+        assert!(!d.allow && d.reason.contains("monitoring"), "{d:?}");
+        // Without a role in the certificate and none here: admin (certificates from before).
+        let (legacy, _) = peer("legacy");
+        assert!(decide(&ok, &req(Some(&legacy), "POST", run), ids).allow);
+        // The certificate says admin, this host says monitoring: the more restrictive wins.
+        let ops_admin = peer_with_ou("ops", &Role::Admin.ou());
+        assert!(!decide(&ok, &req(Some(&ops_admin), "POST", run), ids).allow);
+        // The certificate says operator, this host says monitoring: monitoring.
+        let ops_operator = peer_with_ou("ops", &Role::Operator.ou());
+        assert!(!decide(&ok, &req(Some(&ops_operator), "POST", start), ids).allow);
+        // Operator carried, nothing here: operator may start, not create.
+        let deployer = peer_with_ou("deployer", &Role::Operator.ou());
+        assert!(decide(&ok, &req(Some(&deployer), "POST", start), ids).allow);
+        assert!(!decide(&ok, &req(Some(&deployer), "POST", run), ids).allow);
+        // A role this version does not know: refused, even for ping.
+        let future = peer_with_ou("future", "role=superuser");
+        let d = decide(&ok, &req(Some(&future), "GET", "/_ping"), ids);
+        assert!(!d.allow && d.reason.contains("superuser"), "{d:?}");
+        // Another OU is not a role.
+        let team = peer_with_ou("team", "platform");
+        assert!(decide(&ok, &req(Some(&team), "POST", run), ids).allow);
+    }
+
+    #[test]
+    fn effective_role_is_the_most_restrictive() {
+        use Role::*;
+        assert_eq!(Role::effective(None, None), Ok(Admin));
+        assert_eq!(Role::effective(Some("operator"), None), Ok(Operator));
+        assert_eq!(Role::effective(None, Some(Monitoring)), Ok(Monitoring));
+        assert_eq!(Role::effective(Some("admin"), Some(Operator)), Ok(Operator));
+        assert_eq!(
+            Role::effective(Some("monitoring"), Some(Admin)),
+            Ok(Monitoring)
+        );
+        assert_eq!(
+            Role::effective(Some("operator"), Some(Monitoring)),
+            Ok(Monitoring)
+        );
+        assert!(Role::effective(Some("root"), Some(Admin)).is_err());
+    }
+
+    #[test]
+    fn revoke_reaches_certificates_whose_files_are_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = Files {
+            dir: dir.path().join("authz"),
+            revoked: dir.path().join("authz/revoked.json"),
+            roles: dir.path().join("authz/roles.json"),
+            issued: dir.path().join("authz/issued.json"),
+            fallback_daemon_json: dir.path().join("x"),
+            fallback_sha256: dir.path().join("y"),
+            fallback_script: dir.path().join("z"),
+            metrics: None,
+        };
+        let backups = crate::files::Backups {
+            dir: dir.path().join("backup"),
+            retention: crate::config::parse("", Path::new("t.toml"))
+                .unwrap()
+                .backup,
+        };
+        let now = std::time::SystemTime::now();
+        let cert = |cn: &str, days: i64| {
+            let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+            let mut p = rcgen::CertificateParams::new(vec![]).unwrap();
+            p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+            p.not_after = if days >= 0 {
+                (now + std::time::Duration::from_secs(days as u64 * 86400)).into()
+            } else {
+                (now - std::time::Duration::from_secs((-days) as u64 * 86400)).into()
+            };
+            p.self_signed(&key).unwrap().pem()
+        };
+        let old = cert("ci", 30);
+        let expired = cert("ci", -1);
+        let other = cert("other", 30);
+        for c in [&expired, &old, &other] {
+            record_issued(&files.issued, c.as_bytes(), &backups, now).unwrap();
+        }
+        let list = IssuedList::load(&files.issued).unwrap();
+        assert_eq!(list.issued.len(), 2, "the expired entry went: {list:?}");
+        assert_eq!(
+            std::fs::metadata(&files.issued).unwrap().mode() & 0o777,
+            0o600
+        );
+        // No file of "ci" anywhere: the record still names its certificate.
+        let added = revoke(&files, "ci", &[], &backups, now).unwrap();
+        let old_id =
+            cert_id(&crate::pki::inspect::first_cert_der(old.as_bytes()).unwrap()).unwrap();
+        assert_eq!(added.len(), 1);
+        assert_eq!(added[0].serial, old_id.serial);
+        assert!(
+            RevocationList::load(&files.revoked)
+                .unwrap()
+                .contains(&old_id)
+        );
+        // A corrupt record: kept in the backups, started afresh, revocation still works.
+        std::fs::write(&files.issued, "{not json").unwrap();
+        record_issued(&files.issued, other.as_bytes(), &backups, now).unwrap();
+        assert_eq!(IssuedList::load(&files.issued).unwrap().issued.len(), 1);
     }
 
     #[test]
@@ -435,7 +652,13 @@ pub fn decide(
         );
         return d;
     }
-    let role = p.roles.get(&id.cn).copied().unwrap_or(Role::Admin);
+    let role = match Role::effective(id.role.as_deref(), p.roles.get(&id.cn).copied()) {
+        Ok(r) => r,
+        Err(why) => {
+            d.reason = format!("client '{}': {why}", id.cn);
+            return d;
+        }
+    };
     match roles::check(role, &req.method, &req.uri) {
         Ok(()) => {
             d.allow = true;
@@ -478,13 +701,28 @@ pub fn revoke(
     now: std::time::SystemTime,
 ) -> Result<Vec<Revoked>> {
     let list = RevocationList::load(&files.revoked)?;
+    let mut ids: Vec<CertId> = paths
+        .iter()
+        .filter_map(|p| std::fs::read(p).ok())
+        .filter_map(|pem| crate::pki::inspect::first_cert_der(&pem).ok())
+        .filter_map(|der| cert_id(&der).ok())
+        .collect();
+    // Those whose files and backups are gone: the record written at signing.
+    match IssuedList::load(&files.issued) {
+        Ok(l) => ids.extend(l.issued.into_iter().map(|i| CertId {
+            cn: i.name,
+            role: None,
+            serial: i.serial,
+            issuer_sha256: i.issuer_sha256,
+            issuer: i.issuer,
+            not_after: i.not_after,
+        })),
+        Err(e) => {
+            tracing::warn!("{e:#}: revoking the certificates found on disk and in the backups")
+        }
+    }
     let mut added = vec![];
-    for p in paths {
-        let Ok(pem) = std::fs::read(p) else { continue };
-        let Ok(der) = crate::pki::inspect::first_cert_der(&pem) else {
-            continue;
-        };
-        let Ok(id) = cert_id(&der) else { continue };
+    for id in ids {
         if id.cn != name
             || list.contains(&id)
             || added
@@ -586,6 +824,22 @@ pub fn set_role(
     crate::files::backup(&files.roles, backups, now)?;
     let text = serde_json::to_string_pretty(&roles)? + "\n";
     crate::files::atomic_write(&files.roles, text.as_bytes(), 0o600)
+}
+
+/// The role this host gives a client: the config's, else the one in `given` (`client add
+/// --role`), else admin. What its certificates carry (see `Role::effective`).
+pub fn wanted_role(
+    settings: &crate::config::Settings,
+    given: &BTreeMap<String, Role>,
+    name: &str,
+) -> Role {
+    settings
+        .authz
+        .roles
+        .get(name)
+        .or_else(|| given.get(name))
+        .copied()
+        .unwrap_or(Role::Admin)
 }
 
 /// The role a client has: the config's, else the one given at `client add`, else admin.

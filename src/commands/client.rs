@@ -61,6 +61,18 @@ pub(crate) async fn client(ctx: &Ctx, cmd: ClientCommand) -> Result<()> {
                 } else {
                     "added"
                 };
+                let role = match obs.info().map(|i| i.role.as_deref()) {
+                    Some(Some(carried)) if carried != role.name() => {
+                        match crate::authz::Role::effective(Some(carried), Some(role)) {
+                            Ok(e) => format!(
+                                "{e} (its certificate carries {carried}, this host gives {role}: \
+                                 the next apply issues one with {role})"
+                            ),
+                            Err(why) => format!("none: {why}"),
+                        }
+                    }
+                    _ => role.to_string(),
+                };
                 match obs.info() {
                     Some(i) => println!(
                         "{name}\t{source}\trole {role}\texpires {}\t{} days left",

@@ -388,6 +388,14 @@ fn issue_ca(
     record_ca_subject(layout)
 }
 
+/// The role a new certificate of client `name` carries; refused when `client add --role`'s
+/// record cannot be read (never an admin certificate by mistake).
+fn client_role(settings: &Settings, name: &str) -> Result<crate::authz::Role> {
+    let given = crate::authz::policy::load_roles(&settings.paths.authz_roles())
+        .with_context(|| format!("cannot tell the role of client '{name}'"))?;
+    Ok(crate::authz::policy::wanted_role(settings, &given, name))
+}
+
 #[allow(clippy::too_many_arguments)]
 fn issue_leaf(
     layout: &Layout,
@@ -403,7 +411,10 @@ fn issue_leaf(
     let policy = policy_of(settings, slot);
     let leaf = match slot {
         Slot::Server => Leaf::Server { sans },
-        _ => Leaf::Client,
+        Slot::Client(name) => Leaf::Client {
+            role: Some(client_role(settings, name)?),
+        },
+        _ => Leaf::Client { role: None },
     };
     let params = issue::leaf_params(leaf, &common_name(slot, host), now, policy.validity)?;
     let key = issue::generate_key(policy.key_type)?;
@@ -423,6 +434,15 @@ fn issue_leaf(
     } else {
         issue::sign(&params, &key, &ca_pem, read_ca_key(layout)?)?
     };
+    if let Slot::Client(_) = slot {
+        // Before the certificate exists anywhere: revocation can always reach it.
+        crate::authz::policy::record_issued(
+            &layout.authz_issued(),
+            cert_pem.as_bytes(),
+            backups,
+            now,
+        )?;
+    }
     let (cert_path, key_path) = layout.cert_and_key(slot);
     backup(&key_path, backups, now)?;
     atomic_write(&key_path, key.serialize_pem().as_bytes(), KEY_MODE)?;

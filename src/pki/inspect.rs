@@ -46,6 +46,8 @@ pub struct CertInfo {
     pub subject_key_id: Option<Vec<u8>>,
     pub authority_key_id: Option<Vec<u8>>,
     pub common_name: String,
+    /// The role a client certificate carries (subject OU `role=NAME`, see `authz::Role`).
+    pub role: Option<String>,
     pub sans: BTreeSet<San>,
     /// Colon-separated hex, as openssl prints it.
     pub serial: String,
@@ -129,6 +131,9 @@ pub struct DiskState {
     pub memo: Memo,
     /// A CA key rollover's files (see `pki::rollover`).
     pub rollover: super::rollover::Observed,
+    /// The roles `client add --role` gave (`authz/roles.json`); `None` when unreadable (no
+    /// client is then reissued for its role).
+    pub client_roles: Option<BTreeMap<String, crate::authz::Role>>,
 }
 
 /// Results of the elliptic-curve and RSA work of an inspection (a private key's public key, a
@@ -309,6 +314,7 @@ pub fn inspect(layout: &Layout, clients: &[String], probe: bool) -> DiskState {
         ca_record,
         memo,
         rollover,
+        client_roles: crate::authz::policy::load_roles(&layout.authz_roles()).ok(),
     }
 }
 
@@ -499,6 +505,15 @@ fn time_of(t: x509_parser::time::ASN1Time) -> SystemTime {
 }
 
 /// Parses a DER certificate into what we need to know about it.
+/// The role a certificate's subject carries: its OU `role=NAME` (see `authz::Role::ou`).
+pub fn role_in_subject(subject: &x509_parser::x509::X509Name<'_>) -> Option<String> {
+    subject
+        .iter_organizational_unit()
+        .filter_map(|ou| ou.as_str().ok())
+        .find_map(|ou| ou.strip_prefix(crate::authz::ROLE_OU_PREFIX))
+        .map(str::to_string)
+}
+
 pub fn cert_info(der: &[u8]) -> Result<CertInfo, String> {
     let (_, x) = X509Certificate::from_der(der)
         .map_err(|e| format!("not a valid X.509 certificate: {e}"))?;
@@ -509,6 +524,7 @@ pub fn cert_info(der: &[u8]) -> Result<CertInfo, String> {
         .and_then(|cn| cn.as_str().ok())
         .unwrap_or("")
         .to_string();
+    let role = role_in_subject(x.subject());
     let mut sans = BTreeSet::new();
     if let Ok(Some(ext)) = x.subject_alternative_name() {
         for gn in &ext.value.general_names {
@@ -572,6 +588,7 @@ pub fn cert_info(der: &[u8]) -> Result<CertInfo, String> {
         subject_key_id,
         authority_key_id,
         common_name,
+        role,
         sans,
         serial: x.raw_serial_as_string(),
         not_before: time_of(x.validity().not_before),

@@ -112,8 +112,13 @@ pub fn distinguished_name(der: &[u8]) -> Result<DistinguishedName> {
 
 /// What a leaf certificate is for.
 pub enum Leaf<'a> {
-    Server { sans: &'a BTreeSet<San> },
-    Client,
+    Server {
+        sans: &'a BTreeSet<San>,
+    },
+    /// A client, with the role it carries (subject OU, see `authz::Role::ou`); the probe has none.
+    Client {
+        role: Option<crate::authz::Role>,
+    },
 }
 
 /// Parameters of a server or client certificate.
@@ -144,7 +149,16 @@ pub fn leaf_params(
                 });
             }
         }
-        Leaf::Client => p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth],
+        Leaf::Client { role } => {
+            p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+            if let Some(role) = role {
+                let mut dn = DistinguishedName::new();
+                dn.push(DnType::OrganizationName, ORGANIZATION);
+                dn.push(DnType::OrganizationalUnitName, role.ou());
+                dn.push(DnType::CommonName, cn);
+                p.distinguished_name = dn;
+            }
+        }
     }
     Ok(p)
 }

@@ -61,6 +61,12 @@ pub enum Reason {
         not_before: SystemTime,
     },
     Forced,
+    /// A client's role changed (config or `client add --role`): its certificate carries the
+    /// role, so it is reissued with the new one (`found` is what the certificate names).
+    RoleChanged {
+        found: Option<String>,
+        wanted: crate::authz::Role,
+    },
 }
 
 impl Reason {
@@ -116,6 +122,11 @@ impl fmt::Display for Reason {
                 t(not_before)
             ),
             Reason::Forced => f.write_str("forced"),
+            Reason::RoleChanged { found, wanted } => write!(
+                f,
+                "role changed to {wanted} (the certificate carries {})",
+                found.as_deref().unwrap_or("no role")
+            ),
         }
     }
 }
@@ -460,6 +471,25 @@ pub fn next_due(disk: &DiskState, settings: &Settings) -> Option<SystemTime> {
         .min()
 }
 
+/// A client certificate whose role is not the one this host gives the client (certificates
+/// from before roles were carried count as admin: not reissued while the client is admin).
+fn role_reason(
+    settings: &Settings,
+    given: &std::collections::BTreeMap<String, crate::authz::Role>,
+    name: &str,
+    found: Option<&str>,
+) -> Option<Reason> {
+    let wanted = crate::authz::policy::wanted_role(settings, given, name);
+    let same = match found {
+        Some(f) => f == wanted.name(),
+        None => wanted == crate::authz::Role::Admin,
+    };
+    (!same).then(|| Reason::RoleChanged {
+        found: found.map(str::to_string),
+        wanted,
+    })
+}
+
 /// The policy that governs a slot.
 pub fn policy_of<'a>(settings: &'a Settings, slot: &Slot) -> &'a CertPolicy {
     match slot {
@@ -730,6 +760,12 @@ pub fn plan(
             force.keep_sans,
             from_acme,
         );
+        if reason.is_none()
+            && let Slot::Client(name) = slot
+            && let (Some(info), Some(given)) = (obs.info(), disk.client_roles.as_ref())
+        {
+            reason = role_reason(settings, given, name, info.role.as_deref());
+        }
         if *slot == Slot::Server
             && server_refresh
             && matches!(reason, None | Some(Reason::NotSignedByCa))
@@ -1245,6 +1281,80 @@ mod tests {
                 .all(|(_, r)| !matches!(r, Reason::CaReplaced | Reason::NotSignedByCa))
         );
         assert!(f.plan_at(later, Force::default()).is_empty());
+    }
+
+    #[test]
+    fn client_certificates_carry_their_role() {
+        let f = Fixture::new().issued();
+        let admin = Slot::Client("admin".into());
+        let role_on_disk = |f: &Fixture| {
+            let pem = std::fs::read(f.layout.cert_and_key(&admin).0).unwrap();
+            let der = crate::pki::inspect::first_cert_der(&pem).unwrap();
+            crate::pki::inspect::cert_info(&der).unwrap().role
+        };
+        assert_eq!(role_on_disk(&f).as_deref(), Some("admin"));
+        // Every client certificate signed is recorded for revocation; the probe's is not.
+        let issued = crate::authz::policy::IssuedList::load(&f.layout.authz_issued()).unwrap();
+        assert_eq!(issued.issued.len(), 1, "{issued:?}");
+        assert_eq!(issued.issued[0].name, "admin");
+        // `client add --role` (roles.json) changes it: reissued with the new role.
+        let roles = f.layout.authz_roles();
+        crate::files::ensure_dir(roles.parent().unwrap(), 0o700).unwrap();
+        std::fs::write(&roles, r#"{"admin": "monitoring"}"#).unwrap();
+        let p = f.plan_at(f.t0, Force::default());
+        assert_eq!(
+            reasons(&p),
+            vec![(
+                "client 'admin'".to_string(),
+                Reason::RoleChanged {
+                    found: Some("admin".into()),
+                    wanted: crate::authz::Role::Monitoring
+                }
+            )]
+        );
+        f.converge(f.t0);
+        assert_eq!(role_on_disk(&f).as_deref(), Some("monitoring"));
+        assert_eq!(
+            crate::authz::policy::IssuedList::load(&f.layout.authz_issued())
+                .unwrap()
+                .issued
+                .len(),
+            2,
+            "the old certificate stays recorded until it expires"
+        );
+        // roles.json unreadable: nobody is reissued for a role, and no certificate is signed
+        // with a role guessed (a forced renewal stops with the file named).
+        std::fs::write(&roles, "{corrupt").unwrap();
+        assert!(f.plan_at(f.t0, Force::default()).is_empty());
+        let forced = Force {
+            clients: true,
+            ..Force::default()
+        };
+        let p = f.plan_at(f.t0, forced);
+        let err = execute(&p, &f.layout, &f.settings, &f.host, f.t0).unwrap_err();
+        assert!(format!("{err:#}").contains("roles.json"), "{err:#}");
+        assert_eq!(role_on_disk(&f).as_deref(), Some("monitoring"));
+        // The config wins over roles.json.
+        let g = Fixture::new();
+        let settings = settings_for(g._dir.path(), "[authz]\nroles = { admin = \"operator\" }\n");
+        let disk = inspect(&g.layout, &settings.clients.names, false);
+        let p = plan(&disk, &settings, &g.host, g.t0, Force::default()).unwrap();
+        execute(&p, &g.layout, &settings, &g.host, g.t0).unwrap();
+        let pem = std::fs::read(g.layout.cert_and_key(&admin).0).unwrap();
+        let der = crate::pki::inspect::first_cert_der(&pem).unwrap();
+        assert_eq!(
+            crate::pki::inspect::cert_info(&der)
+                .unwrap()
+                .role
+                .as_deref(),
+            Some("operator")
+        );
+        // Certificates from before roles were carried: left alone while the client is admin.
+        let given = std::collections::BTreeMap::new();
+        assert_eq!(role_reason(&f.settings, &given, "admin", None), None);
+        let mon: std::collections::BTreeMap<_, _> =
+            [("admin".to_string(), crate::authz::Role::Monitoring)].into();
+        assert!(role_reason(&f.settings, &mon, "admin", None).is_some());
     }
 
     #[test]
