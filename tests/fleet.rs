@@ -162,5 +162,29 @@ fn one_bundle_works_on_every_host_after_ca_import() {
     // Importing again adds nothing.
     let out = b.ok("docker-tls-manager client revocations import /root/revoked.json");
     assert!(out.contains("0 new revocation"), "{out}");
+
+    // A role travels with the certificate: a monitoring client added on A only is a
+    // monitoring client on B and C, which never heard its name.
+    a.ok("docker-tls-manager client add grafana --role monitoring && cp -a /var/lib/docker-tls-manager/clients/grafana /root/grafana");
+    let subject = a.ok("openssl x509 -in /root/grafana/cert.pem -noout -subject -nameopt RFC2253");
+    assert!(subject.contains("OU=role=monitoring"), "{subject}");
+    for (m, ip) in hosts {
+        assert!(
+            !m.ok("docker-tls-manager client list").contains("grafana") || ip == "10.77.0.11",
+            "{ip} knows grafana by name"
+        );
+        let o = docker_at(&a, "/root/grafana", ip, "ps");
+        assert!(
+            o.status.success(),
+            "grafana lists at {ip}: {}",
+            common::text(&o.stderr)
+        );
+        let o = docker_at(&a, "/root/grafana", ip, "create busybox true");
+        let err = common::text(&o.stderr);
+        assert!(
+            !o.status.success() && err.contains("authorization denied by plugin"),
+            "grafana (monitoring) created a container at {ip}: {err}"
+        );
+    }
     drop(pebble);
 }
