@@ -38,17 +38,7 @@ pub struct RevocationList {
 impl RevocationList {
     /// Absent: nothing revoked. Unreadable or corrupt: an error (the plugin then refuses TLS).
     pub fn load(path: &Path) -> Result<RevocationList> {
-        match std::fs::read(path) {
-            Ok(b) => serde_json::from_slice(&b).with_context(|| {
-                format!(
-                    "the revocation list '{}' is corrupt; restore it from the backup directory",
-                    path.display()
-                )
-            }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(RevocationList::default()),
-            Err(e) => Err(e)
-                .with_context(|| format!("cannot read the revocation list '{}'", path.display())),
-        }
+        load_json(path, "the revocation list")
     }
 
     pub fn contains(&self, id: &CertId) -> bool {
@@ -86,16 +76,7 @@ pub struct IssuedList {
 impl IssuedList {
     /// Absent: empty. Unreadable or corrupt: an error naming the file.
     pub fn load(path: &Path) -> Result<IssuedList> {
-        match std::fs::read(path) {
-            Ok(b) => serde_json::from_slice(&b).with_context(|| {
-                format!(
-                    "the record of issued client certificates '{}' is corrupt",
-                    path.display()
-                )
-            }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(IssuedList::default()),
-            Err(e) => Err(e).with_context(|| format!("cannot read '{}'", path.display())),
-        }
+        load_json(path, "the record of issued client certificates")
     }
 }
 
@@ -141,15 +122,21 @@ pub fn record_issued(
 
 /// `authz/roles.json`: roles given by `client add --role`.
 pub fn load_roles(path: &Path) -> Result<BTreeMap<String, Role>> {
+    load_json(path, "the roles given by `client add --role`")
+}
+
+/// One of our JSON state files: absent, the empty value; unreadable or corrupt, an error
+/// naming `what` and the file.
+fn load_json<T: serde::de::DeserializeOwned + Default>(path: &Path, what: &str) -> Result<T> {
     match std::fs::read(path) {
         Ok(b) => serde_json::from_slice(&b).with_context(|| {
             format!(
-                "'{}' is corrupt; restore it from the backup directory",
+                "{what} '{}' is corrupt; restore it from the backup directory",
                 path.display()
             )
         }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
-        Err(e) => Err(e).with_context(|| format!("cannot read '{}'", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(T::default()),
+        Err(e) => Err(e).with_context(|| format!("cannot read {what} '{}'", path.display())),
     }
 }
 
