@@ -9,7 +9,7 @@
 //! | state_dir | `ca-key.pem` | the CA key (never beside what Docker reads) |
 //! | state_dir | `ca-subject.json`, `check-memo.json` | the CA's subject for life; memo of costly checks |
 //! | state_dir | `clients/NAME/{ca,cert,key}.pem`, `clients/NAME/handed-out.json`, `probe/{ca,cert,key}.pem` | client bundles and when each went out; our own probe identity |
-//! | state_dir | `authz/revoked.json`, `authz/roles.json`, `authz/issued.json`, `authz/daemon.json.*`, `authz/fallback.sh` | the authorization plugin: revocations, roles, every unexpired client certificate signed, the fallback's daemon.json, its hash and its script |
+//! | state_dir | `authz/revoked.json`, `authz/roles.json`, `authz/issued.jsonl`, `authz/daemon.json.*`, `authz/fallback.sh` | the authorization plugin: revocations, roles, every unexpired client certificate signed, the fallback's daemon.json, its hash and its script |
 //! | state_dir | `acme-account.json`, `acme-pending.pem` | the ACME account's key and URL (`[acme]`); a certificate from it being installed |
 //! | state_dir | `ca-shared.json` | the CA was exported or imported: shared with other hosts |
 //! | state_dir | `rollover.json`, `ca-previous.pem`, `ca-previous-key.pem`, `ca-cross.pem` | a CA key rollover: its phase; the previous CA and its key (destroyed at the end); the previous CA certified by the new key (see `pki::rollover`) |
@@ -125,7 +125,7 @@ impl Layout {
     /// Every client certificate we signed and that has not expired (name, serial, issuer),
     /// recorded before it is written: `client revoke` reaches those whose files are gone.
     pub fn authz_issued(&self) -> PathBuf {
-        self.authz_dir().join("issued.json")
+        self.authz_dir().join("issued.jsonl")
     }
     /// daemon.json without our plugin entry, as the fallback unit puts it back.
     pub fn authz_fallback_daemon_json(&self) -> PathBuf {

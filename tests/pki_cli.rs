@@ -1069,3 +1069,55 @@ fn revocations_import_refuses_what_export_does_not_write() {
     let listed = b.ok(&["client", "list"]);
     assert!(listed.contains("bob"), "{listed}");
 }
+
+#[test]
+fn revoke_reaches_certificates_whose_backups_were_pruned_and_roles_are_in_the_subject() {
+    let s = Sandbox::new("");
+    s.ok(&["apply"]);
+    s.ok(&["client", "add", "grafana", "--role", "monitoring"]);
+    let cert = s.path("state/clients/grafana/cert.pem");
+    let subject = openssl_subject(&cert);
+    assert!(subject.contains("OU=role=monitoring"), "{subject}");
+    // A renewal: the old certificate stays valid; then every backup is gone (pruned).
+    s.ok(&["renew", "--force", "clients"]);
+    std::fs::remove_dir_all(s.path("state/backup")).unwrap();
+    let record = std::fs::read_to_string(s.path("state/authz/issued.jsonl")).unwrap();
+    assert_eq!(
+        record.lines().filter(|l| l.contains("\"grafana\"")).count(),
+        2,
+        "{record}"
+    );
+    let out = s.ok(&["client", "revoke", "grafana"]);
+    assert_eq!(
+        out.matches("revoked certificate of 'grafana'").count(),
+        2,
+        "the renewed-away certificate too: {out}"
+    );
+    // Removed, then revoked by name again: the record still knows it (nothing new to revoke).
+    s.ok(&["client", "remove", "grafana"]);
+    let o = s.run(&["client", "revoke", "grafana"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    // A role from the configuration reaches the certificate at the next apply; `client list`
+    // says so before.
+    s.ok(&["client", "add", "deployer"]);
+    let admin_subject = openssl_subject(&s.path("state/clients/deployer/cert.pem"));
+    assert!(admin_subject.contains("OU=role=admin"), "{admin_subject}");
+    let cfg = std::fs::read_to_string(s.path("config.toml")).unwrap();
+    std::fs::write(
+        s.path("config.toml"),
+        format!("{cfg}\n[authz]\nroles = {{ deployer = \"operator\" }}\n"),
+    )
+    .unwrap();
+    let list = s.ok(&["client", "list"]);
+    assert!(
+        list.contains("deployer\tadded\trole operator (its certificate carries admin"),
+        "{list}"
+    );
+    s.ok(&["apply"]);
+    let subject = openssl_subject(&s.path("state/clients/deployer/cert.pem"));
+    assert!(subject.contains("OU=role=operator"), "{subject}");
+    // roles.json corrupt: `client list` says what that means, apply issues no client.
+    std::fs::write(s.path("state/authz/roles.json"), "{").unwrap();
+    let list = s.ok(&["client", "list"]);
+    assert!(list.contains("refuses every client over TLS"), "{list}");
+}

@@ -64,60 +64,144 @@ pub struct Issued {
     pub expires: u64,
 }
 
-/// `authz/issued.json`: every client certificate we signed that has not expired, written
-/// before the certificate is, so `client revoke` reaches certificates whose files and backups
-/// are gone (a renewal's old certificate stays valid until it expires).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// `authz/issued.jsonl`: every client certificate we signed that has not expired, one JSON
+/// object a line, appended (and synced) before the certificate is written, so `client revoke`
+/// reaches certificates whose files and backups are gone (a renewed certificate stays valid
+/// until it expires). Appending keeps issuing N clients O(N); a line that does not parse is
+/// kept as it is (never dropped) and counted.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct IssuedList {
     pub issued: Vec<Issued>,
+    /// Lines that are not a record, as found (a torn last line excepted: see `IssuedLog`).
+    pub unreadable: Vec<String>,
 }
 
 impl IssuedList {
-    /// Absent: empty. Unreadable or corrupt: an error naming the file.
+    /// Absent: empty. Unreadable: an error naming the file.
     pub fn load(path: &Path) -> Result<IssuedList> {
-        load_json(path, "the record of issued client certificates")
+        let text = match std::fs::read(path) {
+            Ok(b) => String::from_utf8_lossy(&b).into_owned(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(IssuedList::default()),
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!(
+                        "cannot read the record of issued client certificates '{}'",
+                        path.display()
+                    )
+                });
+            }
+        };
+        let mut list = IssuedList::default();
+        let torn = !text.is_empty() && !text.ends_with('\n');
+        let lines: Vec<&str> = text.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            match serde_json::from_str::<Issued>(line) {
+                Ok(r) => list.issued.push(r),
+                // A crash in the middle of an append: that certificate was never written.
+                Err(_) if torn && i + 1 == lines.len() => {}
+                Err(_) => list.unreadable.push(line.to_string()),
+            }
+        }
+        Ok(list)
+    }
+
+    fn text(&self) -> Result<String> {
+        let mut out = String::new();
+        for r in &self.issued {
+            out += &serde_json::to_string(r)?;
+            out.push('\n');
+        }
+        for l in &self.unreadable {
+            out += l;
+            out.push('\n');
+        }
+        Ok(out)
     }
 }
 
-/// Records a client certificate we are about to write (backed up, 0600, atomic); entries of
-/// expired certificates go. A corrupt record is kept in the backups and started afresh (the
-/// certificates' files and backups still name what it held).
-pub fn record_issued(
-    path: &Path,
-    cert_pem: &[u8],
-    backups: &crate::files::Backups,
+/// Records client certificates as one `execute` signs them. The first record of a run drops
+/// the entries of expired certificates and a torn last line (the file backed up, then
+/// rewritten atomically, 0600); every record is then one appended line, synced.
+pub struct IssuedLog<'a> {
+    path: PathBuf,
+    backups: &'a crate::files::Backups,
     now: std::time::SystemTime,
-) -> Result<()> {
-    let der = crate::pki::inspect::first_cert_der(cert_pem).map_err(|e| anyhow::anyhow!(e))?;
-    let id = cert_id(&der)?;
-    let info = crate::pki::inspect::cert_info(&der).map_err(|e| anyhow::anyhow!(e))?;
-    let secs = |t: std::time::SystemTime| {
-        t.duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs())
-    };
-    let mut list = IssuedList::load(path).unwrap_or_else(|e| {
-        tracing::warn!(
-            "{e:#}: starting it afresh (the old one is kept in the backups; revocation still finds \
-             the certificates on disk and in the backups)"
-        );
-        IssuedList::default()
-    });
-    list.issued.retain(|i| i.expires > secs(now));
-    list.issued.push(Issued {
-        name: id.cn,
-        serial: id.serial,
-        issuer_sha256: id.issuer_sha256,
-        issuer: id.issuer,
-        not_after: id.not_after,
-        expires: secs(info.not_after),
-    });
-    if let Some(dir) = path.parent() {
-        crate::files::ensure_dir(dir, 0o700)?;
+    tidied: bool,
+}
+
+impl<'a> IssuedLog<'a> {
+    pub fn new(
+        path: PathBuf,
+        backups: &'a crate::files::Backups,
+        now: std::time::SystemTime,
+    ) -> Self {
+        IssuedLog {
+            path,
+            backups,
+            now,
+            tidied: false,
+        }
     }
-    crate::files::backup(path, backups, now)?;
-    let text = serde_json::to_string_pretty(&list)? + "\n";
-    crate::files::atomic_write(path, text.as_bytes(), 0o600)
+
+    /// Records the certificate `cert_pem`, before it is written anywhere.
+    pub fn record(&mut self, cert_pem: &[u8]) -> Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let der = crate::pki::inspect::first_cert_der(cert_pem).map_err(|e| anyhow::anyhow!(e))?;
+        let id = cert_id(&der)?;
+        let info = crate::pki::inspect::cert_info(&der).map_err(|e| anyhow::anyhow!(e))?;
+        if !self.tidied {
+            self.tidy()?;
+        }
+        let line = serde_json::to_string(&Issued {
+            name: id.cn,
+            serial: id.serial,
+            issuer_sha256: id.issuer_sha256,
+            issuer: id.issuer,
+            not_after: id.not_after,
+            expires: unix_secs(info.not_after),
+        })? + "\n";
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .mode(0o600)
+            .open(&self.path)
+            .with_context(|| format!("cannot open '{}'", self.path.display()))?;
+        f.write_all(line.as_bytes())
+            .and_then(|()| f.sync_data())
+            .with_context(|| format!("cannot append to '{}'", self.path.display()))
+    }
+
+    fn tidy(&mut self) -> Result<()> {
+        let raw = std::fs::read(&self.path).ok();
+        let mut list = IssuedList::load(&self.path)?;
+        if !list.unreadable.is_empty() {
+            tracing::warn!(
+                "'{}' holds {} line(s) that are not a record of a certificate: kept as they are",
+                self.path.display(),
+                list.unreadable.len()
+            );
+        }
+        let now = unix_secs(self.now);
+        list.issued.retain(|r| r.expires > now);
+        let text = list.text()?;
+        if raw.as_deref() != Some(text.as_bytes()) {
+            if let Some(dir) = self.path.parent() {
+                crate::files::ensure_dir(dir, 0o700)?;
+            }
+            crate::files::backup(&self.path, self.backups, self.now)?;
+            crate::files::atomic_write(&self.path, text.as_bytes(), 0o600)?;
+        }
+        self.tidied = true;
+        Ok(())
+    }
+}
+
+fn unix_secs(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// `authz/roles.json`: roles given by `client add --role`.
@@ -377,6 +461,24 @@ mod tests {
         // Another OU is not a role.
         let team = peer_with_ou("team", "platform");
         assert!(decide(&ok, &req(Some(&team), "POST", run), ids).allow);
+        // A role OU in another case, or one that cannot be decoded: never admin.
+        let shouting = peer_with_ou("shouting", "ROLE=admin");
+        let d = decide(&ok, &req(Some(&shouting), "GET", "/_ping"), ids);
+        assert!(!d.allow, "{d:?}");
+        let bmp = {
+            let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+            let mut p = rcgen::CertificateParams::new(vec![]).unwrap();
+            p.distinguished_name.push(
+                rcgen::DnType::OrganizationalUnitName,
+                rcgen::DnValue::BmpString(
+                    rcgen::string::BmpString::try_from("role=monitoring").unwrap(),
+                ),
+            );
+            p.distinguished_name.push(rcgen::DnType::CommonName, "bmp");
+            base64_encode(p.self_signed(&key).unwrap().pem().as_bytes())
+        };
+        let d = decide(&ok, &req(Some(&bmp), "POST", run), ids);
+        assert!(!d.allow, "{d:?}");
     }
 
     #[test]
@@ -431,8 +533,17 @@ mod tests {
         let old = cert("ci", 30);
         let expired = cert("ci", -1);
         let other = cert("other", 30);
-        for c in [&expired, &old, &other] {
-            record_issued(&files.issued, c.as_bytes(), &backups, now).unwrap();
+        // An earlier run recorded an expired certificate.
+        IssuedLog::new(
+            files.issued.clone(),
+            &backups,
+            now - std::time::Duration::from_secs(7 * 86400),
+        )
+        .record(expired.as_bytes())
+        .unwrap();
+        let mut log = IssuedLog::new(files.issued.clone(), &backups, now);
+        for c in [&old, &other] {
+            log.record(c.as_bytes()).unwrap();
         }
         let list = IssuedList::load(&files.issued).unwrap();
         assert_eq!(list.issued.len(), 2, "the expired entry went: {list:?}");
@@ -451,10 +562,54 @@ mod tests {
                 .unwrap()
                 .contains(&old_id)
         );
-        // A corrupt record: kept in the backups, started afresh, revocation still works.
-        std::fs::write(&files.issued, "{not json").unwrap();
-        record_issued(&files.issued, other.as_bytes(), &backups, now).unwrap();
-        assert_eq!(IssuedList::load(&files.issued).unwrap().issued.len(), 1);
+        // A line that is not a record is kept as it is; the others still count. A torn last
+        // line (a crash in the middle of an append) goes at the next run.
+        let text = std::fs::read_to_string(&files.issued).unwrap();
+        std::fs::write(&files.issued, format!("garbage\n{text}{{\"name\":\"to")).unwrap();
+        let list = IssuedList::load(&files.issued).unwrap();
+        assert_eq!(
+            (list.issued.len(), list.unreadable.len()),
+            (2, 1),
+            "{list:?}"
+        );
+        let third = cert("third", 30);
+        IssuedLog::new(files.issued.clone(), &backups, now)
+            .record(third.as_bytes())
+            .unwrap();
+        let after = std::fs::read_to_string(&files.issued).unwrap();
+        assert!(
+            after.contains("garbage\n") && !after.contains("\"to\n"),
+            "{after}"
+        );
+        let list = IssuedList::load(&files.issued).unwrap();
+        assert_eq!(
+            (list.issued.len(), list.unreadable.len()),
+            (3, 1),
+            "{list:?}"
+        );
+        // Many clients in one run: one backup of the record, not one each.
+        let count_backups = || {
+            let mut n = 0;
+            let mut stack = vec![backups.dir.clone()];
+            while let Some(d) = stack.pop() {
+                for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+                    if e.file_type().unwrap().is_dir() {
+                        stack.push(e.path());
+                    } else if e.file_name() == "issued.jsonl" {
+                        n += 1;
+                    }
+                }
+            }
+            n
+        };
+        let later = now + std::time::Duration::from_secs(60);
+        let before = count_backups();
+        let mut log = IssuedLog::new(files.issued.clone(), &backups, later);
+        for i in 0..8 {
+            log.record(cert(&format!("c{i}"), 30).as_bytes()).unwrap();
+        }
+        assert_eq!(IssuedList::load(&files.issued).unwrap().issued.len(), 11);
+        assert!(count_backups() <= before + 1, "{} backups", count_backups());
     }
 
     #[test]
@@ -696,14 +851,24 @@ pub fn revoke(
         .collect();
     // Those whose files and backups are gone: the record written at signing.
     match IssuedList::load(&files.issued) {
-        Ok(l) => ids.extend(l.issued.into_iter().map(|i| CertId {
-            cn: i.name,
-            role: None,
-            serial: i.serial,
-            issuer_sha256: i.issuer_sha256,
-            issuer: i.issuer,
-            not_after: i.not_after,
-        })),
+        Ok(l) => {
+            if !l.unreadable.is_empty() {
+                eprintln!(
+                    "warning: '{}' holds {} line(s) that are not a record of a certificate: a \
+                     certificate they named may not be revoked (restore the file from the backups)",
+                    files.issued.display(),
+                    l.unreadable.len()
+                );
+            }
+            ids.extend(l.issued.into_iter().map(|i| CertId {
+                cn: i.name,
+                role: None,
+                serial: i.serial,
+                issuer_sha256: i.issuer_sha256,
+                issuer: i.issuer,
+                not_after: i.not_after,
+            }))
+        }
         Err(e) => {
             tracing::warn!("{e:#}: revoking the certificates found on disk and in the backups")
         }

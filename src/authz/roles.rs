@@ -152,6 +152,42 @@ pub fn check(role: Role, method: &str, uri: &str) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
+    /// `Role::effective` takes the larger role as the more restrictive: each role's table must
+    /// hold the next one's, request by request.
+    #[test]
+    fn each_role_holds_the_more_restrictive_ones() {
+        let mut samples: Vec<(&str, String)> = vec![];
+        for r in MONITORING.iter().chain(OPERATOR_EXTRA) {
+            match *r {
+                Rule::Exact(m, p) => samples.push((m, p.to_string())),
+                Rule::Around(m, pre, suf) => samples.push((m, format!("{pre}c1{suf}"))),
+            }
+        }
+        for (m, p) in [
+            ("POST", "/containers/create"),
+            ("DELETE", "/containers/c1"),
+            ("POST", "/containers/c1/exec"),
+            ("GET", "/containers/c1/archive"),
+            ("GET", "/images/get"),
+            ("POST", "/v1.23/containers/c1/start"),
+        ] {
+            samples.push((m, p.to_string()));
+        }
+        let order = [Role::Monitoring, Role::Operator, Role::Admin];
+        for (m, p) in &samples {
+            for pair in order.windows(2) {
+                let (narrow, wide) = (pair[0], pair[1]);
+                assert!(narrow > wide, "Ord: {narrow} is the more restrictive");
+                if check(narrow, m, p).is_ok() {
+                    assert!(
+                        check(wide, m, p).is_ok(),
+                        "{narrow} may {m} {p}, {wide} may not"
+                    );
+                }
+            }
+        }
+    }
+
     #[test]
     fn old_api_versions_are_refused_for_every_role_but_admin() {
         let start = "/v1.23/containers/c2/start";

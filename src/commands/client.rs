@@ -53,8 +53,19 @@ pub(crate) async fn client(ctx: &Ctx, cmd: ClientCommand) -> Result<()> {
             let now = SystemTime::now();
             let disk = ctx.inspect();
             let files = crate::authz::Files::new(&ctx.settings);
+            let given = crate::authz::policy::load_roles(&files.roles);
+            if let Err(e) = &given {
+                println!(
+                    "warning: {e:#}: Docker refuses every client over TLS until it is repaired, \
+                     and no client certificate is issued"
+                );
+            }
             for name in ctx.client_names() {
-                let role = crate::authz::policy::role_of(&ctx.settings, &files, &name);
+                let Ok(given) = &given else {
+                    println!("{name}\trole unknown (the roles cannot be read)");
+                    continue;
+                };
+                let role = crate::authz::policy::wanted_role(&ctx.settings, given, &name);
                 let obs = disk.get(&Slot::Client(name.clone()));
                 let source = if ctx.settings.clients.names.contains(&name) {
                     "config"
@@ -62,6 +73,9 @@ pub(crate) async fn client(ctx: &Ctx, cmd: ClientCommand) -> Result<()> {
                     "added"
                 };
                 let role = match obs.info().map(|i| i.role.as_deref()) {
+                    Some(None) if role != crate::authz::Role::Admin => format!(
+                        "{role} (its certificate carries none: the next apply issues one with {role})"
+                    ),
                     Some(Some(carried)) if carried != role.name() => {
                         match crate::authz::Role::effective(Some(carried), Some(role)) {
                             Ok(e) => format!(
@@ -201,6 +215,20 @@ pub(crate) async fn client(ctx: &Ctx, cmd: ClientCommand) -> Result<()> {
             Ok(())
         }
         ClientCommand::Revoke { name } => {
+            // A name removed (or never added here) whose certificates the record of issued
+            // certificates still names: revoked, and nothing issued.
+            if !ctx.client_names().contains(&name)
+                && crate::authz::policy::IssuedList::load(&ctx.layout().authz_issued())
+                    .is_ok_and(|l| l.issued.iter().any(|i| i.name == name))
+            {
+                config::validate_client_name(&name).map_err(UsageError)?;
+                let revoked = {
+                    let _lock = StateLock::acquire(ctx.layout(), LOCK_WAIT).await?;
+                    revoke_all(ctx, &name, SystemTime::now())?
+                };
+                print_revoked(ctx, &name, &revoked);
+                return Ok(());
+            }
             known_client(ctx, &name)?;
             let now = SystemTime::now();
             let revoked = {

@@ -46,6 +46,7 @@ pub fn execute_with(
         dir: layout.backup_dir(),
         retention: settings.backup,
     };
+    let mut issued = crate::authz::policy::IssuedLog::new(layout.authz_issued(), &backups, now);
     for action in &plan.actions {
         info!(action = %action, "pki");
         match action {
@@ -76,6 +77,7 @@ pub fn execute_with(
                 slot,
                 &plan.server_sans,
                 plan.rollover == Some(Phase::Overlap),
+                &mut issued,
             )?,
             Action::CopyCa { slot } => {
                 let trust = server_trust_pem(layout)?;
@@ -406,6 +408,7 @@ fn issue_leaf(
     slot: &Slot,
     sans: &BTreeSet<San>,
     overlap: bool,
+    issued: &mut crate::authz::policy::IssuedLog<'_>,
 ) -> Result<()> {
     ensure_key_dirs(layout, slot)?;
     let policy = policy_of(settings, slot);
@@ -436,12 +439,7 @@ fn issue_leaf(
     };
     if let Slot::Client(_) = slot {
         // Before the certificate exists anywhere: revocation can always reach it.
-        crate::authz::policy::record_issued(
-            &layout.authz_issued(),
-            cert_pem.as_bytes(),
-            backups,
-            now,
-        )?;
+        issued.record(cert_pem.as_bytes())?;
     }
     let (cert_path, key_path) = layout.cert_and_key(slot);
     backup(&key_path, backups, now)?;

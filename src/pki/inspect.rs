@@ -505,13 +505,28 @@ fn time_of(t: x509_parser::time::ASN1Time) -> SystemTime {
 }
 
 /// Parses a DER certificate into what we need to know about it.
-/// The role a certificate's subject carries: its OU `role=NAME` (see `authz::Role::ou`).
+/// The role a certificate's subject carries: its OU `role=NAME` (see `authz::Role::ou`). What
+/// is not exactly one such OU, readable, comes back as a name no role has (the plugin then
+/// refuses): several of them, `Role=...` in another case, an OU that cannot be decoded.
 pub fn role_in_subject(subject: &x509_parser::x509::X509Name<'_>) -> Option<String> {
-    subject
-        .iter_organizational_unit()
-        .filter_map(|ou| ou.as_str().ok())
-        .find_map(|ou| ou.strip_prefix(crate::authz::ROLE_OU_PREFIX))
-        .map(str::to_string)
+    let prefix = crate::authz::ROLE_OU_PREFIX;
+    let mut found: Vec<String> = vec![];
+    for ou in subject.iter_organizational_unit() {
+        match ou.as_str() {
+            Ok(v)
+                if v.get(..prefix.len())
+                    .is_some_and(|p| p.eq_ignore_ascii_case(prefix)) =>
+            {
+                found.push(v.strip_prefix(prefix).unwrap_or(v).to_string());
+            }
+            Ok(_) => {}
+            Err(_) => found.push("(an OU that cannot be decoded)".into()),
+        }
+    }
+    match found.len() {
+        0 | 1 => found.pop(),
+        _ => Some(found.join(" and ")),
+    }
 }
 
 pub fn cert_info(der: &[u8]) -> Result<CertInfo, String> {

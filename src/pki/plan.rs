@@ -718,6 +718,7 @@ pub fn plan(
         wanted_sans = acme_sans(wanted_sans);
     }
     p.server_sans = wanted_sans.clone();
+    let mut roles_unreadable = false;
     for (slot, obs) in &disk.slots {
         if *slot == Slot::Ca {
             continue;
@@ -773,6 +774,11 @@ pub fn plan(
             reason = Some(Reason::RolloverChain);
         }
         match reason {
+            // Which role to sign is unknown: the clients keep what they have (Docker, the
+            // server certificate and the probe go on).
+            Some(_) if matches!(slot, Slot::Client(_)) && disk.client_roles.is_none() => {
+                roles_unreadable = true;
+            }
             Some(reason) => p.actions.push(Action::Issue {
                 slot: slot.clone(),
                 reason,
@@ -786,6 +792,14 @@ pub fn plan(
                 mode_fixes(obs, &mut p.actions);
             }
         }
+    }
+    if roles_unreadable {
+        p.warnings.push(format!(
+            "client certificates are not issued while the roles given by `client add --role` \
+             cannot be read: restore '{}' from the backups (Docker refuses every client over TLS \
+             meanwhile)",
+            settings.paths.authz_roles().display()
+        ));
     }
     if phase == Some(Phase::Finish) && ro.record.is_some() {
         p.actions.push(Action::EndRollover);
@@ -1293,7 +1307,7 @@ mod tests {
             crate::pki::inspect::cert_info(&der).unwrap().role
         };
         assert_eq!(role_on_disk(&f).as_deref(), Some("admin"));
-        // Every client certificate signed is recorded for revocation; the probe's is not.
+        // Every client certificate signed is recorded for revocation.
         let issued = crate::authz::policy::IssuedList::load(&f.layout.authz_issued()).unwrap();
         assert_eq!(issued.issued.len(), 1, "{issued:?}");
         assert_eq!(issued.issued[0].name, "admin");
@@ -1331,6 +1345,25 @@ mod tests {
             ..Force::default()
         };
         let p = f.plan_at(f.t0, forced);
+        assert!(p.is_empty(), "{p:?}");
+        assert!(
+            p.warnings.iter().any(|w| w.contains("roles.json")),
+            "{:?}",
+            p.warnings
+        );
+        // ... while the server certificate (and Docker) go on: the same at renewal time.
+        let late = f.t0 + 300 * DAY;
+        let p = f.plan_at(late, Force::default());
+        assert!(
+            reasons(&p).iter().any(|(s, _)| s == "server")
+                && !reasons(&p).iter().any(|(s, _)| s.starts_with("client")),
+            "{p:?}"
+        );
+        execute(&p, &f.layout, &f.settings, &f.host, late).unwrap();
+        // Read again between plan and execution: never a certificate with a guessed role.
+        std::fs::write(&roles, r#"{"admin": "monitoring"}"#).unwrap();
+        let p = f.plan_at(f.t0, forced);
+        std::fs::write(&roles, "{corrupt").unwrap();
         let err = execute(&p, &f.layout, &f.settings, &f.host, f.t0).unwrap_err();
         assert!(format!("{err:#}").contains("roles.json"), "{err:#}");
         assert_eq!(role_on_disk(&f).as_deref(), Some("monitoring"));
@@ -1348,6 +1381,19 @@ mod tests {
                 .role
                 .as_deref(),
             Some("operator")
+        );
+        // The config's role taken away again: reissued as admin.
+        let disk = inspect(&g.layout, &g.settings.clients.names, false);
+        let p = plan(&disk, &g.settings, &g.host, g.t0, Force::default()).unwrap();
+        assert_eq!(
+            reasons(&p),
+            vec![(
+                "client 'admin'".to_string(),
+                Reason::RoleChanged {
+                    found: Some("operator".into()),
+                    wanted: crate::authz::Role::Admin
+                }
+            )]
         );
         // Certificates from before roles were carried: left alone while the client is admin.
         let given = std::collections::BTreeMap::new();
