@@ -118,7 +118,7 @@ pub async fn converge_once(
     execute::finish_acme_pending(ctx.layout(), &ctx.backups(), now)?;
     if !pki_only {
         scheduled_rollover(ctx, now)?;
-        refresh_renewal_info(ctx, now).await;
+        refresh_renewal_info(ctx, now, force.ask_ari).await;
     }
     let (disk, mut plan) = ctx.plan(&host, now, force)?;
     let marker = ctx.layout().deconfigured();
@@ -209,7 +209,7 @@ pub async fn converge_once(
     out.pki_done = true;
     if acme_server.is_some() {
         // When to renew the new certificate: ask at once.
-        refresh_renewal_info(ctx, SystemTime::now()).await;
+        refresh_renewal_info(ctx, SystemTime::now(), false).await;
     }
     if let Some(e) = acme_error.take_if(|_| !ctx.layout().cert_and_key(&Slot::Server).0.exists()) {
         // No server certificate yet: nothing Docker could serve; it is left as it is.
@@ -286,10 +286,11 @@ pub async fn converge_once(
 }
 
 /// Asks the ACME CA for its renewal information about the server certificate on disk (`ari`)
-/// when no record is about it or the record says to ask again, and records the answer. Best
+/// when no record is about it, the record says to ask again, or `now_anyway` (the admin's
+/// `renew`), and records the answer. Best
 /// effort, under the state lock: a CA without ARI, unreachable or answering nonsense leaves the
 /// fallback renewal time in charge and is only logged.
-async fn refresh_renewal_info(ctx: &Ctx, now: SystemTime) {
+async fn refresh_renewal_info(ctx: &Ctx, now: SystemTime, now_anyway: bool) {
     use std::sync::atomic::{AtomicBool, Ordering};
     static SAID_UNSUPPORTED: AtomicBool = AtomicBool::new(false);
     static SAID_UNREACHABLE: AtomicBool = AtomicBool::new(false);
@@ -301,7 +302,7 @@ async fn refresh_renewal_info(ctx: &Ctx, now: SystemTime) {
         return;
     };
     let record = crate::ari::read(&path);
-    if !crate::ari::poll_due(&info, record.as_ref(), now) {
+    if !now_anyway && !crate::ari::poll_due(&info, record.as_ref(), now) {
         return;
     }
     let Some(cert_id) = info.ari_id.clone() else {

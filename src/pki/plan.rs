@@ -24,6 +24,9 @@ pub struct Force {
     /// Do not reissue the server certificate only because the host's addresses changed
     /// (at boot, before the network is up).
     pub keep_sans: bool,
+    /// Ask the ACME CA's renewal information now, whatever the record says when to ask again
+    /// (the admin's `renew`: a certificate revoked since shows up at once). Not the planner's.
+    pub ask_ari: bool,
 }
 
 /// Why a certificate is (re)issued.
