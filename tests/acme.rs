@@ -381,6 +381,7 @@ fn renewal_follows_the_acme_cas_renewal_information() {
         POLLER.replace("127.0.0.1", HOST)
     ));
     std::thread::sleep(Duration::from_secs(2));
+    m.ok("cp -p /etc/docker/tls/server-cert.pem /etc/docker/tls/server-key.pem /root/");
     pebble.revoke(
         &m.ok("cat /var/lib/docker-tls-manager/acme-account.json"),
         &m.ok("cat /etc/docker/tls/server-cert.pem"),
@@ -404,6 +405,19 @@ fn renewal_follows_the_acme_cas_renewal_information() {
     let chosen = time(&server["renewal_info"]["chosen"]);
     assert!(chosen > std::time::SystemTime::now(), "{server}");
     assert_ne!(ari_id(&m), id);
+
+    // The revoked certificate put back (a restore from an old backup): renewed again at once;
+    // Pebble refuses an order replacing a certificate already replaced, so the order goes
+    // through without `replaces`.
+    m.ok("systemctl stop docker-tls-manager");
+    m.ok("cp -p /root/server-cert.pem /root/server-key.pem /etc/docker/tls/");
+    assert_eq!(serial(&m), first);
+    let o = m.sh("docker-tls-manager renew");
+    let err = common::text(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("ordering without `replaces`"), "{err}");
+    assert_ne!(serial(&m), first, "{err}");
+    m.wait_for(SERVED_IS_DISK, Duration::from_secs(30));
     drop(pebble);
     drop(lan);
 }
