@@ -208,11 +208,16 @@ impl Worker {
     /// task while this loop keeps pinging the watchdog: a convergence may legitimately take
     /// minutes (lock wait, restart jobs, verification, rollback), each step with its own timeout.
     async fn converge(&mut self, why: &str) {
+        self.converge_with(why, Force::default()).await
+    }
+
+    /// [`Self::converge`] with `force` (a reload asks the ACME CA's renewal information again).
+    async fn converge_with(&mut self, why: &str, force: Force) {
         info!(reason = why, "converging");
         let ctx = self.ctx.clone();
         let mut task = tokio::spawn(async move {
             let mut out = Outcome::default();
-            let r = converge_once(&ctx, Force::default(), false, Intent::Maintain, &mut out).await;
+            let r = converge_once(&ctx, force, false, Intent::Maintain, &mut out).await;
             (out, r)
         });
         let (out, result) = loop {
@@ -467,7 +472,13 @@ impl Worker {
                     self.ctx = ctx;
                     self.retry_at = None;
                 }
-                self.converge("configuration reloaded").await;
+                // The admin's reload also asks the ACME CA's renewal information again (a
+                // certificate revoked since shows up at once).
+                let force = Force {
+                    ask_ari: true,
+                    ..Force::default()
+                };
+                self.converge_with("configuration reloaded", force).await;
             }
             Err(e) => {
                 error!("configuration rejected, still running on the previous one: {e:#}");
