@@ -232,6 +232,17 @@ mod tests {
         assert_ne!(a1, a2);
     }
 
+    /// RFC 9773 Appendix A's example.
+    #[test]
+    fn certificate_identifier_as_rfc_9773_writes_it() {
+        let aki = hex::decode("69885B6B87464041E1B37B847BA0AE2CDE01C8D4").unwrap();
+        let serial = hex::decode("0087654321").unwrap();
+        assert_eq!(
+            crate::pki::inspect::ari_id(&aki, &serial),
+            "aYhba4dGQEHhs3uEe6CuLN4ByNQ.AIdlQyE"
+        );
+    }
+
     #[test]
     fn a_window_in_the_past_means_renew_now() {
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);

@@ -590,16 +590,22 @@ pub fn cert_info(der: &[u8]) -> Result<CertInfo, String> {
         fingerprint: hex::encode(Sha256::digest(der)),
         public_key: spki.subject_public_key.data.to_vec(),
         der: der.to_vec(),
-        ari_id: authority_key_id.as_ref().map(|aki| {
-            use base64::Engine as _;
-            let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-            format!(
-                "{}.{}",
-                b64.encode(aki),
-                b64.encode(x.tbs_certificate.raw_serial())
-            )
-        }),
+        ari_id: authority_key_id
+            .as_ref()
+            .map(|aki| ari_id(aki, x.tbs_certificate.raw_serial())),
     })
+}
+
+/// The RFC 9773 §4.1 certificate identifier: base64url(keyIdentifier) "." base64url(the
+/// serial's DER content octets).
+pub fn ari_id(authority_key_id: &[u8], raw_serial: &[u8]) -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    format!(
+        "{}.{}",
+        b64.encode(authority_key_id),
+        b64.encode(raw_serial)
+    )
 }
 
 /// Whether `cert_der`'s signature verifies with the key of `ca_der`.
