@@ -286,10 +286,10 @@ pub async fn converge_once(
 }
 
 /// Asks the ACME CA for its renewal information about the server certificate on disk (`ari`)
-/// when no record is about it, the record says to ask again, or `now_anyway` (the admin's
-/// `renew`), and records the answer. Best
-/// effort, under the state lock: a CA without ARI, unreachable or answering nonsense leaves the
-/// fallback renewal time in charge and is only logged.
+/// when no record is about it, the record says to ask again, or `now_anyway` (`renew`, a
+/// reload of the service), and records the answer. Best effort, under the state lock: a CA
+/// without ARI, unreachable or answering nonsense leaves the fallback renewal time in charge
+/// and is only logged.
 async fn refresh_renewal_info(ctx: &Ctx, now: SystemTime, now_anyway: bool) {
     use std::sync::atomic::{AtomicBool, Ordering};
     static SAID_UNSUPPORTED: AtomicBool = AtomicBool::new(false);
