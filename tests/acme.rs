@@ -432,3 +432,50 @@ fn renewal_follows_the_acme_cas_renewal_information() {
     drop(pebble);
     drop(lan);
 }
+
+/// A window that makes no sense for the certificate is not followed: Pebble 2.6 suggests two
+/// days around two thirds of the lifetime, which for a two-minute certificate ends long after
+/// it expires. The window is shown as ignored, the fallback (60 % to two thirds of the
+/// lifetime) stays the renewal time.
+#[test]
+fn a_renewal_window_past_expiry_is_ignored() {
+    let m = Machine::up("acme-ari-late");
+    let lan = Lan::connect("acme-ari-late", &[(&m, "10.77.0.11/24")]);
+    let pebble = Pebble::start_ari(&lan, "10.77.0.1", 5002, 120);
+    let dir = m.root.join("etc/docker-tls-manager");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(&pebble.https_ca, dir.join("acme-https-ca.pem")).unwrap();
+    std::fs::copy(&pebble.issuer_root, dir.join("acme-root.pem")).unwrap();
+    std::fs::write(
+        dir.join("config.toml"),
+        acme_config(&pebble, "/etc/docker-tls-manager/acme-root.pem"),
+    )
+    .unwrap();
+    let o = m.sh("docker-tls-manager apply");
+    let err = common::text(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("ignoring the ACME CA's renewal window")
+            && err.contains("after the certificate expires"),
+        "{err}"
+    );
+    let server = server_status(&m);
+    let ari = &server["renewal_info"];
+    assert!(ari["chosen"].is_null(), "{server}");
+    assert!(
+        ari["ignored"]
+            .as_str()
+            .unwrap()
+            .contains("after the certificate expires")
+    );
+    let (nb, na) = (time(&server["not_before"]), time(&server["not_after"]));
+    let life = na.duration_since(nb).unwrap();
+    let next = time(&server["next_renewal"]);
+    assert!(
+        next + Duration::from_secs(1) >= nb + life.mul_f64(0.6)
+            && next <= nb + life.mul_f64(2.0 / 3.0) + Duration::from_secs(1),
+        "{server}"
+    );
+    drop(pebble);
+    drop(lan);
+}
