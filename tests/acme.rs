@@ -3,7 +3,9 @@
 //! host: issuance by http-01 on an IP identifier, the full chain served, clients of our CA
 //! let in and an ACME leaf presented as a client refused, renewal at two thirds of a short
 //! lifetime under a polling client with a container kept, and the ACME server unreachable at
-//! renewal time: retried, the served certificate kept, renewed once it is back.
+//! renewal time: retried, the served certificate kept, renewed once it is back. ACME Renewal
+//! Information (RFC 9773) against Debian 13's Pebble: the window honoured, a revocation renewed
+//! with `replaces`, a window past expiry ignored.
 
 mod common;
 
