@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use instant_acme::{
-    Account, AccountCredentials, AuthorizationStatus, ChallengeType, ExternalAccountKey,
-    Identifier, NewAccount, NewOrder, OrderStatus, RetryPolicy,
+    Account, AccountCredentials, AuthorizationStatus, CertificateIdentifier, ChallengeType,
+    ExternalAccountKey, Identifier, NewAccount, NewOrder, OrderStatus, RetryPolicy,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -126,12 +126,64 @@ pub fn identifiers(sans: &[San]) -> Vec<Identifier> {
         .collect()
 }
 
-/// Gets a certificate for `sans` (see [`identifiers`]) with a new key of `key_type`.
+/// How long asking for renewal information may take.
+const RENEWAL_INFO_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The ACME CA's renewal information (RFC 9773) for the certificate with identifier `cert_id`
+/// (`CertInfo::ari_id`): the suggested window and the Retry-After hint; `None` when the CA
+/// does not offer it (no `renewalInfo` in its directory).
+pub async fn renewal_info(
+    acme: &AcmeSettings,
+    account_file: &Path,
+    cert_id: &str,
+) -> Result<Option<crate::ari::Answer>> {
+    let id = certificate_identifier(cert_id)?;
+    let ask = async {
+        let account = self::account(acme, account_file).await?;
+        match account.renewal_info(&id).await {
+            Ok((info, retry_after)) => {
+                let w = info.suggested_window;
+                Ok(Some(crate::ari::Answer {
+                    window_start: w.start.into(),
+                    window_end: w.end.into(),
+                    explanation_url: info.explanation_url,
+                    retry_after,
+                }))
+            }
+            Err(instant_acme::Error::Unsupported(_)) => Ok(None),
+            Err(e) => Err(anyhow!("the ACME server's renewal information: {e}")),
+        }
+    };
+    tokio::time::timeout(RENEWAL_INFO_TIMEOUT, ask)
+        .await
+        .map_err(|_| {
+            anyhow!(
+                "the ACME server's renewal information did not come within {}s",
+                RENEWAL_INFO_TIMEOUT.as_secs()
+            )
+        })?
+}
+
+/// `AKI.SERIAL` (both base64url) as instant-acme carries it.
+fn certificate_identifier(cert_id: &str) -> Result<CertificateIdentifier<'static>> {
+    let (aki, serial) = cert_id
+        .split_once('.')
+        .ok_or_else(|| anyhow!("'{cert_id}' is no ACME certificate identifier"))?;
+    Ok(CertificateIdentifier {
+        authority_key_identifier: aki.to_string().into(),
+        serial: serial.to_string().into(),
+    })
+}
+
+/// Gets a certificate for `sans` (see [`identifiers`]) with a new key of `key_type`; the order
+/// names the certificate it `replaces` (RFC 9773 §5, the identifier of the current one) when
+/// the CA offers renewal information.
 pub async fn issue(
     acme: &AcmeSettings,
     account_file: &Path,
     sans: &[San],
     key_type: KeyType,
+    replaces: Option<&str>,
 ) -> Result<Issued> {
     let ids = identifiers(sans);
     if ids.is_empty() {
@@ -140,14 +192,18 @@ pub async fn issue(
              set [server] dns_names or ip_addresses (or let auto_addresses find the host's)"
         );
     }
-    tokio::time::timeout(ORDER_TIMEOUT, order(acme, account_file, &ids, key_type))
-        .await
-        .map_err(|_| {
-            anyhow!(
-                "the ACME order did not complete within {}s (challenges not validated?)",
-                ORDER_TIMEOUT.as_secs()
-            )
-        })?
+    let replaces = replaces.map(certificate_identifier).transpose()?;
+    tokio::time::timeout(
+        ORDER_TIMEOUT,
+        order(acme, account_file, &ids, key_type, replaces),
+    )
+    .await
+    .map_err(|_| {
+        anyhow!(
+            "the ACME order did not complete within {}s (challenges not validated?)",
+            ORDER_TIMEOUT.as_secs()
+        )
+    })?
 }
 
 async fn order(
@@ -155,10 +211,27 @@ async fn order(
     account_file: &Path,
     ids: &[Identifier],
     key_type: KeyType,
+    replaces: Option<CertificateIdentifier<'static>>,
 ) -> Result<Issued> {
     issuer_root(acme)?;
     let account = self::account(acme, account_file).await?;
-    let mut order = match account.new_order(&NewOrder::new(ids)).await {
+    let new_order = match &replaces {
+        Some(id) => NewOrder::new(ids).replaces(id.clone()),
+        None => NewOrder::new(ids),
+    };
+    let first = match account.new_order(&new_order).await {
+        // The CA refuses the replacement (already replaced, not ours...): the order without it,
+        // once; a renewal is never held back by ARI.
+        Err(e) if replaces.is_some() && !e.to_string().contains("accountDoesNotExist") => {
+            tracing::info!(
+                "the ACME server refused the order as a replacement ({e}); ordering without \
+                 `replaces`"
+            );
+            account.new_order(&NewOrder::new(ids)).await
+        }
+        other => other,
+    };
+    let mut order = match first {
         Ok(o) => o,
         // The CA forgot the account (its database reset): a new one, once; the old
         // credentials are kept beside, renamed.

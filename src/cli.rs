@@ -42,7 +42,8 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Renew what is due (as apply does); with --force, reissue TARGET now
+    /// Renew what is due (as apply does; with [acme], the CA's renewal information is asked
+    /// again first); with --force, reissue TARGET now
     Renew {
         /// Reissue even if not due
         #[arg(long)]

@@ -118,6 +118,7 @@ pub async fn converge_once(
     execute::finish_acme_pending(ctx.layout(), &ctx.backups(), now)?;
     if !pki_only {
         scheduled_rollover(ctx, now)?;
+        refresh_renewal_info(ctx, now, force.ask_ari).await;
     }
     let (disk, mut plan) = ctx.plan(&host, now, force)?;
     let marker = ctx.layout().deconfigured();
@@ -173,11 +174,17 @@ pub async fn converge_once(
             plan = plan.without_server_issue();
         } else {
             let sans: Vec<_> = plan.server_sans.iter().cloned().collect();
+            // The certificate being replaced, when the CA offers renewal information (a record
+            // about it exists).
+            let replaces = disk.get(&Slot::Server).info().and_then(|i| {
+                crate::ari::for_cert(i, disk.acme_renewal.as_ref()).map(|r| r.certificate.clone())
+            });
             match crate::acme::issue(
                 acme,
                 &ctx.layout().acme_account(),
                 &sans,
                 ctx.settings.server.policy.key_type,
+                replaces.as_deref(),
             )
             .await
             {
@@ -200,6 +207,10 @@ pub async fn converge_once(
         acme_server.as_ref(),
     )?;
     out.pki_done = true;
+    if acme_server.is_some() {
+        // When to renew the new certificate: ask at once.
+        refresh_renewal_info(ctx, SystemTime::now(), false).await;
+    }
     if let Some(e) = acme_error.take_if(|_| !ctx.layout().cert_and_key(&Slot::Server).0.exists()) {
         // No server certificate yet: nothing Docker could serve; it is left as it is.
         return Err(e);
@@ -272,6 +283,82 @@ pub async fn converge_once(
         tracing::info!("configured again after `deconfigure`");
     }
     acme_error.map_or(Ok(()), Err)
+}
+
+/// Asks the ACME CA for its renewal information about the server certificate on disk (`ari`)
+/// when no record is about it, the record says to ask again, or `now_anyway` (`renew`, a
+/// reload of the service), and records the answer. Best effort, under the state lock: a CA
+/// without ARI, unreachable or answering nonsense leaves the fallback renewal time in charge
+/// and is only logged.
+async fn refresh_renewal_info(ctx: &Ctx, now: SystemTime, now_anyway: bool) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static SAID_UNSUPPORTED: AtomicBool = AtomicBool::new(false);
+    static SAID_UNREACHABLE: AtomicBool = AtomicBool::new(false);
+    let Some(acme) = &ctx.settings.acme else {
+        return;
+    };
+    let path = ctx.layout().acme_renewal_info();
+    let Some(info) = inspect::read_cert_info(&ctx.layout().cert_and_key(&Slot::Server).0) else {
+        return;
+    };
+    let record = crate::ari::read(&path);
+    if !now_anyway && !crate::ari::poll_due(&info, record.as_ref(), now) {
+        return;
+    }
+    let Some(cert_id) = info.ari_id.clone() else {
+        tracing::debug!("the server certificate has no authority key identifier: no ARI");
+        return;
+    };
+    match crate::acme::renewal_info(acme, &ctx.layout().acme_account(), &cert_id).await {
+        Ok(Some(answer)) => {
+            let fallback = plan::acme_renewal_time(&info);
+            let Some(r) = crate::ari::choose(&info, &answer, fallback, now, rand::random::<f64>())
+            else {
+                return;
+            };
+            match (&r.chosen, &r.ignored) {
+                (Some(t), _) => tracing::info!(
+                    window_start = %humantime::format_rfc3339_seconds(r.window_start),
+                    window_end = %humantime::format_rfc3339_seconds(r.window_end),
+                    explanation = r.explanation_url.as_deref().unwrap_or(""),
+                    "the ACME CA's renewal window for the server certificate: renewing at {}",
+                    humantime::format_rfc3339_seconds(*t)
+                ),
+                (None, why) => tracing::warn!(
+                    "ignoring the ACME CA's renewal window for the server certificate ({}); \
+                     renewing at two thirds of its lifetime",
+                    why.as_deref().unwrap_or("?")
+                ),
+            }
+            SAID_UNREACHABLE.store(false, Ordering::Relaxed);
+            if let Err(e) = crate::ari::write(&path, &r) {
+                tracing::warn!("cannot record the ACME renewal information: {e:#}");
+            }
+        }
+        Ok(None) => {
+            if !SAID_UNSUPPORTED.swap(true, Ordering::Relaxed) {
+                tracing::info!(
+                    "the ACME CA offers no renewal information (ARI): the server certificate \
+                     renews at two thirds of its lifetime"
+                );
+            }
+            let _ = std::fs::remove_file(&path);
+        }
+        Err(e) => {
+            if let Some(r) = crate::ari::postponed(&info, record.as_ref(), now)
+                && let Err(e) = crate::ari::write(&path, &r)
+            {
+                tracing::warn!("cannot record the ACME renewal information: {e:#}");
+            }
+            if SAID_UNREACHABLE.swap(true, Ordering::Relaxed) {
+                tracing::debug!("no ACME renewal information: {e:#}");
+            } else {
+                tracing::info!(
+                    "no ACME renewal information ({e:#}); the current renewal time stands"
+                );
+            }
+        }
+    }
 }
 
 /// The automatic CA key rollover (`[ca] key_lifetime`, `rollover_overlap`; see

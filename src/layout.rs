@@ -10,7 +10,7 @@
 //! | state_dir | `ca-subject.json`, `check-memo.json` | the CA's subject for life; memo of costly checks |
 //! | state_dir | `clients/NAME/{ca,cert,key}.pem`, `clients/NAME/handed-out.json`, `probe/{ca,cert,key}.pem` | client bundles and when each went out; our own probe identity |
 //! | state_dir | `authz/revoked.json`, `authz/roles.json`, `authz/issued.jsonl`, `authz/daemon.json.*`, `authz/fallback.sh` | the authorization plugin: revocations, roles, every unexpired client certificate signed, the fallback's daemon.json, its hash and its script |
-//! | state_dir | `acme-account.json`, `acme-pending.pem` | the ACME account's key and URL (`[acme]`); a certificate from it being installed |
+//! | state_dir | `acme-account.json`, `acme-pending.pem`, `acme-renewal-info.json` | the ACME account's key and URL (`[acme]`); a certificate from it being installed; what the ACME CA said about renewing the server certificate (ARI, see `ari`) |
 //! | state_dir | `ca-shared.json` | the CA was exported or imported: shared with other hosts |
 //! | state_dir | `rollover.json`, `ca-previous.pem`, `ca-previous-key.pem`, `ca-cross.pem` | a CA key rollover: its phase; the previous CA and its key (destroyed at the end); the previous CA certified by the new key (see `pki::rollover`) |
 //! | state_dir | `clients/NAME/{ca,cert,key}.pem`, `probe/{ca,cert,key}.pem` | client bundles; our own probe identity |
@@ -109,6 +109,10 @@ impl Layout {
     /// The ACME account's credentials (`[acme]`; see `acme`).
     pub fn acme_account(&self) -> PathBuf {
         self.state_dir.join("acme-account.json")
+    }
+    /// The ACME CA's renewal information for the server certificate (0600; see `ari`).
+    pub fn acme_renewal_info(&self) -> PathBuf {
+        self.state_dir.join("acme-renewal-info.json")
     }
     /// The authorization plugin's state (0700; see `authz`).
     pub fn authz_dir(&self) -> PathBuf {

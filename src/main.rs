@@ -2,6 +2,7 @@
 //! the command and maps errors to the documented exit codes (0 ok, 1 failed, 2 bad usage).
 
 mod acme;
+mod ari;
 mod authz;
 mod bundle;
 mod cli;

@@ -55,13 +55,28 @@ fn short_time(t: SystemTime) -> String {
 }
 
 /// How long the worker sleeps: until a retry if one is set, else until the earliest
-/// renewal, and never longer than [`RECHECK`] (the wall clock is re-read: suspend, clock
-/// jumps) nor shorter than a second (no tight loop, whatever the clock says).
-pub fn next_wakeup(retry_in: Option<Duration>, due_in: Option<Duration>) -> Duration {
+/// renewal or the time to ask the ACME CA's renewal information again (`poll_in`), and
+/// never longer than [`RECHECK`] (the wall clock is re-read: suspend, clock jumps) nor
+/// shorter than a second (no tight loop, whatever the clock says).
+pub fn next_wakeup(
+    retry_in: Option<Duration>,
+    due_in: Option<Duration>,
+    poll_in: Option<Duration>,
+) -> Duration {
     retry_in
-        .or(due_in)
+        .or(due_in.into_iter().chain(poll_in).min())
         .map_or(RECHECK, |d| d.min(RECHECK))
         .max(Duration::from_secs(1))
+}
+
+/// When the service asks the ACME CA about the server certificate next (`ari`): only with
+/// `[acme]` and a record about the certificate on disk.
+fn ari_poll(
+    disk: &crate::pki::inspect::DiskState,
+    settings: &crate::config::Settings,
+) -> Option<SystemTime> {
+    settings.acme.as_ref()?;
+    crate::ari::next_poll(disk.get(&Slot::Server).info()?, disk.acme_renewal.as_ref())
 }
 
 /// What the worker knows when it reports, for [`status_line`].
@@ -193,11 +208,16 @@ impl Worker {
     /// task while this loop keeps pinging the watchdog: a convergence may legitimately take
     /// minutes (lock wait, restart jobs, verification, rollback), each step with its own timeout.
     async fn converge(&mut self, why: &str) {
+        self.converge_with(why, Force::default()).await
+    }
+
+    /// [`Self::converge`] with `force` (a reload asks the ACME CA's renewal information again).
+    async fn converge_with(&mut self, why: &str, force: Force) {
         info!(reason = why, "converging");
         let ctx = self.ctx.clone();
         let mut task = tokio::spawn(async move {
             let mut out = Outcome::default();
-            let r = converge_once(&ctx, Force::default(), false, Intent::Maintain, &mut out).await;
+            let r = converge_once(&ctx, force, false, Intent::Maintain, &mut out).await;
             (out, r)
         });
         let (out, result) = loop {
@@ -371,7 +391,12 @@ impl Worker {
             server: server.map(|i| {
                 (
                     i.not_after,
-                    crate::pki::plan::renewal_at(&self.ctx.settings, &Slot::Server, i),
+                    crate::pki::plan::renewal_at(
+                        &self.ctx.settings,
+                        &Slot::Server,
+                        i,
+                        disk.acme_renewal.as_ref(),
+                    ),
                 )
             }),
             clients: self.ctx.client_names().len(),
@@ -390,12 +415,16 @@ impl Worker {
         let retry_in = self
             .retry_at
             .map(|r| r.saturating_duration_since(Instant::now()));
-        let due_in = match retry_in {
-            Some(_) => None,
-            None => next_due(&self.ctx.inspect(), &self.ctx.settings)
-                .map(|due| due.duration_since(now).unwrap_or(Duration::ZERO)),
+        let disk = self.ctx.inspect();
+        let until = |t: SystemTime| t.duration_since(now).unwrap_or(Duration::ZERO);
+        let (due_in, poll_in) = match retry_in {
+            Some(_) => (None, None),
+            None => (
+                next_due(&disk, &self.ctx.settings).map(until),
+                ari_poll(&disk, &self.ctx.settings).map(until),
+            ),
         };
-        self.deadline = tokio::time::Instant::now() + next_wakeup(retry_in, due_in);
+        self.deadline = tokio::time::Instant::now() + next_wakeup(retry_in, due_in, poll_in);
     }
 
     /// After a timer wake-up: converge if something is due, a retry is due, a deferred restart
@@ -407,6 +436,8 @@ impl Worker {
             {
                 Ok((disk, plan)) => {
                     !plan.is_empty()
+                        || ari_poll(&disk, &self.ctx.settings)
+                            .is_some_and(|t| SystemTime::now() >= t)
                         || matches!(
                             crate::pki::rollover::scheduled(
                                 &disk.rollover,
@@ -441,7 +472,13 @@ impl Worker {
                     self.ctx = ctx;
                     self.retry_at = None;
                 }
-                self.converge("configuration reloaded").await;
+                // The admin's reload also asks the ACME CA's renewal information again (a
+                // certificate revoked since shows up at once).
+                let force = Force {
+                    ask_ari: true,
+                    ..Force::default()
+                };
+                self.converge_with("configuration reloaded", force).await;
             }
             Err(e) => {
                 error!("configuration rejected, still running on the previous one: {e:#}");
@@ -762,14 +799,19 @@ mod tests {
     #[test]
     fn wakeup_follows_retry_then_renewal_within_bounds() {
         let s = Duration::from_secs;
-        assert_eq!(next_wakeup(None, None), RECHECK);
-        assert_eq!(next_wakeup(None, Some(s(90))), s(90));
-        assert_eq!(next_wakeup(None, Some(s(86400))), RECHECK);
+        assert_eq!(next_wakeup(None, None, None), RECHECK);
+        assert_eq!(next_wakeup(None, Some(s(90)), None), s(90));
+        assert_eq!(next_wakeup(None, Some(s(86400)), None), RECHECK);
+        // Asking the ACME CA again wakes the worker, whichever comes first.
+        assert_eq!(next_wakeup(None, Some(s(90)), Some(s(60))), s(60));
+        assert_eq!(next_wakeup(None, Some(s(60)), Some(s(90))), s(60));
+        assert_eq!(next_wakeup(None, None, Some(s(120))), s(120));
+        assert_eq!(next_wakeup(Some(s(30)), None, Some(s(5))), s(30));
         // A retry set wins over a renewal (the planner would only fail again sooner).
-        assert_eq!(next_wakeup(Some(s(30)), Some(s(5))), s(30));
+        assert_eq!(next_wakeup(Some(s(30)), Some(s(5)), None), s(30));
         // Overdue, or a clock that went backwards: one second, never a tight loop.
-        assert_eq!(next_wakeup(None, Some(Duration::ZERO)), s(1));
-        assert_eq!(next_wakeup(Some(Duration::ZERO), None), s(1));
+        assert_eq!(next_wakeup(None, Some(Duration::ZERO), None), s(1));
+        assert_eq!(next_wakeup(Some(Duration::ZERO), None, None), s(1));
     }
 
     #[test]

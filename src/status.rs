@@ -31,6 +31,23 @@ pub struct CertStatus {
     pub fingerprint_sha256: Option<String>,
     pub cert_file: String,
     pub key_file: String,
+    /// The ACME CA's renewal information (RFC 9773) for this certificate, when it offers it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub renewal_info: Option<RenewalInfoStatus>,
+}
+
+/// What the ACME CA said about renewing the server certificate (see `ari`).
+#[derive(Serialize, Debug)]
+pub struct RenewalInfoStatus {
+    pub window_start: String,
+    pub window_end: String,
+    /// The time chosen in the window (what `next_renewal` is), unless the window was ignored.
+    pub chosen: Option<String>,
+    /// Why the window was ignored (the certificate renews at two thirds of its lifetime).
+    pub ignored: Option<String>,
+    pub explanation_url: Option<String>,
+    /// When the ACME CA is asked again.
+    pub next_check: String,
 }
 
 /// Docker's side, with `[docker] manage = true`.
@@ -112,6 +129,7 @@ pub fn report(
             fingerprint_sha256: None,
             cert_file: obs.cert_path.display().to_string(),
             key_file: obs.key_path.display().to_string(),
+            renewal_info: None,
         };
         st.state = match (&obs.cert, action) {
             (CertState::Missing, _) => "missing".into(),
@@ -133,8 +151,21 @@ pub fn report(
             st.not_after = Some(rfc3339(i.not_after));
             st.days_left = Some(days_between(now, i.not_after));
             st.next_renewal = Some(rfc3339(
-                crate::pki::plan::renewal_at(settings, slot, i).max(now),
+                crate::pki::plan::renewal_at(settings, slot, i, disk.acme_renewal.as_ref())
+                    .max(now),
             ));
+            if *slot == Slot::Server && settings.acme.is_some() {
+                st.renewal_info = crate::ari::for_cert(i, disk.acme_renewal.as_ref()).map(|r| {
+                    RenewalInfoStatus {
+                        window_start: rfc3339(r.window_start),
+                        window_end: rfc3339(r.window_end),
+                        chosen: r.chosen.map(rfc3339),
+                        ignored: r.ignored.clone(),
+                        explanation_url: r.explanation_url.clone(),
+                        next_check: rfc3339(r.poll_after),
+                    }
+                });
+            }
             st.key_type = i.key_type.map(|k| k.to_string());
             st.fingerprint_sha256 = Some(i.fingerprint.clone());
         }
@@ -201,6 +232,23 @@ pub fn render_text(r: &Report) -> String {
                 "  sha256:       {}",
                 c.fingerprint_sha256.as_deref().unwrap_or("")
             );
+            if let Some(r) = &c.renewal_info {
+                let _ = writeln!(
+                    s,
+                    "  ACME renewal window: {} .. {}, {}; asked again at {}",
+                    r.window_start,
+                    r.window_end,
+                    match (&r.chosen, &r.ignored) {
+                        (Some(t), _) => format!("renewing at {t}"),
+                        (None, Some(why)) => format!("ignored ({why})"),
+                        (None, None) => "ignored".into(),
+                    },
+                    r.next_check
+                );
+                if let Some(u) = &r.explanation_url {
+                    let _ = writeln!(s, "  ACME renewal explanation: {u}");
+                }
+            }
         }
         let _ = writeln!(s, "  files:        {}, {}", c.cert_file, c.key_file);
     }

@@ -3,7 +3,9 @@
 //! host: issuance by http-01 on an IP identifier, the full chain served, clients of our CA
 //! let in and an ACME leaf presented as a client refused, renewal at two thirds of a short
 //! lifetime under a polling client with a container kept, and the ACME server unreachable at
-//! renewal time: retried, the served certificate kept, renewed once it is back.
+//! renewal time: retried, the served certificate kept, renewed once it is back. ACME Renewal
+//! Information (RFC 9773) against Debian 13's Pebble: the window honoured, a revocation renewed
+//! with `replaces`, a window past expiry ignored.
 
 mod common;
 
@@ -272,6 +274,210 @@ fn unverified_chains_are_not_written_and_a_cut_install_finishes_without_the_ca()
         assert!(n < 20, "the renewal never finished");
     }
     assert!(n > 3, "too few writes to be a real trial: {n}");
+    drop(pebble);
+    drop(lan);
+}
+
+/// The RFC 9773 §4.1 identifier of the served certificate, computed here from what openssl
+/// prints (not by the code under test): base64url(AKI keyIdentifier) "." base64url(serial DER
+/// content).
+fn ari_id(m: &Machine) -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let hex_bytes = |h: &str| -> Vec<u8> {
+        let h: String = h.chars().filter(|c| c.is_ascii_hexdigit()).collect();
+        let h = if h.len() % 2 == 1 { format!("0{h}") } else { h };
+        (0..h.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&h[i..i + 2], 16).unwrap())
+            .collect()
+    };
+    let aki = m.ok(
+        "openssl x509 -in /etc/docker/tls/server-cert.pem -noout -ext authorityKeyIdentifier \
+         | sed -n 2p | sed 's/keyid://'",
+    );
+    let serial = serial(m);
+    let mut serial = hex_bytes(serial.trim().trim_start_matches("serial="));
+    if serial[0] & 0x80 != 0 {
+        serial.insert(0, 0);
+    }
+    format!("{}.{}", b64.encode(hex_bytes(&aki)), b64.encode(serial))
+}
+
+fn time(v: &serde_json::Value) -> std::time::SystemTime {
+    humantime::parse_rfc3339_weak(v.as_str().unwrap_or_else(|| panic!("no time: {v}")))
+        .unwrap_or_else(|e| panic!("{v}: {e}"))
+}
+
+fn server_status(m: &Machine) -> serde_json::Value {
+    let report: serde_json::Value =
+        serde_json::from_str(&m.ok("docker-tls-manager status --json")).unwrap();
+    report["certificates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["kind"] == "server")
+        .unwrap()
+        .clone()
+}
+
+/// ACME renewal information (RFC 9773), with Debian 13's Pebble (2.6, which offers it): the
+/// service renews at a time it chose inside the window Pebble suggests (read here with curl);
+/// a revoked certificate (Pebble's window then lies in the past) is renewed as soon as the CA
+/// is asked (a reload of the service, or `renew`), under a polling client with no failed request and a container kept, by
+/// an order that names the certificate it replaces.
+#[test]
+fn renewal_follows_the_acme_cas_renewal_information() {
+    let m = Machine::up("acme-ari");
+    let lan = Lan::connect("acme-ari", &[(&m, "10.77.0.11/24")]);
+    // Four-day certificates: Pebble's window (two days around two thirds of the lifetime) lies
+    // inside the lifetime. (For certificates under three days it ends after expiry: ignored.)
+    let pebble = Pebble::start_ari(&lan, "10.77.0.1", 5002, 4 * 86400);
+    let dir = m.root.join("etc/docker-tls-manager");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(&pebble.https_ca, dir.join("acme-https-ca.pem")).unwrap();
+    std::fs::copy(&pebble.issuer_root, dir.join("acme-root.pem")).unwrap();
+    m.install_service(&acme_config(
+        &pebble,
+        "/etc/docker-tls-manager/acme-root.pem",
+    ));
+    m.ok("systemctl enable --now docker-tls-manager");
+    m.wait_for(
+        "test -s /var/lib/docker-tls-manager/acme-renewal-info.json",
+        Duration::from_secs(60),
+    );
+    m.ok(SERVED_IS_DISK);
+
+    // The window as Pebble says it, asked independently; the time chosen lies in it and is
+    // the renewal time the status reports.
+    let id = ari_id(&m);
+    let record: serde_json::Value =
+        serde_json::from_str(&m.ok("cat /var/lib/docker-tls-manager/acme-renewal-info.json"))
+            .unwrap();
+    assert_eq!(record["certificate"], id.as_str());
+    m.ok("test \"$(stat -c %a /var/lib/docker-tls-manager/acme-renewal-info.json)\" = 600");
+    let info: serde_json::Value = serde_json::from_str(&pebble.renewal_info(&id)).unwrap();
+    let (start, end) = (
+        time(&info["suggestedWindow"]["start"]),
+        time(&info["suggestedWindow"]["end"]),
+    );
+    let server = server_status(&m);
+    let ari = &server["renewal_info"];
+    let chosen = time(&ari["chosen"]);
+    let second = Duration::from_secs(1);
+    assert!(
+        chosen + second >= start && chosen <= end,
+        "chosen {ari} outside Pebble's window {info}"
+    );
+    assert_eq!(time(&server["next_renewal"]), chosen, "{server}");
+    assert!(time(&ari["window_start"]) + second >= start && time(&ari["window_start"]) <= start);
+    assert!(time(&ari["window_end"]) + second >= end && time(&ari["window_end"]) <= end);
+    assert!(
+        time(&ari["next_check"]) > std::time::SystemTime::now(),
+        "{ari}"
+    );
+    let text = m.ok("docker-tls-manager status");
+    assert!(text.contains("ACME renewal window:"), "{text}");
+
+    // Revoked: Pebble's window moves to the past; `renew` asks again and renews at once.
+    m.ok("docker run -d --name c1 --network none dtm-busybox sleep 100000");
+    let pid = m.ok("docker inspect -f '{{.State.Pid}}' c1");
+    let first = serial(&m);
+    m.ok(&format!(
+        "export POLL_NAME={HOST}; {}",
+        POLLER.replace("127.0.0.1", HOST)
+    ));
+    std::thread::sleep(Duration::from_secs(2));
+    m.ok("cp -p /etc/docker/tls/server-cert.pem /etc/docker/tls/server-key.pem /root/");
+    pebble.revoke(
+        &m.ok("cat /var/lib/docker-tls-manager/acme-account.json"),
+        &m.ok("cat /etc/docker/tls/server-cert.pem"),
+    );
+    let revoked: serde_json::Value = serde_json::from_str(&pebble.renewal_info(&id)).unwrap();
+    assert!(
+        time(&revoked["suggestedWindow"]["end"]) < std::time::SystemTime::now(),
+        "{revoked}"
+    );
+    // The service asks again on a reload (else at the next question, Retry-After: 6 h here).
+    m.ok("systemctl reload docker-tls-manager");
+    m.wait_for(
+        &format!(
+            "test \"$(openssl x509 -in /etc/docker/tls/server-cert.pem -noout -serial)\" != '{}' && {SERVED_IS_DISK}",
+            first.trim()
+        ),
+        Duration::from_secs(60),
+    );
+    let p = poll(&m);
+    assert_no_client_failed(&m, &p, 1);
+    assert_eq!(m.ok("docker inspect -f '{{.State.Pid}}' c1"), pid);
+    // The new order said which certificate it replaces (Pebble logs the replacement).
+    let log = pebble.log();
+    assert!(log.contains("is a replacement of"), "{log}");
+    // The new certificate's window is asked for at once: a time in its future.
+    let server = server_status(&m);
+    let chosen = time(&server["renewal_info"]["chosen"]);
+    assert!(chosen > std::time::SystemTime::now(), "{server}");
+    assert_ne!(ari_id(&m), id);
+
+    // The revoked certificate put back (a restore from an old backup): renewed again at once;
+    // Pebble refuses an order replacing a certificate already replaced, so the order goes
+    // through without `replaces`.
+    m.ok("systemctl stop docker-tls-manager");
+    m.ok("cp -p /root/server-cert.pem /root/server-key.pem /etc/docker/tls/");
+    assert_eq!(serial(&m), first);
+    let o = m.sh("docker-tls-manager renew");
+    let err = common::text(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("ordering without `replaces`"), "{err}");
+    assert_ne!(serial(&m), first, "{err}");
+    m.wait_for(SERVED_IS_DISK, Duration::from_secs(30));
+    drop(pebble);
+    drop(lan);
+}
+
+/// A window that makes no sense for the certificate is not followed: Pebble 2.6 suggests two
+/// days around two thirds of the lifetime, which for a two-minute certificate ends long after
+/// it expires. The window is shown as ignored, the fallback (60 % to two thirds of the
+/// lifetime) stays the renewal time.
+#[test]
+fn a_renewal_window_past_expiry_is_ignored() {
+    let m = Machine::up("acme-ari-late");
+    let lan = Lan::connect("acme-ari-late", &[(&m, "10.77.0.11/24")]);
+    let pebble = Pebble::start_ari(&lan, "10.77.0.1", 5002, 120);
+    let dir = m.root.join("etc/docker-tls-manager");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(&pebble.https_ca, dir.join("acme-https-ca.pem")).unwrap();
+    std::fs::copy(&pebble.issuer_root, dir.join("acme-root.pem")).unwrap();
+    std::fs::write(
+        dir.join("config.toml"),
+        acme_config(&pebble, "/etc/docker-tls-manager/acme-root.pem"),
+    )
+    .unwrap();
+    let o = m.sh("docker-tls-manager apply");
+    let err = common::text(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("ignoring the ACME CA's renewal window")
+            && err.contains("after the certificate expires"),
+        "{err}"
+    );
+    let server = server_status(&m);
+    let ari = &server["renewal_info"];
+    assert!(ari["chosen"].is_null(), "{server}");
+    assert!(
+        ari["ignored"]
+            .as_str()
+            .unwrap()
+            .contains("after the certificate expires")
+    );
+    let (nb, na) = (time(&server["not_before"]), time(&server["not_after"]));
+    let life = na.duration_since(nb).unwrap();
+    let next = time(&server["next_renewal"]);
+    assert!(
+        next + Duration::from_secs(1) >= nb + life.mul_f64(0.6)
+            && next <= nb + life.mul_f64(2.0 / 3.0) + Duration::from_secs(1),
+        "{server}"
+    );
     drop(pebble);
     drop(lan);
 }

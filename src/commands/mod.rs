@@ -72,7 +72,11 @@ pub async fn run(cmd: Command, config_path: Option<&Path>) -> Result<()> {
         }
         Command::Renew { force, target } => {
             if !force {
-                return converge(&ctx, Force::default(), false, false, Intent::Maintain).await;
+                let f = Force {
+                    ask_ari: true,
+                    ..Force::default()
+                };
+                return converge(&ctx, f, false, false, Intent::Maintain).await;
             }
             let f = match target {
                 Target::Server => Force {

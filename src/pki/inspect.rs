@@ -62,6 +62,10 @@ pub struct CertInfo {
     /// Raw subject public key (the SPKI bit string), to match against the key file.
     pub public_key: Vec<u8>,
     pub der: Vec<u8>,
+    /// The RFC 9773 §4.1 identifier (base64url of the authority key identifier, a dot,
+    /// base64url of the serial's DER content), for ACME renewal information; `None` without
+    /// an authority key identifier.
+    pub ari_id: Option<String>,
 }
 
 /// The state of a key file.
@@ -134,6 +138,8 @@ pub struct DiskState {
     /// The roles `client add --role` gave (`authz/roles.json`); `None` when unreadable (no
     /// client is then reissued for its role).
     pub client_roles: Option<BTreeMap<String, crate::authz::Role>>,
+    /// What the ACME CA said about renewing the server certificate (`ari`), if recorded.
+    pub acme_renewal: Option<crate::ari::Record>,
 }
 
 /// Results of the elliptic-curve and RSA work of an inspection (a private key's public key, a
@@ -312,6 +318,7 @@ pub fn inspect(layout: &Layout, clients: &[String], probe: bool) -> DiskState {
         ca_key_issuers: ca_key_issuers(layout, &out, spki.as_deref()),
         slots: out,
         ca_record,
+        acme_renewal: crate::ari::read(&layout.acme_renewal_info()),
         memo,
         rollover,
         client_roles: crate::authz::policy::load_roles(&layout.authz_roles()).ok(),
@@ -601,7 +608,7 @@ pub fn cert_info(der: &[u8]) -> Result<CertInfo, String> {
         subject_der: x.subject().as_raw().to_vec(),
         issuer_der: x.issuer().as_raw().to_vec(),
         subject_key_id,
-        authority_key_id,
+        authority_key_id: authority_key_id.clone(),
         common_name,
         role,
         sans,
@@ -615,7 +622,22 @@ pub fn cert_info(der: &[u8]) -> Result<CertInfo, String> {
         fingerprint: hex::encode(Sha256::digest(der)),
         public_key: spki.subject_public_key.data.to_vec(),
         der: der.to_vec(),
+        ari_id: authority_key_id
+            .as_ref()
+            .map(|aki| ari_id(aki, x.tbs_certificate.raw_serial())),
     })
+}
+
+/// The RFC 9773 §4.1 certificate identifier: base64url(keyIdentifier) "." base64url(the
+/// serial's DER content octets).
+pub fn ari_id(authority_key_id: &[u8], raw_serial: &[u8]) -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    format!(
+        "{}.{}",
+        b64.encode(authority_key_id),
+        b64.encode(raw_serial)
+    )
 }
 
 /// Whether `cert_der`'s signature verifies with the key of `ca_der`.
@@ -633,6 +655,17 @@ pub fn verify_signed_by(cert_der: &[u8], ca_der: &[u8]) -> bool {
 pub fn read_cert_info(path: &Path) -> Option<CertInfo> {
     let data = std::fs::read(path).ok()?;
     cert_info(&first_cert_der(&data).ok()?).ok()
+}
+
+/// A self-signed certificate for tests elsewhere: its DER and key.
+#[cfg(test)]
+pub fn test_cert() -> (Vec<u8>, String) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    (cert.der().to_vec(), key.serialize_pem())
 }
 
 #[cfg(test)]

@@ -24,6 +24,9 @@ pub struct Force {
     /// Do not reissue the server certificate only because the host's addresses changed
     /// (at boot, before the network is up).
     pub keep_sans: bool,
+    /// Ask the ACME CA's renewal information now, whatever the record says when to ask again
+    /// (the admin's `renew`: a certificate revoked since shows up at once). Not the planner's.
+    pub ask_ari: bool,
 }
 
 /// Why a certificate is (re)issued.
@@ -441,11 +444,26 @@ pub fn acme_renewal_time(info: &super::inspect::CertInfo) -> SystemTime {
     info.not_before + life.mul_f64(0.6 + (2.0 / 3.0 - 0.6) * u)
 }
 
+/// When the server certificate from the ACME CA is renewed: when the CA's renewal
+/// information says (`ari`, a record about this very certificate), else
+/// [`acme_renewal_time`].
+pub fn acme_renewal(
+    info: &super::inspect::CertInfo,
+    ari: Option<&crate::ari::Record>,
+) -> SystemTime {
+    crate::ari::renewal_time(info, ari).unwrap_or_else(|| acme_renewal_time(info))
+}
+
 /// When a slot's certificate is due for renewal: `renew_before` its expiry, or, for a server
-/// certificate from the ACME CA, [`acme_renewal_time`].
-pub fn renewal_at(settings: &Settings, slot: &Slot, info: &super::inspect::CertInfo) -> SystemTime {
+/// certificate from the ACME CA, [`acme_renewal`].
+pub fn renewal_at(
+    settings: &Settings,
+    slot: &Slot,
+    info: &super::inspect::CertInfo,
+    ari: Option<&crate::ari::Record>,
+) -> SystemTime {
     if *slot == Slot::Server && settings.acme.is_some() {
-        acme_renewal_time(info)
+        acme_renewal(info, ari)
     } else {
         renewal_time(info.not_after, policy_of(settings, slot))
     }
@@ -466,7 +484,10 @@ pub fn next_due(disk: &DiskState, settings: &Settings) -> Option<SystemTime> {
         super::rollover::next_step(&disk.rollover, &settings.ca_rollover, SystemTime::now());
     disk.slots
         .iter()
-        .filter_map(|(slot, obs)| obs.info().map(|i| renewal_at(settings, slot, i)))
+        .filter_map(|(slot, obs)| {
+            obs.info()
+                .map(|i| renewal_at(settings, slot, i, disk.acme_renewal.as_ref()))
+        })
         .chain(rollover)
         .min()
 }
@@ -759,7 +780,7 @@ pub fn plan(
             forced,
             signed,
             force.keep_sans,
-            from_acme,
+            from_acme.then_some(disk.acme_renewal.as_ref()),
         );
         if reason.is_none()
             && let Slot::Client(name) = slot
@@ -927,7 +948,8 @@ fn leaf_reason(
     forced: bool,
     signed_by_ca: bool,
     keep_sans: bool,
-    from_acme: bool,
+    // For a certificate from the ACME CA: its renewal information, if recorded.
+    from_acme: Option<Option<&crate::ari::Record>>,
 ) -> Option<Reason> {
     if matches!(obs.cert, CertState::Missing) {
         return Some(Reason::Missing);
@@ -972,7 +994,7 @@ fn leaf_reason(
     }
     let cn = common_name(slot, host);
     // The ACME CA names its certificates itself.
-    if !from_acme && info.common_name != cn {
+    if from_acme.is_none() && info.common_name != cn {
         return Some(Reason::WrongUsage(format!(
             "common name '{}' is not '{cn}'",
             info.common_name
@@ -990,14 +1012,14 @@ fn leaf_reason(
             wanted: policy.key_type,
         });
     }
-    if from_acme {
+    if let Some(ari) = from_acme {
         return not_yet_valid(info.not_before, now).or_else(|| {
             if now >= info.not_after {
                 Some(Reason::Expired {
                     not_after: info.not_after,
                 })
             } else {
-                (now >= acme_renewal_time(info)).then_some(Reason::Due {
+                (now >= acme_renewal(info, ari)).then_some(Reason::Due {
                     not_after: info.not_after,
                 })
             }
@@ -1081,6 +1103,45 @@ mod tests {
         fn server_files(&self) -> (std::path::PathBuf, std::path::PathBuf) {
             self.layout.cert_and_key(&Slot::Server)
         }
+    }
+
+    /// The ACME server certificate's renewal time: the ARI choice for this very certificate
+    /// (a window in the past: due now), else two thirds of its lifetime.
+    #[test]
+    fn acme_renewal_follows_ari_for_this_certificate_only() {
+        let (der, _) = crate::pki::inspect::test_cert();
+        let mut info = crate::pki::inspect::cert_info(&der).unwrap();
+        let h = Duration::from_secs(3600);
+        let t0 = SystemTime::UNIX_EPOCH + 500_000 * h;
+        info.not_before = t0;
+        info.not_after = t0 + 100 * h;
+        info.ari_id = Some("aki.one".into());
+        let fallback = acme_renewal_time(&info);
+        assert!(fallback >= t0 + 60 * h && fallback <= t0 + 67 * h);
+        let answer = |start, end| crate::ari::Answer {
+            window_start: start,
+            window_end: end,
+            explanation_url: None,
+            retry_after: 6 * h,
+        };
+        // A future window: its chosen time, not the fallback.
+        let r = crate::ari::choose(&info, &answer(t0 + 80 * h, t0 + 90 * h), fallback, t0, 0.5)
+            .unwrap();
+        assert_eq!(acme_renewal(&info, Some(&r)), t0 + 85 * h);
+        // A window in the past (a revoked certificate): due now.
+        let now = t0 + 10 * h;
+        let past = crate::ari::choose(&info, &answer(t0, t0 + h), fallback, now, 0.5).unwrap();
+        assert!(acme_renewal(&info, Some(&past)) <= now);
+        // Invalid: ends after expiry, or before it starts: the fallback.
+        for (a, b) in [(t0 + 80 * h, t0 + 120 * h), (t0 + 80 * h, t0 + 70 * h)] {
+            let r = crate::ari::choose(&info, &answer(a, b), fallback, t0, 0.5).unwrap();
+            assert_eq!(acme_renewal(&info, Some(&r)), fallback);
+        }
+        // About another certificate (the one before a renewal): the fallback.
+        let mut other = r.clone();
+        other.certificate = "aki.two".into();
+        assert_eq!(acme_renewal(&info, Some(&other)), fallback);
+        assert_eq!(acme_renewal(&info, None), fallback);
     }
 
     /// Temporary IPv6 addresses, container and VPN interfaces and excluded addresses (a

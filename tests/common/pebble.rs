@@ -37,6 +37,31 @@ impl Pebble {
         Pebble::start_with_eab(lan, addr, http_port, validity, None)
     }
 
+    /// [`Pebble::start`] with Debian 13's Pebble (2.6), which offers ACME renewal information
+    /// (RFC 9773, under `/draft-ietf-acme-ari-03/renewalInfo/`) and `replaces` in new orders;
+    /// Debian 12's (2.4) has neither. Run from the cached Debian 13 root (`machine.sh os-root
+    /// trixie`, which carries the `pebble` package): its binary needs only libc.
+    pub fn start_ari(lan: &super::lan::Lan, addr: &str, http_port: u16, validity: u64) -> Pebble {
+        let o = Command::new("bash")
+            .args(["tests/machine/machine.sh", "os-root", "trixie"])
+            .env("DTM_MACHINE_QUIET", "1")
+            .output()
+            .expect("bash");
+        assert!(
+            o.status.success(),
+            "the Debian 13 root (for its pebble): {}",
+            text(&o.stderr)
+        );
+        let bin = PathBuf::from(text(&o.stdout).trim()).join("usr/bin/pebble");
+        assert!(
+            bin.is_file(),
+            "'{}' is missing: the Debian 13 root must carry the pebble package (OS_PACKAGES in \
+             tests/machine/machine.sh)",
+            bin.display()
+        );
+        Pebble::start_full(lan, addr, http_port, validity, None, bin.to_str().unwrap())
+    }
+
     /// [`Pebble::start`], requiring external account binding with `(kid, base64url key)`.
     pub fn start_with_eab(
         lan: &super::lan::Lan,
@@ -44,6 +69,17 @@ impl Pebble {
         http_port: u16,
         validity: u64,
         eab: Option<(&str, &str)>,
+    ) -> Pebble {
+        Pebble::start_full(lan, addr, http_port, validity, eab, "pebble")
+    }
+
+    fn start_full(
+        lan: &super::lan::Lan,
+        addr: &str,
+        http_port: u16,
+        validity: u64,
+        eab: Option<(&str, &str)>,
+        binary: &str,
     ) -> Pebble {
         let netns = lan.netns.as_str();
         super::lan::ip(&[
@@ -136,7 +172,7 @@ impl Pebble {
         std::fs::write(d.join("config.json"), config.to_string()).unwrap();
         let log = std::fs::File::create(d.join("pebble.log")).unwrap();
         let child = Command::new("ip")
-            .args(["netns", "exec", netns, "pebble", "-strict=false", "-config"])
+            .args(["netns", "exec", netns, binary, "-strict=false", "-config"])
             .arg(d.join("config.json"))
             .env("PEBBLE_VA_NOSLEEP", "1")
             .env("PEBBLE_WFE_NONCEREJECT", "0")
@@ -169,6 +205,69 @@ impl Pebble {
             std::thread::sleep(Duration::from_millis(200));
         }
         p
+    }
+
+    /// Pebble's renewal information for the certificate with RFC 9773 identifier `cert_id`
+    /// (the JSON), the URL taken from its directory.
+    pub fn renewal_info(&self, cert_id: &str) -> String {
+        let dir: serde_json::Value =
+            serde_json::from_str(&self.curl(&self.directory).expect("pebble's directory")).unwrap();
+        let base = dir["renewalInfo"]
+            .as_str()
+            .unwrap_or_else(|| panic!("pebble offers no renewalInfo: {dir}"));
+        self.curl(&format!("{base}/{cert_id}"))
+            .unwrap_or_else(|| panic!("no renewal information for {cert_id}: {}", self.log()))
+    }
+
+    /// Revokes `cert_pem` (RFC 8555 §7.6) with the account in `account_json` (what the host
+    /// keeps in `acme-account.json`: `{directory, credentials}`), from inside the LAN's
+    /// namespace (a thread of its own enters it).
+    pub fn revoke(&self, account_json: &str, cert_pem: &str) {
+        let netns = format!("/run/netns/{}", self.netns);
+        let https_ca = self.https_ca.clone();
+        let stored: serde_json::Value = serde_json::from_str(account_json).unwrap();
+        let credentials: instant_acme::AccountCredentials =
+            serde_json::from_value(stored["credentials"].clone()).unwrap();
+        let der = {
+            use base64::Engine as _;
+            let b64: String = cert_pem
+                .lines()
+                .skip_while(|l| !l.starts_with("-----BEGIN CERTIFICATE"))
+                .skip(1)
+                .take_while(|l| !l.starts_with("-----END"))
+                .collect();
+            base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .unwrap()
+        };
+        std::thread::spawn(move || {
+            use std::os::fd::AsRawFd;
+            let ns = std::fs::File::open(&netns).unwrap();
+            // SAFETY: setns on this thread only, with a file we hold open.
+            let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns {netns}: {}", std::io::Error::last_os_error());
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let account = instant_acme::Account::builder_with_root(&https_ca)
+                    .unwrap()
+                    .from_credentials(credentials)
+                    .await
+                    .unwrap();
+                let cert = rustls::pki_types::CertificateDer::from(der);
+                account
+                    .revoke(&instant_acme::RevocationRequest {
+                        certificate: &cert,
+                        reason: None,
+                    })
+                    .await
+                    .unwrap();
+            });
+        })
+        .join()
+        .expect("revocation at pebble");
     }
 
     fn curl(&self, url: &str) -> Option<String> {

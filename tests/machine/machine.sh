@@ -51,9 +51,10 @@ systemd-modules-load.service"
 # What a Debian 13 machine carries besides minbase: systemd, D-Bus and Docker (dockerd and the
 # CLI are separate packages there), and what the tests run inside: ip, curl, openssl, python3
 # (bench/poller.py), docker-py (a client in tests/authz.rs and tests/rollover.rs), strace
-# (tests/crash.rs), procps (pgrep), busybox (nc). Changing this list rebuilds the cached root.
+# (tests/crash.rs), procps (pgrep), busybox (nc), pebble (2.6, with ARI: run from the host by
+# tests/acme.rs, Debian 12's has none). Changing this list rebuilds the cached root.
 OS_CACHE=${DTM_OS_CACHE:-/var/cache/dtm}
-OS_PACKAGES=systemd,systemd-sysv,dbus,docker.io,docker-cli,iproute2,curl,ca-certificates,openssl,python3,python3-docker,strace,procps,busybox-static
+OS_PACKAGES=systemd,systemd-sysv,dbus,docker.io,docker-cli,iproute2,curl,ca-certificates,openssl,python3,python3-docker,strace,procps,busybox-static,pebble
 OS_SUPPORTED="trixie"
 
 PROG=$(basename "$0")
