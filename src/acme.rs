@@ -222,7 +222,9 @@ async fn order(
     let first = match account.new_order(&new_order).await {
         // The CA refuses the replacement (already replaced, not ours...): the order without it,
         // once; a renewal is never held back by ARI.
-        Err(e) if replaces.is_some() && !e.to_string().contains("accountDoesNotExist") => {
+        Err(e @ instant_acme::Error::Api(_))
+            if replaces.is_some() && !e.to_string().contains("accountDoesNotExist") =>
+        {
             tracing::info!(
                 "the ACME server refused the order as a replacement ({e}); ordering without \
                  `replaces`"

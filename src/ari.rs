@@ -3,9 +3,9 @@
 //! into a [`Record`] (pure); the record is kept in `state_dir/acme-renewal-info.json` (the
 //! layout's `acme_renewal_info`) and read by the inspection; the planner renews at the record's
 //! chosen time when the record belongs to the certificate on disk ([`renewal_time`]), else at
-//! two thirds of its lifetime (`pki::plan::acme_renewal_time`). ARI never holds a renewal back:
-//! a server without it, unreachable, or with a window that makes no sense for the certificate
-//! leaves the fallback in charge.
+//! two thirds of its lifetime (`pki::plan::acme_renewal_time`). A server without it,
+//! unreachable, or with a window that makes no sense for the certificate leaves the fallback
+//! in charge; a window late in the life is followed up to three quarters of it, never further.
 
 use std::path::Path;
 use std::time::{Duration, SystemTime};
@@ -41,6 +41,36 @@ pub struct Record {
     /// fallback renewal time).
     #[serde(with = "rfc3339")]
     pub poll_after: SystemTime,
+    /// When a window in the past last made us renew at once: carried to the next
+    /// certificate's record, so a CA that says "now" of every certificate gets one renewal
+    /// per [`POLL_MIN`], not one per wake-up.
+    #[serde(with = "rfc3339_opt", default)]
+    pub renewed_at_once: Option<SystemTime>,
+}
+
+/// The latest a time may be written as RFC 3339 (9999-12-31T23:59:59Z): what lies outside
+/// the epoch..this range is no time a CA means.
+const LAST_TIME: Duration = Duration::from_secs(253_402_300_799);
+
+fn in_range(t: SystemTime) -> bool {
+    t >= SystemTime::UNIX_EPOCH && t <= SystemTime::UNIX_EPOCH + LAST_TIME
+}
+
+/// `t` as RFC 3339, never panicking (times outside 1970..9999 are clamped).
+pub fn format_time(t: SystemTime) -> String {
+    let t = t.clamp(SystemTime::UNIX_EPOCH, SystemTime::UNIX_EPOCH + LAST_TIME);
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// The CA's explanation URL, if it is one: http(s), at most 2 KiB, no control characters
+/// (it is printed by `status` and logged).
+pub fn sane_url(url: Option<&str>) -> Option<String> {
+    url.filter(|u| {
+        (u.starts_with("https://") || u.starts_with("http://"))
+            && u.len() <= 2048
+            && !u.chars().any(char::is_control)
+    })
+    .map(str::to_string)
 }
 
 /// The server's answer for one certificate.
@@ -52,43 +82,66 @@ pub struct Answer {
 }
 
 /// The record for `answer` about the certificate `info`: the chosen time at `u` (in [0, 1))
-/// of the window. A window that ends before it starts, or after the certificate expires, is
-/// ignored (recorded with the reason; the fallback applies). A chosen time in the past means
-/// renew now.
+/// of the window. A window that ends before it starts, after the certificate expires, or
+/// outside 1970..9999 is ignored (recorded with the reason; the fallback applies). A chosen
+/// time in the past means renew now, at most once per [`POLL_MIN`] (`previous`, the record
+/// before this one, says when that last happened). The chosen time is never later than three
+/// quarters of the lifetime: a CA down then still leaves a quarter for retries.
 pub fn choose(
     info: &CertInfo,
     answer: &Answer,
     fallback: SystemTime,
     now: SystemTime,
     u: f64,
+    previous: Option<&Record>,
 ) -> Option<Record> {
     let certificate = info.ari_id.clone()?;
-    let ignored = if answer.window_end < answer.window_start {
+    let ignored = if !in_range(answer.window_start) || !in_range(answer.window_end) {
+        Some("the suggested window lies outside the years 1970 to 9999".to_string())
+    } else if answer.window_end < answer.window_start {
         Some("the suggested window ends before it starts".to_string())
     } else if answer.window_end > info.not_after {
         Some(format!(
             "the suggested window ends at {}, after the certificate expires ({})",
-            humantime::format_rfc3339_seconds(answer.window_end),
-            humantime::format_rfc3339_seconds(info.not_after)
+            format_time(answer.window_end),
+            format_time(info.not_after)
         ))
     } else {
         None
     };
+    let renewed_at_once = previous.and_then(|p| p.renewed_at_once);
+    let mut at_once = None;
     let chosen = ignored.is_none().then(|| {
         let span = answer
             .window_end
             .duration_since(answer.window_start)
             .unwrap_or_default();
-        answer.window_start + span.mul_f64(u.clamp(0.0, 1.0))
+        let mut t = answer.window_start + span.mul_f64(u.clamp(0.0, 1.0));
+        let life = info
+            .not_after
+            .duration_since(info.not_before)
+            .unwrap_or_default();
+        t = t.min(info.not_after - life / 4);
+        if t <= now {
+            match renewed_at_once.filter(|last| *last + POLL_MIN > now) {
+                Some(last) => t = last + POLL_MIN,
+                None => at_once = Some(now),
+            }
+        }
+        t
     });
     let poll = now + answer.retry_after.clamp(POLL_MIN, POLL_MAX);
     Some(Record {
         certificate,
-        window_start: answer.window_start,
-        window_end: answer.window_end,
+        window_start: answer
+            .window_start
+            .clamp(SystemTime::UNIX_EPOCH, SystemTime::UNIX_EPOCH + LAST_TIME),
+        window_end: answer
+            .window_end
+            .clamp(SystemTime::UNIX_EPOCH, SystemTime::UNIX_EPOCH + LAST_TIME),
         chosen,
         ignored,
-        explanation_url: answer.explanation_url.clone(),
+        explanation_url: sane_url(answer.explanation_url.as_deref()),
         // Not after the fallback while that is ahead (once it is past, the certificate is
         // renewed anyway or ARI moved the time later: the bounded hint stands).
         poll_after: if fallback > now {
@@ -96,6 +149,7 @@ pub fn choose(
         } else {
             poll
         },
+        renewed_at_once: at_once.or(renewed_at_once),
     })
 }
 
@@ -121,7 +175,7 @@ pub fn next_poll(info: &CertInfo, record: Option<&Record>) -> Option<SystemTime>
 
 /// Whether a convergence should ask the ACME CA about `info` now.
 pub fn poll_due(info: &CertInfo, record: Option<&Record>, now: SystemTime) -> bool {
-    next_poll(info, record).is_none_or(|t| now >= t)
+    next_poll(info, record).is_none_or(|t| now >= t || t > now + POLL_MAX)
 }
 
 /// After a failed question: the record about `info`, asked again in [`POLL_MIN`] (not at
@@ -158,7 +212,7 @@ mod rfc3339 {
     use std::time::SystemTime;
 
     pub fn serialize<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&humantime::format_rfc3339_seconds(*t))
+        s.collect_str(&super::format_time(*t))
     }
 
     pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {
@@ -220,16 +274,80 @@ mod tests {
         let a = answer(t0 + 40 * H, t0 + 90 * H, 6 * H);
         let fallback = t0 + 64 * H;
         for u in [0.0, 0.25, 0.999] {
-            let r = choose(&info, &a, fallback, t0 + H, u).unwrap();
+            let r = choose(&info, &a, fallback, t0 + H, u, None).unwrap();
             let c = r.chosen.unwrap();
             assert!(c >= a.window_start && c <= a.window_end, "{u}");
             assert_eq!(renewal_time(&info, Some(&r)), Some(c));
             assert_eq!(r.poll_after, t0 + 7 * H);
         }
         // Another draw, another time: uniform in the window, not a fixed point.
-        let a1 = choose(&info, &a, fallback, t0, 0.1).unwrap().chosen;
-        let a2 = choose(&info, &a, fallback, t0, 0.9).unwrap().chosen;
+        let a1 = choose(&info, &a, fallback, t0, 0.1, None).unwrap().chosen;
+        let a2 = choose(&info, &a, fallback, t0, 0.9, None).unwrap().chosen;
         assert_ne!(a1, a2);
+    }
+
+    /// What a hostile or broken CA may say: nothing panics, nothing loops, nothing is late.
+    #[test]
+    fn hostile_answers_are_bounded() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let info = cert(t0, 100 * H);
+        let fallback = t0 + 64 * H;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("r.json");
+        // Go's zero time (year 1), and a window past year 9999: ignored, written, read back.
+        let year1 = SystemTime::UNIX_EPOCH - Duration::from_secs(62_135_596_800);
+        let far = SystemTime::UNIX_EPOCH + Duration::from_secs(300_000_000_000);
+        for (a, b) in [(year1, year1), (year1, t0 + 50 * H), (t0, far)] {
+            let r = choose(&info, &answer(a, b, 6 * H), fallback, t0, 0.5, None).unwrap();
+            assert!(r.chosen.is_none(), "{r:?}");
+            assert!(r.ignored.as_deref().unwrap().contains("1970"), "{r:?}");
+            write(&p, &r).unwrap();
+            assert!(read(&p).is_some());
+        }
+        assert!(!format_time(year1).is_empty() && !format_time(far).is_empty());
+        // A window late in the life: never after three quarters of it.
+        let r = choose(
+            &info,
+            &answer(t0 + 98 * H, t0 + 99 * H, 6 * H),
+            fallback,
+            t0,
+            0.5,
+            None,
+        )
+        .unwrap();
+        assert_eq!(r.chosen, Some(t0 + 75 * H));
+        // "Now" of every certificate: once at once, then not before POLL_MIN has passed.
+        let now = t0 + 2 * H;
+        let past = answer(t0, t0 + H / 2, 6 * H);
+        let first = choose(&info, &past, fallback, now, 0.5, None).unwrap();
+        assert!(first.chosen.unwrap() <= now);
+        assert_eq!(first.renewed_at_once, Some(now));
+        let renewed = cert(now, 100 * H);
+        let soon = now + Duration::from_secs(60);
+        let second = choose(&renewed, &past, fallback, soon, 0.5, Some(&first)).unwrap();
+        assert_eq!(second.chosen, Some(now + POLL_MIN));
+        assert_eq!(second.renewed_at_once, Some(now));
+        let later = now + POLL_MIN + Duration::from_secs(1);
+        let third = choose(&renewed, &past, fallback, later, 0.5, Some(&second)).unwrap();
+        assert!(third.chosen.unwrap() <= later);
+        // An explanation URL with a terminal escape, or not a web address: dropped.
+        let mut a = answer(t0 + 40 * H, t0 + 50 * H, 6 * H);
+        for bad in [
+            "https://x/\u{1b}]52;c;aGk=\u{7}",
+            "javascript:alert(1)",
+            "file:///etc",
+        ] {
+            a.explanation_url = Some(bad.replace("\\u{1b}", "\u{1b}"));
+            let r = choose(&info, &a, fallback, t0, 0.5, None).unwrap();
+            assert_eq!(r.explanation_url, None, "{bad}");
+        }
+        a.explanation_url = Some("https://ca.example/why".into());
+        let r = choose(&info, &a, fallback, t0, 0.5, None).unwrap();
+        assert_eq!(r.explanation_url.as_deref(), Some("https://ca.example/why"));
+        // A record asking again a year from now (written while the clock was ahead): due.
+        let mut r = r;
+        r.poll_after = t0 + 365 * 24 * H;
+        assert!(poll_due(&info, Some(&r), t0));
     }
 
     /// RFC 9773 Appendix A's example.
@@ -248,7 +366,15 @@ mod tests {
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
         let info = cert(t0, 100 * H);
         let now = t0 + 2 * H;
-        let r = choose(&info, &answer(t0, t0 + H / 2, 6 * H), t0 + 64 * H, now, 0.5).unwrap();
+        let r = choose(
+            &info,
+            &answer(t0, t0 + H / 2, 6 * H),
+            t0 + 64 * H,
+            now,
+            0.5,
+            None,
+        )
+        .unwrap();
         assert!(renewal_time(&info, Some(&r)).unwrap() <= now);
     }
 
@@ -262,6 +388,7 @@ mod tests {
             t0 + 64 * H,
             t0,
             0.5,
+            None,
         )
         .unwrap();
         assert!(backwards.chosen.is_none());
@@ -272,6 +399,7 @@ mod tests {
             t0 + 64 * H,
             t0,
             0.5,
+            None,
         )
         .unwrap();
         assert_eq!(renewal_time(&info, Some(&late)), None);
@@ -292,6 +420,7 @@ mod tests {
             t0 + 64 * H,
             t0,
             0.5,
+            None,
         )
         .unwrap();
         assert!(!poll_due(&info, Some(&r), t0 + H));
@@ -314,6 +443,7 @@ mod tests {
                 fallback,
                 t0,
                 0.5,
+                None,
             )
             .unwrap()
             .poll_after
@@ -345,6 +475,7 @@ mod tests {
             t0 + 64 * H,
             t0,
             0.5,
+            None,
         )
         .unwrap();
         write(&p, &r).unwrap();

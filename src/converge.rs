@@ -305,6 +305,16 @@ async fn refresh_renewal_info(ctx: &Ctx, now: SystemTime, now_anyway: bool) {
     if !now_anyway && !crate::ari::poll_due(&info, record.as_ref(), now) {
         return;
     }
+    // Not more often than POLL_MIN on our own, even when the record cannot be written (a full
+    // or read-only state directory would otherwise make every wake-up ask).
+    static LAST_ASKED: std::sync::Mutex<Option<SystemTime>> = std::sync::Mutex::new(None);
+    {
+        let mut last = LAST_ASKED.lock().unwrap_or_else(|e| e.into_inner());
+        if !now_anyway && last.is_some_and(|t| now >= t && now < t + crate::ari::POLL_MIN) {
+            return;
+        }
+        *last = Some(now);
+    }
     let Some(cert_id) = info.ari_id.clone() else {
         tracing::debug!("the server certificate has no authority key identifier: no ARI");
         return;
@@ -312,17 +322,23 @@ async fn refresh_renewal_info(ctx: &Ctx, now: SystemTime, now_anyway: bool) {
     match crate::acme::renewal_info(acme, &ctx.layout().acme_account(), &cert_id).await {
         Ok(Some(answer)) => {
             let fallback = plan::acme_renewal_time(&info);
-            let Some(r) = crate::ari::choose(&info, &answer, fallback, now, rand::random::<f64>())
-            else {
+            let Some(r) = crate::ari::choose(
+                &info,
+                &answer,
+                fallback,
+                now,
+                rand::random::<f64>(),
+                record.as_ref(),
+            ) else {
                 return;
             };
             match (&r.chosen, &r.ignored) {
                 (Some(t), _) => tracing::info!(
-                    window_start = %humantime::format_rfc3339_seconds(r.window_start),
-                    window_end = %humantime::format_rfc3339_seconds(r.window_end),
+                    window_start = %crate::ari::format_time(r.window_start),
+                    window_end = %crate::ari::format_time(r.window_end),
                     explanation = r.explanation_url.as_deref().unwrap_or(""),
                     "the ACME CA's renewal window for the server certificate: renewing at {}",
-                    humantime::format_rfc3339_seconds(*t)
+                    crate::ari::format_time(*t)
                 ),
                 (None, why) => tracing::warn!(
                     "ignoring the ACME CA's renewal window for the server certificate ({}); \

@@ -161,7 +161,7 @@ pub fn report(
                         window_end: rfc3339(r.window_end),
                         chosen: r.chosen.map(rfc3339),
                         ignored: r.ignored.clone(),
-                        explanation_url: r.explanation_url.clone(),
+                        explanation_url: crate::ari::sane_url(r.explanation_url.as_deref()),
                         next_check: rfc3339(r.poll_after),
                     }
                 });

@@ -1124,17 +1124,26 @@ mod tests {
             explanation_url: None,
             retry_after: 6 * h,
         };
-        // A future window: its chosen time, not the fallback.
-        let r = crate::ari::choose(&info, &answer(t0 + 80 * h, t0 + 90 * h), fallback, t0, 0.5)
-            .unwrap();
-        assert_eq!(acme_renewal(&info, Some(&r)), t0 + 85 * h);
+        // A future window: its chosen time, not the fallback (later than two thirds, never
+        // later than three quarters of the lifetime).
+        let r = crate::ari::choose(
+            &info,
+            &answer(t0 + 68 * h, t0 + 72 * h),
+            fallback,
+            t0,
+            0.5,
+            None,
+        )
+        .unwrap();
+        assert_eq!(acme_renewal(&info, Some(&r)), t0 + 70 * h);
         // A window in the past (a revoked certificate): due now.
         let now = t0 + 10 * h;
-        let past = crate::ari::choose(&info, &answer(t0, t0 + h), fallback, now, 0.5).unwrap();
+        let past =
+            crate::ari::choose(&info, &answer(t0, t0 + h), fallback, now, 0.5, None).unwrap();
         assert!(acme_renewal(&info, Some(&past)) <= now);
         // Invalid: ends after expiry, or before it starts: the fallback.
         for (a, b) in [(t0 + 80 * h, t0 + 120 * h), (t0 + 80 * h, t0 + 70 * h)] {
-            let r = crate::ari::choose(&info, &answer(a, b), fallback, t0, 0.5).unwrap();
+            let r = crate::ari::choose(&info, &answer(a, b), fallback, t0, 0.5, None).unwrap();
             assert_eq!(acme_renewal(&info, Some(&r)), fallback);
         }
         // About another certificate (the one before a renewal): the fallback.
