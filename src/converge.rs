@@ -307,13 +307,17 @@ async fn refresh_renewal_info(ctx: &Ctx, now: SystemTime, now_anyway: bool) {
     }
     // Not more often than POLL_MIN on our own, even when the record cannot be written (a full
     // or read-only state directory would otherwise make every wake-up ask).
-    static LAST_ASKED: std::sync::Mutex<Option<SystemTime>> = std::sync::Mutex::new(None);
+    static LAST_ASKED: std::sync::Mutex<Option<(String, SystemTime)>> = std::sync::Mutex::new(None);
     {
         let mut last = LAST_ASKED.lock().unwrap_or_else(|e| e.into_inner());
-        if !now_anyway && last.is_some_and(|t| now >= t && now < t + crate::ari::POLL_MIN) {
+        if !now_anyway
+            && last.as_ref().is_some_and(|(id, t)| {
+                info.ari_id.as_ref() == Some(id) && now >= *t && now < *t + crate::ari::POLL_MIN
+            })
+        {
             return;
         }
-        *last = Some(now);
+        *last = info.ari_id.clone().map(|id| (id, now));
     }
     let Some(cert_id) = info.ari_id.clone() else {
         tracing::debug!("the server certificate has no authority key identifier: no ARI");
@@ -328,7 +332,8 @@ async fn refresh_renewal_info(ctx: &Ctx, now: SystemTime, now_anyway: bool) {
                 fallback,
                 now,
                 rand::random::<f64>(),
-                record.as_ref(),
+                // An admin's `renew` or reload may renew at once whatever happened before.
+                record.as_ref().filter(|_| !now_anyway),
             ) else {
                 return;
             };
