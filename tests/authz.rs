@@ -338,6 +338,17 @@ for k, (ok, fail, errs) in res.items():
     print(k, ok, fail, errs)
 "#;
 
+/// In place of our binary: `authz serve` exits 101 (as a panic does) while /etc/dtm-fail
+/// exists, after waiting for /etc/dtm-fail-once to go; anything else runs the real binary.
+const FAILING: &str = r#"#!/bin/sh
+if [ "$1 $2" = "authz serve" ] && [ -e /etc/dtm-fail ]; then
+  echo "dtm-test: failing" >&2
+  while [ -e /etc/dtm-fail-once ]; do sleep 0.1; done
+  exit 101
+fi
+exec /usr/local/bin/dtm-real "$@"
+"#;
+
 #[test]
 fn the_plugin_killed_stopped_rate_limited_or_removed_never_blocks_docker() {
     let m = Machine::up("authzav");
@@ -363,6 +374,49 @@ fn the_plugin_killed_stopped_rate_limited_or_removed_never_blocks_docker() {
         );
     }
     assert!(in_daemon_json(&m), "a kill took the plugin out");
+
+    // One failure of its own (an exit code, as a panic gives): restarted, and Docker still
+    // asks it: a crash an attacker provokes does not turn revocation off.
+    m.ok("cp -r /var/lib/docker-tls-manager/clients/admin /root/rv && docker-tls-manager client revoke admin");
+    denied(&m, &format!("{} ps", tls("/root/rv")));
+    std::fs::write(m.root.join("usr/local/bin/dtm-failing"), FAILING).unwrap();
+    m.ok("chmod 755 /usr/local/bin/dtm-failing && mv /usr/local/bin/docker-tls-manager /usr/local/bin/dtm-real && mv /usr/local/bin/dtm-failing /usr/local/bin/docker-tls-manager");
+    m.ok("touch /etc/dtm-fail /etc/dtm-fail-once && systemctl restart docker-tls-manager-authz.service");
+    m.wait_for(
+        "journalctl -u docker-tls-manager-authz.service -o cat | grep -q 'dtm-test: failing'",
+        Duration::from_secs(10),
+    );
+    m.ok("rm /etc/dtm-fail /etc/dtm-fail-once");
+    m.wait_for(
+        "journalctl -u docker-tls-manager-authz.service -o cat | grep -q '1 of 5 within 30 s: restarted'",
+        Duration::from_secs(10),
+    );
+    let pid_after =
+        |m: &Machine| m.ok("systemctl show -p MainPID --value docker-tls-manager-authz.service");
+    m.ok(&format!("{} ps >/dev/null", client("admin")));
+    assert_ne!(pid_after(&m).trim(), "0");
+    denied(&m, &format!("{} ps", tls("/root/rv")));
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(in_daemon_json(&m), "one failure took the plugin out");
+    denied(&m, &format!("{} ps", tls("/root/rv")));
+    // Failing at every start: the fifth failure within 30 s runs the fallback, and Docker
+    // answers over the unix socket at once.
+    let docker_pid = m.main_pid();
+    m.ok("touch /etc/dtm-fail && systemctl restart docker-tls-manager-authz.service");
+    m.wait_for(
+        "! grep -q docker-tls-manager /etc/docker/daemon.json",
+        Duration::from_secs(10),
+    );
+    let j = m.ok("journalctl -u docker-tls-manager-authz.service -o cat");
+    assert!(
+        j.contains("5 times within 30 s: Docker stops asking it"),
+        "{j}"
+    );
+    m.ok("timeout 1 docker ps >/dev/null");
+    assert_eq!(m.main_pid(), docker_pid, "Docker restarted");
+    m.ok("rm /etc/dtm-fail && mv -f /usr/local/bin/dtm-real /usr/local/bin/docker-tls-manager && docker-tls-manager apply");
+    assert!(in_daemon_json(&m));
+    m.ok(&format!("{} ps >/dev/null", client("admin")));
 
     // The service stopped: the socket starts it again on the next request.
     let t0 = Instant::now();
@@ -432,10 +486,12 @@ import json; p="/etc/docker/daemon.json"; d=json.load(open(p)); d["log-level"]="
     // The plugin now fails at every start (a broken drop-in): the fallback runs, and leaves
     // the admin's file alone.
     m.ok("mkdir -p /etc/systemd/system/docker-tls-manager-authz.service.d && printf '[Service]\\nExecStart=\\nExecStart=/bin/false\\n' > /etc/systemd/system/docker-tls-manager-authz.service.d/broken.conf && systemctl daemon-reload && systemctl restart docker-tls-manager-authz.service");
-    std::thread::sleep(Duration::from_secs(1));
+    // (at its fifth failure within 30 s)
+    m.wait_for(
+        "journalctl -u docker-tls-manager-authz-fallback --no-pager -o cat | grep -q 'left as it is'",
+        Duration::from_secs(10),
+    );
     assert!(in_daemon_json(&m), "the admin's daemon.json was replaced");
-    let j = m.ok("journalctl -u docker-tls-manager-authz-fallback --no-pager -o cat | tail -8");
-    assert!(j.contains("left as it is"), "{j}");
     // The service (or apply) sees the plugin not answering and takes our entry out itself.
     let o = m.sh("docker-tls-manager apply");
     assert!(!o.status.success(), "apply passed with the plugin failing");

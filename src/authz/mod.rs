@@ -29,6 +29,13 @@ pub const DAEMON_JSON_KEY: &str = "authorization-plugins";
 pub const SOCKET_UNIT: &str = "docker-tls-manager-authz.socket";
 /// `docker-tls-manager authz serve`, socket-activated, restarted always.
 pub const SERVICE_UNIT: &str = "docker-tls-manager-authz.service";
+/// The plugin service's runtime directory (under /run, kept across its restarts): its
+/// failure count.
+pub const AUTHZ_RUNTIME_DIR: &str = "docker-tls-manager-authz";
+/// This many failures of the plugin (exits other than a stop or a kill)...
+pub const AUTHZ_FAILURES: u32 = 5;
+/// ...within this many seconds run the fallback; fewer only restart it.
+pub const AUTHZ_FAILURE_WINDOW_S: u32 = 30;
 /// A shell oneshot that takes our entry out of daemon.json (and reloads Docker) when the
 /// plugin cannot answer: needs neither our binary nor our service.
 pub const FALLBACK_UNIT: &str = "docker-tls-manager-authz-fallback.service";
