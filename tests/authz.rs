@@ -270,6 +270,21 @@ EOF"#
         Duration::from_secs(15),
     );
 
+    // The manager's probe identity: its ping (apply verifies with it), nothing else; audited.
+    let probe = tls(&format!("{STATE}/probe"));
+    m.ok(&format!(
+        "curl -sf --cacert {STATE}/probe/ca.pem --cert {STATE}/probe/cert.pem --key {STATE}/probe/key.pem https://localhost:2376/_ping"
+    ));
+    for cmd in ["ps", "version", "run --rm dtm-busybox true"] {
+        let msg = denied(&m, &format!("{probe} {cmd}"));
+        assert!(msg.contains("probe identity may only ping"), "{msg}");
+    }
+    let j = m.ok("journalctl -u docker-tls-manager-authz --no-pager -o json CLIENT=docker-tls-manager-probe DECISION=deny");
+    assert!(
+        j.contains("probe identity may only ping") && j.contains("/containers/json"),
+        "probe denial not audited: {j}"
+    );
+
     // A corrupt list refuses TLS (fail closed), never the unix socket; the probe still passes.
     m.ok(&format!("cp {STATE}/authz/revoked.json /root/revoked.json"));
     m.ok(&format!("echo '{{garbage' > {STATE}/authz/revoked.json"));
@@ -355,6 +370,31 @@ fn the_plugin_killed_stopped_rate_limited_or_removed_never_blocks_docker() {
     std::fs::write(m.root.join("usr/local/bin/dtm-stream.py"), STREAM).unwrap();
     m.ok("docker-tls-manager apply");
     assert!(in_daemon_json(&m));
+
+    // A plugin started from another unit (an older version's) does not go on running: apply
+    // puts the unit back and restarts it.
+    let unit = "/etc/systemd/system/docker-tls-manager-authz.service";
+    m.ok(&format!("sed -i 's/^UMask=0077$/UMask=0077\\nEnvironment=DTM_OLD_UNIT=1/' {unit} && grep -q DTM_OLD_UNIT {unit} && systemctl daemon-reload && systemctl restart docker-tls-manager-authz.service"));
+    let plugin = |m: &Machine| {
+        let pid = m.ok("systemctl show -p MainPID --value docker-tls-manager-authz.service");
+        let old = m
+            .sh(&format!(
+                "tr '\\0' '\\n' < /proc/{}/environ | grep -q DTM_OLD_UNIT",
+                pid.trim()
+            ))
+            .status
+            .success();
+        (pid.trim().to_string(), old)
+    };
+    let (pid, old) = plugin(&m);
+    assert!(old, "the plugin does not run from the edited unit");
+    let out = m.ok("docker-tls-manager apply 2>&1");
+    let (pid2, old) = plugin(&m);
+    assert!(
+        pid2 != pid && pid2 != "0" && !old,
+        "the plugin still runs from the old unit ({pid} -> {pid2}): {out}"
+    );
+    m.ok(&format!("{} ps >/dev/null", client("admin")));
 
     // SIGKILL of the plugin during 500 requests over TLS and 500 over the unix socket: 0 failed.
     m.ok("rm -f /tmp/stream-started /tmp/stream-done; systemd-run --unit dtm-stream --collect bash -c 'python3 /usr/local/bin/dtm-stream.py 500 > /tmp/stream.out 2>&1; touch /tmp/stream-done'");
@@ -442,8 +482,30 @@ fn the_plugin_killed_stopped_rate_limited_or_removed_never_blocks_docker() {
     );
     m.ok("timeout 1 docker ps >/dev/null");
     assert_eq!(m.main_pid(), docker_pid);
+    // `status` and `check` say what dockerd consults, not what the configuration asks.
+    let st = m.ok("docker-tls-manager status");
+    assert!(
+        st.contains("authorization plugin: configured but dockerd does not consult it"),
+        "{st}"
+    );
+    let o = m.sh("docker-tls-manager check");
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    assert!(
+        text(&o.stdout)
+            .contains("error: authorization plugin configured but dockerd does not consult it"),
+        "{o:?}"
+    );
     m.ok("docker-tls-manager apply");
     assert!(in_daemon_json(&m));
+    // (dockerd reloads its configuration just after the SIGHUP returns)
+    m.wait_for(
+        "docker-tls-manager status | grep -qF 'authorization plugin: on (dockerd consults it)'",
+        Duration::from_secs(5),
+    );
+    assert!(
+        m.ok("docker-tls-manager check")
+            .contains("ok: authorization plugin on (dockerd consults it)")
+    );
 
     // Its start limit hit (an admin's drop-in): the socket fails, the fallback runs.
     m.ok("mkdir -p /etc/systemd/system/docker-tls-manager-authz.service.d && printf '[Unit]\\nStartLimitIntervalSec=60\\nStartLimitBurst=2\\n' > /etc/systemd/system/docker-tls-manager-authz.service.d/limit.conf && systemctl daemon-reload");

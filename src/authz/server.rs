@@ -17,7 +17,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 
 use super::Files;
-use super::policy::{AuthzRequest, Cached, CertId, Decision, decide};
+use super::policy::{AuthzRequest, CONSULTED_REASON, Cached, CertId, Decision, decide};
 
 const CONTENT_TYPE: &str = "application/vnd.docker.plugins.v1.2+json";
 /// A connection idle this long is closed (dockerd opens another when it needs one).
@@ -343,7 +343,7 @@ fn answer(req: &Request, st: &State) -> (&'static str, String) {
                     reason: format!("unreadable request from dockerd: {e}"),
                 },
             };
-            if d.tls {
+            if d.tls && d.reason != CONSULTED_REASON {
                 let mut c = st.counters.lock().unwrap_or_else(|e| e.into_inner());
                 *c.entry((d.client.clone(), if d.allow { "allow" } else { "deny" }))
                     .or_default() += 1;
@@ -366,7 +366,7 @@ fn audit(r: &AuthzRequest, d: &Decision) {
     let decision = if d.allow { "allow" } else { "deny" };
     if !d.tls {
         tracing::debug!(method = %r.method, path = %r.uri, decision, reason = %d.reason, "docker request");
-    } else if d.allow {
+    } else if d.allow || d.reason == CONSULTED_REASON {
         tracing::info!(client = %d.client, serial = %d.serial, method = %r.method, path = %r.uri, decision, reason = %d.reason, "docker request");
     } else {
         tracing::warn!(client = %d.client, serial = %d.serial, method = %r.method, path = %r.uri, decision, reason = %d.reason, "docker request");

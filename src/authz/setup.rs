@@ -280,15 +280,24 @@ async fn serve<S: Systemd>(
     }
     ensure_dir(&files.dir, 0o700)?;
     let mut units_changed = false;
+    let mut service_changed = false;
+    let service_path = Files::unit_path(settings, SERVICE_UNIT);
     for (path, content, mode) in rendered(settings, binary, daemon_json) {
         if write_changed(&path, &content, mode, backups, now)? {
             done.push(format!("write '{}'", path.display()));
             units_changed |= path.extension().is_some_and(|e| e != "sh");
+            service_changed |= path == service_path;
         }
     }
     if units_changed {
         sd.reload().await?;
         done.push("systemd daemon-reload".into());
+    }
+    // A plugin started from the old unit (another binary, other paths) must not go on: it is
+    // restarted if it runs (try-restart); its socket keeps Docker's requests meanwhile.
+    if service_changed && sd.unit(SERVICE_UNIT).await?.is_active() {
+        sd.job(JobKind::Restart, SERVICE_UNIT).await?;
+        done.push(format!("restart {SERVICE_UNIT} (its unit changed)"));
     }
     let socket = sd.unit(SOCKET_UNIT).await?;
     if socket.unit_file_state != "enabled" {
