@@ -1040,7 +1040,7 @@ pub fn validate_client_name(name: &str) -> Result<(), String> {
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-        // The manager's own identity, always allowed by the authorization plugin.
+        // The manager's own identity: the authorization plugin lets it ping, nothing else.
         && name != crate::pki::PROBE_CN;
     if ok {
         Ok(())

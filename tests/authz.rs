@@ -270,6 +270,21 @@ EOF"#
         Duration::from_secs(15),
     );
 
+    // The manager's probe identity: its ping (apply verifies with it), nothing else; audited.
+    let probe = tls(&format!("{STATE}/probe"));
+    m.ok(&format!(
+        "curl -sf --cacert {STATE}/probe/ca.pem --cert {STATE}/probe/cert.pem --key {STATE}/probe/key.pem https://localhost:2376/_ping"
+    ));
+    for cmd in ["ps", "version", "run --rm dtm-busybox true"] {
+        let msg = denied(&m, &format!("{probe} {cmd}"));
+        assert!(msg.contains("probe identity may only ping"), "{msg}");
+    }
+    let j = m.ok("journalctl -u docker-tls-manager-authz --no-pager -o json CLIENT=docker-tls-manager-probe DECISION=deny");
+    assert!(
+        j.contains("probe identity may only ping") && j.contains("/containers/json"),
+        "probe denial not audited: {j}"
+    );
+
     // A corrupt list refuses TLS (fail closed), never the unix socket; the probe still passes.
     m.ok(&format!("cp {STATE}/authz/revoked.json /root/revoked.json"));
     m.ok(&format!("echo '{{garbage' > {STATE}/authz/revoked.json"));
@@ -338,12 +353,48 @@ for k, (ok, fail, errs) in res.items():
     print(k, ok, fail, errs)
 "#;
 
+/// In place of our binary: `authz serve` exits 101 (as a panic does) while /etc/dtm-fail
+/// exists, after waiting for /etc/dtm-fail-once to go; anything else runs the real binary.
+const FAILING: &str = r#"#!/bin/sh
+if [ "$1 $2" = "authz serve" ] && [ -e /etc/dtm-fail ]; then
+  echo "dtm-test: failing" >&2
+  while [ -e /etc/dtm-fail-once ]; do sleep 0.1; done
+  exit 101
+fi
+exec /usr/local/bin/dtm-real "$@"
+"#;
+
 #[test]
 fn the_plugin_killed_stopped_rate_limited_or_removed_never_blocks_docker() {
     let m = Machine::up("authzav");
     std::fs::write(m.root.join("usr/local/bin/dtm-stream.py"), STREAM).unwrap();
     m.ok("docker-tls-manager apply");
     assert!(in_daemon_json(&m));
+
+    // A plugin started from another unit (an older version's) does not go on running: apply
+    // puts the unit back and restarts it.
+    let unit = "/etc/systemd/system/docker-tls-manager-authz.service";
+    m.ok(&format!("sed -i 's/^UMask=0077$/UMask=0077\\nEnvironment=DTM_OLD_UNIT=1/' {unit} && grep -q DTM_OLD_UNIT {unit} && systemctl daemon-reload && systemctl restart docker-tls-manager-authz.service"));
+    let plugin = |m: &Machine| {
+        let pid = m.ok("systemctl show -p MainPID --value docker-tls-manager-authz.service");
+        let old = m
+            .sh(&format!(
+                "tr '\\0' '\\n' < /proc/{}/environ | grep -q DTM_OLD_UNIT",
+                pid.trim()
+            ))
+            .status
+            .success();
+        (pid.trim().to_string(), old)
+    };
+    let (pid, old) = plugin(&m);
+    assert!(old, "the plugin does not run from the edited unit");
+    let out = m.ok("docker-tls-manager apply 2>&1");
+    let (pid2, old) = plugin(&m);
+    assert!(
+        pid2 != pid && pid2 != "0" && !old,
+        "the plugin still runs from the old unit ({pid} -> {pid2}): {out}"
+    );
+    m.ok(&format!("{} ps >/dev/null", client("admin")));
 
     // SIGKILL of the plugin during 500 requests over TLS and 500 over the unix socket: 0 failed.
     m.ok("rm -f /tmp/stream-started /tmp/stream-done; systemd-run --unit dtm-stream --collect bash -c 'python3 /usr/local/bin/dtm-stream.py 500 > /tmp/stream.out 2>&1; touch /tmp/stream-done'");
@@ -363,6 +414,59 @@ fn the_plugin_killed_stopped_rate_limited_or_removed_never_blocks_docker() {
         );
     }
     assert!(in_daemon_json(&m), "a kill took the plugin out");
+
+    // One failure of its own (an exit code, as a panic gives): restarted, and Docker still
+    // asks it: a crash an attacker provokes does not turn revocation off.
+    m.ok("cp -r /var/lib/docker-tls-manager/clients/admin /root/rv && docker-tls-manager client revoke admin");
+    denied(&m, &format!("{} ps", tls("/root/rv")));
+    std::fs::write(m.root.join("usr/local/bin/dtm-failing"), FAILING).unwrap();
+    m.ok("chmod 755 /usr/local/bin/dtm-failing && mv /usr/local/bin/docker-tls-manager /usr/local/bin/dtm-real && mv /usr/local/bin/dtm-failing /usr/local/bin/docker-tls-manager");
+    m.ok("touch /etc/dtm-fail /etc/dtm-fail-once && systemctl restart docker-tls-manager-authz.service");
+    m.wait_for(
+        "journalctl -u docker-tls-manager-authz.service -o cat | grep -q 'dtm-test: failing'",
+        Duration::from_secs(10),
+    );
+    m.ok("rm /etc/dtm-fail /etc/dtm-fail-once");
+    m.wait_for(
+        "journalctl -u docker-tls-manager-authz.service -o cat | grep -q 'code=exited, status=101'",
+        Duration::from_secs(10),
+    );
+    m.wait_for(
+        "systemctl is-active -q docker-tls-manager-authz.service",
+        Duration::from_secs(10),
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(in_daemon_json(&m), "one failure took the plugin out");
+    assert!(
+        m.ok("journalctl -u docker-tls-manager-authz.service -o cat")
+            .contains("failed (exit-code), 1 of 5 within 30 s: restarted")
+    );
+    let pid_after =
+        |m: &Machine| m.ok("systemctl show -p MainPID --value docker-tls-manager-authz.service");
+    m.ok(&format!("{} ps >/dev/null", client("admin")));
+    assert_ne!(pid_after(&m).trim(), "0");
+    denied(&m, &format!("{} ps", tls("/root/rv")));
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(in_daemon_json(&m), "one failure took the plugin out");
+    denied(&m, &format!("{} ps", tls("/root/rv")));
+    // Failing at every start: the fifth failure within 30 s runs the fallback, and Docker
+    // answers over the unix socket at once.
+    let docker_pid = m.main_pid();
+    m.ok("touch /etc/dtm-fail && systemctl restart docker-tls-manager-authz.service");
+    m.wait_for(
+        "! grep -q docker-tls-manager /etc/docker/daemon.json",
+        Duration::from_secs(10),
+    );
+    let j = m.ok("journalctl -u docker-tls-manager-authz.service -o cat");
+    assert!(
+        j.contains("5 times within 30 s: Docker stops asking it"),
+        "{j}"
+    );
+    m.ok("timeout 1 docker ps >/dev/null");
+    assert_eq!(m.main_pid(), docker_pid, "Docker restarted");
+    m.ok("rm /etc/dtm-fail && mv -f /usr/local/bin/dtm-real /usr/local/bin/docker-tls-manager && docker-tls-manager apply");
+    assert!(in_daemon_json(&m));
+    m.ok(&format!("{} ps >/dev/null", client("admin")));
 
     // The service stopped: the socket starts it again on the next request.
     let t0 = Instant::now();
@@ -388,8 +492,31 @@ fn the_plugin_killed_stopped_rate_limited_or_removed_never_blocks_docker() {
     );
     m.ok("timeout 1 docker ps >/dev/null");
     assert_eq!(m.main_pid(), docker_pid);
+    // `status` and `check` say what dockerd consults, not what the configuration asks.
+    let st = m.ok("docker-tls-manager status");
+    assert!(
+        st.contains("authorization plugin: configured but dockerd does not consult it"),
+        "{st}"
+    );
+    let o = m.sh("docker-tls-manager check");
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    assert!(
+        text(&o.stdout)
+            .contains("error: authorization plugin configured but dockerd does not consult it"),
+        "{o:?}"
+    );
     m.ok("docker-tls-manager apply");
     assert!(in_daemon_json(&m));
+    // (apply waits until dockerd, which reloads just after the SIGHUP returns, consults it)
+    let st = m.ok("docker-tls-manager status");
+    assert!(
+        st.contains("authorization plugin: on (dockerd consults it)"),
+        "{st}"
+    );
+    assert!(
+        m.ok("docker-tls-manager check")
+            .contains("ok: authorization plugin on (dockerd consults it)")
+    );
 
     // Its start limit hit (an admin's drop-in): the socket fails, the fallback runs.
     m.ok("mkdir -p /etc/systemd/system/docker-tls-manager-authz.service.d && printf '[Unit]\\nStartLimitIntervalSec=60\\nStartLimitBurst=2\\n' > /etc/systemd/system/docker-tls-manager-authz.service.d/limit.conf && systemctl daemon-reload");
@@ -432,10 +559,12 @@ import json; p="/etc/docker/daemon.json"; d=json.load(open(p)); d["log-level"]="
     // The plugin now fails at every start (a broken drop-in): the fallback runs, and leaves
     // the admin's file alone.
     m.ok("mkdir -p /etc/systemd/system/docker-tls-manager-authz.service.d && printf '[Service]\\nExecStart=\\nExecStart=/bin/false\\n' > /etc/systemd/system/docker-tls-manager-authz.service.d/broken.conf && systemctl daemon-reload && systemctl restart docker-tls-manager-authz.service");
-    std::thread::sleep(Duration::from_secs(1));
+    // (at its fifth failure within 30 s)
+    m.wait_for(
+        "journalctl -u docker-tls-manager-authz-fallback --no-pager -o cat | grep -q 'left as it is'",
+        Duration::from_secs(10),
+    );
     assert!(in_daemon_json(&m), "the admin's daemon.json was replaced");
-    let j = m.ok("journalctl -u docker-tls-manager-authz-fallback --no-pager -o cat | tail -8");
-    assert!(j.contains("left as it is"), "{j}");
     // The service (or apply) sees the plugin not answering and takes our entry out itself.
     let o = m.sh("docker-tls-manager apply");
     assert!(!o.status.success(), "apply passed with the plugin failing");

@@ -8,7 +8,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::machine::{ENV, Machine};
+use common::machine::{ENV, Machine, POLLER, assert_no_client_failed, poll};
 use common::text;
 
 fn one_file(dir: &str, ext: &str) -> PathBuf {
@@ -90,7 +90,33 @@ fn deb_install_enable_restart_upgrade_remove_purge() {
     // 3. Upgrade while running: same CA, old bundle works, service restarted.
     let ca = m.ok("openssl x509 -in /etc/docker/tls/ca.pem -noout -fingerprint -sha256");
     let svc_pid = m.ok("systemctl show -p MainPID --value docker-tls-manager");
+    // The authorization plugin too: restarted on the new binary, no request failing meanwhile.
+    let plugin_pid = || {
+        m.ok("systemctl show -p MainPID --value docker-tls-manager-authz.service")
+            .trim()
+            .to_string()
+    };
+    m.ok(&format!("{ENV} docker ps >/dev/null"));
+    let authz_pid = plugin_pid();
+    assert_ne!(authz_pid, "0", "the plugin is not running");
+    m.ok(POLLER);
+    std::thread::sleep(std::time::Duration::from_secs(1));
     m.ok("cd /root && apt-get install -y ./docker-tls-manager-upgrade.deb");
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let p = poll(&m);
+    assert_no_client_failed(&m, &p, 0);
+    assert!(p.ok > 0, "the poller saw no answer");
+    let now = plugin_pid();
+    assert!(
+        now != "0" && now != authz_pid,
+        "the plugin was not restarted on upgrade ({authz_pid} -> {now})"
+    );
+    let exe = m.ok(&format!("readlink /proc/{now}/exe"));
+    assert_eq!(
+        exe.trim(),
+        "/usr/bin/docker-tls-manager",
+        "the plugin runs {exe}"
+    );
     assert!(
         m.ok("dpkg-query -W -f '${Version}' docker-tls-manager")
             .contains("upgrade")
@@ -257,6 +283,11 @@ fn rpm_metadata_files_modes_and_scriptlets() {
     assert!(
         scripts.contains("postuninstall scriptlet")
             && scripts.contains("try-restart docker-tls-manager.service"),
+        "{scripts}"
+    );
+    // The authorization plugin runs the new binary after an upgrade.
+    assert!(
+        scripts.contains("try-restart docker-tls-manager-authz.service"),
         "{scripts}"
     );
     assert!(host(&format!("rpm -qp --requires {r}")).contains("systemd"));

@@ -4,3 +4,9 @@
 if [ -d /run/systemd/system ]; then
     systemctl daemon-reload >/dev/null 2>&1 || :
 fi
+# Upgrade ($1 >= 2): the authorization plugin (a unit docker-tls-manager writes) would go on
+# running the old binary: restarted if running; its socket, held by systemd, keeps Docker's
+# requests meanwhile.
+if [ "$1" -ge 2 ]; then
+    systemctl try-restart docker-tls-manager-authz.service >/dev/null 2>&1 || :
+fi

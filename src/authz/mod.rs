@@ -29,6 +29,13 @@ pub const DAEMON_JSON_KEY: &str = "authorization-plugins";
 pub const SOCKET_UNIT: &str = "docker-tls-manager-authz.socket";
 /// `docker-tls-manager authz serve`, socket-activated, restarted always.
 pub const SERVICE_UNIT: &str = "docker-tls-manager-authz.service";
+/// The plugin service's runtime directory (under /run, kept across its restarts): its
+/// failure count.
+pub const AUTHZ_RUNTIME_DIR: &str = "docker-tls-manager-authz";
+/// This many failures of the plugin (exits other than a stop or a kill)...
+pub const AUTHZ_FAILURES: u32 = 5;
+/// ...within this many seconds run the fallback; fewer only restart it.
+pub const AUTHZ_FAILURE_WINDOW_S: u32 = 30;
 /// A shell oneshot that takes our entry out of daemon.json (and reloads Docker) when the
 /// plugin cannot answer: needs neither our binary nor our service.
 pub const FALLBACK_UNIT: &str = "docker-tls-manager-authz-fallback.service";
@@ -150,5 +157,104 @@ impl Files {
 
     pub fn unit_path(settings: &Settings, unit: &str) -> PathBuf {
         settings.paths.systemd_dir.join(unit)
+    }
+}
+
+/// Whether Docker consults the plugin: what the configuration asks, against what dockerd does
+/// (asked through the probe identity: `docker::probe::TlsProbe::consulted_blocking`), for
+/// `status` and `check`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Enforcement {
+    /// Configured, and dockerd consults it: revocation and roles are enforced.
+    On,
+    /// Configured, but dockerd does not consult it (the fallback took it out, daemon.json
+    /// edited, Docker not reloaded): revocation and roles are not enforced.
+    NotConsulted,
+    /// Off in the configuration, but dockerd still consults it.
+    OffButConsulted,
+    /// Off in the configuration, and dockerd does not consult it (or cannot be asked).
+    Off,
+    /// Configured; dockerd could not be asked (the reason).
+    Unknown(String),
+}
+
+impl Enforcement {
+    /// `configured`: `[authz] enabled` and `[docker] manage`; `consulted`: whether dockerd
+    /// asked our plugin about a request, or why that could not be found out.
+    pub fn decide(configured: bool, consulted: Result<bool, String>) -> Enforcement {
+        match (configured, consulted) {
+            (true, Ok(true)) => Enforcement::On,
+            (true, Ok(false)) => Enforcement::NotConsulted,
+            (true, Err(e)) => Enforcement::Unknown(e),
+            (false, Ok(true)) => Enforcement::OffButConsulted,
+            (false, _) => Enforcement::Off,
+        }
+    }
+
+    /// For people: `status`'s line, `check`'s message.
+    pub fn describe(&self) -> String {
+        match self {
+            Enforcement::On => "on (dockerd consults it)".into(),
+            Enforcement::NotConsulted => format!(
+                "configured but dockerd does not consult it: revocation and roles are not enforced; \
+                 run `docker-tls-manager apply` or `systemctl reload docker` \
+                 (`journalctl -u {FALLBACK_UNIT} -u {SERVICE_UNIT}` says why it was taken out)"
+            ),
+            Enforcement::OffButConsulted => format!(
+                "off in the configuration but dockerd still consults it: run `docker-tls-manager apply` \
+                 (takes {PLUGIN_NAME} out of \"{DAEMON_JSON_KEY}\")"
+            ),
+            Enforcement::Off => "off".into(),
+            Enforcement::Unknown(e) => format!("configured; cannot ask dockerd: {e}"),
+        }
+    }
+
+    /// A mismatch `check` counts as a problem.
+    pub fn is_mismatch(&self) -> bool {
+        matches!(
+            self,
+            Enforcement::NotConsulted | Enforcement::OffButConsulted
+        )
+    }
+
+    /// For `status --json`.
+    pub fn key(&self) -> &'static str {
+        match self {
+            Enforcement::On => "on",
+            Enforcement::NotConsulted => "configured-not-consulted",
+            Enforcement::OffButConsulted => "off-but-consulted",
+            Enforcement::Off => "off",
+            Enforcement::Unknown(_) => "unknown",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn enforcement_is_what_dockerd_does() {
+        let on = Enforcement::decide(true, Ok(true));
+        assert_eq!(on, Enforcement::On);
+        assert_eq!(on.describe(), "on (dockerd consults it)");
+        assert!(!on.is_mismatch());
+        let not = Enforcement::decide(true, Ok(false));
+        assert_eq!(not, Enforcement::NotConsulted);
+        assert!(not.is_mismatch());
+        assert!(
+            not.describe()
+                .starts_with("configured but dockerd does not consult it")
+        );
+        let stale = Enforcement::decide(false, Ok(true));
+        assert_eq!(stale, Enforcement::OffButConsulted);
+        assert!(stale.is_mismatch());
+        assert_eq!(Enforcement::decide(false, Ok(false)), Enforcement::Off);
+        assert_eq!(
+            Enforcement::decide(false, Err("down".into())),
+            Enforcement::Off
+        );
+        let u = Enforcement::decide(true, Err("connection refused".into()));
+        assert!(!u.is_mismatch() && u.describe().contains("connection refused"));
     }
 }

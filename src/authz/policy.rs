@@ -374,8 +374,34 @@ mod tests {
             let d = decide(p, &req(None, "POST", "/containers/create"), ids);
             assert!(d.allow && !d.tls, "{d:?}");
         }
-        // The probe: always, even with a corrupt list.
-        assert!(decide(&broken, &req(Some(&probe), "GET", "/_ping"), ids).allow);
+        // The probe: its ping, even with a corrupt list; nothing else.
+        for p in [&ok, &broken] {
+            assert!(decide(p, &req(Some(&probe), "GET", "/_ping"), ids).allow);
+            for (m, uri) in [
+                ("GET", "/containers/json"),
+                ("POST", "/v1.41/containers/create"),
+            ] {
+                let d = decide(p, &req(Some(&probe), m, uri), ids);
+                assert!(
+                    !d.allow && d.tls && d.reason.contains("probe identity may only ping"),
+                    "{d:?}"
+                );
+                assert_eq!(d.client, PROBE_CN);
+            }
+            // `status` asking whether dockerd consults us: refused with its own reason.
+            let d = decide(
+                p,
+                &req(Some(&probe), "GET", "/_ping?docker-tls-manager-consulted"),
+                ids,
+            );
+            assert!(!d.allow && d.reason == CONSULTED_REASON, "{d:?}");
+            let d = decide(
+                p,
+                &req(Some(&mon), "GET", "/_ping?docker-tls-manager-consulted"),
+                ids,
+            );
+            assert!(d.reason != CONSULTED_REASON, "{d:?}");
+        }
         // A corrupt list refuses everyone else over TLS.
         let d = decide(&broken, &req(Some(&mon), "GET", "/_ping"), ids);
         assert!(!d.allow && d.tls && d.reason.contains("corrupt"), "{d:?}");
@@ -705,6 +731,13 @@ impl Cached {
     }
 }
 
+/// The query of the probe's `GET /_ping` that asks whether dockerd consults our plugin (only
+/// our plugin refuses it, with [`CONSULTED_REASON`]).
+pub const CONSULTED_QUERY: &str = "docker-tls-manager-consulted";
+/// The reason that answer carries (audited at info, not as a warning, and not counted).
+pub const CONSULTED_REASON: &str =
+    "consulted: the manager checks that dockerd asks docker-tls-manager";
+
 /// One request, as dockerd describes it to the plugin.
 #[derive(Clone, Debug, Default, Deserialize)]
 pub struct AuthzRequest {
@@ -732,7 +765,7 @@ pub struct Decision {
 }
 
 /// Decides one request. Unix-socket requests (no user, no certificate) are always allowed;
-/// over TLS the manager's probe is allowed, then a policy that cannot be read refuses, then a
+/// over TLS the manager's probe may ping and nothing else, then a policy that cannot be read refuses, then a
 /// revoked certificate is refused, then the client's role decides.
 /// `ids` caches what each certificate's PEM says.
 pub fn decide(
@@ -774,8 +807,23 @@ pub fn decide(
     d.client = id.cn.clone();
     d.serial = id.serial.clone();
     if id.cn == PROBE_CN {
-        d.allow = true;
-        d.reason = "the manager's probe".into();
+        // `status` and `check` asking whether dockerd consults us: refused, so they can tell.
+        if req.method == "GET"
+            && req.uri.split_once('?').is_some_and(|(p, q)| {
+                q == CONSULTED_QUERY && roles::route_path(p).is_ok_and(|p| p == "/_ping")
+            })
+        {
+            d.reason = CONSULTED_REASON.into();
+            return d;
+        }
+        // Only its ping, even with a corrupt list (the manager verifies Docker with it).
+        match roles::check_probe(&req.method, &req.uri) {
+            Ok(()) => {
+                d.allow = true;
+                d.reason = "the manager's probe".into();
+            }
+            Err(why) => d.reason = why,
+        }
         return d;
     }
     let p = match policy {

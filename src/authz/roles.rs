@@ -61,6 +61,23 @@ pub const OPERATOR_EXTRA: &[Rule] = &[
     Rule::Around("POST", "/containers/", "/unpause"),
 ];
 
+/// The manager's own probe identity: what `docker::probe` sends to verify Docker serves the
+/// current certificate (`GET /_ping`), and nothing else. Its key sits on the host; whoever
+/// reads it must not get the Engine API.
+pub const PROBE: &[Rule] = &[Rule::Exact("GET", "/_ping"), Rule::Exact("HEAD", "/_ping")];
+
+/// Whether the manager's probe identity may send `method` to `uri`; Err: why not.
+pub fn check_probe(method: &str, uri: &str) -> Result<(), String> {
+    let path = route_path(uri).map_err(str::to_string)?;
+    if PROBE.iter().any(|r| r.matches(method, &path)) {
+        Ok(())
+    } else {
+        Err(format!(
+            "the manager's probe identity may only ping (GET /_ping), not {method} {path}"
+        ))
+    }
+}
+
 /// The path dockerd's router matches, without the API version prefix; Err says why it is
 /// refused whatever the role.
 pub fn route_path(uri: &str) -> Result<String, &'static str> {
@@ -340,6 +357,26 @@ mod tests {
             "GET",
             "/containers/json?all=1&x=/exec"
         ));
+    }
+
+    #[test]
+    fn the_probe_only_pings() {
+        assert!(check_probe("GET", "/_ping").is_ok());
+        assert!(check_probe("HEAD", "/v1.41/_ping").is_ok());
+        for (m, uri) in [
+            ("GET", "/containers/json"),
+            ("GET", "/version"),
+            ("POST", "/_ping"),
+            ("POST", "/containers/create"),
+            ("GET", "/_ping/../containers/json"),
+            ("GET", "/_pingx"),
+        ] {
+            let e = check_probe(m, uri).unwrap_err();
+            assert!(
+                e.contains("probe identity may only ping") || e.contains("'..'"),
+                "{m} {uri}: {e}"
+            );
+        }
     }
 
     #[test]

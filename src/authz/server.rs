@@ -17,7 +17,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 
 use super::Files;
-use super::policy::{AuthzRequest, Cached, CertId, Decision, decide};
+use super::policy::{AuthzRequest, CONSULTED_REASON, Cached, CertId, Decision, decide};
 
 const CONTENT_TYPE: &str = "application/vnd.docker.plugins.v1.2+json";
 /// A connection idle this long is closed (dockerd opens another when it needs one).
@@ -222,11 +222,13 @@ fn read_request(r: &mut BufReader<UnixStream>) -> Result<Option<Request>> {
             r.read_line(&mut size)?;
             let n = usize::from_str_radix(size.trim().split(';').next().unwrap_or(""), 16)
                 .context("bad chunk size")?;
-            if body.len() + n > MAX_BODY {
-                bail!("body too large");
-            }
+            // checked: a chunk size near usize::MAX must not wrap around (and panic below).
             let start = body.len();
-            body.resize(start + n, 0);
+            let end = start
+                .checked_add(n)
+                .filter(|&e| e <= MAX_BODY)
+                .context("body too large")?;
+            body.resize(end, 0);
             r.read_exact(&mut body[start..])?;
             let mut crlf = String::new();
             r.read_line(&mut crlf)?;
@@ -341,7 +343,7 @@ fn answer(req: &Request, st: &State) -> (&'static str, String) {
                     reason: format!("unreadable request from dockerd: {e}"),
                 },
             };
-            if d.tls {
+            if d.tls && d.reason != CONSULTED_REASON {
                 let mut c = st.counters.lock().unwrap_or_else(|e| e.into_inner());
                 *c.entry((d.client.clone(), if d.allow { "allow" } else { "deny" }))
                     .or_default() += 1;
@@ -364,7 +366,7 @@ fn audit(r: &AuthzRequest, d: &Decision) {
     let decision = if d.allow { "allow" } else { "deny" };
     if !d.tls {
         tracing::debug!(method = %r.method, path = %r.uri, decision, reason = %d.reason, "docker request");
-    } else if d.allow {
+    } else if d.allow || d.reason == CONSULTED_REASON {
         tracing::info!(client = %d.client, serial = %d.serial, method = %r.method, path = %r.uri, decision, reason = %d.reason, "docker request");
     } else {
         tracing::warn!(client = %d.client, serial = %d.serial, method = %r.method, path = %r.uri, decision, reason = %d.reason, "docker request");
@@ -406,6 +408,102 @@ fn write_metrics(st: &State, path: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn read(raw: &[u8]) -> Result<Option<Request>> {
+        let (mut a, b) = UnixStream::pair().unwrap();
+        a.write_all(raw).unwrap();
+        drop(a);
+        read_request(&mut BufReader::new(b))
+    }
+
+    /// Bad input ends that connection with an error; it never panics (the release build
+    /// aborts on a panic: the plugin would go down).
+    #[test]
+    fn bad_requests_are_errors_not_panics() {
+        let head = "POST /AuthZPlugin.AuthZReq HTTP/1.1\r\n";
+        for (raw, why) in [
+            (
+                format!(
+                    "{head}Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nfffffffffffffffe\r\n"
+                ),
+                "body too large",
+            ),
+            (
+                format!("{head}Transfer-Encoding: chunked\r\n\r\nffffffffffffffff\r\n"),
+                "body too large",
+            ),
+            (
+                format!("{head}Transfer-Encoding: chunked\r\n\r\nzz\r\n"),
+                "bad chunk size",
+            ),
+            (
+                format!("{head}Content-Length: 99999999999\r\n\r\n"),
+                "body too large",
+            ),
+            (
+                format!("{head}Content-Length: -1\r\n\r\n"),
+                "bad Content-Length",
+            ),
+            (
+                format!("{head}Content-Length: 10\r\n\r\nshort"),
+                "failed to fill",
+            ),
+            (
+                format!("{head}X: {}\r\n\r\n", "a".repeat(MAX_HEADER)),
+                "too long",
+            ),
+        ] {
+            let e = match read(raw.as_bytes()) {
+                Err(e) => format!("{e:#}"),
+                Ok(_) => panic!("accepted: {}", &raw[..raw.len().min(200)]),
+            };
+            assert!(e.contains(why), "{e}");
+        }
+    }
+
+    /// A request dockerd could not have sent (malformed JSON, wrong types) is refused with a
+    /// reason; unknown fields are ignored.
+    #[test]
+    fn malformed_requests_are_refused() {
+        let settings = crate::config::parse("", Path::new("-")).unwrap();
+        let st = State {
+            policy: Mutex::new(Cached::new(Files::new(&settings), None)),
+            ids: Mutex::new(HashMap::new()),
+            counters: Mutex::new(BTreeMap::new()),
+        };
+        let ask = |body: &str| {
+            answer(
+                &Request {
+                    path: "/AuthZPlugin.AuthZReq".into(),
+                    body: body.as_bytes().to_vec(),
+                    close: false,
+                },
+                &st,
+            )
+        };
+        for body in [
+            "{",
+            "[1,2]",
+            r#"{"User": 5}"#,
+            r#"{"RequestPeerCertificates": "x"}"#,
+            "\u{0}\u{1}",
+        ] {
+            let (status, out) = ask(body);
+            assert_eq!(status, "200 OK");
+            assert!(
+                out.starts_with(r#"{"Allow":false,"Msg":"unreadable request from dockerd"#),
+                "{body}: {out}"
+            );
+        }
+        // Unknown fields: ignored (the unix socket: no user, no certificate).
+        let (_, out) = ask(r#"{"RequestMethod":"GET","RequestUri":"/_ping","Future":{"a":[1]}}"#);
+        assert_eq!(out, r#"{"Allow":true}"#);
+        // A certificate that is not one: refused with a reason.
+        let (_, out) = ask(
+            r#"{"User":"x","UserAuthNMethod":"TLS","RequestMethod":"GET","RequestUri":"/_ping","RequestPeerCertificates":["-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"]}"#,
+        );
+        assert!(out.contains(r#""Allow":false"#), "{out}");
+    }
 
     #[test]
     fn metrics_escape_labels() {

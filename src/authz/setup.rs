@@ -251,8 +251,67 @@ pub async fn converge<S: Systemd>(
             daemon_json.display()
         ));
         reload_docker(sd, &mut done).await?;
+        await_dockerd(settings, true, &mut done).await;
     }
     Ok(done)
+}
+
+/// After the reload that adds (`want`) or removes our entry: until dockerd does as told, at
+/// most 5 s (dockerd applies the SIGHUP after `systemctl reload` has returned). So `status`
+/// and `check` right after see it, and the plugin's socket is not stopped while dockerd still
+/// asks it. Asked as `status` does (the probe identity over TLS); gives up at once when Docker
+/// cannot be asked that way (TLS not served yet: a deferred restart; Docker stopped).
+async fn await_dockerd(settings: &Settings, want: bool, done: &mut Vec<String>) {
+    const PATIENCE: Duration = Duration::from_secs(5);
+    let probe = crate::docker::tls_probe(settings);
+    let t0 = std::time::Instant::now();
+    loop {
+        let p = probe.clone();
+        let asked = tokio::time::timeout(
+            PATIENCE,
+            tokio::task::spawn_blocking(move || p.consulted_blocking()),
+        )
+        .await;
+        match asked {
+            Ok(Ok(Ok(c))) if c == want => {
+                done.push(format!(
+                    "verified: dockerd {} {PLUGIN_NAME}",
+                    if want {
+                        "consults"
+                    } else {
+                        "no longer consults"
+                    }
+                ));
+                return;
+            }
+            Ok(Ok(Ok(_))) if t0.elapsed() < PATIENCE => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Ok(Ok(Ok(_))) => {
+                tracing::warn!(
+                    "dockerd {} {PLUGIN_NAME} {PATIENCE:?} after its reload",
+                    if want {
+                        "does not consult"
+                    } else {
+                        "still consults"
+                    }
+                );
+                return;
+            }
+            Ok(Ok(Err(e))) => {
+                tracing::debug!("cannot ask dockerd whether it consults {PLUGIN_NAME}: {e:#}");
+                return;
+            }
+            Ok(Err(e)) => {
+                tracing::debug!("asking dockerd whether it consults {PLUGIN_NAME}: {e}");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!("asking dockerd whether it consults {PLUGIN_NAME}: timed out");
+                return;
+            }
+        }
+    }
 }
 
 /// Units written, socket enabled and listening, the plugin answering its activation.
@@ -280,15 +339,24 @@ async fn serve<S: Systemd>(
     }
     ensure_dir(&files.dir, 0o700)?;
     let mut units_changed = false;
+    let mut service_changed = false;
+    let service_path = Files::unit_path(settings, SERVICE_UNIT);
     for (path, content, mode) in rendered(settings, binary, daemon_json) {
         if write_changed(&path, &content, mode, backups, now)? {
             done.push(format!("write '{}'", path.display()));
             units_changed |= path.extension().is_some_and(|e| e != "sh");
+            service_changed |= path == service_path;
         }
     }
     if units_changed {
         sd.reload().await?;
         done.push("systemd daemon-reload".into());
+    }
+    // A plugin started from the old unit (another binary, other paths) must not go on: it is
+    // restarted if it runs (try-restart); its socket keeps Docker's requests meanwhile.
+    if service_changed && sd.unit(SERVICE_UNIT).await?.is_active() {
+        sd.job(JobKind::Restart, SERVICE_UNIT).await?;
+        done.push(format!("restart {SERVICE_UNIT} (its unit changed)"));
     }
     let socket = sd.unit(SOCKET_UNIT).await?;
     if socket.unit_file_state != "enabled" {
@@ -360,6 +428,8 @@ pub async fn remove<S: Systemd>(
         .any(|p| p == PLUGIN_NAME)
     {
         done.extend(take_out(&files, daemon_json, &map, sd, backups, now).await?);
+        // Before its socket goes: dockerd would otherwise wait on a plugin nobody serves.
+        await_dockerd(settings, false, &mut done).await;
     }
     let socket_file = Files::unit_path(settings, SOCKET_UNIT);
     let any_unit = [SOCKET_UNIT, SERVICE_UNIT, FALLBACK_UNIT]

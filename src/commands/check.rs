@@ -134,6 +134,18 @@ async fn check_docker(ctx: &Ctx) -> usize {
         ),
         None => println!("info: dockerd is not running"),
     }
+    if obs.daemon.is_some() {
+        let e = super::status::authz_enforcement(ctx).await;
+        match &e {
+            crate::authz::Enforcement::On => println!("ok: authorization plugin {}", e.describe()),
+            e if e.is_mismatch() => {
+                problems += 1;
+                println!("error: authorization plugin {}", e.describe());
+            }
+            crate::authz::Enforcement::Off => {}
+            e => println!("info: authorization plugin {}", e.describe()),
+        }
+    }
     match docker::plan::plan_configure(&obs, &ctx.settings) {
         Ok(p) if p.steps.is_empty() => println!("ok: Docker configuration up to date"),
         Ok(p) => print_would(&p.steps, &p.warnings),

@@ -26,7 +26,7 @@ pub(crate) async fn status_cmd(ctx: &Ctx, json: bool) -> Result<()> {
     if ctx.settings.docker.manage {
         report.docker = Some(docker_status(ctx).await);
     }
-    let authz = authz_status(ctx);
+    let authz = authz_status(ctx).await;
     if json {
         let mut v = serde_json::to_value(&report)?;
         if let Some(o) = v.as_object_mut() {
@@ -37,11 +37,7 @@ pub(crate) async fn status_cmd(ctx: &Ctx, json: bool) -> Result<()> {
         print!("{}", report::render_text(&report));
         println!(
             "authorization plugin: {}",
-            if authz["enabled"] == true {
-                "on"
-            } else {
-                "off"
-            }
+            authz["enforcement_text"].as_str().unwrap_or("")
         );
         match authz["revoked"].as_array() {
             Some(list) => {
@@ -61,17 +57,38 @@ pub(crate) async fn status_cmd(ctx: &Ctx, json: bool) -> Result<()> {
     Ok(())
 }
 
-/// The plugin for `status`: on or off, and the revoked certificates (or why they cannot be read).
-fn authz_status(ctx: &Ctx) -> serde_json::Value {
+/// The plugin for `status`: configured or not, whether dockerd consults it, and the revoked
+/// certificates (or why they cannot be read).
+async fn authz_status(ctx: &Ctx) -> serde_json::Value {
     let files = crate::authz::Files::new(&ctx.settings);
     let enabled = ctx.settings.authz.enabled && ctx.settings.docker.manage;
-    match crate::authz::policy::RevocationList::load(&files.revoked) {
+    let e = authz_enforcement(ctx).await;
+    let mut v = match crate::authz::policy::RevocationList::load(&files.revoked) {
         Ok(l) => serde_json::json!({ "enabled": enabled, "revoked": l.revoked }),
         Err(e) => serde_json::json!({
             "enabled": enabled,
             "error": format!("{e:#}; Docker refuses every request over TLS until it is repaired"),
         }),
-    }
+    };
+    v["enforcement"] = e.key().into();
+    v["enforcement_text"] = e.describe().into();
+    v
+}
+
+/// Whether dockerd consults the plugin, against the configuration (asked through dockerd with
+/// the probe identity: `GET /info` lists only the plugins dockerd started with).
+pub(crate) async fn authz_enforcement(ctx: &Ctx) -> crate::authz::Enforcement {
+    let configured = ctx.settings.authz.enabled && ctx.settings.docker.manage;
+    let consulted = if ctx.settings.docker.manage {
+        let probe = docker::tls_probe(&ctx.settings);
+        match tokio::task::spawn_blocking(move || probe.consulted_blocking()).await {
+            Ok(r) => r.map_err(|e| format!("{e:#}")),
+            Err(e) => Err(e.to_string()),
+        }
+    } else {
+        Err("[docker] manage = false".into())
+    };
+    crate::authz::Enforcement::decide(configured, consulted)
 }
 
 /// Docker's side for `status`: what systemd and the TLS endpoint say, and what apply would do.

@@ -37,6 +37,35 @@ pub struct TlsProbe {
 
 impl TlsProbe {
     fn probe_blocking(&self) -> Result<String> {
+        let (status, body, fingerprint) = self.get_blocking("/_ping")?;
+        if status != 200 || body != b"OK" {
+            bail!(
+                "/_ping answered HTTP {status} '{}'",
+                String::from_utf8_lossy(&body)
+            );
+        }
+        Ok(fingerprint)
+    }
+
+    /// Whether dockerd consults our authorization plugin now: the probe's
+    /// `GET /_ping?docker-tls-manager-consulted`, which only our plugin refuses. dockerd's
+    /// `GET /info` cannot tell: its `Plugins.Authorization` is the list dockerd started with,
+    /// not updated by the reload that adds or removes ours (dockerd 20.10, seen in the machine).
+    pub fn consulted_blocking(&self) -> Result<bool> {
+        use crate::authz::{PLUGIN_NAME, policy::CONSULTED_QUERY};
+        let (status, body, _) = self.get_blocking(&format!("/_ping?{CONSULTED_QUERY}"))?;
+        let body = String::from_utf8_lossy(&body);
+        match status {
+            200 => Ok(false),
+            403 if body.contains(&format!("authorization denied by plugin {PLUGIN_NAME}:")) => {
+                Ok(true)
+            }
+            _ => bail!("dockerd answered HTTP {status}: {}", body.trim()),
+        }
+    }
+
+    /// One mutual-TLS `GET path`: (status, body, SHA-256 of the served certificate).
+    fn get_blocking(&self, path: &str) -> Result<(u16, Vec<u8>, String)> {
         let mut roots = rustls::RootCertStore::empty();
         for c in CertificateDer::pem_file_iter(&self.ca)
             .with_context(|| format!("cannot read '{}'", self.ca.display()))?
@@ -69,14 +98,17 @@ impl TlsProbe {
         tcp.set_read_timeout(Some(Duration::from_secs(20)))?;
         tcp.set_write_timeout(Some(Duration::from_secs(20)))?;
         let mut tls = rustls::StreamOwned::new(conn, tcp);
-        tls.write_all(b"GET /_ping HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-            .with_context(|| format!("TLS handshake with {} failed", self.addr))?;
+        tls.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .with_context(|| format!("TLS handshake with {} failed", self.addr))?;
         let mut resp = Vec::new();
         match tls.read_to_end(&mut resp) {
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !resp.is_empty() => {}
             Err(e) => {
-                return Err(e).with_context(|| format!("reading /_ping from {} failed", self.addr));
+                return Err(e).with_context(|| format!("reading {path} from {} failed", self.addr));
             }
         }
         let served = tls
@@ -86,13 +118,7 @@ impl TlsProbe {
             .context("no server certificate")?;
         let fingerprint = hex::encode(Sha256::digest(served.as_ref()));
         let (status, body) = parse_http(&resp)?;
-        if status != 200 || body != b"OK" {
-            bail!(
-                "/_ping answered HTTP {status} '{}'",
-                String::from_utf8_lossy(body)
-            );
-        }
-        Ok(fingerprint)
+        Ok((status, body.to_vec(), fingerprint))
     }
 }
 

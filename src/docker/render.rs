@@ -160,17 +160,33 @@ pub fn authz_socket_unit() -> String {
 }
 
 /// The plugin server, started by its socket, restarted always and without a rate limit. A
-/// kill or a stop only restarts it (the socket keeps the requests); our binary gone, or an
-/// exit of its own (it never exits by itself), runs the fallback.
+/// kill or a stop only restarts it (the socket keeps the requests), and so does a single
+/// failure (a crash, an exit code): each is counted in its runtime directory, kept across
+/// restarts, and only the `AUTHZ_FAILURES`-th within `AUTHZ_FAILURE_WINDOW_S` seconds runs
+/// the fallback (which turns revocation and roles off: one crash an attacker provokes must
+/// not). Our binary gone stops the socket at once, whose stop runs the fallback.
 pub fn authz_service_unit(u: &AuthzUnits) -> String {
-    use crate::authz::{FALLBACK_UNIT, SOCKET_UNIT};
+    use crate::authz::{
+        AUTHZ_FAILURE_WINDOW_S, AUTHZ_FAILURES, AUTHZ_RUNTIME_DIR, FALLBACK_UNIT, SOCKET_UNIT,
+    };
     let mut s = String::from(HEADER);
     s.push_str(&format!(
         "[Unit]\nDescription=Docker authorization plugin: revocation, roles, audit (docker-tls-manager)\n\
          Requires={SOCKET_UNIT}\nAfter={SOCKET_UNIT}\nStartLimitIntervalSec=0\n\n\
          [Service]\nExecStart={} {}authz serve\nRestart=always\nRestartSec=100ms\n\
+         # Failures counted here, kept across restarts (the file's name is in ExecStopPost).\n\
+         RuntimeDirectory={AUTHZ_RUNTIME_DIR}\nRuntimeDirectoryMode=0700\nRuntimeDirectoryPreserve=restart\n\
          # Our binary gone: the socket stops (ending the restarts), its stop runs the fallback.\n\
-         ExecStopPost=/bin/sh -c 'test -x {} || exec /bin/systemctl stop --no-block {SOCKET_UNIT}; case \"$$SERVICE_RESULT\" in success|signal) exit 0;; esac; exec /bin/systemctl start --no-block {FALLBACK_UNIT}'\n\
+         # A kill or a stop: restarted. A failure: restarted, and counted; the {AUTHZ_FAILURES}th within\n\
+         # {AUTHZ_FAILURE_WINDOW_S} s (or failures that cannot be counted) runs the fallback.\n\
+         ExecStopPost=/bin/sh -c 'test -x {} || exec /bin/systemctl stop --no-block {SOCKET_UNIT}; \\\n \
+         case \"$$SERVICE_RESULT\" in success|signal) exit 0;; esac; \\\n \
+         f=/run/{AUTHZ_RUNTIME_DIR}/failures; now=$$(cut -d. -f1 /proc/uptime); n=0; \\\n \
+         if {{ tail -n {} \"$$f\" 2>/dev/null; echo \"$$now\"; }} > \"$$f.new\" && mv -f \"$$f.new\" \"$$f\"; \\\n \
+         then while read t; do [ $$((now - t)) -ge {AUTHZ_FAILURE_WINDOW_S} ] || n=$$((n + 1)); done < \"$$f\"; else n={AUTHZ_FAILURES}; fi; \\\n \
+         if [ $$n -lt {AUTHZ_FAILURES} ]; then echo \"failed ($$SERVICE_RESULT), $$n of {AUTHZ_FAILURES} within {AUTHZ_FAILURE_WINDOW_S} s: restarted, Docker still asks it\" >&2; exit 0; fi; \\\n \
+         echo \"failed ($$SERVICE_RESULT) {AUTHZ_FAILURES} times within {AUTHZ_FAILURE_WINDOW_S} s: Docker stops asking it (fallback)\" >&2; \\\n \
+         exec /bin/systemctl start --no-block {FALLBACK_UNIT}'\n\
          UMask=0077\nProtectSystem=strict\nProtectHome=yes\nPrivateTmp=yes\nNoNewPrivileges=yes\n\
          RestrictAddressFamilies=AF_UNIX\nProtectKernelTunables=yes\nProtectKernelModules=yes\nProtectControlGroups=yes\n{}",
         u.binary.display(),
@@ -179,6 +195,7 @@ pub fn authz_service_unit(u: &AuthzUnits) -> String {
             .map(|c| format!("--config {} ", c.display()))
             .unwrap_or_default(),
         u.binary.display(),
+        AUTHZ_FAILURES - 1,
         u.metrics_dir
             .as_ref()
             .map(|d| format!("ReadWritePaths=-{}\n", d.display()))
