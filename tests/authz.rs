@@ -353,13 +353,14 @@ for k, (ok, fail, errs) in res.items():
     print(k, ok, fail, errs)
 "#;
 
-/// In place of our binary: `authz serve` exits 101 (as a panic does) while /etc/dtm-fail
-/// exists, after waiting for /etc/dtm-fail-once to go; anything else runs the real binary.
+/// In place of our binary: `authz serve` dies of SIGABRT (as a panic does in the release
+/// build, `panic = "abort"`) while /etc/dtm-fail exists, after waiting for /etc/dtm-fail-once
+/// to go; anything else runs the real binary.
 const FAILING: &str = r#"#!/bin/sh
 if [ "$1 $2" = "authz serve" ] && [ -e /etc/dtm-fail ]; then
   echo "dtm-test: failing" >&2
   while [ -e /etc/dtm-fail-once ]; do sleep 0.1; done
-  exit 101
+  kill -ABRT $$
 fi
 exec /usr/local/bin/dtm-real "$@"
 "#;
@@ -578,6 +579,18 @@ import json; p="/etc/docker/daemon.json"; d=json.load(open(p)); d["log-level"]="
     m.ok("timeout 1 docker ps >/dev/null");
     m.ok("rm -r /etc/systemd/system/docker-tls-manager-authz.service.d && systemctl daemon-reload && docker-tls-manager apply");
     assert!(in_daemon_json(&m));
+
+    // Docker stopped by the admin (its TCP socket still listening): `status` and `check` ask
+    // systemd, not the TLS port, which would start Docker again.
+    m.ok("systemctl stop docker.service");
+    let _ = m.sh("docker-tls-manager status; docker-tls-manager check");
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        m.ok("systemctl is-active docker.service || true").trim(),
+        "inactive",
+        "status or check started the Docker the admin stopped"
+    );
+    m.ok("systemctl start docker.service");
 
     // [authz] enabled = false: entry out by a reload, units gone, TLS clients unrestricted.
     let docker_pid = m.main_pid();

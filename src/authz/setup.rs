@@ -251,7 +251,7 @@ pub async fn converge<S: Systemd>(
             daemon_json.display()
         ));
         reload_docker(sd, &mut done).await?;
-        await_dockerd(settings, true, &mut done).await;
+        await_dockerd(settings, sd, true, &mut done).await;
     }
     Ok(done)
 }
@@ -261,8 +261,18 @@ pub async fn converge<S: Systemd>(
 /// and `check` right after see it, and the plugin's socket is not stopped while dockerd still
 /// asks it. Asked as `status` does (the probe identity over TLS); gives up at once when Docker
 /// cannot be asked that way (TLS not served yet: a deferred restart; Docker stopped).
-async fn await_dockerd(settings: &Settings, want: bool, done: &mut Vec<String>) {
+async fn await_dockerd<S: Systemd>(
+    settings: &Settings,
+    sd: &S,
+    want: bool,
+    done: &mut Vec<String>,
+) {
     const PATIENCE: Duration = Duration::from_secs(5);
+    // Docker stopped: no reload was sent, and a connection to its TLS port would start it
+    // (docker-tcp.socket activates docker.service).
+    if !sd.unit(DOCKER_SERVICE).await.is_ok_and(|u| u.is_active()) {
+        return;
+    }
     let probe = crate::docker::tls_probe(settings);
     let t0 = std::time::Instant::now();
     loop {
@@ -429,7 +439,7 @@ pub async fn remove<S: Systemd>(
     {
         done.extend(take_out(&files, daemon_json, &map, sd, backups, now).await?);
         // Before its socket goes: dockerd would otherwise wait on a plugin nobody serves.
-        await_dockerd(settings, false, &mut done).await;
+        await_dockerd(settings, sd, false, &mut done).await;
     }
     let socket_file = Files::unit_path(settings, SOCKET_UNIT);
     let any_unit = [SOCKET_UNIT, SERVICE_UNIT, FALLBACK_UNIT]

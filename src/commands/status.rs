@@ -79,7 +79,20 @@ async fn authz_status(ctx: &Ctx) -> serde_json::Value {
 /// the probe identity: `GET /info` lists only the plugins dockerd started with).
 pub(crate) async fn authz_enforcement(ctx: &Ctx) -> crate::authz::Enforcement {
     let configured = ctx.settings.authz.enabled && ctx.settings.docker.manage;
-    let consulted = if ctx.settings.docker.manage {
+    // Only a running Docker is asked: a connection to its TLS port would start a stopped one
+    // (docker-tcp.socket activates docker.service).
+    let running = async {
+        let obs = DockerSide::connect(&ctx.settings)
+            .await?
+            .observe(&ctx.settings)
+            .await?;
+        anyhow::Ok(obs.docker.active_state == "active")
+    }
+    .await
+    .unwrap_or(false);
+    let consulted = if ctx.settings.docker.manage && !running {
+        Err("docker.service is not running".into())
+    } else if ctx.settings.docker.manage {
         let probe = docker::tls_probe(&ctx.settings);
         match tokio::task::spawn_blocking(move || probe.consulted_blocking()).await {
             Ok(r) => r.map_err(|e| format!("{e:#}")),

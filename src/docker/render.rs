@@ -177,10 +177,10 @@ pub fn authz_service_unit(u: &AuthzUnits) -> String {
          # Failures counted here, kept across restarts (the file's name is in ExecStopPost).\n\
          RuntimeDirectory={AUTHZ_RUNTIME_DIR}\nRuntimeDirectoryMode=0700\nRuntimeDirectoryPreserve=restart\n\
          # Our binary gone: the socket stops (ending the restarts), its stop runs the fallback.\n\
-         # A kill or a stop: restarted. A failure: restarted, and counted; the {AUTHZ_FAILURES}th within\n\
+         # A kill or a stop: restarted. A failure (an abort or a crash included): restarted, and counted; the {AUTHZ_FAILURES}th within\n\
          # {AUTHZ_FAILURE_WINDOW_S} s (or failures that cannot be counted) runs the fallback.\n\
          ExecStopPost=/bin/sh -c 'test -x {} || exec /bin/systemctl stop --no-block {SOCKET_UNIT}; \\\n \
-         case \"$$SERVICE_RESULT\" in success|signal) exit 0;; esac; \\\n \
+         case \"$$SERVICE_RESULT:$$EXIT_STATUS\" in success:*|signal:KILL|signal:TERM|signal:INT|signal:HUP) exit 0;; esac; \\\n \
          f=/run/{AUTHZ_RUNTIME_DIR}/failures; now=$$(cut -d. -f1 /proc/uptime); n=0; \\\n \
          if {{ tail -n {} \"$$f\" 2>/dev/null; echo \"$$now\"; }} > \"$$f.new\" && mv -f \"$$f.new\" \"$$f\"; \\\n \
          then while read t; do [ $$((now - t)) -ge {AUTHZ_FAILURE_WINDOW_S} ] || n=$$((n + 1)); done < \"$$f\"; else n={AUTHZ_FAILURES}; fi; \\\n \
