@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use common::lan::Lan;
 use common::machine::{Machine, POLLER, SERVED_IS_DISK, assert_no_client_failed, poll};
-use common::pebble::Pebble;
+use common::pebble::{HTTPS_CA_IN_MACHINE, Pebble, ROOT_IN_MACHINE};
 
 const HOST: &str = "10.77.0.11";
 
@@ -27,22 +27,8 @@ fn server_certificate_from_pebble_issued_renewed_and_kept_while_unreachable() {
     let lan = Lan::connect("acme", &[(&m, "10.77.0.11/24")]);
     // 90 s certificates: renewed between 54 and 60 s of age.
     let pebble = Pebble::start(&lan, "10.77.0.1", 5002, 90);
-    std::fs::create_dir_all(m.root.join("etc/docker-tls-manager")).unwrap();
-    std::fs::copy(
-        &pebble.https_ca,
-        m.root.join("etc/docker-tls-manager/acme-https-ca.pem"),
-    )
-    .unwrap();
-    std::fs::copy(
-        &pebble.issuer_root,
-        m.root.join("etc/docker-tls-manager/acme-root.pem"),
-    )
-    .unwrap();
-    m.install_service(&format!(
-        "[acme]\ndirectory = \"{}\"\ndirectory_ca = \"/etc/docker-tls-manager/acme-https-ca.pem\"\n\
-         issuer_root = \"/etc/docker-tls-manager/acme-root.pem\"\nhttp_port = 5002\n",
-        pebble.directory
-    ));
+    pebble.trusted_by(&m.root);
+    m.install_service(&acme_config(&pebble, ROOT_IN_MACHINE));
     m.ok("systemctl enable --now docker-tls-manager");
 
     // Issued by Pebble for the host's LAN address, the chain in the file, served.
@@ -137,16 +123,11 @@ fn wrong_external_account_binding_is_named_and_leaves_docker_alone() {
     let lan = Lan::connect("acme-eab", &[(&m, "10.77.0.11/24")]);
     let good = "zWNDZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wG44nMEtx3MUAsUDkMTQ12W";
     let pebble = Pebble::start_with_eab(&lan, "10.77.0.1", 5002, 3600, Some(("kid-1", good)));
-    let dir = m.root.join("etc/docker-tls-manager");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::copy(&pebble.https_ca, dir.join("acme-https-ca.pem")).unwrap();
-    std::fs::copy(&pebble.issuer_root, dir.join("acme-root.pem")).unwrap();
+    let dir = pebble.trusted_by(&m.root);
     let config = |key: &str| {
-        format!(
-            "[acme]\ndirectory = \"{}\"\ndirectory_ca = \"/etc/docker-tls-manager/acme-https-ca.pem\"\n\
-             issuer_root = \"/etc/docker-tls-manager/acme-root.pem\"\nhttp_port = 5002\n\
-             eab_kid = \"kid-1\"\neab_hmac_key = \"{key}\"\n",
-            pebble.directory
+        pebble.config(
+            ROOT_IN_MACHINE,
+            &format!("http_port = 5002\neab_kid = \"kid-1\"\neab_hmac_key = \"{key}\"\n"),
         )
     };
     std::fs::write(
@@ -177,17 +158,12 @@ fn tls_alpn_01_enrolls_the_host_too() {
     let m = Machine::up("acme-alpn");
     let lan = Lan::connect("acme-alpn", &[(&m, "10.77.0.11/24")]);
     let pebble = Pebble::start(&lan, "10.77.0.1", 5002, 3600);
-    let dir = m.root.join("etc/docker-tls-manager");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::copy(&pebble.https_ca, dir.join("acme-https-ca.pem")).unwrap();
-    std::fs::copy(&pebble.issuer_root, dir.join("acme-root.pem")).unwrap();
+    let dir = pebble.trusted_by(&m.root);
     std::fs::write(
         dir.join("config.toml"),
-        format!(
-            "[acme]\ndirectory = \"{}\"\ndirectory_ca = \"/etc/docker-tls-manager/acme-https-ca.pem\"\n\
-             issuer_root = \"/etc/docker-tls-manager/acme-root.pem\"\nchallenge = \"tls-alpn-01\"\n\
-             tls_port = 5001\n",
-            pebble.directory
+        pebble.config(
+            ROOT_IN_MACHINE,
+            "challenge = \"tls-alpn-01\"\ntls_port = 5001\n",
         ),
     )
     .unwrap();
@@ -203,11 +179,7 @@ fn tls_alpn_01_enrolls_the_host_too() {
 }
 
 fn acme_config(pebble: &Pebble, root: &str) -> String {
-    format!(
-        "[acme]\ndirectory = \"{}\"\ndirectory_ca = \"/etc/docker-tls-manager/acme-https-ca.pem\"\n\
-         issuer_root = \"{root}\"\nhttp_port = 5002\n",
-        pebble.directory
-    )
+    pebble.config(root, "http_port = 5002\n")
 }
 
 /// What the ACME CA sends is checked before it is written (a chain that does not lead to
@@ -218,13 +190,10 @@ fn unverified_chains_are_not_written_and_a_cut_install_finishes_without_the_ca()
     let m = Machine::up("acme-crash");
     let lan = Lan::connect("acme-crash", &[(&m, "10.77.0.11/24")]);
     let pebble = Pebble::start(&lan, "10.77.0.1", 5002, 3600);
-    let dir = m.root.join("etc/docker-tls-manager");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::copy(&pebble.https_ca, dir.join("acme-https-ca.pem")).unwrap();
-    std::fs::copy(&pebble.issuer_root, dir.join("acme-root.pem")).unwrap();
+    let dir = pebble.trusted_by(&m.root);
     std::fs::write(
         dir.join("config.toml"),
-        acme_config(&pebble, "/etc/docker-tls-manager/acme-root.pem"),
+        acme_config(&pebble, ROOT_IN_MACHINE),
     )
     .unwrap();
     m.ok("docker-tls-manager apply");
@@ -234,7 +203,7 @@ fn unverified_chains_are_not_written_and_a_cut_install_finishes_without_the_ca()
     // written, Docker not restarted.
     let before = m.ok("sha256sum /etc/docker/tls/server-cert.pem /etc/docker/tls/server-key.pem");
     let pid = m.ok("systemctl show -p MainPID --value docker");
-    let wrong = acme_config(&pebble, "/etc/docker-tls-manager/acme-https-ca.pem");
+    let wrong = acme_config(&pebble, HTTPS_CA_IN_MACHINE);
     std::fs::write(dir.join("wrong.toml"), wrong).unwrap();
     let o =
         m.sh("docker-tls-manager --config /etc/docker-tls-manager/wrong.toml renew --force server");
@@ -333,14 +302,8 @@ fn renewal_follows_the_acme_cas_renewal_information() {
     // Four-day certificates: Pebble's window (two days around two thirds of the lifetime) lies
     // inside the lifetime. (For certificates under three days it ends after expiry: ignored.)
     let pebble = Pebble::start_ari(&lan, "10.77.0.1", 5002, 4 * 86400);
-    let dir = m.root.join("etc/docker-tls-manager");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::copy(&pebble.https_ca, dir.join("acme-https-ca.pem")).unwrap();
-    std::fs::copy(&pebble.issuer_root, dir.join("acme-root.pem")).unwrap();
-    m.install_service(&acme_config(
-        &pebble,
-        "/etc/docker-tls-manager/acme-root.pem",
-    ));
+    pebble.trusted_by(&m.root);
+    m.install_service(&acme_config(&pebble, ROOT_IN_MACHINE));
     m.ok("systemctl enable --now docker-tls-manager");
     m.wait_for(
         "test -s /var/lib/docker-tls-manager/acme-renewal-info.json",
@@ -444,13 +407,10 @@ fn a_renewal_window_past_expiry_is_ignored() {
     let m = Machine::up("acme-ari-late");
     let lan = Lan::connect("acme-ari-late", &[(&m, "10.77.0.11/24")]);
     let pebble = Pebble::start_ari(&lan, "10.77.0.1", 5002, 120);
-    let dir = m.root.join("etc/docker-tls-manager");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::copy(&pebble.https_ca, dir.join("acme-https-ca.pem")).unwrap();
-    std::fs::copy(&pebble.issuer_root, dir.join("acme-root.pem")).unwrap();
+    let dir = pebble.trusted_by(&m.root);
     std::fs::write(
         dir.join("config.toml"),
-        acme_config(&pebble, "/etc/docker-tls-manager/acme-root.pem"),
+        acme_config(&pebble, ROOT_IN_MACHINE),
     )
     .unwrap();
     let o = m.sh("docker-tls-manager apply");

@@ -12,7 +12,7 @@ mod common;
 
 use common::lan::Lan;
 use common::machine::Machine;
-use common::pebble::Pebble;
+use common::pebble::{Pebble, ROOT_IN_MACHINE};
 
 const ADMIN: &str = "C=/var/lib/docker-tls-manager/clients/admin;";
 
@@ -87,17 +87,10 @@ fn one_bundle_works_on_every_host_after_ca_import() {
     let hosts = [(&a, "10.77.0.11"), (&b, "10.77.0.12"), (&c, "10.77.0.13")];
     let mut took = vec![];
     for (m, _) in hosts {
-        let dir = m.root.join("etc/docker-tls-manager");
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::copy(&pebble.https_ca, dir.join("acme-https-ca.pem")).unwrap();
-        std::fs::copy(&pebble.issuer_root, dir.join("acme-root.pem")).unwrap();
+        let dir = pebble.trusted_by(&m.root);
         std::fs::write(
             dir.join("config.toml"),
-            format!(
-                "[acme]\ndirectory = \"{}\"\ndirectory_ca = \"/etc/docker-tls-manager/acme-https-ca.pem\"\n\
-                 issuer_root = \"/etc/docker-tls-manager/acme-root.pem\"\nhttp_port = 5002\n",
-                pebble.directory
-            ),
+            pebble.config(ROOT_IN_MACHINE, "http_port = 5002\n"),
         )
         .unwrap();
         let t = std::time::Instant::now();

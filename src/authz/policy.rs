@@ -1042,17 +1042,12 @@ pub fn wanted_role(
         .unwrap_or(Role::Admin)
 }
 
-/// The role a client has: the config's, else the one given at `client add`, else admin.
+/// The role a client has: the config's, else the one given at `client add`, else admin
+/// ([`wanted_role`], with an unreadable `roles.json` read as empty).
 pub fn role_of(settings: &crate::config::Settings, files: &Files, name: &str) -> Role {
-    settings
-        .authz
-        .roles
-        .get(name)
-        .copied()
-        .or_else(|| {
-            load_roles(&files.roles)
-                .ok()
-                .and_then(|r| r.get(name).copied())
-        })
-        .unwrap_or(Role::Admin)
+    wanted_role(
+        settings,
+        &load_roles(&files.roles).unwrap_or_default(),
+        name,
+    )
 }

@@ -2,11 +2,16 @@
 //! HTTPS certificate from a throwaway CA (a CA:FALSE leaf for the LAN address), short-lived
 //! certificates, http-01 validated on the port the test names. Killed when dropped.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::text;
+
+/// Where [`Pebble::trusted_by`] puts Pebble's HTTPS CA in a machine (`[acme] directory_ca`).
+pub const HTTPS_CA_IN_MACHINE: &str = "/etc/docker-tls-manager/acme-https-ca.pem";
+/// Where [`Pebble::trusted_by`] puts the root of the chains Pebble issues (`[acme] issuer_root`).
+pub const ROOT_IN_MACHINE: &str = "/etc/docker-tls-manager/acme-root.pem";
 
 pub struct Pebble {
     child: Child,
@@ -205,6 +210,27 @@ impl Pebble {
             std::thread::sleep(Duration::from_millis(200));
         }
         p
+    }
+
+    /// Copies Pebble's HTTPS CA and its issuing root into the machine whose root directory
+    /// is `machine_root`, as [`HTTPS_CA_IN_MACHINE`] and [`ROOT_IN_MACHINE`]; returns the
+    /// machine's `etc/docker-tls-manager`.
+    pub fn trusted_by(&self, machine_root: &Path) -> PathBuf {
+        let dir = machine_root.join("etc/docker-tls-manager");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::copy(&self.https_ca, dir.join("acme-https-ca.pem")).unwrap();
+        std::fs::copy(&self.issuer_root, dir.join("acme-root.pem")).unwrap();
+        dir
+    }
+
+    /// The `[acme]` section for this Pebble (the copies [`Pebble::trusted_by`] made), with
+    /// `issuer_root` and then the lines `extra`.
+    pub fn config(&self, issuer_root: &str, extra: &str) -> String {
+        format!(
+            "[acme]\ndirectory = \"{}\"\ndirectory_ca = \"{HTTPS_CA_IN_MACHINE}\"\n\
+             issuer_root = \"{issuer_root}\"\n{extra}",
+            self.directory
+        )
     }
 
     /// Pebble's renewal information for the certificate with RFC 9773 identifier `cert_id`
