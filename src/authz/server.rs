@@ -10,7 +10,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::FromRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -31,6 +31,49 @@ struct State {
     ids: Mutex<HashMap<String, CertId>>,
     /// (client, decision) -> requests, for the metrics file.
     counters: Mutex<BTreeMap<(String, &'static str), u64>>,
+    /// How long the plugin takes to answer, for the metrics file.
+    times: AnswerTimes,
+}
+
+/// Upper bounds (seconds) of the answer-time histogram's buckets.
+pub const ANSWER_BUCKETS: [f64; 8] = [0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01];
+
+/// A histogram of the time from a request read to its answer written, lock-free (every
+/// request adds to it).
+#[derive(Default)]
+pub struct AnswerTimes {
+    /// Per bucket of [`ANSWER_BUCKETS`], then the +Inf one (not cumulative here).
+    buckets: [AtomicU64; ANSWER_BUCKETS.len() + 1],
+    sum_ns: AtomicU64,
+}
+
+impl AnswerTimes {
+    pub fn record(&self, d: Duration) {
+        let s = d.as_secs_f64();
+        let i = ANSWER_BUCKETS
+            .iter()
+            .position(|&le| s <= le)
+            .unwrap_or(ANSWER_BUCKETS.len());
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_ns.fetch_add(
+            u64::try_from(d.as_nanos()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Cumulative counts per bucket (the last is +Inf, the total) and the sum in seconds.
+    pub fn snapshot(&self) -> (Vec<u64>, f64) {
+        let mut total = 0;
+        let counts = self
+            .buckets
+            .iter()
+            .map(|b| {
+                total += b.load(Ordering::Relaxed);
+                total
+            })
+            .collect();
+        (counts, self.sum_ns.load(Ordering::Relaxed) as f64 / 1e9)
+    }
 }
 
 /// The listener systemd passed (`LISTEN_FDS`), else `listen` bound here.
@@ -81,6 +124,7 @@ pub fn serve(config: Option<&Path>, listen: Option<&Path>) -> Result<()> {
         policy: Mutex::new(Cached::new(files, config.map(Path::to_path_buf))),
         ids: Mutex::new(HashMap::new()),
         counters: Mutex::new(BTreeMap::new()),
+        times: AnswerTimes::default(),
     });
     state.policy.lock().unwrap_or_else(|e| e.into_inner()).get();
     if let Some(m) = metrics {
@@ -264,13 +308,21 @@ fn connection(stream: UnixStream, st: &State, in_flight: &AtomicUsize) -> Result
             break;
         };
         in_flight.fetch_add(1, Ordering::SeqCst);
-        let (status, body) = answer(&req, st);
+        let t0 = std::time::Instant::now();
+        let a = answer(&req, st);
         // One write: a kill cannot leave dockerd half an answer (which it does not retry).
         let out = format!(
-            "HTTP/1.1 {status}\r\nContent-Type: {CONTENT_TYPE}\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len(),
+            "HTTP/1.1 {}\r\nContent-Type: {CONTENT_TYPE}\r\nContent-Length: {}\r\n\r\n{}",
+            a.status,
+            a.body.len(),
+            a.body,
         );
         let written = w.write_all(out.as_bytes());
+        st.times.record(t0.elapsed());
+        // The audit line after the answer: dockerd goes on while it is sent to the journal.
+        if let Some((ar, d)) = &a.audit {
+            audit(ar, d);
+        }
         in_flight.fetch_sub(1, Ordering::SeqCst);
         written?;
         if req.close {
@@ -284,31 +336,51 @@ fn json_escape(s: &str) -> String {
     serde_json::to_string(s).expect("a string serializes")
 }
 
-fn answer(req: &Request, st: &State) -> (&'static str, String) {
+/// What the plugin answers, and the audit line it writes after the answer.
+struct Answer {
+    status: &'static str,
+    body: String,
+    audit: Option<(AuthzRequest, Decision)>,
+}
+
+impl Answer {
+    fn ok(body: &str) -> Answer {
+        Answer {
+            status: "200 OK",
+            body: body.into(),
+            audit: None,
+        }
+    }
+
+    fn decision(d: &Decision) -> Answer {
+        if d.allow {
+            Answer::ok(r#"{"Allow":true}"#)
+        } else {
+            Answer::ok(&format!(
+                r#"{{"Allow":false,"Msg":{}}}"#,
+                json_escape(&d.reason)
+            ))
+        }
+    }
+}
+
+fn answer(req: &Request, st: &State) -> Answer {
     match req.path.as_str() {
-        "/Plugin.Activate" => ("200 OK", r#"{"Implements":["authz"]}"#.into()),
+        "/Plugin.Activate" => Answer::ok(r#"{"Implements":["authz"]}"#),
         // The same decision again on the response: what an interrupted AuthZReq let through
         // unchecked (dockerd's empty retry, below) is not handed back to a client that may
         // not have it (a revoked one, a role that may not read it). Allowed responses are not
         // audited twice.
         "/AuthZPlugin.AuthZRes" => {
             let Ok(ar) = serde_json::from_slice::<AuthzRequest>(&req.body) else {
-                return ("200 OK", r#"{"Allow":true}"#.into());
+                return Answer::ok(r#"{"Allow":true}"#);
             };
-            let mut cache = st.policy.lock().unwrap_or_else(|e| e.into_inner());
-            let mut ids = st.ids.lock().unwrap_or_else(|e| e.into_inner());
-            let d = decide(cache.get(), &ar, &mut ids);
-            drop(ids);
-            drop(cache);
-            if d.allow {
-                ("200 OK", r#"{"Allow":true}"#.into())
-            } else {
-                audit(&ar, &d);
-                (
-                    "200 OK",
-                    format!(r#"{{"Allow":false,"Msg":{}}}"#, json_escape(&d.reason)),
-                )
+            let d = decide_cached(st, &ar);
+            let mut a = Answer::decision(&d);
+            if !d.allow {
+                a.audit = Some((ar, d));
             }
+            a
         }
         "/AuthZPlugin.AuthZReq" => {
             // dockerd retries a plugin call whose connection broke (this process killed
@@ -320,45 +392,46 @@ fn answer(req: &Request, st: &State) -> (&'static str, String) {
                     reason = "empty request: dockerd's retry after the plugin was interrupted",
                     "docker request"
                 );
-                return ("200 OK", r#"{"Allow":true}"#.into());
+                return Answer::ok(r#"{"Allow":true}"#);
             }
-            let d = match serde_json::from_slice::<AuthzRequest>(&req.body) {
-                Ok(ar) => {
-                    let mut cache = st.policy.lock().unwrap_or_else(|e| e.into_inner());
-                    let mut ids = st.ids.lock().unwrap_or_else(|e| e.into_inner());
-                    if ids.len() > 10_000 {
-                        ids.clear();
-                    }
-                    let d = decide(cache.get(), &ar, &mut ids);
-                    drop(ids);
-                    drop(cache);
-                    audit(&ar, &d);
-                    d
-                }
-                Err(e) => Decision {
-                    allow: false,
-                    tls: true,
-                    client: String::new(),
-                    serial: String::new(),
-                    reason: format!("unreadable request from dockerd: {e}"),
-                },
+            let (d, ar) = match serde_json::from_slice::<AuthzRequest>(&req.body) {
+                Ok(ar) => (decide_cached(st, &ar), ar),
+                Err(e) => (
+                    Decision {
+                        allow: false,
+                        tls: true,
+                        client: String::new(),
+                        serial: String::new(),
+                        reason: format!("unreadable request from dockerd: {e}"),
+                    },
+                    AuthzRequest::default(),
+                ),
             };
             if d.tls && d.reason != CONSULTED_REASON {
                 let mut c = st.counters.lock().unwrap_or_else(|e| e.into_inner());
                 *c.entry((d.client.clone(), if d.allow { "allow" } else { "deny" }))
                     .or_default() += 1;
             }
-            if d.allow {
-                ("200 OK", r#"{"Allow":true}"#.into())
-            } else {
-                (
-                    "200 OK",
-                    format!(r#"{{"Allow":false,"Msg":{}}}"#, json_escape(&d.reason)),
-                )
-            }
+            let mut a = Answer::decision(&d);
+            a.audit = Some((ar, d));
+            a
         }
-        _ => ("404 Not Found", r#"{"Err":"unknown endpoint"}"#.into()),
+        _ => Answer {
+            status: "404 Not Found",
+            body: r#"{"Err":"unknown endpoint"}"#.into(),
+            audit: None,
+        },
     }
+}
+
+/// `decide` with the policy as last read and the certificates already seen.
+fn decide_cached(st: &State, ar: &AuthzRequest) -> Decision {
+    let mut cache = st.policy.lock().unwrap_or_else(|e| e.into_inner());
+    let mut ids = st.ids.lock().unwrap_or_else(|e| e.into_inner());
+    if ids.len() > 10_000 {
+        ids.clear();
+    }
+    decide(cache.get(), ar, &mut ids)
 }
 
 /// The audit line: every request over TLS at info, denials at warning; the unix socket at debug.
@@ -373,8 +446,12 @@ fn audit(r: &AuthzRequest, d: &Decision) {
     }
 }
 
-/// Renders the counters as a node_exporter textfile.
-pub fn render_metrics(c: &BTreeMap<(String, &'static str), u64>) -> String {
+/// Renders the counters and the answer-time histogram (cumulative counts per bucket of
+/// [`ANSWER_BUCKETS`] then +Inf, and the sum in seconds) as a node_exporter textfile.
+pub fn render_metrics(
+    c: &BTreeMap<(String, &'static str), u64>,
+    times: &(Vec<u64>, f64),
+) -> String {
     let mut s = String::from(
         "# HELP docker_tls_manager_authz_requests_total Docker API requests over TLS seen by the authorization plugin, by client and decision (since the plugin started).\n\
          # TYPE docker_tls_manager_authz_requests_total counter\n",
@@ -388,13 +465,36 @@ pub fn render_metrics(c: &BTreeMap<(String, &'static str), u64>) -> String {
             "docker_tls_manager_authz_requests_total{{client=\"{client}\",decision=\"{decision}\"}} {n}\n"
         ));
     }
+    let (counts, sum) = times;
+    s.push_str(
+        "# HELP docker_tls_manager_authz_answer_seconds Time from a call of dockerd read to the plugin's answer written (since the plugin started).\n\
+         # TYPE docker_tls_manager_authz_answer_seconds histogram\n",
+    );
+    for (i, n) in counts.iter().enumerate() {
+        let le = ANSWER_BUCKETS
+            .get(i)
+            .map_or("+Inf".to_string(), |b| b.to_string());
+        s.push_str(&format!(
+            "docker_tls_manager_authz_answer_seconds_bucket{{le=\"{le}\"}} {n}\n"
+        ));
+    }
+    s.push_str(&format!(
+        "docker_tls_manager_authz_answer_seconds_sum {sum}\n\
+         docker_tls_manager_authz_answer_seconds_count {}\n",
+        counts.last().copied().unwrap_or(0)
+    ));
     s
 }
 
 fn write_metrics(st: &State, path: &Path) {
     let mut last = String::new();
     loop {
-        let text = render_metrics(&st.counters.lock().unwrap_or_else(|e| e.into_inner()));
+        let counters = st
+            .counters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let text = render_metrics(&counters, &st.times.snapshot());
         if text != last && path.parent().is_some_and(Path::is_dir) {
             match crate::files::atomic_write(path, text.as_bytes(), 0o644) {
                 Ok(()) => last = text,
@@ -470,6 +570,7 @@ mod tests {
             policy: Mutex::new(Cached::new(Files::new(&settings), None)),
             ids: Mutex::new(HashMap::new()),
             counters: Mutex::new(BTreeMap::new()),
+            times: AnswerTimes::default(),
         };
         let ask = |body: &str| {
             answer(
@@ -480,6 +581,10 @@ mod tests {
                 },
                 &st,
             )
+        };
+        let ask = |body: &str| {
+            let a = ask(body);
+            (a.status, a.body)
         };
         for body in [
             "{",
@@ -509,7 +614,23 @@ mod tests {
     fn metrics_escape_labels() {
         let mut c = BTreeMap::new();
         c.insert(("a\"b".to_string(), "deny"), 3);
-        let t = render_metrics(&c);
+        let times = AnswerTimes::default();
+        times.record(Duration::from_micros(30));
+        times.record(Duration::from_micros(80));
+        times.record(Duration::from_micros(80));
+        times.record(Duration::from_secs(1));
+        let t = render_metrics(&c, &times.snapshot());
         assert!(t.contains(r#"{client="a\"b",decision="deny"} 3"#), "{t}");
+        // Cumulative buckets, +Inf the total, the sum in seconds.
+        for line in [
+            r#"docker_tls_manager_authz_answer_seconds_bucket{le="0.00005"} 1"#,
+            r#"docker_tls_manager_authz_answer_seconds_bucket{le="0.0001"} 3"#,
+            r#"docker_tls_manager_authz_answer_seconds_bucket{le="0.01"} 3"#,
+            r#"docker_tls_manager_authz_answer_seconds_bucket{le="+Inf"} 4"#,
+            "docker_tls_manager_authz_answer_seconds_sum 1.00019",
+            "docker_tls_manager_authz_answer_seconds_count 4",
+        ] {
+            assert!(t.lines().any(|l| l == line), "{line} not in\n{t}");
+        }
     }
 }
