@@ -2,9 +2,14 @@
  * AuthZReq and AuthZRes with {"Allow":true} without reading what it was sent (beyond the HTTP
  * framing), one thread per connection, kept alive like ours. What dockerd adds with this plugin
  * is the cost of Docker's plugin machinery itself; what ours adds beyond it is ours.
+ * It reads requests as dockerd's plugin client sends them (Go's net/http: Content-Length,
+ * never chunked, one request at a time per connection) and nothing else. On SIGTERM it prints
+ * how many AuthZReq calls it answered (bench/authz.sh checks that dockerd asked it).
  *   floor_plugin SOCKET_PATH */
 #define _GNU_SOURCE
 #include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,6 +31,7 @@ static int read_request(int fd, char *buf, size_t cap, size_t *have, char *path,
                 if (!nl) break;
                 if ((size_t)(nl - p) > 15 && strncasecmp(p, "Content-Length:", 15) == 0)
                     clen = strtol(p + 15, NULL, 10);
+                if (clen < 0) return -1;
                 p = nl + 2;
             }
             sscanf(buf, "%*s %255s", path);
@@ -54,6 +60,16 @@ static int read_request(int fd, char *buf, size_t cap, size_t *have, char *path,
     }
 }
 
+static atomic_long authz_req;
+
+static void on_term(int sig) {
+    (void)sig;
+    char msg[64];
+    int n = snprintf(msg, sizeof msg, "floor: %ld AuthZReq calls\n", atomic_load(&authz_req));
+    if (write(1, msg, (size_t)n) < 0) _exit(1);
+    _exit(0);
+}
+
 static void *conn(void *arg) {
     int fd = (int)(long)arg;
     static const char allow[] = "{\"Allow\":true}";
@@ -63,6 +79,7 @@ static void *conn(void *arg) {
     char path[256], out[512];
     while (read_request(fd, buf, 1 << 20, &have, path, sizeof path) == 0) {
         const char *body = strcmp(path, "/Plugin.Activate") == 0 ? activate : allow;
+        if (strcmp(path, "/AuthZPlugin.AuthZReq") == 0) atomic_fetch_add(&authz_req, 1);
         int n = snprintf(out, sizeof out,
                          "HTTP/1.1 200 OK\r\nContent-Type: application/vnd.docker.plugins.v1.2+json\r\n"
                          "Content-Length: %zu\r\n\r\n%s", strlen(body), body);
@@ -75,6 +92,8 @@ static void *conn(void *arg) {
 
 int main(int argc, char **argv) {
     if (argc != 2) { fprintf(stderr, "usage: floor_plugin SOCKET_PATH\n"); return 2; }
+    signal(SIGPIPE, SIG_IGN);
+    signal(SIGTERM, on_term);
     int l = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     struct sockaddr_un a = {.sun_family = AF_UNIX};
     strncpy(a.sun_path, argv[1], sizeof a.sun_path - 1);

@@ -40,14 +40,74 @@ struct StoredAccount {
 const ORDER_TIMEOUT: Duration = Duration::from_secs(120);
 
 fn builder(acme: &AcmeSettings) -> Result<instant_acme::AccountBuilder> {
-    match &acme.directory_ca {
-        Some(ca) => Account::builder_with_root(ca).map_err(|e| {
-            anyhow!(
-                "[acme] directory_ca '{}' cannot be used to verify the ACME server: {e}",
-                ca.display()
+    use hyper_rustls::HttpsConnectorBuilder;
+    let https = match &acme.directory_ca {
+        Some(ca) => {
+            use rustls::pki_types::{CertificateDer, pem::PemObject};
+            let mut roots = rustls::RootCertStore::empty();
+            CertificateDer::from_pem_file(ca)
+                .map_err(|e| anyhow!("{e}"))
+                .and_then(|der| roots.add(der).map_err(|e| anyhow!("{e}")))
+                .map_err(|e| {
+                    anyhow!(
+                        "[acme] directory_ca '{}' cannot be used to verify the ACME server: {e}",
+                        ca.display()
+                    )
+                })?;
+            HttpsConnectorBuilder::new().with_tls_config(
+                rustls::ClientConfig::builder()
+                    .with_root_certificates(roots)
+                    .with_no_client_auth(),
             )
-        }),
-        None => Account::builder().map_err(|e| anyhow!("cannot set up the HTTPS client: {e}")),
+        }
+        None => HttpsConnectorBuilder::new()
+            .try_with_platform_verifier()
+            .map_err(|e| anyhow!("cannot set up the HTTPS client: {e}"))?,
+    };
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build(https.https_only().enable_http1().enable_http2().build());
+    Ok(Account::builder_with_http(Box::new(SaneRetryAfter(client))))
+}
+
+/// The longest `Retry-After` (seconds) passed on to instant-acme: a year.
+const MAX_RETRY_AFTER_S: u64 = 365 * 24 * 3600;
+
+/// The ACME server's HTTPS, with one guard: a `Retry-After` of more seconds than
+/// [`MAX_RETRY_AFTER_S`] is cut to it. instant-acme adds the header's seconds to the clock,
+/// which panics past about 2^63 seconds, and the release build aborts on a panic: a broken or
+/// hostile ACME server would stop the service at every start.
+struct SaneRetryAfter<C>(C);
+
+impl<C: instant_acme::HttpClient> instant_acme::HttpClient for SaneRetryAfter<C> {
+    fn request(
+        &self,
+        req: http::Request<instant_acme::BodyWrapper<bytes::Bytes>>,
+    ) -> std::pin::Pin<
+        Box<
+            dyn std::future::Future<
+                    Output = Result<instant_acme::BytesResponse, instant_acme::Error>,
+                > + Send,
+        >,
+    > {
+        let fut = instant_acme::HttpClient::request(&self.0, req);
+        Box::pin(async move {
+            let mut rsp = fut.await?;
+            cap_retry_after(&mut rsp.parts.headers);
+            Ok(rsp)
+        })
+    }
+}
+
+/// Cuts a `Retry-After` in seconds (as instant-acme reads it: a `u64`, surrounding space
+/// allowed) to [`MAX_RETRY_AFTER_S`]; an HTTP date or anything else is left as it is.
+fn cap_retry_after(headers: &mut http::HeaderMap) {
+    let too_long = headers
+        .get(http::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .is_some_and(|s| s > MAX_RETRY_AFTER_S);
+    if too_long {
+        headers.insert(http::header::RETRY_AFTER, MAX_RETRY_AFTER_S.into());
     }
 }
 
@@ -678,6 +738,111 @@ mod tests {
         let mut out = String::new();
         c.read_to_string(&mut out).await.unwrap();
         out
+    }
+
+    /// A stand-in ACME server (no network): its directory names `renewalInfo`, whose answer
+    /// carries `retry_after` as its Retry-After header.
+    struct FakeAcme {
+        retry_after: &'static str,
+    }
+
+    impl instant_acme::HttpClient for FakeAcme {
+        fn request(
+            &self,
+            req: http::Request<instant_acme::BodyWrapper<bytes::Bytes>>,
+        ) -> std::pin::Pin<
+            Box<
+                dyn std::future::Future<
+                        Output = Result<instant_acme::BytesResponse, instant_acme::Error>,
+                    > + Send,
+            >,
+        > {
+            let uri = req.uri().to_string();
+            let retry_after = self.retry_after;
+            Box::pin(async move {
+                let (body, retry_after) = if uri == "https://acme.test/dir" {
+                    (
+                        r#"{"newNonce":"https://acme.test/nonce","newAccount":"https://acme.test/acct","newOrder":"https://acme.test/order","renewalInfo":"https://acme.test/ari"}"#,
+                        None,
+                    )
+                } else if uri.starts_with("https://acme.test/ari/") {
+                    (
+                        r#"{"suggestedWindow":{"start":"2030-01-01T00:00:00Z","end":"2030-01-02T00:00:00Z"}}"#,
+                        Some(retry_after),
+                    )
+                } else {
+                    panic!("unexpected request to {uri}");
+                };
+                let mut rsp = http::Response::builder().status(200);
+                if let Some(r) = retry_after {
+                    rsp = rsp.header(http::header::RETRY_AFTER, r);
+                }
+                Ok(instant_acme::BytesResponse::from(
+                    rsp.body(instant_acme::BodyWrapper::<bytes::Bytes>::from(
+                        body.as_bytes().to_vec(),
+                    ))
+                    .unwrap(),
+                ))
+            })
+        }
+    }
+
+    async fn ask_renewal_info(
+        http: Box<dyn instant_acme::HttpClient>,
+    ) -> Result<Duration, instant_acme::Error> {
+        use base64::Engine;
+        let key = rcgen::KeyPair::generate().unwrap();
+        let credentials: AccountCredentials = serde_json::from_value(serde_json::json!({
+            "id": "https://acme.test/acct/1",
+            "key_pkcs8": base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key.serialize_der()),
+            "directory": "https://acme.test/dir",
+        }))
+        .unwrap();
+        let account = Account::builder_with_http(http)
+            .from_credentials(credentials)
+            .await?;
+        let id = certificate_identifier("AAAA.AQ").unwrap();
+        account.renewal_info(&id).await.map(|(_, after)| after)
+    }
+
+    /// instant-acme adds Retry-After's seconds to the clock, which panics past about 2^63 s
+    /// (the release build would abort): behind the guard such a header is cut to a year;
+    /// ordinary ones and HTTP dates pass as they are.
+    #[tokio::test]
+    async fn a_retry_after_too_long_for_the_clock_is_cut_to_a_year() {
+        let huge = "18446744073709551615";
+        let unguarded = tokio::spawn(ask_renewal_info(Box::new(FakeAcme { retry_after: huge })));
+        assert!(
+            unguarded.await.unwrap_err().is_panic(),
+            "instant-acme no longer panics on it: the guard may go"
+        );
+        let after = ask_renewal_info(Box::new(SaneRetryAfter(FakeAcme { retry_after: huge })))
+            .await
+            .unwrap();
+        let year = Duration::from_secs(MAX_RETRY_AFTER_S);
+        assert!(
+            after <= year && after > year - Duration::from_secs(60),
+            "{after:?}"
+        );
+        for (header, want) in [("3600", 3600), (" 120 ", 120), ("0", 0)] {
+            let after = ask_renewal_info(Box::new(SaneRetryAfter(FakeAcme {
+                retry_after: header,
+            })))
+            .await
+            .unwrap()
+            .as_secs();
+            assert!(after <= want && after + 60 >= want, "{header}: {after}");
+        }
+        let mut h = http::HeaderMap::new();
+        h.insert(
+            http::header::RETRY_AFTER,
+            "Fri, 31 Dec 9999 23:59:59 GMT".parse().unwrap(),
+        );
+        cap_retry_after(&mut h);
+        assert_eq!(
+            h[http::header::RETRY_AFTER],
+            "Fri, 31 Dec 9999 23:59:59 GMT"
+        );
     }
 
     /// Connections that send nothing neither hold the answer back for long nor outlive the

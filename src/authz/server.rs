@@ -317,11 +317,13 @@ fn connection(stream: UnixStream, st: &State, in_flight: &AtomicUsize) -> Result
             a.body.len(),
             a.body,
         );
-        let written = w.write_all(out.as_bytes());
-        st.times.record(t0.elapsed());
-        // The audit line after the answer: dockerd goes on while it is sent to the journal.
+        // The audit line before the answer: a request dockerd carries out has its line.
         if let Some((ar, d)) = &a.audit {
             audit(ar, d);
+        }
+        let written = w.write_all(out.as_bytes());
+        if written.is_ok() {
+            st.times.record(t0.elapsed());
         }
         in_flight.fetch_sub(1, Ordering::SeqCst);
         written?;
@@ -336,7 +338,7 @@ fn json_escape(s: &str) -> String {
     serde_json::to_string(s).expect("a string serializes")
 }
 
-/// What the plugin answers, and the audit line it writes after the answer.
+/// What the plugin answers, and the audit line it writes before the answer.
 struct Answer {
     status: &'static str,
     body: String,
@@ -467,7 +469,7 @@ pub fn render_metrics(
     }
     let (counts, sum) = times;
     s.push_str(
-        "# HELP docker_tls_manager_authz_answer_seconds Time from a call of dockerd read to the plugin's answer written (since the plugin started).\n\
+        "# HELP docker_tls_manager_authz_answer_seconds Time from a call of dockerd read to the plugin's answer written, audit line included (answers written since the plugin started).\n\
          # TYPE docker_tls_manager_authz_answer_seconds histogram\n",
     );
     for (i, n) in counts.iter().enumerate() {
@@ -608,6 +610,69 @@ mod tests {
             r#"{"User":"x","UserAuthNMethod":"TLS","RequestMethod":"GET","RequestUri":"/_ping","RequestPeerCertificates":["-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"]}"#,
         );
         assert!(out.contains(r#""Allow":false"#), "{out}");
+    }
+
+    /// Which answers carry an audit line: every AuthZReq dockerd describes (the unix socket's
+    /// at debug), the unreadable ones too; AuthZRes only when it refuses; never the empty
+    /// retry (warned where it is answered), the activation or an unknown endpoint.
+    #[test]
+    fn each_answer_says_whether_it_is_audited() {
+        let settings = crate::config::parse("", Path::new("-")).unwrap();
+        let st = State {
+            policy: Mutex::new(Cached::new(Files::new(&settings), None)),
+            ids: Mutex::new(HashMap::new()),
+            counters: Mutex::new(BTreeMap::new()),
+            times: AnswerTimes::default(),
+        };
+        let unix = r#"{"RequestMethod":"GET","RequestUri":"/_ping"}"#;
+        let bad_cert = r#"{"User":"x","UserAuthNMethod":"TLS","RequestMethod":"GET","RequestUri":"/_ping","RequestPeerCertificates":["-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"]}"#;
+        for (path, body, status, audited, allow) in [
+            ("/AuthZPlugin.AuthZReq", unix, "200 OK", Some(false), true),
+            (
+                "/AuthZPlugin.AuthZReq",
+                bad_cert,
+                "200 OK",
+                Some(true),
+                false,
+            ),
+            ("/AuthZPlugin.AuthZReq", "{", "200 OK", Some(true), false),
+            ("/AuthZPlugin.AuthZReq", " ", "200 OK", None, true),
+            ("/AuthZPlugin.AuthZRes", unix, "200 OK", None, true),
+            (
+                "/AuthZPlugin.AuthZRes",
+                bad_cert,
+                "200 OK",
+                Some(true),
+                false,
+            ),
+            ("/AuthZPlugin.AuthZRes", "{", "200 OK", None, true),
+            ("/Plugin.Activate", "", "200 OK", None, false),
+            ("/Other", "", "404 Not Found", None, false),
+        ] {
+            let a = answer(
+                &Request {
+                    path: path.into(),
+                    body: body.as_bytes().to_vec(),
+                    close: false,
+                },
+                &st,
+            );
+            assert_eq!(a.status, status, "{path} {body}");
+            assert_eq!(
+                a.audit.as_ref().map(|(_, d)| d.tls),
+                audited,
+                "{path} {body}: audit line (over TLS)"
+            );
+            if let Some((_, d)) = &a.audit {
+                assert_eq!(d.allow, allow, "{path} {body}");
+            }
+            assert_eq!(
+                a.body.contains(r#""Allow":true"#),
+                allow,
+                "{path} {body}: {}",
+                a.body
+            );
+        }
     }
 
     #[test]

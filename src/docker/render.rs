@@ -174,6 +174,8 @@ pub fn authz_service_unit(u: &AuthzUnits) -> String {
         "[Unit]\nDescription=Docker authorization plugin: revocation, roles, audit (docker-tls-manager)\n\
          Requires={SOCKET_UNIT}\nAfter={SOCKET_UNIT}\nStartLimitIntervalSec=0\n\n\
          [Service]\nExecStart={} {}authz serve\nRestart=always\nRestartSec=100ms\n\
+         # The audit: journald's rate limit would drop every client's lines while one floods.\n\
+         LogRateLimitIntervalSec=0\n\
          # Failures counted here, kept across restarts (the file's name is in ExecStopPost).\n\
          RuntimeDirectory={AUTHZ_RUNTIME_DIR}\nRuntimeDirectoryMode=0700\nRuntimeDirectoryPreserve=restart\n\
          # Our binary gone: the socket stops (ending the restarts), its stop runs the fallback.\n\
