@@ -174,8 +174,9 @@ pub fn authz_service_unit(u: &AuthzUnits) -> String {
         "[Unit]\nDescription=Docker authorization plugin: revocation, roles, audit (docker-tls-manager)\n\
          Requires={SOCKET_UNIT}\nAfter={SOCKET_UNIT}\nStartLimitIntervalSec=0\n\n\
          [Service]\nExecStart={} {}authz serve\nRestart=always\nRestartSec=100ms\n\
-         # The audit: journald's rate limit would drop every client's lines while one floods.\n\
-         LogRateLimitIntervalSec=0\n\
+         # The audit: journald's default rate limit would drop every client's lines while one\n\
+         # floods. 0 would mean that default: a limit far above what the plugin can log instead.\n\
+         LogRateLimitIntervalSec=1s\nLogRateLimitBurst=10000000\n\
          # Failures counted here, kept across restarts (the file's name is in ExecStopPost).\n\
          RuntimeDirectory={AUTHZ_RUNTIME_DIR}\nRuntimeDirectoryMode=0700\nRuntimeDirectoryPreserve=restart\n\
          # Our binary gone: the socket stops (ending the restarts), its stop runs the fallback.\n\
