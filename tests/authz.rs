@@ -354,6 +354,28 @@ EOF"#
         "150000",
         "journald dropped audit lines of the flood"
     );
+    // journald stopped: requests over TLS wait for their audit lines (a flood to the plugin
+    // fills journald's queue, then waits); the unix socket, not logged above debug, does not.
+    let journald = m.ok("systemctl show -p MainPID --value systemd-journald");
+    let journald = journald.trim();
+    m.ok(&format!("kill -STOP {journald}"));
+    m.ok("rm -f /tmp/flood2.out; setsid -f sh -c 'python3 /root/flood.py 5000 > /tmp/flood2.out 2>&1' < /dev/null > /dev/null 2>&1");
+    std::thread::sleep(Duration::from_secs(2));
+    let held = m.sh("test -s /tmp/flood2.out").status.success();
+    let unix = m.sh("timeout 3 docker ps");
+    m.ok(&format!("kill -CONT {journald}"));
+    assert!(
+        unix.status.success(),
+        "the unix socket waited for journald: {unix:?}"
+    );
+    assert!(
+        !held,
+        "the flood finished while journald was stopped: audit lines skipped?"
+    );
+    m.wait_for(
+        "grep -q '5000 sent, 5000 refused' /tmp/flood2.out",
+        Duration::from_secs(30),
+    );
 
     // Survives a power loss and a cold boot, with nothing of ours run by hand.
     m.power_fail_and_boot().unwrap();

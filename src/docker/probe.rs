@@ -77,9 +77,13 @@ impl TlsProbe {
             .collect::<Result<_, _>>()?;
         let key = PrivateKeyDer::from_pem_file(&self.key)
             .with_context(|| format!("cannot read '{}'", self.key.display()))?;
-        let config = rustls::ClientConfig::builder()
-            .with_root_certificates(roots)
-            .with_client_auth_cert(chain, key)?;
+        // The provider named: `builder()` panics if a dependency ever enables a second one.
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)?;
         let name = match &self.name_from {
             None => ServerName::try_from("localhost")?,
             Some(server_cert) => {
