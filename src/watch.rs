@@ -102,14 +102,15 @@ impl FileWatcher {
         }
         for d in dirs {
             let Some(ino) = inode(d) else { continue };
-            if self.watched.get(d) == Some(&ino) {
-                continue;
-            }
-            let _ = self.watcher.unwatch(d);
+            // Added again even when the inode number is the one recorded: a directory removed
+            // and recreated can get its number back (ext4 and overlayfs reuse them) while the
+            // kernel dropped the old watch. On a directory still watched, inotify keeps its
+            // watch (same descriptor, no window without one).
             match self.watcher.watch(d, RecursiveMode::NonRecursive) {
                 Ok(()) => {
-                    tracing::debug!(dir = %d.display(), "watching");
-                    self.watched.insert(d.clone(), ino);
+                    if self.watched.insert(d.clone(), ino) != Some(ino) {
+                        tracing::debug!(dir = %d.display(), "watching");
+                    }
                 }
                 Err(e) => tracing::warn!(dir = %d.display(), "cannot watch: {e}"),
             }
@@ -271,5 +272,38 @@ mod tests {
             }
         }
         assert!(seen, "no event for the renamed-over file");
+    }
+
+    /// A directory removed and recreated with the same inode number (ext4 and overlayfs reuse
+    /// them; forced here) is watched again: its old watch went with the old directory.
+    #[tokio::test]
+    async fn a_recreated_directory_is_watched_again_even_with_its_old_inode_number() {
+        use std::os::unix::fs::MetadataExt;
+        let base = tempfile::tempdir().unwrap();
+        let d = base.path().join("tls");
+        std::fs::create_dir(&d).unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut w = FileWatcher::new(tx).unwrap();
+        w.refresh(std::slice::from_ref(&d));
+        std::fs::remove_dir(&d).unwrap();
+        std::fs::create_dir(&d).unwrap();
+        // Let the watcher see the old directory go, then record the new one's number as
+        // the old one's, as a reused number would.
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        while rx.try_recv().is_ok() {}
+        let ino = std::fs::metadata(&d).unwrap().ino();
+        w.watched.insert(d.clone(), ino);
+        w.refresh(std::slice::from_ref(&d));
+        let p = d.join("server-key.pem");
+        std::fs::write(&p, b"x").unwrap();
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        let mut seen = false;
+        while let Ok(Some(path)) = tokio::time::timeout_at(deadline, rx.recv()).await {
+            if path == p {
+                seen = true;
+                break;
+            }
+        }
+        assert!(seen, "no event in the recreated directory");
     }
 }

@@ -675,6 +675,75 @@ mod tests {
         }
     }
 
+    /// A tracing layer that holds each audit line (an event with a `decision` field) until the
+    /// test lets it go.
+    struct HoldAudit(Mutex<std::sync::mpsc::Receiver<()>>);
+
+    impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for HoldAudit {
+        fn on_event(
+            &self,
+            event: &tracing::Event<'_>,
+            _: tracing_subscriber::layer::Context<'_, S>,
+        ) {
+            if event.metadata().fields().field("decision").is_some() {
+                let _ = self.0.lock().unwrap().recv();
+            }
+        }
+    }
+
+    /// The audit line is written before the answer: while it cannot be written, dockerd gets
+    /// no answer (a request dockerd carries out always has its line).
+    #[test]
+    fn the_audit_line_comes_before_the_answer() {
+        use tracing_subscriber::layer::SubscriberExt;
+        let (release, held) = std::sync::mpsc::channel();
+        let (ours, mut dockerd) = UnixStream::pair().unwrap();
+        let server = std::thread::spawn(move || {
+            let settings = crate::config::parse("", Path::new("-")).unwrap();
+            let st = State {
+                policy: Mutex::new(Cached::new(Files::new(&settings), None)),
+                ids: Mutex::new(HashMap::new()),
+                counters: Mutex::new(BTreeMap::new()),
+                times: AnswerTimes::default(),
+            };
+            let subscriber = tracing_subscriber::registry().with(HoldAudit(Mutex::new(held)));
+            tracing::subscriber::with_default(subscriber, || {
+                connection(ours, &st, &AtomicUsize::new(0))
+            })
+        });
+        let body = r#"{"User":"x","UserAuthNMethod":"TLS","RequestMethod":"GET","RequestUri":"/_ping","RequestPeerCertificates":["-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"]}"#;
+        dockerd
+            .write_all(
+                format!(
+                    "POST /AuthZPlugin.AuthZReq HTTP/1.1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                )
+                .as_bytes(),
+            )
+            .unwrap();
+        dockerd
+            .set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        let mut buf = [0u8; 1];
+        let early = dockerd.read(&mut buf);
+        assert!(
+            matches!(&early, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+            "answered before its audit line was written: {early:?}"
+        );
+        release.send(()).unwrap();
+        dockerd
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut out = Vec::from(&buf[..0]);
+        dockerd.read_to_end(&mut out).unwrap();
+        let out = String::from_utf8(out).unwrap();
+        assert!(
+            out.starts_with("HTTP/1.1 200 OK") && out.contains(r#""Allow":false"#),
+            "{out}"
+        );
+        server.join().unwrap().unwrap();
+    }
+
     #[test]
     fn metrics_escape_labels() {
         let mut c = BTreeMap::new();
