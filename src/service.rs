@@ -598,7 +598,10 @@ async fn file_watcher_task(
                 None => return Ok("worker gone".into()),
             },
             p = raw_rx.recv() => match p {
-                Some(p) => { let _ = tx.send(Trigger::File(p)); }
+                Some(p) => {
+                    watcher.on_path(&p);
+                    let _ = tx.send(Trigger::File(p));
+                }
                 None => bail!("inotify watcher stopped"),
             },
             _ = shutdown.changed() => return Ok("shutdown".into()),

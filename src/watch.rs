@@ -53,9 +53,10 @@ impl Targets<'_> {
 /// inotify watches on directories, (re)added as directories appear or are recreated.
 pub struct FileWatcher {
     watcher: notify::RecommendedWatcher,
-    /// Watched directories and their inode: a directory removed and recreated has a new inode
-    /// and needs a new watch.
+    /// Watched directories and their inode (for the debug line "watching").
     watched: std::collections::BTreeMap<PathBuf, u64>,
+    /// The directories of the last refresh.
+    dirs: Vec<PathBuf>,
 }
 
 impl FileWatcher {
@@ -75,13 +76,27 @@ impl FileWatcher {
         Ok(FileWatcher {
             watcher,
             watched: Default::default(),
+            dirs: vec![],
         })
+    }
+
+    /// Called with each changed path: a watched directory itself (removed, moved) is watched
+    /// again at once if it is back. notify drops the watch of a removed directory by its path
+    /// after handing us the event, and only then takes our new watch: a directory removed and
+    /// recreated before notify read the removal (within one convergence) would otherwise lose
+    /// the watch added for the new one until the next refresh.
+    pub fn on_path(&mut self, path: &Path) {
+        if self.watched.contains_key(path) {
+            let dirs = std::mem::take(&mut self.dirs);
+            self.refresh(&dirs);
+        }
     }
 
     /// Watches every directory of `dirs` that exists and is not watched yet (or was recreated);
     /// forgets vanished ones.
     pub fn refresh(&mut self, dirs: &[PathBuf]) {
         use std::os::unix::fs::MetadataExt;
+        self.dirs = dirs.to_vec();
         let inode = |d: &Path| {
             std::fs::metadata(d)
                 .ok()
@@ -287,9 +302,14 @@ mod tests {
         w.refresh(std::slice::from_ref(&d));
         std::fs::remove_dir(&d).unwrap();
         std::fs::create_dir(&d).unwrap();
-        // Let the watcher see the old directory go, then record the new one's number as
-        // the old one's, as a reused number would.
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        // Once the watcher saw the old directory go (its own path comes as an event), record
+        // the new one's number as the old one's, as a reused number would.
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        while let Ok(Some(path)) = tokio::time::timeout_at(deadline, rx.recv()).await {
+            if path == d {
+                break;
+            }
+        }
         while rx.try_recv().is_ok() {}
         let ino = std::fs::metadata(&d).unwrap().ino();
         w.watched.insert(d.clone(), ino);
@@ -305,5 +325,49 @@ mod tests {
             }
         }
         assert!(seen, "no event in the recreated directory");
+    }
+
+    /// Removed and recreated before the watcher read the removal (as within one convergence),
+    /// then refreshed at once: notify drops the watch of the removed path when it reads the
+    /// removal, the new one included; `on_path` (as the service's watcher task calls it with
+    /// each path) adds it again.
+    #[tokio::test]
+    async fn a_directory_recreated_before_its_removal_is_read_stays_watched() {
+        let base = tempfile::tempdir().unwrap();
+        let d = base.path().join("tls");
+        std::fs::create_dir(&d).unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut w = FileWatcher::new(tx).unwrap();
+        w.refresh(std::slice::from_ref(&d));
+        std::fs::remove_dir(&d).unwrap();
+        std::fs::create_dir(&d).unwrap();
+        w.refresh(std::slice::from_ref(&d));
+        let p = d.join("server-key.pem");
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        let mut seen = false;
+        let mut written = false;
+        while !seen {
+            let Ok(Some(path)) = tokio::time::timeout_at(
+                if written {
+                    deadline
+                } else {
+                    tokio::time::Instant::now() + std::time::Duration::from_millis(300)
+                },
+                rx.recv(),
+            )
+            .await
+            else {
+                if written {
+                    break;
+                }
+                // The removal was read (and handled); now a file in the new directory.
+                std::fs::write(&p, b"x").unwrap();
+                written = true;
+                continue;
+            };
+            w.on_path(&path);
+            seen = path == p;
+        }
+        assert!(seen, "no event in the directory recreated before its removal was read");
     }
 }
