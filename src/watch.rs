@@ -368,6 +368,9 @@ mod tests {
             w.on_path(&path);
             seen = path == p;
         }
-        assert!(seen, "no event in the directory recreated before its removal was read");
+        assert!(
+            seen,
+            "no event in the directory recreated before its removal was read"
+        );
     }
 }
