@@ -269,6 +269,17 @@ mod tests {
         assert_eq!(f("/e/other.toml"), None);
     }
 
+    /// Whether an event for `p` arrives within 5 s (other paths skipped).
+    async fn event_for(rx: &mut tokio::sync::mpsc::UnboundedReceiver<PathBuf>, p: &Path) -> bool {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        while let Ok(Some(path)) = tokio::time::timeout_at(deadline, rx.recv()).await {
+            if path == p {
+                return true;
+            }
+        }
+        false
+    }
+
     #[tokio::test]
     async fn file_watcher_sees_rename_over() {
         let d = tempfile::tempdir().unwrap();
@@ -278,14 +289,7 @@ mod tests {
         let p = d.path().join("server-key.pem");
         crate::files::atomic_write(&p, b"a", 0o600).unwrap();
         crate::files::atomic_write(&p, b"b", 0o600).unwrap();
-        let mut seen = false;
-        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
-        while let Ok(Some(path)) = tokio::time::timeout_at(deadline, rx.recv()).await {
-            if path == p {
-                seen = true;
-                break;
-            }
-        }
+        let seen = event_for(&mut rx, &p).await;
         assert!(seen, "no event for the renamed-over file");
     }
 
@@ -316,14 +320,7 @@ mod tests {
         w.refresh(std::slice::from_ref(&d));
         let p = d.join("server-key.pem");
         std::fs::write(&p, b"x").unwrap();
-        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
-        let mut seen = false;
-        while let Ok(Some(path)) = tokio::time::timeout_at(deadline, rx.recv()).await {
-            if path == p {
-                seen = true;
-                break;
-            }
-        }
+        let seen = event_for(&mut rx, &p).await;
         assert!(seen, "no event in the recreated directory");
     }
 

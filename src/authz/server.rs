@@ -511,6 +511,17 @@ fn write_metrics(st: &State, path: &Path) {
 mod tests {
     use super::*;
 
+    /// A plugin's state with the default paths (no policy files: TLS requests are refused).
+    fn test_state() -> State {
+        let settings = crate::config::parse("", Path::new("-")).unwrap();
+        State {
+            policy: Mutex::new(Cached::new(Files::new(&settings), None)),
+            ids: Mutex::new(HashMap::new()),
+            counters: Mutex::new(BTreeMap::new()),
+            times: AnswerTimes::default(),
+        }
+    }
+
     fn read(raw: &[u8]) -> Result<Option<Request>> {
         let (mut a, b) = UnixStream::pair().unwrap();
         a.write_all(raw).unwrap();
@@ -567,13 +578,7 @@ mod tests {
     /// reason; unknown fields are ignored.
     #[test]
     fn malformed_requests_are_refused() {
-        let settings = crate::config::parse("", Path::new("-")).unwrap();
-        let st = State {
-            policy: Mutex::new(Cached::new(Files::new(&settings), None)),
-            ids: Mutex::new(HashMap::new()),
-            counters: Mutex::new(BTreeMap::new()),
-            times: AnswerTimes::default(),
-        };
+        let st = test_state();
         let ask = |body: &str| {
             answer(
                 &Request {
@@ -617,13 +622,7 @@ mod tests {
     /// retry (warned where it is answered), the activation or an unknown endpoint.
     #[test]
     fn each_answer_says_whether_it_is_audited() {
-        let settings = crate::config::parse("", Path::new("-")).unwrap();
-        let st = State {
-            policy: Mutex::new(Cached::new(Files::new(&settings), None)),
-            ids: Mutex::new(HashMap::new()),
-            counters: Mutex::new(BTreeMap::new()),
-            times: AnswerTimes::default(),
-        };
+        let st = test_state();
         let unix = r#"{"RequestMethod":"GET","RequestUri":"/_ping"}"#;
         let bad_cert = r#"{"User":"x","UserAuthNMethod":"TLS","RequestMethod":"GET","RequestUri":"/_ping","RequestPeerCertificates":["-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"]}"#;
         for (path, body, status, audited, allow) in [
@@ -699,13 +698,7 @@ mod tests {
         let (release, held) = std::sync::mpsc::channel();
         let (ours, mut dockerd) = UnixStream::pair().unwrap();
         let server = std::thread::spawn(move || {
-            let settings = crate::config::parse("", Path::new("-")).unwrap();
-            let st = State {
-                policy: Mutex::new(Cached::new(Files::new(&settings), None)),
-                ids: Mutex::new(HashMap::new()),
-                counters: Mutex::new(BTreeMap::new()),
-                times: AnswerTimes::default(),
-            };
+            let st = test_state();
             let subscriber = tracing_subscriber::registry().with(HoldAudit(Mutex::new(held)));
             tracing::subscriber::with_default(subscriber, || {
                 connection(ours, &st, &AtomicUsize::new(0))
